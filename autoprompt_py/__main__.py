@@ -1,0 +1,3 @@
+from autoprompt_py.cli import main
+
+main()

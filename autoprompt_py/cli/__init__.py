@@ -1,0 +1,25 @@
+"""The ``autoprompt`` command: a thin layer over the Python API, one module per command."""
+
+from __future__ import annotations
+
+import click
+
+from autoprompt_py import __version__
+from autoprompt_py.cli.common import AutopromptGroup
+
+
+@click.group(cls=AutopromptGroup)
+@click.version_option(__version__, prog_name="autoprompt")
+def main() -> None:
+    """Discrete prompts for masked language models: score, probe, search, label search, export."""
+
+
+def _register() -> None:
+    from autoprompt_py.cli import score
+
+    for module in (score,):
+        for command in module.COMMANDS:
+            main.add_command(command)
+
+
+_register()

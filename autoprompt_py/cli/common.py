@@ -1,0 +1,49 @@
+"""What every command shares: user errors as one line and exit code 2, and model options."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from autoprompt_py.errors import AutopromptError
+
+
+class AutopromptGroup(click.Group):
+    """Turns AutopromptError into one line on stderr and exit code 2; Ctrl-C into exit 130."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AutopromptError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+def model_options(f: Callable) -> Callable:
+    """--model, --device, --dtype, --batch-size."""
+    options = [
+        click.option("--model", "model_name", default="bert-base-cased", show_default=True,
+                     help="Hub id or local folder of a masked LM (offline: a folder saved with "
+                          "save_pretrained, e.g. ../shared/models/bert-tiny-splade)."),
+        click.option("--device", default="auto", show_default=True,
+                     help="auto, cpu, cuda or cuda:N."),
+        click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]),
+                     default="float32", show_default=True),
+        click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
+    ]
+    return functools.reduce(lambda acc, opt: opt(acc), reversed(options), f)
+
+
+def quiet_transformers() -> None:
+    """Keep transformers' own load bars and advisories out of the command's output."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()

@@ -1,0 +1,238 @@
+"""Template × tokenizer × examples → token ids with the positions of triggers and masks.
+
+Each part of a template is tokenized on its own (literals once, fields per example) and the
+pieces are concatenated, so the positions of trigger slots and masks are known exactly for
+WordPiece, byte-level BPE and SentencePiece alike, and a long input is cut from its
+shortenable fields only. Special tokens are added in the model's own layout.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from autoprompt_py.data import Example
+from autoprompt_py.errors import AutopromptError
+from autoprompt_py.template import Field, Literal, Predict, Template, Trigger
+
+
+@functools.lru_cache(maxsize=32)
+def _spaces_are_tokens(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """True for tokenizers (byte-level BPE) that encode a leading space into the next token."""
+    plain = tokenizer.encode("a", add_special_tokens=False)
+    spaced = tokenizer.encode(" a", add_special_tokens=False)
+    return len(spaced) == len(plain) == 1 and spaced != plain
+
+
+def tokenize_piece(tokenizer: PreTrainedTokenizerBase, text: str, space_before: bool) -> list[int]:
+    """Token ids of a piece of text that follows a space (or not) in the full input."""
+    text = text.strip()
+    if not text:
+        return []
+    if space_before and _spaces_are_tokens(tokenizer):
+        text = " " + text
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+@dataclass(frozen=True)
+class _SpecialLayout:
+    """Where the model's special tokens go around one or two segments, with token types."""
+
+    prefix: tuple[tuple[int, int], ...]
+    middle: tuple[tuple[int, int], ...]
+    suffix: tuple[tuple[int, int], ...]
+    types: tuple[int, int]  # token type of segment a and segment b
+
+    @classmethod
+    def of(cls, tokenizer: PreTrainedTokenizerBase, pair: bool) -> _SpecialLayout:
+        # Read the layout off a real encoding, which works for every tokenizer backend.
+        texts = ("a", "b") if pair else ("a",)
+        enc = tokenizer(
+            *texts, add_special_tokens=True, return_special_tokens_mask=True,
+            return_token_type_ids=True,
+        )
+        ids, special = enc["input_ids"], enc["special_tokens_mask"]
+        types = enc.get("token_type_ids") or [0] * len(ids)
+        n_a = len(tokenizer.encode("a", add_special_tokens=False))
+        content = [i for i, s in enumerate(special) if not s]
+        a_end = content[n_a - 1] + 1
+        b_start = content[n_a] if pair else len(ids)
+        b_end = content[-1] + 1 if pair else len(ids)
+        region = lambda lo, hi: tuple((ids[i], types[i]) for i in range(lo, hi))  # noqa: E731
+        return cls(
+            prefix=region(0, content[0]),
+            middle=region(a_end, b_start) if pair else (),
+            suffix=region(b_end, len(ids)) if pair else region(a_end, len(ids)),
+            types=(types[content[0]], types[b_start] if pair else 0),
+        )
+
+    @property
+    def count(self) -> int:
+        return len(self.prefix) + len(self.middle) + len(self.suffix)
+
+
+@dataclass
+class EncodedExample:
+    input_ids: list[int]
+    token_type_ids: list[int]
+    trigger_positions: list[int]
+    mask_positions: list[int]
+    truncated: int  # tokens cut from shortenable fields
+
+
+class TemplateEncoder:
+    """Encodes examples for one template and tokenizer.
+
+    ``n_masks`` masks fill the prediction slot (one per piece of a multi-token label word).
+    Open trigger slots get ``trigger_fill_id`` (the mask token by default, as AutoPrompt starts).
+    """
+
+    def __init__(
+        self,
+        template: Template,
+        tokenizer: PreTrainedTokenizerBase,
+        max_length: int,
+        n_masks: int = 1,
+        trigger_fill_id: int | None = None,
+    ) -> None:
+        self.template = template
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.n_masks = n_masks
+        self.layout = _SpecialLayout.of(tokenizer, pair=len(template.segments) == 2)
+        fill = tokenizer.mask_token_id if trigger_fill_id is None else trigger_fill_id
+        self._trigger_ids = [fill if t is None else t for t in template.trigger_ids]
+        self._literal_ids = {
+            id(p): tokenize_piece(tokenizer, p.text, p.space_before)
+            for p in template.parts
+            if isinstance(p, Literal)
+        }
+
+    def encode(self, example: Example) -> EncodedExample:
+        # chunks: per segment, a list of [part, ids] that truncation may shorten in place
+        triggers = iter(self._trigger_ids)
+        segments: list[list[list]] = []
+        for seg in self.template.segments:
+            chunks = []
+            for p in seg:
+                if isinstance(p, Literal):
+                    ids = self._literal_ids[id(p)]
+                elif isinstance(p, Field):
+                    ids = tokenize_piece(self.tokenizer, example.fields[p.name], p.space_before)
+                elif isinstance(p, Trigger):
+                    ids = [next(triggers)]
+                else:
+                    ids = [self.tokenizer.mask_token_id] * self.n_masks
+                chunks.append([p, ids])
+            segments.append(chunks)
+        truncated = self._truncate(segments, example)
+
+        layout = self.layout
+        input_ids = [i for i, _ in layout.prefix]
+        type_ids = [t for _, t in layout.prefix]
+        trigger_pos: list[int] = []
+        mask_pos: list[int] = []
+        for s, chunks in enumerate(segments):
+            if s:
+                input_ids += [i for i, _ in layout.middle]
+                type_ids += [t for _, t in layout.middle]
+            for p, ids in chunks:
+                if isinstance(p, Trigger):
+                    trigger_pos.append(len(input_ids))
+                elif isinstance(p, Predict):
+                    mask_pos.extend(range(len(input_ids), len(input_ids) + len(ids)))
+                input_ids += ids
+                type_ids += [layout.types[s]] * len(ids)
+        input_ids += [i for i, _ in layout.suffix]
+        type_ids += [t for _, t in layout.suffix]
+        return EncodedExample(input_ids, type_ids, trigger_pos, mask_pos, truncated)
+
+    def _truncate(self, segments: list[list[list]], example: Example) -> int:
+        budget = self.max_length - self.layout.count
+        excess = sum(len(ids) for chunks in segments for _, ids in chunks) - budget
+        if excess <= 0:
+            return 0
+        shortenable = [c for chunks in segments for c in chunks
+                       if isinstance(c[0], Field) and c[0].shortenable]
+        room = sum(len(c[1]) for c in shortenable)
+        if room < excess:
+            raise AutopromptError(
+                f"{example.source or 'an example'}: template {self.template.source!r} needs "
+                f"{excess + budget + self.layout.count} tokens, more than the model's "
+                f"{self.max_length}, even with its shortenable fields emptied; use fewer "
+                "trigger tokens or a shorter template"
+            )
+        for _ in range(excess):  # cut from the end of the currently longest field, as PET
+            longest = max(shortenable, key=lambda c: len(c[1]))
+            longest[1] = longest[1][:-1]
+        return excess
+
+    def encode_all(self, examples: Sequence[Example]) -> EncodedDataset:
+        return EncodedDataset([self.encode(e) for e in examples], self.tokenizer.pad_token_id)
+
+
+@dataclass
+class Batch:
+    """Padded tensors for a batch; ``index`` maps rows back to the dataset's order."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    token_type_ids: torch.Tensor
+    trigger_positions: torch.Tensor  # [batch, n_triggers]
+    mask_positions: torch.Tensor  # [batch, n_masks]
+    index: torch.Tensor
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(*(t.to(device) for t in (
+            self.input_ids, self.attention_mask, self.token_type_ids,
+            self.trigger_positions, self.mask_positions, self.index,
+        )))
+
+    @property
+    def num_tokens(self) -> int:
+        return self.input_ids.numel()
+
+
+class EncodedDataset:
+    """Encoded examples; batches are padded to their own longest row."""
+
+    def __init__(self, examples: list[EncodedExample], pad_id: int | None) -> None:
+        self.examples = examples
+        self.pad_id = 0 if pad_id is None else pad_id
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    @property
+    def num_truncated(self) -> int:
+        return sum(e.truncated > 0 for e in self.examples)
+
+    def collate(self, indices: Sequence[int]) -> Batch:
+        rows = [self.examples[i] for i in indices]
+        width = max(len(r.input_ids) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        types = torch.zeros((len(rows), width), dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        for j, r in enumerate(rows):
+            n = len(r.input_ids)
+            ids[j, :n] = torch.tensor(r.input_ids)
+            types[j, :n] = torch.tensor(r.token_type_ids)
+            attention[j, :n] = 1
+        return Batch(
+            ids, attention, types,
+            torch.tensor([r.trigger_positions for r in rows], dtype=torch.long),
+            torch.tensor([r.mask_positions for r in rows], dtype=torch.long),
+            torch.tensor(list(indices), dtype=torch.long),
+        )
+
+    def batches(self, batch_size: int, sort_by_length: bool = True) -> Iterator[Batch]:
+        """Batches in length order (little padding), or in dataset order."""
+        order = list(range(len(self)))
+        if sort_by_length:
+            order.sort(key=lambda i: len(self.examples[i].input_ids))
+        for start in range(0, len(order), batch_size):
+            yield self.collate(order[start : start + batch_size])

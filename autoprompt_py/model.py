@@ -1,0 +1,154 @@
+"""Loading any masked LM, and a forward pass that scores only the mask positions."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from autoprompt_py.errors import AutopromptError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise AutopromptError(f"--device {device}: no CUDA GPU is available; use --device cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise AutopromptError(f"--device {device!r}: use auto, cpu or cuda") from None
+
+
+@dataclass
+class MaskedLM:
+    """A frozen masked LM with its tokenizer, on one device.
+
+    ``mask_logits`` runs the encoder over the whole input but the MLM head only at the given
+    positions: on small models the head over every position is most of the cost.
+    """
+
+    model: nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+
+    def __post_init__(self) -> None:
+        self.model.eval()
+        self.model.requires_grad_(False)
+        self._gather_at: torch.Tensor | None = None
+        # The head of every HF masked LM is applied position-wise to the encoder's first
+        # output, so gathering the mask positions there is exact for all families.
+        self.model.base_model.register_forward_hook(self._gather_hook)
+        self.uses_token_type_ids = "token_type_ids" in self.tokenizer.model_input_names
+
+    @property
+    def device(self) -> torch.device:
+        return self.embeddings.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embeddings.dtype
+
+    @property
+    def embeddings(self) -> torch.Tensor:
+        """The input embedding matrix, [vocab, embedding dim]."""
+        return self.model.get_input_embeddings().weight
+
+    @property
+    def vocab_size(self) -> int:
+        return self.embeddings.shape[0]
+
+    @property
+    def max_length(self) -> int:
+        """The longest input, special tokens included, that both tokenizer and model accept."""
+        limit = self.tokenizer.model_max_length
+        positions = getattr(self.model.config, "max_position_embeddings", None)
+        if positions and getattr(self.model.config, "model_type", "") in ("roberta", "camembert",
+                                                                           "xlm-roberta"):
+            positions -= 2  # RoBERTa's position ids start after the padding index
+        if not limit or limit > 100_000:  # tokenizers without a limit say 1e30
+            limit = positions or 512
+        return min(limit, positions) if positions else limit
+
+    def _gather_hook(self, module: nn.Module, args: object, output: object) -> object:
+        if self._gather_at is None:
+            return output
+        hidden = output[0]
+        rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
+        gathered = hidden[rows, self._gather_at]
+        if isinstance(output, tuple):
+            return (gathered,) + tuple(output[1:])
+        output.last_hidden_state = gathered
+        return output
+
+    @contextlib.contextmanager
+    def _gather(self, positions: torch.Tensor) -> Iterator[None]:
+        self._gather_at = positions
+        try:
+            yield
+        finally:
+            self._gather_at = None
+
+    def mask_logits(
+        self,
+        mask_positions: torch.Tensor,
+        attention_mask: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """MLM logits at ``mask_positions`` ([batch, k] indices): returns [batch, k, vocab]."""
+        kwargs = {"attention_mask": attention_mask}
+        if inputs_embeds is not None:
+            kwargs["inputs_embeds"] = inputs_embeds
+        else:
+            kwargs["input_ids"] = input_ids
+        if token_type_ids is not None and self.uses_token_type_ids:
+            kwargs["token_type_ids"] = token_type_ids
+        with self._gather(mask_positions):
+            out = self.model(**kwargs, return_dict=True)
+        return out.logits
+
+    def word_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Input embeddings of ids, as the model's embedding layer looks them up."""
+        return self.model.get_input_embeddings()(input_ids)
+
+
+def load_model(name: str | Path, device: str = "auto", dtype: str = "float32") -> MaskedLM:
+    """Load a masked LM and its tokenizer from a hub id or a local folder."""
+    if dtype not in DTYPES:
+        raise AutopromptError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    dev = resolve_device(device)
+    name = str(name)
+    local = Path(name).expanduser().exists()
+    if not local and (name.startswith((".", "/", "~")) or name.count("/") > 1):
+        raise AutopromptError(f"--model {name}: no such folder")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except Exception as e:  # transformers raises many types for a bad folder or offline hub
+        raise AutopromptError(_load_failure(name, local, "tokenizer", e)) from None
+    try:
+        model = AutoModelForMaskedLM.from_pretrained(name, dtype=DTYPES[dtype])
+    except Exception as e:
+        raise AutopromptError(_load_failure(name, local, "masked language model", e)) from None
+    if tokenizer.mask_token is None:
+        raise AutopromptError(f"--model {name}: its tokenizer has no mask token; a masked LM is needed")
+    return MaskedLM(model.to(dev), tokenizer, name)
+
+
+def _load_failure(name: str, local: bool, what: str, e: Exception) -> str:
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if local:
+        return f"--model {name}: this folder does not hold a {what} ({reason[:200]})"
+    return (
+        f"--model {name}: could not load a {what} from the Hugging Face hub ({reason[:200]}); "
+        "when offline, point --model at a local folder saved with save_pretrained"
+    )

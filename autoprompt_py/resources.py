@@ -1,0 +1,129 @@
+"""Resolving ``--template`` and ``--verbalizer`` arguments: a file, a shipped name, or text.
+
+Shipped sets live in the repository's ``templates/`` and ``verbalizers/`` folders; a wheel
+carries them as ``autoprompt_py/_resources/``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from autoprompt_py.errors import AutopromptError
+from autoprompt_py.template import Template, parse_template
+from autoprompt_py.verbalizer import Verbalizer
+
+_PACKAGE = Path(__file__).resolve().parent
+RESULT_KIND = "autoprompt-search"
+
+
+def shipped_dir(kind: str) -> Path:
+    """The folder of shipped ``templates`` or ``verbalizers``, installed or in a checkout."""
+    for candidate in (_PACKAGE / "_resources" / kind, _PACKAGE.parent / kind):
+        if candidate.is_dir():
+            return candidate
+    return _PACKAGE / "_resources" / kind
+
+
+def shipped_names(kind: str) -> list[str]:
+    return sorted(p.stem for p in shipped_dir(kind).glob("*.json*"))
+
+
+@dataclass(frozen=True)
+class NamedTemplate:
+    """A template with a name to report it by, and the relation it is for (LAMA sets)."""
+
+    name: str
+    template: Template
+    relation: str | None = None
+
+
+def load_templates(spec: str) -> list[NamedTemplate]:
+    """Templates from a file (.jsonl set, .txt lines, .json search result), a shipped set's
+    name (``sst2``, ``lama_trex``), or template text."""
+    path = Path(spec)
+    if path.is_file():
+        return _templates_from_file(path)
+    shipped = shipped_dir("templates") / f"{spec}.jsonl"
+    if shipped.is_file():
+        return _templates_from_file(shipped)
+    if any(m in spec for m in ("{", "[", "<mask>")):
+        return [NamedTemplate(spec, parse_template(spec))]
+    raise AutopromptError(
+        f"--template {spec!r}: not a file, a shipped template set "
+        f"({', '.join(shipped_names('templates')) or 'none found'}) or template text with "
+        "{field} and [P]"
+    )
+
+
+def load_verbalizer(spec: str) -> Verbalizer:
+    """A verbalizer from a JSON file, a shipped name (``sst2``), or inline JSON."""
+    path = Path(spec)
+    if path.is_file():
+        return Verbalizer.from_file(path)
+    shipped = shipped_dir("verbalizers") / f"{spec}.json"
+    if shipped.is_file():
+        return Verbalizer.from_file(shipped)
+    if spec.lstrip().startswith("{"):
+        try:
+            return Verbalizer.from_dict(json.loads(spec), "--verbalizer")
+        except json.JSONDecodeError as e:
+            raise AutopromptError(f"--verbalizer: inline JSON is not valid ({e.msg})") from None
+    raise AutopromptError(
+        f"--verbalizer {spec!r}: not a file, a shipped verbalizer "
+        f"({', '.join(shipped_names('verbalizers')) or 'none found'}) or inline JSON"
+    )
+
+
+def template_from_result(result: dict, source: str) -> Template:
+    """The searched template of a ``search`` result, with its trigger tokens fixed."""
+    try:
+        template = parse_template(result["template"])
+        trigger = result["trigger"]
+        return template.with_triggers(trigger["ids"], trigger.get("tokens"))
+    except (KeyError, TypeError):
+        raise AutopromptError(
+            f"{source}: not a search result (it needs 'template' and 'trigger': "
+            "{'ids': [...]}); pass a template instead"
+        ) from None
+
+
+def _templates_from_file(path: Path) -> list[NamedTemplate]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise AutopromptError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+        if isinstance(data, dict) and data.get("kind") == RESULT_KIND:
+            return [NamedTemplate(path.stem, template_from_result(data, str(path)),
+                                  data.get("relation"))]
+        raise AutopromptError(
+            f"{path}: a .json template file must be a search result; write template sets "
+            "as .jsonl lines of {\"name\": ..., \"template\": ...}"
+        )
+    out = []
+    for line_no, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if path.suffix == ".jsonl":
+            try:
+                row = json.loads(line)
+                tpl_text = row["template"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise AutopromptError(
+                    f"{path}:{line_no}: each line must be a JSON object with a \"template\""
+                ) from None
+            relation = row.get("relation")
+            name = row.get("name") or relation or f"{path.stem}:{line_no}"
+        else:
+            tpl_text, relation, name = line.strip(), None, f"{path.stem}:{line_no}"
+        try:
+            template = parse_template(tpl_text)
+        except AutopromptError as e:
+            raise AutopromptError(f"{path}:{line_no}: {e}") from None
+        out.append(NamedTemplate(str(name), template, relation))
+    if not out:
+        raise AutopromptError(f"{path}: no templates in the file")
+    return out

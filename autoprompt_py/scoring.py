@@ -1,0 +1,131 @@
+"""Batched cloze evaluation: label scores for classification, ranks for relation facts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from autoprompt_py.data import Example, check_fields
+from autoprompt_py.encoding import Batch, EncodedDataset, TemplateEncoder
+from autoprompt_py.model import MaskedLM
+from autoprompt_py.template import Template
+from autoprompt_py.verbalizer import ResolvedVerbalizer
+from autoprompt_py.vocab import single_token_id
+
+
+def iter_mask_logits(
+    lm: MaskedLM, dataset: EncodedDataset, batch_size: int, desc: str | None = None,
+) -> Iterator[tuple[Batch, torch.Tensor]]:
+    """(batch, logits [batch, masks, vocab]) over the dataset in length-sorted batches."""
+    with torch.inference_mode(), tqdm(
+        total=len(dataset), desc=desc, unit="ex", disable=desc is None, leave=False
+    ) as bar:
+        for batch in dataset.batches(batch_size):
+            b = batch.to(lm.device)
+            logits = lm.mask_logits(
+                b.mask_positions, b.attention_mask, input_ids=b.input_ids,
+                token_type_ids=b.token_type_ids,
+            )
+            yield b, logits
+            bar.update(len(batch.index))
+
+
+@dataclass
+class Classification:
+    """Label scores [examples, labels] in the examples' order; argmax is the prediction."""
+
+    scores: np.ndarray
+    labels: list[str]
+    truncated: int
+
+    @property
+    def predictions(self) -> list[str]:
+        return [self.labels[i] for i in self.scores.argmax(1)]
+
+
+def classify(
+    lm: MaskedLM,
+    template: Template,
+    examples: Sequence[Example],
+    verbalizer: ResolvedVerbalizer,
+    batch_size: int = 32,
+    desc: str | None = None,
+) -> Classification:
+    """Score every label of every example; one pass per distinct number of label-word pieces."""
+    check_fields(examples, template.fields, template.source)
+    word_scores = torch.empty(len(examples), len(verbalizer.words))
+    truncated = 0
+    for k in verbalizer.piece_counts:
+        encoder = TemplateEncoder(template, lm.tokenizer, lm.max_length, n_masks=k)
+        dataset = encoder.encode_all(examples)
+        truncated = max(truncated, dataset.num_truncated)
+        for batch, logits in iter_mask_logits(lm, dataset, batch_size, desc):
+            idx, values = verbalizer.word_scores(logits)
+            word_scores[batch.index.cpu()[:, None], idx] = values.cpu()
+    scores = verbalizer.aggregate(word_scores)
+    return Classification(scores.numpy(), verbalizer.labels, truncated)
+
+
+@dataclass
+class Probe:
+    """Per fact: the rank of the gold object among the candidates (0 where skipped)."""
+
+    ranks: np.ndarray
+    top: list[list[str]]  # the top predictions of each scored fact
+    scored: np.ndarray  # bool: the object is one token (and in the vocabulary)
+    truncated: int
+
+    @property
+    def num_skipped(self) -> int:
+        return int((~self.scored).sum())
+
+
+def probe_facts(
+    lm: MaskedLM,
+    template: Template,
+    facts: Sequence[Example],
+    vocab_ids: Sequence[int] | None = None,
+    batch_size: int = 64,
+    top_k: int = 10,
+    desc: str | None = None,
+) -> Probe:
+    """Rank each fact's object at the prediction slot, over ``vocab_ids`` or the whole vocabulary.
+
+    Facts whose object is not a single token (or not in the vocabulary) are skipped, as LAMA does.
+    """
+    check_fields(facts, template.fields, template.source)
+    space = template.predict.space_before
+    gold = np.array([single_token_id(lm.tokenizer, f.label, space) or -1 for f in facts])
+    if vocab_ids is not None:
+        allowed = np.zeros(lm.vocab_size, dtype=bool)
+        allowed[list(vocab_ids)] = True
+        gold = np.where((gold >= 0) & allowed[np.maximum(gold, 0)], gold, -1)
+    scored = gold >= 0
+    keep = [f for f, s in zip(facts, scored) if s]
+    ranks = np.zeros(len(facts), dtype=np.int64)
+    tops: list[list[str]] = [[] for _ in facts]
+    positions = np.flatnonzero(scored)
+    if not keep:
+        return Probe(ranks, tops, scored, 0)
+    encoder = TemplateEncoder(template, lm.tokenizer, lm.max_length, n_masks=1)
+    dataset = encoder.encode_all(keep)
+    candidates = torch.tensor(sorted(vocab_ids), device=lm.device) if vocab_ids is not None else None
+    gold_kept = torch.tensor(gold[scored], device=lm.device)
+    for batch, logits in iter_mask_logits(lm, dataset, batch_size, desc):
+        logits = logits[:, 0].float()
+        target = logits.gather(1, gold_kept[batch.index][:, None])
+        if candidates is not None:
+            logits = logits[:, candidates]
+        rank = (logits > target).sum(1) + 1
+        top = logits.topk(min(top_k, logits.shape[1]), dim=1).indices
+        if candidates is not None:
+            top = candidates[top]
+        rows = positions[batch.index.cpu().numpy()]
+        ranks[rows] = rank.cpu().numpy()
+        for r, ids in zip(rows, top.cpu().tolist()):
+            tops[r] = lm.tokenizer.convert_ids_to_tokens(ids)
+    return Probe(ranks, tops, scored, dataset.num_truncated)

@@ -1,0 +1,221 @@
+"""The template language: one safe parser for AutoPrompt, PET and LAMA style prompts.
+
+A template is text with markers:
+
+* ``{field}``: an input field of the example, shortenable (long inputs are cut from it);
+  ``{field:fixed}`` marks one that must never be cut.
+* ``[T]``: a trigger slot that search fills (or a fixed trigger token after search).
+* ``[P]``, ``[MASK]``, ``<mask>`` or ``[Y]``: the prediction slot (exactly one).
+* ``[X]``: LAMA's subject, the same as ``{sub_label}``.
+* ``[SEP]`` between two parts splits the template into two segments (a sentence pair);
+  ``[CLS]``, ``<s>``, ``</s>`` and a leading or trailing ``[SEP]`` are dropped because the
+  tokenizer adds the model's own special tokens.
+
+Everything else is literal text. The parser knows nothing of tokenizers; ``encoding.py`` does.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import Union
+
+from autoprompt_py.errors import AutopromptError
+
+SUBJECT_FIELD = "sub_label"
+OBJECT_FIELD = "obj_label"
+
+_PREDICT_MARKERS = {"[P]", "[MASK]", "<mask>", "[Y]"}
+_DROPPED_MARKERS = {"[CLS]", "<s>", "</s>"}
+_TOKEN_RE = re.compile(r"\{\{|\}\}|\{[^{}]*\}|\[[A-Z]+\]|<mask>|</?s>")
+
+
+@dataclass(frozen=True)
+class Literal:
+    text: str
+    space_before: bool
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    space_before: bool
+    shortenable: bool = True
+    marker: str | None = None  # "[X]" when written LAMA style; renders back the same way
+
+
+@dataclass(frozen=True)
+class Trigger:
+    space_before: bool
+    token_id: int | None = None  # fixed after a search; None is an open slot
+    token: str | None = None  # the token's text, for rendering
+
+
+@dataclass(frozen=True)
+class Predict:
+    space_before: bool
+    marker: str = "[P]"
+
+
+Part = Union[Literal, Field, Trigger, Predict]
+
+
+@dataclass(frozen=True)
+class Template:
+    """A parsed template: one or two segments of parts, with exactly one prediction slot."""
+
+    segments: tuple[tuple[Part, ...], ...]
+    source: str = ""
+
+    @property
+    def parts(self) -> list[Part]:
+        return [p for seg in self.segments for p in seg]
+
+    @property
+    def fields(self) -> list[str]:
+        names: list[str] = []
+        for p in self.parts:
+            if isinstance(p, Field) and p.name not in names:
+                names.append(p.name)
+        return names
+
+    @property
+    def num_triggers(self) -> int:
+        return sum(isinstance(p, Trigger) for p in self.parts)
+
+    @property
+    def trigger_ids(self) -> list[int | None]:
+        return [p.token_id for p in self.parts if isinstance(p, Trigger)]
+
+    @property
+    def predict(self) -> Predict:
+        return next(p for p in self.parts if isinstance(p, Predict))
+
+    @property
+    def is_relational(self) -> bool:
+        """True for LAMA-style templates, whose examples are (subject, object) facts."""
+        return SUBJECT_FIELD in self.fields
+
+    def with_triggers(self, token_ids: list[int], tokens: list[str] | None = None) -> Template:
+        """The same template with its trigger slots fixed to these token ids, in order."""
+        if len(token_ids) != self.num_triggers:
+            raise AutopromptError(
+                f"template {self.source!r} has {self.num_triggers} trigger slots [T] "
+                f"but {len(token_ids)} trigger tokens were given"
+            )
+        fills = iter(zip(token_ids, tokens or [None] * len(token_ids)))
+
+        def fill(p: Part) -> Part:
+            if not isinstance(p, Trigger):
+                return p
+            token_id, token = next(fills)
+            return replace(p, token_id=int(token_id), token=token)
+
+        segs = tuple(tuple(fill(p) for p in seg) for seg in self.segments)
+        return Template(segs, self.source)
+
+    def render(self, triggers: str = "marker") -> str:
+        """Text of the template. ``triggers``: "marker" writes ``[T]``, "token" the fixed tokens."""
+        out: list[str] = []
+        for i, seg in enumerate(self.segments):
+            if i:
+                out.append(" [SEP] ")
+            for p in seg:
+                if isinstance(p, Literal):
+                    text = p.text.replace("{", "{{").replace("}", "}}")
+                elif isinstance(p, Field):
+                    text = p.marker or ("{" + p.name + ("" if p.shortenable else ":fixed") + "}")
+                elif isinstance(p, Trigger):
+                    if triggers == "token" and p.token is not None:
+                        text = p.token
+                    else:
+                        text = "[T]"
+                else:
+                    text = p.marker
+                out.append((" " if p.space_before and out else "") + text)
+        return "".join(out).strip()
+
+    def __str__(self) -> str:
+        return self.render()
+
+
+def parse_template(text: str) -> Template:
+    """Parse template text; raise AutopromptError naming the problem and the fix."""
+    if not text or not text.strip():
+        raise AutopromptError("empty template: write e.g. '{sentence} It was [MASK] .'")
+    segments: list[list[Part]] = [[]]
+    literal = ""  # literal text gathered since the last marker, escapes resolved
+
+    def flush_literal() -> None:
+        nonlocal literal
+        if literal.strip():
+            segments[-1].append(Literal(literal.strip(), literal[0].isspace()))
+        literal = ""
+
+    pos = 0
+    for m in _TOKEN_RE.finditer(text):
+        literal += text[pos : m.start()]
+        pos = m.end()
+        tok = m.group(0)
+        if tok in ("{{", "}}"):
+            literal += tok[0]
+            continue
+        flush_literal()
+        space = m.start() > 0 and text[m.start() - 1].isspace()
+        if tok.startswith("{"):
+            segments[-1].append(_parse_field(tok, text, space))
+        elif tok == "[T]":
+            segments[-1].append(Trigger(space))
+        elif tok in _PREDICT_MARKERS:
+            segments[-1].append(Predict(space, "[MASK]" if tok == "<mask>" else tok))
+        elif tok == "[X]":
+            segments[-1].append(Field(SUBJECT_FIELD, space, True, "[X]"))
+        elif tok == "[SEP]":
+            segments.append([])
+        elif tok not in _DROPPED_MARKERS:
+            raise AutopromptError(
+                f"template {text!r}: unknown marker {tok}; use [T] (trigger), [P]/[MASK]/[Y] "
+                "(prediction), [X] (subject), [SEP] or {field}"
+            )
+    literal += text[pos:]
+    flush_literal()
+
+    segs = tuple(tuple(s) for s in segments if s)
+    if len(segs) > 2:
+        raise AutopromptError(
+            f"template {text!r}: {len(segs) - 1} inner [SEP] markers; at most two segments "
+            "(one [SEP]) are supported"
+        )
+    if not segs:
+        raise AutopromptError(f"template {text!r} has no text, field or slot")
+    segs = tuple(_first_part_unspaced(s) for s in segs)
+    template = Template(segs, text)
+    n_pred = sum(isinstance(p, Predict) for p in template.parts)
+    if n_pred != 1:
+        what = "no prediction slot" if n_pred == 0 else f"{n_pred} prediction slots"
+        raise AutopromptError(
+            f"template {text!r} has {what}: write exactly one [P] (or [MASK], [Y])"
+        )
+    return template
+
+
+def _first_part_unspaced(seg: tuple[Part, ...]) -> tuple[Part, ...]:
+    # A segment's first part starts the text: no space is tokenized before it.
+    return (replace(seg[0], space_before=False),) + seg[1:]
+
+
+def _parse_field(tok: str, text: str, space: bool) -> Field:
+    inner = tok[1:-1].strip()
+    name, _, option = inner.partition(":")
+    name, option = name.strip(), option.strip()
+    if not name or not re.fullmatch(r"[\w.\-/ ]+", name):
+        raise AutopromptError(
+            f"template {text!r}: bad field {tok}; a field is a column name in braces, "
+            "e.g. {sentence} or {sentence:fixed}"
+        )
+    if option not in ("", "fixed", "shortenable"):
+        raise AutopromptError(
+            f"template {text!r}: unknown field option {option!r} in {tok}; "
+            "use {name} (shortenable) or {name:fixed}"
+        )
+    return Field(name, space, option != "fixed")
