@@ -1,3 +1,41 @@
-"""autoprompt_py: discrete prompt search and scoring for masked language models."""
+"""autoprompt_py: discrete prompt search and scoring for masked language models.
+
+The Python API that the ``autoprompt`` command is a thin layer over::
+
+    from autoprompt_py import load_model, load_templates, load_verbalizer, read_examples
+    lm = load_model("bert-base-cased")
+    results = score_templates(lm, load_templates("sst2"), read_examples("dev.tsv"),
+                              load_verbalizer("sst2"))
+"""
 
 __version__ = "0.1.0"
+
+from autoprompt_py.data import Example, read_examples, read_facts  # noqa: E402
+from autoprompt_py.errors import AutopromptError  # noqa: E402
+from autoprompt_py.evaluation import probe_relations, score_templates  # noqa: E402
+from autoprompt_py.model import MaskedLM, load_model  # noqa: E402
+from autoprompt_py.resources import NamedTemplate, load_templates, load_verbalizer  # noqa: E402
+from autoprompt_py.scoring import classify, probe_facts  # noqa: E402
+from autoprompt_py.template import Template, parse_template  # noqa: E402
+from autoprompt_py.verbalizer import Verbalizer  # noqa: E402
+from autoprompt_py.vocab import read_vocab  # noqa: E402
+
+__all__ = [
+    "AutopromptError",
+    "Example",
+    "MaskedLM",
+    "NamedTemplate",
+    "Template",
+    "Verbalizer",
+    "classify",
+    "load_model",
+    "load_templates",
+    "load_verbalizer",
+    "parse_template",
+    "probe_facts",
+    "probe_relations",
+    "read_examples",
+    "read_facts",
+    "read_vocab",
+    "score_templates",
+]

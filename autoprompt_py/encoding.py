@@ -12,10 +12,11 @@ import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from autoprompt_py.data import Example
+from autoprompt_py.data import Example, check_fields
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.template import Field, Literal, Predict, Template, Trigger
 
@@ -30,12 +31,22 @@ def _spaces_are_tokens(tokenizer: PreTrainedTokenizerBase) -> bool:
 
 def tokenize_piece(tokenizer: PreTrainedTokenizerBase, text: str, space_before: bool) -> list[int]:
     """Token ids of a piece of text that follows a space (or not) in the full input."""
-    text = text.strip()
-    if not text:
-        return []
-    if space_before and _spaces_are_tokens(tokenizer):
-        text = " " + text
-    return tokenizer.encode(text, add_special_tokens=False)
+    return tokenize_pieces(tokenizer, [text], space_before)[0]
+
+
+def tokenize_pieces(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], space_before: bool
+) -> list[list[int]]:
+    """``tokenize_piece`` for many texts in one call (the fast tokenizers batch in Rust)."""
+    prefix = " " if space_before and _spaces_are_tokens(tokenizer) else ""
+    stripped = [t.strip() for t in texts]
+    todo = [i for i, t in enumerate(stripped) if t]
+    out: list[list[int]] = [[] for _ in texts]
+    if todo:
+        enc = tokenizer([prefix + stripped[i] for i in todo], add_special_tokens=False)
+        for i, ids in zip(todo, enc["input_ids"]):
+            out[i] = ids
+    return out
 
 
 @dataclass(frozen=True)
@@ -112,7 +123,10 @@ class TemplateEncoder:
             if isinstance(p, Literal)
         }
 
-    def encode(self, example: Example) -> EncodedExample:
+    def encode(
+        self, example: Example, field_ids: dict[int, list[int]] | None = None
+    ) -> EncodedExample:
+        """Encode one example; ``field_ids`` (part id → ids) skips tokenizing its fields."""
         # chunks: per segment, a list of [part, ids] that truncation may shorten in place
         triggers = iter(self._trigger_ids)
         segments: list[list[list]] = []
@@ -122,7 +136,8 @@ class TemplateEncoder:
                 if isinstance(p, Literal):
                     ids = self._literal_ids[id(p)]
                 elif isinstance(p, Field):
-                    ids = tokenize_piece(self.tokenizer, example.fields[p.name], p.space_before)
+                    ids = (field_ids[id(p)] if field_ids is not None else
+                           tokenize_piece(self.tokenizer, example.fields[p.name], p.space_before))
                 elif isinstance(p, Trigger):
                     ids = [next(triggers)]
                 else:
@@ -172,7 +187,18 @@ class TemplateEncoder:
         return excess
 
     def encode_all(self, examples: Sequence[Example]) -> EncodedDataset:
-        return EncodedDataset([self.encode(e) for e in examples], self.tokenizer.pad_token_id)
+        check_fields(examples, self.template.fields, self.template.source)
+        fields = [p for p in self.template.parts if isinstance(p, Field)]
+        tokenized = {
+            id(p): tokenize_pieces(self.tokenizer, [e.fields[p.name] for e in examples],
+                                   p.space_before)
+            for p in fields
+        }
+        encoded = [
+            self.encode(e, {key: ids[i] for key, ids in tokenized.items()})
+            for i, e in enumerate(examples)
+        ]
+        return EncodedDataset(encoded, self.tokenizer.pad_token_id)
 
 
 @dataclass
@@ -214,16 +240,16 @@ class EncodedDataset:
     def collate(self, indices: Sequence[int]) -> Batch:
         rows = [self.examples[i] for i in indices]
         width = max(len(r.input_ids) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        types = torch.zeros((len(rows), width), dtype=torch.long)
-        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+        types = np.zeros((len(rows), width), dtype=np.int64)
+        attention = np.zeros((len(rows), width), dtype=np.int64)
         for j, r in enumerate(rows):
             n = len(r.input_ids)
-            ids[j, :n] = torch.tensor(r.input_ids)
-            types[j, :n] = torch.tensor(r.token_type_ids)
+            ids[j, :n] = r.input_ids
+            types[j, :n] = r.token_type_ids
             attention[j, :n] = 1
         return Batch(
-            ids, attention, types,
+            torch.from_numpy(ids), torch.from_numpy(attention), torch.from_numpy(types),
             torch.tensor([r.trigger_positions for r in rows], dtype=torch.long),
             torch.tensor([r.mask_positions for r in rows], dtype=torch.long),
             torch.tensor(list(indices), dtype=torch.long),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,9 +135,18 @@ def load_model(name: str | Path, device: str = "auto", dtype: str = "float32") -
     except Exception as e:  # transformers raises many types for a bad folder or offline hub
         raise AutopromptError(_load_failure(name, local, "tokenizer", e)) from None
     try:
-        model = AutoModelForMaskedLM.from_pretrained(name, dtype=DTYPES[dtype])
+        model, info = AutoModelForMaskedLM.from_pretrained(
+            name, dtype=DTYPES[dtype], output_loading_info=True
+        )
     except Exception as e:
         raise AutopromptError(_load_failure(name, local, "masked language model", e)) from None
+    if info.get("missing_keys"):
+        # e.g. a bare encoder saved without its MLM head: the head would be random noise
+        missing = ", ".join(sorted(info["missing_keys"])[:3])
+        raise AutopromptError(
+            f"--model {name}: the weights lack parts of a masked LM ({missing}, ...); "
+            "save the model with its MLM head (an ...ForMaskedLM class)"
+        )
     if tokenizer.mask_token is None:
         raise AutopromptError(f"--model {name}: its tokenizer has no mask token; a masked LM is needed")
     return MaskedLM(model.to(dev), tokenizer, name)
@@ -146,6 +154,7 @@ def load_model(name: str | Path, device: str = "auto", dtype: str = "float32") -
 
 def _load_failure(name: str, local: bool, what: str, e: Exception) -> str:
     reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    reason = reason.split(" for this kind of AutoModel")[0]  # the long list of types adds nothing
     if local:
         return f"--model {name}: this folder does not hold a {what} ({reason[:200]})"
     return (

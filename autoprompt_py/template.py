@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from typing import Union
 
 from autoprompt_py.errors import AutopromptError
 
@@ -57,7 +56,7 @@ class Predict:
     marker: str = "[P]"
 
 
-Part = Union[Literal, Field, Trigger, Predict]
+Part = Literal | Field | Trigger | Predict
 
 
 @dataclass(frozen=True)
