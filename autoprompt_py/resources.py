@@ -39,14 +39,23 @@ class NamedTemplate:
     relation: str | None = None
 
 
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False where the text cannot be a path at all (inline template or
+    JSON longer than a file name may be: ENAMETOOLONG)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def load_templates(spec: str) -> list[NamedTemplate]:
     """Templates from a file (.jsonl set, .txt lines, .json search result), a shipped set's
     name (``sst2``, ``lama_trex``), or template text."""
     path = Path(spec)
-    if path.is_file():
+    if _is_file(path):
         return _templates_from_file(path)
     shipped = shipped_dir("templates") / f"{spec}.jsonl"
-    if shipped.is_file():
+    if _is_file(shipped):
         return _templates_from_file(shipped)
     if any(m in spec for m in ("{", "[", "<mask>")):
         return [NamedTemplate(spec, parse_template(spec))]
@@ -60,10 +69,10 @@ def load_templates(spec: str) -> list[NamedTemplate]:
 def load_verbalizer(spec: str) -> Verbalizer:
     """A verbalizer from a JSON file, a shipped name (``sst2``), or inline JSON."""
     path = Path(spec)
-    if path.is_file():
+    if _is_file(path):
         return Verbalizer.from_file(path)
     shipped = shipped_dir("verbalizers") / f"{spec}.json"
-    if shipped.is_file():
+    if _is_file(shipped):
         return Verbalizer.from_file(shipped)
     if spec.lstrip().startswith("{"):
         try:

@@ -99,7 +99,8 @@ def probe_facts(
     """
     check_fields(facts, template.fields, template.source)
     space = template.predict.space_before
-    gold = np.array([single_token_id(lm.tokenizer, f.label, space) or -1 for f in facts])
+    ids = (single_token_id(lm.tokenizer, f.label, space) for f in facts)
+    gold = np.array([-1 if i is None else i for i in ids], dtype=np.int64)
     if vocab_ids is not None:
         allowed = np.zeros(lm.vocab_size, dtype=bool)
         allowed[list(vocab_ids)] = True

@@ -153,7 +153,7 @@ def parse_template(text: str) -> Template:
 
     pos = 0
     for m in _TOKEN_RE.finditer(text):
-        literal += text[pos : m.start()]
+        literal += _plain(text, pos, m.start())
         pos = m.end()
         tok = m.group(0)
         if tok in ("{{", "}}"):
@@ -176,7 +176,7 @@ def parse_template(text: str) -> Template:
                 f"template {text!r}: unknown marker {tok}; use [T] (trigger), [P]/[MASK]/[Y] "
                 "(prediction), [X] (subject), [SEP] or {field}"
             )
-    literal += text[pos:]
+    literal += _plain(text, pos, len(text))
     flush_literal()
 
     segs = tuple(tuple(s) for s in segments if s)
@@ -196,6 +196,18 @@ def parse_template(text: str) -> Template:
             f"template {text!r} has {what}: write exactly one [P] (or [MASK], [Y])"
         )
     return template
+
+
+def _plain(text: str, start: int, end: int) -> str:
+    # Text between markers: a brace here is neither a field nor an escape ({{, }}).
+    chunk = text[start:end]
+    for i, ch in enumerate(chunk):
+        if ch in "{}":
+            raise AutopromptError(
+                f"template {text!r}: unmatched {ch!r} at character {start + i + 1}; close the "
+                "field as {name}, or write {{ or }} for a literal brace"
+            )
+    return chunk
 
 
 def _first_part_unspaced(seg: tuple[Part, ...]) -> tuple[Part, ...]:
