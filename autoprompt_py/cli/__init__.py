@@ -15,9 +15,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from autoprompt_py.cli import score
+    from autoprompt_py.cli import export, score
 
-    for module in (score,):
+    for module in (score, export):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -1,0 +1,78 @@
+"""``autoprompt export``: a found or hand-written prompt as a soft-prompt seed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from autoprompt_py.cli.common import quiet_transformers
+from autoprompt_py.errors import AutopromptError
+from autoprompt_py.export import FORMATS, check_target, export_prompt, require_peft
+from autoprompt_py.model import load_model
+from autoprompt_py.prompt import TOKEN_CHOICES, FoundPrompt, read_result
+from autoprompt_py.resources import load_templates
+
+
+@click.command()
+@click.argument("result", required=False, type=click.Path(path_type=Path))
+@click.option("--template", "template_spec",
+              help="A hand-written prompt instead of a result file: template text "
+                   "('{sentence} It was [MASK] .') or a one-template file.")
+@click.option("--model", "model_name",
+              help="Hub id or local folder of the masked LM whose embeddings seed the export "
+                   "[default: the model the search result names; required with --template].")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), required=True,
+              help="peft: a prompt-tuning adapter folder; optiprompt: template and vectors "
+                   "folder; embeddings: one .safetensors file.")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="The folder (peft, optiprompt) or .safetensors file (embeddings) to write.")
+@click.option("--tokens", type=click.Choice(TOKEN_CHOICES), default="auto", show_default=True,
+              help="Which tokens seed the vectors: triggers; all (every literal and trigger "
+                   "token in order, no fields or mask); auto (triggers if any, else all).")
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+def export(result, template_spec, model_name, fmt, out, tokens, force) -> None:
+    """Export a search RESULT (or --template) as a soft-prompt initialization."""
+    if (result is None) == (template_spec is None):
+        raise AutopromptError(
+            "give a search result file (autoprompt export RESULT.json ...) or a hand-written "
+            "prompt with --template, not both" if result is not None else
+            "nothing to export: give a search result file (autoprompt export RESULT.json ...) "
+            "or a hand-written prompt with --template '{sentence} It was [MASK] .'"
+        )
+    check_target(out, force, fmt)
+    if fmt == "peft":
+        require_peft()
+    data = read_result(result) if result is not None else None
+    template = None if data is not None else _one_template(template_spec)
+    if model_name is None:
+        if data is None:
+            raise AutopromptError("--template needs --model: the masked LM whose embeddings "
+                                  "seed the export, e.g. --model bert-base-cased")
+        model_name = (data.get("model") or {}).get("name")
+        if not model_name:
+            raise AutopromptError(f"{result}: the result names no model; pass --model")
+    quiet_transformers()
+    lm = load_model(model_name, device="cpu")
+    if data is not None:
+        prompt = FoundPrompt.from_result(data, lm.tokenizer, tokens, source=str(result))
+    else:
+        prompt = FoundPrompt.from_template(template, lm.tokenizer, tokens)
+    prompt.check_model(lm)
+    path = export_prompt(prompt, lm, fmt, out, force)
+    click.echo(
+        f"wrote {fmt} seed of {len(prompt)} {prompt.selection} tokens "
+        f"{' '.join(prompt.tokens)!r} ({prompt.text!r}) from {model_name} to {path}"
+    )
+
+
+def _one_template(spec: str):
+    named = load_templates(spec)
+    if len(named) != 1:
+        names = ", ".join(t.name for t in named[:6]) + (", ..." if len(named) > 6 else "")
+        raise AutopromptError(f"--template {spec}: {len(named)} templates ({names}); export "
+                              "one at a time: pass its text")
+    return named[0].template
+
+
+COMMANDS = [export]

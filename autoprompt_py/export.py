@@ -1,0 +1,284 @@
+"""Found prompt → soft-prompt seeds: a PEFT prompt-tuning adapter, OptiPrompt vectors, or a
+safetensors file of embeddings.
+
+Every export holds exactly the input-embedding rows of the prompt's tokens, in order
+(``FoundPrompt.embeddings``), and a record of where they came from. Writes are atomic: the
+output is built in a temporary folder (or file) beside the target and renamed into place, so
+a failed export leaves nothing behind; an existing target is replaced only with ``force``.
+
+* ``peft``: ``adapter_config.json`` (a ``PromptTuningConfig``: task type
+  ``FEATURE_EXTRACTION``, whose PEFT model prepends the virtual tokens to the input and
+  returns the masked LM's own output; ``num_virtual_tokens`` = the token count; ``token_dim``
+  = the input embedding size, 128 for ALBERT-base rather than its hidden size) and
+  ``adapter_model.safetensors`` (``prompt_embeddings``, float32), written directly rather than
+  by PEFT's text initialization, which would tokenize with special tokens added. The config
+  records ``prompt_tuning_init="TEXT"`` with the prompt's text for readability; PEFT never
+  re-runs it when loading (``PeftModel.from_pretrained`` loads in inference mode, and
+  ``load_peft_seed`` skips it), so the weights are always the ones written here.
+* ``optiprompt``: ``template.txt`` with ``[X]``, ``[Y]`` and one ``[Vi]`` per exported token,
+  ``vectors.npy`` ([n, E] float32, rows in order), ``token_ids.json``, ``manifest.json``, and
+  for n ≤ 10 ``prompt_vecs.npy`` in OptiPrompt's own layout (10 rows, unused rows zero).
+* ``embeddings``: one safetensors file with ``embeddings`` [n, E] (the model's dtype) and
+  ``token_ids`` (int64), and string metadata: template, prompt, tokens, model, created, versions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from autoprompt_py.errors import AutopromptError
+from autoprompt_py.model import MaskedLM
+from autoprompt_py.prompt import FoundPrompt, model_record
+from autoprompt_py.results import atomic_write, current_umask, provenance
+
+FORMATS = ("peft", "optiprompt", "embeddings")
+PEFT_INSTALL = "pip install autoprompt-py[peft]"
+MANIFEST_KIND = "autoprompt-export"
+PEFT_MANIFEST = "autoprompt_export.json"
+OPTIPROMPT_MAX_VECTORS = 10  # OptiPrompt's MAX_NUM_VECTORS: the [V] tokens it adds
+
+
+def require_peft() -> Any:
+    """The ``peft`` module, or a user error saying how to install it."""
+    try:
+        import peft
+    except ImportError:
+        raise AutopromptError(
+            f"--format peft needs the PEFT library, which is not installed: {PEFT_INSTALL}"
+        ) from None
+    return peft
+
+
+def check_target(out: str | Path, force: bool, fmt: str) -> Path:
+    """Fail before any work when ``out`` cannot be written: a missing parent folder, an existing
+    target without ``force``, or a file where a folder goes (and the reverse)."""
+    if fmt not in FORMATS:
+        raise AutopromptError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
+    out = Path(out).expanduser()
+    parent = out.resolve().parent
+    if not parent.is_dir():
+        raise AutopromptError(f"--out {out}: the folder {parent} does not exist; create it first")
+    wants_folder = fmt != "embeddings"
+    if out.exists() or out.is_symlink():
+        if out.is_dir() != wants_folder:
+            what = "a folder" if out.is_dir() else "a file"
+            need = "a folder" if wants_folder else "one .safetensors file"
+            raise AutopromptError(f"--out {out} is {what}, but --format {fmt} writes {need}; "
+                                  "choose another --out")
+        if not force:
+            raise AutopromptError(f"--out {out} already exists; choose another path or pass "
+                                  "--force to replace it")
+    return out
+
+
+def export_prompt(
+    prompt: FoundPrompt, lm: MaskedLM, fmt: str, out: str | Path, force: bool = False
+) -> Path:
+    """Write ``prompt`` in one of ``FORMATS``; returns the path written."""
+    writer = {"peft": to_peft, "optiprompt": to_optiprompt, "embeddings": to_embeddings}
+    if fmt not in writer:
+        raise AutopromptError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
+    return writer[fmt](prompt, lm, out, force=force)
+
+
+def manifest(prompt: FoundPrompt, lm: MaskedLM, fmt: str, files: dict[str, str]) -> dict:
+    """What an export folder records: the prompt, the model, and the usual provenance."""
+    head = provenance("export", {"format": fmt, "tokens": prompt.selection,
+                                 "source": prompt.source, "model": lm.name})
+    return {
+        "kind": MANIFEST_KIND,
+        "format": fmt,
+        **prompt.describe(),
+        "model": model_record(lm),
+        "files": files,
+        **head,
+    }
+
+
+# ------------------------------------------------------------------------------------ PEFT
+
+
+def to_peft(prompt: FoundPrompt, lm: MaskedLM, folder: str | Path, force: bool = False) -> Path:
+    """A prompt-tuning adapter folder that ``PeftModel.from_pretrained(base, folder)`` loads,
+    whose virtual-token embeddings are the prompt's token embeddings."""
+    peft = require_peft()
+    from safetensors.torch import save_file
+
+    target = check_target(folder, force, "peft")
+    prompt.check_model(lm)
+    vectors = prompt.embeddings(lm).float().contiguous()
+    config = lm.model.config
+    peft_config = peft.PromptTuningConfig(
+        task_type=peft.TaskType.FEATURE_EXTRACTION,
+        num_virtual_tokens=len(prompt),
+        token_dim=int(vectors.shape[1]),
+        num_transformer_submodules=1,
+        num_layers=_config_value(config, "num_hidden_layers", "n_layers", "num_layers"),
+        num_attention_heads=_config_value(config, "num_attention_heads", "n_heads"),
+        prompt_tuning_init="TEXT",
+        prompt_tuning_init_text=prompt.text,
+        tokenizer_name_or_path=lm.name,
+        base_model_name_or_path=lm.name,
+        inference_mode=True,  # as PeftModel.save_pretrained writes it
+    )
+    with _staged_folder(target, force) as tmp:
+        peft_config.save_pretrained(str(tmp))
+        save_file({"prompt_embeddings": vectors}, str(tmp / "adapter_model.safetensors"),
+                  metadata={"format": "pt"})
+        info = manifest(prompt, lm, "peft", {
+            "adapter_config.json": "PEFT PromptTuningConfig",
+            "adapter_model.safetensors": "prompt_embeddings [num_virtual_tokens, token_dim]",
+        })
+        info["versions"]["peft"] = getattr(peft, "__version__", "unknown")
+        _write_json(tmp / PEFT_MANIFEST, info)
+    return target
+
+
+def load_peft_seed(base_model: torch.nn.Module, folder: str | Path, adapter_name: str = "default"):
+    """A trainable PEFT model starting from an exported adapter (``PeftModel.from_pretrained``
+    loads prompt-learning adapters frozen only).
+
+    The base model's own weights stay frozen; only the virtual-token embeddings train.
+    """
+    peft = require_peft()
+    config = peft.PeftConfig.from_pretrained(str(folder))
+    init = config.prompt_tuning_init
+    config.inference_mode = False
+    config.prompt_tuning_init = "RANDOM"  # the weights come from the folder, not from text
+    model = peft.get_peft_model(base_model, config, adapter_name=adapter_name)
+    config.prompt_tuning_init = init
+    # the prompt encoder loads its own weights (PEFT reports it among load_state_dict's
+    # missing keys all the same, so that list says nothing here)
+    peft.set_peft_model_state_dict(model, peft.load_peft_weights(str(folder)),
+                                   adapter_name=adapter_name)
+    return model
+
+
+def _config_value(config: Any, *names: str) -> int | None:
+    for name in names:
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+# ------------------------------------------------------------------------------ OptiPrompt
+
+
+def to_optiprompt(
+    prompt: FoundPrompt, lm: MaskedLM, folder: str | Path, force: bool = False
+) -> Path:
+    """OptiPrompt's starting point: the dense template and the vectors its ``[Vi]`` start from."""
+    target = check_target(folder, force, "optiprompt")
+    prompt.check_model(lm)
+    vectors = prompt.embeddings(lm).float().numpy()
+    names = prompt.vector_names()
+    files = {
+        "template.txt": "the template with [X], [Y] and one [Vi] per exported token",
+        "vectors.npy": f"float32 [{len(prompt)}, {vectors.shape[1]}]: row i starts [V{{i+1}}]",
+        "token_ids.json": "the token each [Vi] starts from",
+        "manifest.json": "this record",
+    }
+    if len(prompt) <= OPTIPROMPT_MAX_VECTORS:
+        files["prompt_vecs.npy"] = (
+            f"OptiPrompt's own layout: {OPTIPROMPT_MAX_VECTORS} rows for [V1]..[V10], rows "
+            f"after {len(prompt)} zero"
+        )
+    with _staged_folder(target, force) as tmp:
+        (tmp / "template.txt").write_text(prompt.optiprompt_template() + "\n", encoding="utf-8")
+        np.save(tmp / "vectors.npy", vectors)
+        if len(prompt) <= OPTIPROMPT_MAX_VECTORS:
+            padded = np.zeros((OPTIPROMPT_MAX_VECTORS, vectors.shape[1]), dtype=np.float32)
+            padded[: len(prompt)] = vectors
+            np.save(tmp / "prompt_vecs.npy", padded)
+        _write_json(tmp / "token_ids.json", {
+            "vectors": names,
+            "ids": list(prompt.token_ids),
+            "tokens": list(prompt.tokens),
+        })
+        info = manifest(prompt, lm, "optiprompt", files)
+        info["optiprompt_template"] = prompt.optiprompt_template()
+        _write_json(tmp / "manifest.json", info)
+    return target
+
+
+# ------------------------------------------------------------------------------ safetensors
+
+
+def to_embeddings(
+    prompt: FoundPrompt, lm: MaskedLM, file: str | Path, force: bool = False
+) -> Path:
+    """One safetensors file: ``embeddings`` [n, E], ``token_ids`` [n], string metadata."""
+    from safetensors.torch import save_file
+
+    target = check_target(file, force, "embeddings")
+    prompt.check_model(lm)
+    tensors = {
+        "embeddings": prompt.embeddings(lm).contiguous(),
+        "token_ids": torch.tensor(prompt.token_ids, dtype=torch.long),
+    }
+    head = provenance("export", {"format": "embeddings", "tokens": prompt.selection,
+                                 "source": prompt.source, "model": lm.name})
+    metadata = {
+        "kind": MANIFEST_KIND,
+        "format": "embeddings",
+        "template": prompt.template.render(),
+        "prompt": prompt.prompt,
+        "tokens": json.dumps(list(prompt.tokens), ensure_ascii=False),
+        "token_ids": json.dumps(list(prompt.token_ids)),
+        "text": prompt.text,
+        "selection": prompt.selection,
+        "source": prompt.source,
+        "model": lm.name,
+        "model_record": json.dumps(model_record(lm)),
+        "created": head["created"],
+        "versions": json.dumps(head["versions"]),
+    }
+    def write(tmp: Path) -> None:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+    atomic_write(target, write)
+    return target
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+@contextlib.contextmanager
+def _staged_folder(target: Path, force: bool) -> Iterator[Path]:
+    """Yield a temporary folder beside ``target``; on success rename it into place."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it private; an export is not
+        yield tmp
+        if target.exists() or target.is_symlink():
+            if not force:
+                raise AutopromptError(f"--out {target} already exists; choose another path or "
+                                      "pass --force to replace it")
+            old = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
