@@ -15,9 +15,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from autoprompt_py.cli import export, score
+    from autoprompt_py.cli import export, score, search
 
-    for module in (score, export):
+    for module in (score, export, search):
         for command in module.COMMANDS:
             main.add_command(command)
 

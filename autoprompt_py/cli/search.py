@@ -1,0 +1,412 @@
+"""``autoprompt search`` (trigger tokens) and ``autoprompt labels`` (label words)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from autoprompt_py.cli.common import model_options, quiet_transformers
+from autoprompt_py.results import check_output_path, write_json
+
+
+def _filter_options(f: Callable) -> Callable:
+    options = [
+        click.option(
+            "--filter-subwords/--no-filter-subwords",
+            default=True,
+            show_default=True,
+            help="Exclude word-continuation pieces (##ing, BPE/SentencePiece pieces "
+            "without a word-start marker).",
+        ),
+        click.option(
+            "--filter-non-alpha/--no-filter-non-alpha",
+            default=True,
+            show_default=True,
+            help="Exclude tokens that are not all letters.",
+        ),
+        click.option(
+            "--filter-capitalized/--no-filter-capitalized",
+            default=True,
+            show_default=True,
+            help="Exclude capitalized tokens (AutoPrompt's cheap proper-noun filter).",
+        ),
+        click.option(
+            "--stop-list",
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="File of words (one a line) never to use.",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _filters(
+    label_words: bool, subwords: bool, non_alpha: bool, capitalized: bool, stop_list: str | None
+):
+    from autoprompt_py.search import TokenFilters, read_stop_list
+
+    return TokenFilters(
+        label_words,
+        subwords,
+        non_alpha,
+        capitalized,
+        read_stop_list(stop_list) if stop_list else frozenset(),
+    )
+
+
+def _check_output(path: str) -> None:
+    from autoprompt_py.errors import AutopromptError
+
+    if Path(path).is_dir():
+        raise AutopromptError(
+            f"--output {path} is a folder; give a file name, e.g. {path}/out.json"
+        )
+    check_output_path(path)
+
+
+def _columns(columns: str | None) -> list[str] | None:
+    return [c.strip() for c in columns.split(",")] if columns else None
+
+
+@click.command("search")
+@model_options
+@click.option(
+    "--train",
+    required=True,
+    help="Training examples (.tsv/.csv/.jsonl), or LAMA "
+    "facts (.jsonl) for a relation template with [X].",
+)
+@click.option("--dev", default=None, help="Dev examples; default: --dev-fraction of --train.")
+@click.option(
+    "--dev-fraction",
+    type=float,
+    default=0.2,
+    show_default=True,
+    help="Share of --train held out as dev when --dev is not given (seeded).",
+)
+@click.option(
+    "--template",
+    required=True,
+    help="Template text with [T] trigger slots, a template file, or a search result.",
+)
+@click.option(
+    "--verbalizer",
+    default=None,
+    help="Label words: a JSON file, a shipped name (sst2) or inline JSON.",
+)
+@click.option(
+    "--aggregation",
+    type=click.Choice(["sum", "mean-logit", "mean-logprob"]),
+    default="sum",
+    show_default=True,
+    help="How a label's words are combined.",
+)
+@click.option(
+    "--vocab",
+    default=None,
+    help="Relation mode: vocabulary file restricting the dev P@1 (LAMA's common vocabulary).",
+)
+@click.option(
+    "--relation",
+    default=None,
+    help="Relation id to record (default: from the file name, e.g. P19).",
+)
+@click.option("--label-field", default="label", show_default=True)
+@click.option(
+    "--columns",
+    default=None,
+    help="Comma-separated column names for a delimited file without a header.",
+)
+@click.option(
+    "--train-limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Use only the first N training examples.",
+)
+@click.option(
+    "--dev-limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Use only the first N dev examples.",
+)
+@click.option("--iters", type=click.IntRange(min=0), default=100, show_default=True)
+@click.option(
+    "--num-cand",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="HotFlip candidates per trigger slot and iteration.",
+)
+@click.option(
+    "--accumulation-steps",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Batches for the gradient, and as many fresh ones for "
+    "scoring the candidates (as the original AutoPrompt).",
+)
+@click.option(
+    "--position",
+    type=click.Choice(["random", "sweep", "all"]),
+    default="random",
+    show_default=True,
+    help="Which slot to flip: a random one (AutoPrompt), each in "
+    "turn, or the best flip over all slots.",
+)
+@click.option(
+    "--select",
+    type=click.Choice(["loss", "metric"]),
+    default="loss",
+    show_default=True,
+    help="Accept a flip on strictly lower loss, or on strictly "
+    "more correct answers (the original's rule for "
+    "classification).",
+)
+@click.option(
+    "--patience",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stop after N iterations without a better dev metric.",
+)
+@click.option(
+    "--initial-trigger",
+    default=None,
+    help="Starting trigger words, one per [T] (default: the mask token).",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--max-batch-tokens",
+    type=click.IntRange(min=1),
+    default=65536,
+    show_default=True,
+    help="Padded tokens per forward pass (memory budget).",
+)
+@click.option(
+    "--train-eval-limit",
+    type=click.IntRange(min=1),
+    default=2000,
+    show_default=True,
+    help="Train metrics of the result use at most N examples.",
+)
+@click.option(
+    "--filter-labels/--no-filter-labels",
+    default=True,
+    show_default=True,
+    help="Exclude the label words (relation mode: the training objects).",
+)
+@_filter_options
+@click.option("--output", required=True, help="Result JSON file.")
+@click.option(
+    "--checkpoint", default=None, help="State file, saved every iteration [default: <output>.ckpt]."
+)
+@click.option("--resume", is_flag=True, help="Continue the run saved in the checkpoint.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def search(
+    model_name: str,
+    device: str,
+    dtype: str,
+    batch_size: int,
+    train: str,
+    dev: str | None,
+    dev_fraction: float,
+    template: str,
+    verbalizer: str | None,
+    aggregation: str,
+    vocab: str | None,
+    relation: str | None,
+    label_field: str,
+    columns: str | None,
+    train_limit: int | None,
+    dev_limit: int | None,
+    iters: int,
+    num_cand: int,
+    accumulation_steps: int,
+    position: str,
+    select: str,
+    patience: int | None,
+    initial_trigger: str | None,
+    seed: int,
+    max_batch_tokens: int,
+    train_eval_limit: int,
+    filter_labels: bool,
+    filter_subwords: bool,
+    filter_non_alpha: bool,
+    filter_capitalized: bool,
+    stop_list: str | None,
+    output: str,
+    checkpoint: str | None,
+    resume: bool,
+    quiet: bool,
+) -> None:
+    """Search trigger tokens for the [T] slots of a template (AutoPrompt)."""
+    from autoprompt_py.model import load_model
+    from autoprompt_py.search import SearchConfig, load_task, run_search
+
+    quiet_transformers()
+    _check_output(output)
+    check_output_path(checkpoint)
+    filters = _filters(
+        filter_labels, filter_subwords, filter_non_alpha, filter_capitalized, stop_list
+    )
+    config = SearchConfig(
+        iters=iters,
+        num_cand=num_cand,
+        batch_size=batch_size,
+        accumulation_steps=accumulation_steps,
+        position=position,
+        select=select,
+        patience=patience,
+        seed=seed,
+        max_batch_tokens=max_batch_tokens,
+        dtype=dtype,
+        train_eval_limit=train_eval_limit,
+    )
+    task = load_task(
+        template,
+        train,
+        dev,
+        verbalizer,
+        aggregation,
+        vocab,
+        relation,
+        label_field,
+        _columns(columns),
+        train_limit,
+        dev_limit,
+        dev_fraction,
+        seed,
+    )
+    # float32 weights; --dtype runs the passes under autocast
+    lm = load_model(model_name, device, "float32")
+    record = {
+        "model": model_name,
+        "device": str(lm.device),
+        "train": train,
+        "dev": dev,
+        "dev_fraction": None if dev else dev_fraction,
+        "template": template,
+        "verbalizer": verbalizer,
+        "aggregation": aggregation,
+        "vocab": vocab,
+        "label_field": label_field,
+        "columns": _columns(columns),
+        "train_limit": train_limit,
+        "dev_limit": dev_limit,
+        "initial_trigger": initial_trigger,
+        "resume": resume,
+    }
+    outcome = run_search(
+        lm,
+        task,
+        config,
+        filters,
+        output,
+        checkpoint,
+        resume,
+        initial_trigger,
+        progress=not quiet,
+        record=record,
+    )
+    r = outcome.result
+    metric = r["metric"]
+    click.echo(
+        f"{r['prompt']}\ndev {metric} {r['dev'][metric]:.4f} (initial "
+        f"{r['initial']['dev'][metric]:.4f}) after {r['iterations']} iterations; wrote {output}"
+    )
+    if outcome.interrupted:
+        click.echo("interrupted: wrote the best trigger so far; continue with --resume", err=True)
+        sys.exit(130)
+
+
+@click.command("labels")
+@model_options
+@click.option("--train", required=True, help="Labeled examples (.tsv/.csv/.jsonl).")
+@click.option(
+    "--template",
+    required=True,
+    help="Template text with [P] (and [T] slots), a template file, or a search result.",
+)
+@click.option(
+    "--trigger", default=None, help="Words for the [T] slots, one each (default: the mask token)."
+)
+@click.option("--label-field", default="label", show_default=True)
+@click.option(
+    "--columns",
+    default=None,
+    help="Comma-separated column names for a delimited file without a header.",
+)
+@click.option(
+    "--train-limit", type=click.IntRange(min=1), default=None, help="Use only the first N examples."
+)
+@click.option(
+    "--per-class",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Label words to keep per class.",
+)
+@click.option(
+    "--l2",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="L2 penalty of the logistic regression (stronger: steadier words).",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@_filter_options
+@click.option("--output", required=True, help="Verbalizer JSON file to write.")
+def labels(
+    model_name: str,
+    device: str,
+    dtype: str,
+    batch_size: int,
+    train: str,
+    template: str,
+    trigger: str | None,
+    label_field: str,
+    columns: str | None,
+    train_limit: int | None,
+    per_class: int,
+    l2: float,
+    seed: int,
+    filter_subwords: bool,
+    filter_non_alpha: bool,
+    filter_capitalized: bool,
+    stop_list: str | None,
+    output: str,
+) -> None:
+    """Find label words for each class (AutoPrompt's label search); write a verbalizer."""
+    from autoprompt_py.data import read_examples
+    from autoprompt_py.errors import AutopromptError
+    from autoprompt_py.labels import search_labels
+    from autoprompt_py.model import load_model
+    from autoprompt_py.resources import load_templates
+    from autoprompt_py.search import trigger_ids_from_words
+
+    quiet_transformers()
+    _check_output(output)
+    named = load_templates(template)
+    if len(named) != 1:
+        raise AutopromptError(f"--template {template}: holds {len(named)} templates; give one")
+    tpl = named[0].template
+    examples = read_examples(train, label_field, _columns(columns), train_limit)
+    filters = _filters(False, filter_subwords, filter_non_alpha, filter_capitalized, stop_list)
+    lm = load_model(model_name, device, dtype)
+    if trigger is not None:
+        tpl = tpl.with_triggers(trigger_ids_from_words(lm.tokenizer, tpl, trigger, "--trigger"))
+    found = search_labels(lm, tpl, examples, per_class, filters, batch_size, l2, seed)
+    write_json(output, found.verbalizer)
+    for label, words in found.scores.items():
+        click.echo(f"{label}: " + ", ".join(f"{w} ({s:+.3f})" for w, s in words))
+    click.echo(
+        f"classifier train accuracy {found.train_accuracy:.3f} on {found.n} examples; "
+        f"wrote {output}"
+    )
+
+
+COMMANDS = [search, labels]

@@ -1,0 +1,61 @@
+"""AutoPrompt trigger search: HotFlip candidates, batched candidate scoring, the search loop.
+
+    from autoprompt_py.model import load_model
+    from autoprompt_py.search import SearchConfig, load_task, run_search
+
+    lm = load_model("bert-base-cased")
+    task = load_task("{sentence} [T] [T] [T] [P] .", "train.tsv", "dev.tsv", "sst2")
+    outcome = run_search(lm, task, SearchConfig(iters=100, seed=0), output="trigger.json")
+    outcome.result["prompt"], outcome.result["dev"]["accuracy"]
+
+Rooms: ``task`` (reading and checking the problem), ``tensors`` (the data encoded once),
+``objective`` (losses and the model passes), ``candidates`` (HotFlip and token filters),
+``state`` (the search state and checkpoints), ``trigger`` (the loop and the result file).
+"""
+
+from autoprompt_py.search.candidates import (
+    TokenFilters,
+    VocabStrings,
+    allowed_tokens,
+    hotflip_candidates,
+    read_stop_list,
+)
+from autoprompt_py.search.objective import (
+    ClassificationObjective,
+    Objective,
+    RelationObjective,
+    TriggerScorer,
+)
+from autoprompt_py.search.state import SearchState, load_checkpoint, save_checkpoint
+from autoprompt_py.search.task import SearchTask, load_task
+from autoprompt_py.search.tensors import SplitTensors
+from autoprompt_py.search.trigger import (
+    SearchConfig,
+    SearchOutcome,
+    TriggerSearch,
+    run_search,
+    trigger_ids_from_words,
+)
+
+__all__ = [
+    "ClassificationObjective",
+    "Objective",
+    "RelationObjective",
+    "SearchConfig",
+    "SearchOutcome",
+    "SearchState",
+    "SearchTask",
+    "SplitTensors",
+    "TokenFilters",
+    "TriggerScorer",
+    "TriggerSearch",
+    "VocabStrings",
+    "allowed_tokens",
+    "hotflip_candidates",
+    "load_checkpoint",
+    "load_task",
+    "read_stop_list",
+    "run_search",
+    "save_checkpoint",
+    "trigger_ids_from_words",
+]
