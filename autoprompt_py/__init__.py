@@ -13,9 +13,13 @@ __version__ = "0.1.0"
 from autoprompt_py.data import Example, read_examples, read_facts  # noqa: E402
 from autoprompt_py.errors import AutopromptError  # noqa: E402
 from autoprompt_py.evaluation import probe_relations, score_templates  # noqa: E402
+from autoprompt_py.export import export_prompt  # noqa: E402
+from autoprompt_py.labels import search_labels  # noqa: E402
 from autoprompt_py.model import MaskedLM, load_model  # noqa: E402
+from autoprompt_py.prompt import FoundPrompt  # noqa: E402
 from autoprompt_py.resources import NamedTemplate, load_templates, load_verbalizer  # noqa: E402
 from autoprompt_py.scoring import classify, probe_facts  # noqa: E402
+from autoprompt_py.search import SearchConfig, load_task, run_search  # noqa: E402
 from autoprompt_py.template import Template, parse_template  # noqa: E402
 from autoprompt_py.verbalizer import Verbalizer  # noqa: E402
 from autoprompt_py.vocab import read_vocab  # noqa: E402
@@ -23,12 +27,16 @@ from autoprompt_py.vocab import read_vocab  # noqa: E402
 __all__ = [
     "AutopromptError",
     "Example",
+    "FoundPrompt",
     "MaskedLM",
     "NamedTemplate",
+    "SearchConfig",
     "Template",
     "Verbalizer",
     "classify",
+    "export_prompt",
     "load_model",
+    "load_task",
     "load_templates",
     "load_verbalizer",
     "parse_template",
@@ -37,5 +45,7 @@ __all__ = [
     "read_examples",
     "read_facts",
     "read_vocab",
+    "run_search",
     "score_templates",
+    "search_labels",
 ]

@@ -141,10 +141,10 @@ class ResolvedVerbalizer:
         if not idx:
             return idx, logits.new_zeros(batch, 0)
         ids = torch.tensor([self.pieces[w] for w in idx], device=logits.device)  # [words, k]
-        values = logits.float()
+        picked = logits.gather(2, ids.T.unsqueeze(0).expand(batch, -1, -1)).float()
         if self.aggregation != "mean-logit":
-            values = F.log_softmax(values, dim=-1)
-        picked = values.gather(2, ids.T.unsqueeze(0).expand(batch, -1, -1))  # [batch, k, words]
+            # log-probabilities of the picked tokens only: no [batch, k, vocab] log_softmax copy
+            picked = picked - logits.float().logsumexp(-1, keepdim=True)
         return idx, picked.mean(1) if self.aggregation == "mean-logit" else picked.sum(1)
 
     def aggregate(self, word_scores: torch.Tensor) -> torch.Tensor:

@@ -111,20 +111,33 @@ def main() -> None:
             for b in batches:
                 lm.model.base_model(**b)
 
+    mask_id = tok.mask_token_id
+    mask_pos = [(b["input_ids"] == mask_id).nonzero()[:, 1:] for b in batches]
+
+    def bare_at_mask() -> None:
+        # the same job's model compute: encoder everywhere, MLM head at the mask only
+        with torch.inference_mode():
+            for b, pos in zip(batches, mask_pos):
+                lm.mask_logits(pos, b["attention_mask"], input_ids=b["input_ids"],
+                               token_type_ids=b.get("token_type_ids"))
+
     t_bare, _ = best_time(bare_full, args.repeat)
+    t_mask, _ = best_time(bare_at_mask, args.repeat)
     t_enc, _ = best_time(bare_encoder, args.repeat)
 
     agree = float(np.mean([a == b for a, b in zip(ours, pipe_preds)]))
-    print(f"{'contender':<42}{'seconds':>9}{'examples/s':>12}")
+    print(f"{'contender':<44}{'seconds':>9}{'examples/s':>12}")
     for name, t in [
         ("autoprompt_py classify (tokenize+forward)", t_ours),
         ("transformers pipeline('fill-mask')", t_pipe),
         ("bare forward, MLM head at every position", t_bare),
+        ("bare forward, MLM head at the mask only", t_mask),
         ("bare forward, encoder only (no MLM head)", t_enc),
     ]:
-        print(f"{name:<42}{t:>9.3f}{n / t:>12.0f}")
+        print(f"{name:<44}{t:>9.3f}{n / t:>12.0f}")
     print(f"speed-up over the pipeline: {t_pipe / t_ours:.2f}x (target >= 5x)")
     print(f"time vs bare full forward: {t_ours / t_bare:.2f}x (target <= 1.2x)")
+    print(f"time vs bare forward with the head at the mask only: {t_ours / t_mask:.2f}x")
     print(f"time vs bare encoder-only forward: {t_ours / t_enc:.2f}x")
     print(f"predictions agreeing with the pipeline: {agree:.4f}")
 

@@ -25,7 +25,7 @@ def _filter_options(f: Callable) -> Callable:
             "--filter-non-alpha/--no-filter-non-alpha",
             default=True,
             show_default=True,
-            help="Exclude tokens that are not all letters.",
+            help="Exclude tokens that are not all ASCII letters.",
         ),
         click.option(
             "--filter-capitalized/--no-filter-capitalized",

@@ -90,8 +90,11 @@ def continuation_pieces(vocab: VocabStrings) -> torch.Tensor:
 
 
 def non_alphabetic(vocab: VocabStrings) -> torch.Tensor:
-    """Tokens whose readable word is not all letters: punctuation, digits, ``[unused0]``."""
-    return torch.tensor([not w.isalpha() for w in vocab.words], dtype=torch.bool)
+    """Tokens whose readable word is not all ASCII letters: punctuation, digits, ``[unused0]``,
+    and other scripts' characters, which English vocabularies hold as rare single pieces
+    that the gradient loves and that transfer to nothing."""
+    return torch.tensor([not (w.isascii() and w.isalpha()) for w in vocab.words],
+                        dtype=torch.bool)
 
 
 def capitalized(vocab: VocabStrings) -> torch.Tensor:
