@@ -113,9 +113,13 @@ def check_fields(examples: Sequence[Example], fields: Sequence[str], template: s
 def _as_text(value: object) -> str:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    return value if isinstance(value, str) else json.dumps(value) if isinstance(
-        value, (list, dict)
-    ) else str(value)
+    return (
+        value
+        if isinstance(value, str)
+        else json.dumps(value)
+        if isinstance(value, (list, dict))
+        else str(value)
+    )
 
 
 def _read_jsonl(path: Path) -> list[tuple[int, dict]]:

@@ -63,7 +63,9 @@ class _SpecialLayout:
         # Read the layout off a real encoding, which works for every tokenizer backend.
         texts = ("a", "b") if pair else ("a",)
         enc = tokenizer(
-            *texts, add_special_tokens=True, return_special_tokens_mask=True,
+            *texts,
+            add_special_tokens=True,
+            return_special_tokens_mask=True,
             return_token_type_ids=True,
         )
         ids, special = enc["input_ids"], enc["special_tokens_mask"]
@@ -136,8 +138,11 @@ class TemplateEncoder:
                 if isinstance(p, Literal):
                     ids = self._literal_ids[id(p)]
                 elif isinstance(p, Field):
-                    ids = (field_ids[id(p)] if field_ids is not None else
-                           tokenize_piece(self.tokenizer, example.fields[p.name], p.space_before))
+                    ids = (
+                        field_ids[id(p)]
+                        if field_ids is not None
+                        else tokenize_piece(self.tokenizer, example.fields[p.name], p.space_before)
+                    )
                 elif isinstance(p, Trigger):
                     ids = [next(triggers)]
                 else:
@@ -171,8 +176,9 @@ class TemplateEncoder:
         excess = sum(len(ids) for chunks in segments for _, ids in chunks) - budget
         if excess <= 0:
             return 0
-        shortenable = [c for chunks in segments for c in chunks
-                       if isinstance(c[0], Field) and c[0].shortenable]
+        shortenable = [
+            c for chunks in segments for c in chunks if isinstance(c[0], Field) and c[0].shortenable
+        ]
         room = sum(len(c[1]) for c in shortenable)
         if room < excess:
             raise AutopromptError(
@@ -190,8 +196,9 @@ class TemplateEncoder:
         check_fields(examples, self.template.fields, self.template.source)
         fields = [p for p in self.template.parts if isinstance(p, Field)]
         tokenized = {
-            id(p): tokenize_pieces(self.tokenizer, [e.fields[p.name] for e in examples],
-                                   p.space_before)
+            id(p): tokenize_pieces(
+                self.tokenizer, [e.fields[p.name] for e in examples], p.space_before
+            )
             for p in fields
         }
         encoded = [
@@ -213,10 +220,19 @@ class Batch:
     index: torch.Tensor
 
     def to(self, device: torch.device) -> Batch:
-        return Batch(*(t.to(device) for t in (
-            self.input_ids, self.attention_mask, self.token_type_ids,
-            self.trigger_positions, self.mask_positions, self.index,
-        )))
+        return Batch(
+            *(
+                t.to(device)
+                for t in (
+                    self.input_ids,
+                    self.attention_mask,
+                    self.token_type_ids,
+                    self.trigger_positions,
+                    self.mask_positions,
+                    self.index,
+                )
+            )
+        )
 
     @property
     def num_tokens(self) -> int:
@@ -249,7 +265,9 @@ class EncodedDataset:
             types[j, :n] = r.token_type_ids
             attention[j, :n] = 1
         return Batch(
-            torch.from_numpy(ids), torch.from_numpy(attention), torch.from_numpy(types),
+            torch.from_numpy(ids),
+            torch.from_numpy(attention),
+            torch.from_numpy(types),
             torch.tensor([r.trigger_positions for r in rows], dtype=torch.long),
             torch.tensor([r.mask_positions for r in rows], dtype=torch.long),
             torch.tensor(list(indices), dtype=torch.long),

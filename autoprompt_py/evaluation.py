@@ -77,14 +77,22 @@ def score_templates(
         if space not in resolved:
             resolved[space] = verbalizer.resolve(lm.tokenizer, aggregation, space)
         verb = resolved[space]
-        out = classify(lm, named.template, examples, verb, batch_size,
-                       desc=named.name if progress else None)
+        out = classify(
+            lm, named.template, examples, verb, batch_size, desc=named.name if progress else None
+        )
         predictions = out.predictions
         metrics = classification_metrics(gold, predictions, verb.labels, bootstrap, seed)
-        results.append(TemplateScore(
-            named.name, named.template.render("token"), metrics, out.truncated,
-            verb.multi_piece_words, out.scores, predictions,
-        ))
+        results.append(
+            TemplateScore(
+                named.name,
+                named.template.render("token"),
+                metrics,
+                out.truncated,
+                verb.multi_piece_words,
+                out.scores,
+                predictions,
+            )
+        )
     return results
 
 
@@ -129,23 +137,41 @@ def probe_relations(
             )
         vocab_ids = (
             vocab_token_ids(lm.tokenizer, list(vocab), named.template.predict.space_before)
-            if vocab is not None else None
+            if vocab is not None
+            else None
         )
-        probe = probe_facts(lm, named.template, rel_facts, vocab_ids, batch_size,
-                            desc=relation if progress else None)
+        probe = probe_facts(
+            lm,
+            named.template,
+            rel_facts,
+            vocab_ids,
+            batch_size,
+            desc=relation if progress else None,
+        )
         ranks = probe.ranks[probe.scored]
         all_ranks.append(ranks)
         examples = None
         if keep_predictions:
             examples = [
-                {"sub_label": f.fields.get("sub_label"), "obj_label": f.label,
-                 "rank": int(r) if s else None, "top": t}
+                {
+                    "sub_label": f.fields.get("sub_label"),
+                    "obj_label": f.label,
+                    "rank": int(r) if s else None,
+                    "top": t,
+                }
                 for f, r, s, t in zip(rel_facts, probe.ranks, probe.scored, probe.top)
             ]
-        scored.append(RelationScore(
-            relation, named.template.render("token"), len(rel_facts), probe.num_skipped,
-            rank_metrics(ranks), probe.truncated, examples,
-        ))
+        scored.append(
+            RelationScore(
+                relation,
+                named.template.render("token"),
+                len(rel_facts),
+                probe.num_skipped,
+                rank_metrics(ranks),
+                probe.truncated,
+                examples,
+            )
+        )
     if not scored:
         raise AutopromptError(
             "no relation of the facts has a template: give --relations with templates for "

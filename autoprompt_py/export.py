@@ -74,11 +74,13 @@ def check_target(out: str | Path, force: bool, fmt: str) -> Path:
         if out.is_dir() != wants_folder:
             what = "a folder" if out.is_dir() else "a file"
             need = "a folder" if wants_folder else "one .safetensors file"
-            raise AutopromptError(f"--out {out} is {what}, but --format {fmt} writes {need}; "
-                                  "choose another --out")
+            raise AutopromptError(
+                f"--out {out} is {what}, but --format {fmt} writes {need}; choose another --out"
+            )
         if not force:
-            raise AutopromptError(f"--out {out} already exists; choose another path or pass "
-                                  "--force to replace it")
+            raise AutopromptError(
+                f"--out {out} already exists; choose another path or pass --force to replace it"
+            )
     return out
 
 
@@ -94,8 +96,10 @@ def export_prompt(
 
 def manifest(prompt: FoundPrompt, lm: MaskedLM, fmt: str, files: dict[str, str]) -> dict:
     """What an export folder records: the prompt, the model, and the usual provenance."""
-    head = provenance("export", {"format": fmt, "tokens": prompt.selection,
-                                 "source": prompt.source, "model": lm.name})
+    head = provenance(
+        "export",
+        {"format": fmt, "tokens": prompt.selection, "source": prompt.source, "model": lm.name},
+    )
     return {
         "kind": MANIFEST_KIND,
         "format": fmt,
@@ -134,12 +138,20 @@ def to_peft(prompt: FoundPrompt, lm: MaskedLM, folder: str | Path, force: bool =
     )
     with _staged_folder(target, force) as tmp:
         peft_config.save_pretrained(str(tmp))
-        save_file({"prompt_embeddings": vectors}, str(tmp / "adapter_model.safetensors"),
-                  metadata={"format": "pt"})
-        info = manifest(prompt, lm, "peft", {
-            "adapter_config.json": "PEFT PromptTuningConfig",
-            "adapter_model.safetensors": "prompt_embeddings [num_virtual_tokens, token_dim]",
-        })
+        save_file(
+            {"prompt_embeddings": vectors},
+            str(tmp / "adapter_model.safetensors"),
+            metadata={"format": "pt"},
+        )
+        info = manifest(
+            prompt,
+            lm,
+            "peft",
+            {
+                "adapter_config.json": "PEFT PromptTuningConfig",
+                "adapter_model.safetensors": "prompt_embeddings [num_virtual_tokens, token_dim]",
+            },
+        )
         info["versions"]["peft"] = getattr(peft, "__version__", "unknown")
         _write_json(tmp / PEFT_MANIFEST, info)
     return target
@@ -160,8 +172,9 @@ def load_peft_seed(base_model: torch.nn.Module, folder: str | Path, adapter_name
     config.prompt_tuning_init = init
     # the prompt encoder loads its own weights (PEFT reports it among load_state_dict's
     # missing keys all the same, so that list says nothing here)
-    peft.set_peft_model_state_dict(model, peft.load_peft_weights(str(folder)),
-                                   adapter_name=adapter_name)
+    peft.set_peft_model_state_dict(
+        model, peft.load_peft_weights(str(folder)), adapter_name=adapter_name
+    )
     return model
 
 
@@ -202,11 +215,14 @@ def to_optiprompt(
             padded = np.zeros((OPTIPROMPT_MAX_VECTORS, vectors.shape[1]), dtype=np.float32)
             padded[: len(prompt)] = vectors
             np.save(tmp / "prompt_vecs.npy", padded)
-        _write_json(tmp / "token_ids.json", {
-            "vectors": names,
-            "ids": list(prompt.token_ids),
-            "tokens": list(prompt.tokens),
-        })
+        _write_json(
+            tmp / "token_ids.json",
+            {
+                "vectors": names,
+                "ids": list(prompt.token_ids),
+                "tokens": list(prompt.tokens),
+            },
+        )
         info = manifest(prompt, lm, "optiprompt", files)
         info["optiprompt_template"] = prompt.optiprompt_template()
         _write_json(tmp / "manifest.json", info)
@@ -216,9 +232,7 @@ def to_optiprompt(
 # ------------------------------------------------------------------------------ safetensors
 
 
-def to_embeddings(
-    prompt: FoundPrompt, lm: MaskedLM, file: str | Path, force: bool = False
-) -> Path:
+def to_embeddings(prompt: FoundPrompt, lm: MaskedLM, file: str | Path, force: bool = False) -> Path:
     """One safetensors file: ``embeddings`` [n, E], ``token_ids`` [n], string metadata."""
     from safetensors.torch import save_file
 
@@ -228,8 +242,15 @@ def to_embeddings(
         "embeddings": prompt.embeddings(lm).contiguous(),
         "token_ids": torch.tensor(prompt.token_ids, dtype=torch.long),
     }
-    head = provenance("export", {"format": "embeddings", "tokens": prompt.selection,
-                                 "source": prompt.source, "model": lm.name})
+    head = provenance(
+        "export",
+        {
+            "format": "embeddings",
+            "tokens": prompt.selection,
+            "source": prompt.source,
+            "model": lm.name,
+        },
+    )
     metadata = {
         "kind": MANIFEST_KIND,
         "format": "embeddings",
@@ -245,6 +266,7 @@ def to_embeddings(
         "created": head["created"],
         "versions": json.dumps(head["versions"]),
     }
+
     def write(tmp: Path) -> None:
         save_file(tensors, str(tmp), metadata=metadata)
 
@@ -264,8 +286,10 @@ def _staged_folder(target: Path, force: bool) -> Iterator[Path]:
         yield tmp
         if target.exists() or target.is_symlink():
             if not force:
-                raise AutopromptError(f"--out {target} already exists; choose another path or "
-                                      "pass --force to replace it")
+                raise AutopromptError(
+                    f"--out {target} already exists; choose another path or "
+                    "pass --force to replace it"
+                )
             old = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
             os.replace(target, old)
             os.replace(tmp, target)

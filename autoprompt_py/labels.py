@@ -144,7 +144,7 @@ def search_labels(
     per_class: int = 3,
     filters: TokenFilters | None = None,
     batch_size: int = 32,
-    l2: float = 1e-3,
+    l2: float = 1.0,
     seed: int = 0,
 ) -> LabelSearch:
     """The ``per_class`` best label words of each class (labels of ``examples``).

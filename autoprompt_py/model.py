@@ -70,8 +70,11 @@ class MaskedLM:
         """The longest input, special tokens included, that both tokenizer and model accept."""
         limit = self.tokenizer.model_max_length
         positions = getattr(self.model.config, "max_position_embeddings", None)
-        if positions and getattr(self.model.config, "model_type", "") in ("roberta", "camembert",
-                                                                           "xlm-roberta"):
+        if positions and getattr(self.model.config, "model_type", "") in (
+            "roberta",
+            "camembert",
+            "xlm-roberta",
+        ):
             positions -= 2  # RoBERTa's position ids start after the padding index
         if not limit or limit > 100_000:  # tokenizers without a limit say 1e30
             limit = positions or 512
@@ -148,7 +151,9 @@ def load_model(name: str | Path, device: str = "auto", dtype: str = "float32") -
             "save the model with its MLM head (an ...ForMaskedLM class)"
         )
     if tokenizer.mask_token is None:
-        raise AutopromptError(f"--model {name}: its tokenizer has no mask token; a masked LM is needed")
+        raise AutopromptError(
+            f"--model {name}: its tokenizer has no mask token; a masked LM is needed"
+        )
     return MaskedLM(model.to(dev), tokenizer, name)
 
 

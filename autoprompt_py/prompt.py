@@ -108,8 +108,16 @@ class FoundPrompt:
         trigger = data.get("trigger") or {}
         words = trigger.get("words") if isinstance(trigger, dict) else None
         model = data.get("model") if isinstance(data.get("model"), dict) else None
-        return cls._build(template, tokenizer, tokens, source, model, data.get("relation"),
-                          data.get("mode"), words)
+        return cls._build(
+            template,
+            tokenizer,
+            tokens,
+            source,
+            model,
+            data.get("relation"),
+            data.get("mode"),
+            words,
+        )
 
     @classmethod
     def from_template(
@@ -138,7 +146,9 @@ class FoundPrompt:
     ) -> FoundPrompt:
         selection = _selection(template, tokens, source)
         if selection == "all" and tokenizer is None:
-            raise ValueError("tokens='all' tokenizes the template's literal words: pass a tokenizer")
+            raise ValueError(
+                "tokens='all' tokenizes the template's literal words: pass a tokenizer"
+            )
         ids: list[int] = []
         toks: list[str | None] = []
         counts: list[int] = []
@@ -166,8 +176,18 @@ class FoundPrompt:
             text = " ".join(words)
         else:
             text = " ".join(toks)
-        return cls(template, tuple(ids), tuple(toks), selection, text, source, model, relation,
-                   mode, tuple(counts))
+        return cls(
+            template,
+            tuple(ids),
+            tuple(toks),
+            selection,
+            text,
+            source,
+            model,
+            relation,
+            mode,
+            tuple(counts),
+        )
 
     # ---------------------------------------------------------------- the model
 
@@ -181,8 +201,11 @@ class FoundPrompt:
         bad = [i for i in self.token_ids if not 0 <= i < vocab]
         rec = self.model or {}
         searched = rec.get("name") or "another model"
-        where = f"{self.source} (searched with {searched})" if rec else _named(
-            self.template, self.source)
+        where = (
+            f"{self.source} (searched with {searched})"
+            if rec
+            else _named(self.template, self.source)
+        )
         if rec:
             want_vocab, want_dim = rec.get("vocab_size"), rec.get("embedding_size")
             vocab_ok = want_vocab is None or want_vocab in (vocab, len(lm.tokenizer))
@@ -198,8 +221,13 @@ class FoundPrompt:
                 f"{where}: token ids {bad} are outside --model {lm.name}'s vocabulary of {vocab}; "
                 f"export with the model the prompt was found with"
             )
-        recorded = [(i, t) for p in self.template.parts if isinstance(p, Trigger)
-                    for i, t in [(p.token_id, p.token)] if t is not None]
+        recorded = [
+            (i, t)
+            for p in self.template.parts
+            if isinstance(p, Trigger)
+            for i, t in [(p.token_id, p.token)]
+            if t is not None
+        ]
         if recorded:
             ids = [i for i, _ in recorded]
             have = lm.tokenizer.convert_ids_to_tokens(ids)
@@ -294,11 +322,12 @@ def read_result(path: str | Path) -> dict:
         raise AutopromptError(f"{path}: a folder, not a search result file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         where = f":{e.lineno}" if isinstance(e, json.JSONDecodeError) else ""
-        raise AutopromptError(f"{path}{where}: not valid JSON; pass a search result file or "
-                              "--template") from None
+        raise AutopromptError(
+            f"{path}{where}: not valid JSON; pass a search result file or --template"
+        ) from None
     if not isinstance(data, dict) or data.get("kind") != RESULT_KIND:
         raise AutopromptError(
-            f"{path}: not a search result (no \"kind\": \"{RESULT_KIND}\"); pass the .json "
+            f'{path}: not a search result (no "kind": "{RESULT_KIND}"); pass the .json '
             "written by 'autoprompt search', or a hand-written prompt with --template"
         )
     return data
@@ -320,10 +349,14 @@ def _selection(template: Template, tokens: str, source: str) -> str:
 
 def _nothing_to_export(template: Template, source: str, selection: str) -> str:
     if selection == "triggers":
-        return (f"{_named(template, source)} has no trigger tokens to export; use --tokens all "
-                "to export its literal words")
-    return (f"{_named(template, source)} has no trigger or literal tokens to export (only "
-            "fields and the prediction slot); write the prompt's words in the template")
+        return (
+            f"{_named(template, source)} has no trigger tokens to export; use --tokens all "
+            "to export its literal words"
+        )
+    return (
+        f"{_named(template, source)} has no trigger or literal tokens to export (only "
+        "fields and the prediction slot); write the prompt's words in the template"
+    )
 
 
 def _named(template: Template, source: str) -> str:

@@ -106,11 +106,14 @@ def _templates_from_file(path: Path) -> list[NamedTemplate]:
         except json.JSONDecodeError as e:
             raise AutopromptError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
         if isinstance(data, dict) and data.get("kind") == RESULT_KIND:
-            return [NamedTemplate(path.stem, template_from_result(data, str(path)),
-                                  data.get("relation"))]
+            return [
+                NamedTemplate(
+                    path.stem, template_from_result(data, str(path)), data.get("relation")
+                )
+            ]
         raise AutopromptError(
             f"{path}: a .json template file must be a search result; write template sets "
-            "as .jsonl lines of {\"name\": ..., \"template\": ...}"
+            'as .jsonl lines of {"name": ..., "template": ...}'
         )
     out = []
     for line_no, line in enumerate(text.splitlines(), 1):
@@ -122,7 +125,7 @@ def _templates_from_file(path: Path) -> list[NamedTemplate]:
                 tpl_text = row["template"]
             except (json.JSONDecodeError, KeyError, TypeError):
                 raise AutopromptError(
-                    f"{path}:{line_no}: each line must be a JSON object with a \"template\""
+                    f'{path}:{line_no}: each line must be a JSON object with a "template"'
                 ) from None
             relation = row.get("relation")
             name = row.get("name") or relation or f"{path.stem}:{line_no}"

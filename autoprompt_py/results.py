@@ -47,7 +47,9 @@ def check_output_path(path: str | Path | None) -> None:
         return
     parent = Path(path).expanduser().resolve().parent
     if not parent.is_dir():
-        raise AutopromptError(f"--output {path}: the folder {parent} does not exist; create it first")
+        raise AutopromptError(
+            f"--output {path}: the folder {parent} does not exist; create it first"
+        )
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:

@@ -18,16 +18,22 @@ from autoprompt_py.vocab import single_token_id
 
 
 def iter_mask_logits(
-    lm: MaskedLM, dataset: EncodedDataset, batch_size: int, desc: str | None = None,
+    lm: MaskedLM,
+    dataset: EncodedDataset,
+    batch_size: int,
+    desc: str | None = None,
 ) -> Iterator[tuple[Batch, torch.Tensor]]:
     """(batch, logits [batch, masks, vocab]) over the dataset in length-sorted batches."""
-    with torch.inference_mode(), tqdm(
-        total=len(dataset), desc=desc, unit="ex", disable=desc is None, leave=False
-    ) as bar:
+    with (
+        torch.inference_mode(),
+        tqdm(total=len(dataset), desc=desc, unit="ex", disable=desc is None, leave=False) as bar,
+    ):
         for batch in dataset.batches(batch_size):
             b = batch.to(lm.device)
             logits = lm.mask_logits(
-                b.mask_positions, b.attention_mask, input_ids=b.input_ids,
+                b.mask_positions,
+                b.attention_mask,
+                input_ids=b.input_ids,
                 token_type_ids=b.token_type_ids,
             )
             yield b, logits
@@ -114,7 +120,9 @@ def probe_facts(
         return Probe(ranks, tops, scored, 0)
     encoder = TemplateEncoder(template, lm.tokenizer, lm.max_length, n_masks=1)
     dataset = encoder.encode_all(keep)
-    candidates = torch.tensor(sorted(vocab_ids), device=lm.device) if vocab_ids is not None else None
+    candidates = (
+        torch.tensor(sorted(vocab_ids), device=lm.device) if vocab_ids is not None else None
+    )
     gold_kept = torch.tensor(gold[scored], device=lm.device)
     for batch, logits in iter_mask_logits(lm, dataset, batch_size, desc):
         logits = logits[:, 0].float()

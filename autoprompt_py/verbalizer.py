@@ -41,14 +41,17 @@ class Verbalizer:
     def from_dict(cls, mapping: dict, source: str = "verbalizer") -> Verbalizer:
         if not isinstance(mapping, dict) or not mapping:
             raise AutopromptError(
-                f'{source}: a verbalizer is a JSON object of label → word(s), e.g. '
+                f"{source}: a verbalizer is a JSON object of label → word(s), e.g. "
                 '{"0": ["terrible"], "1": ["great"]}'
             )
         words: dict[str, list[str]] = {}
         for label, value in mapping.items():
             items = [value] if isinstance(value, str) else value
-            if (not isinstance(items, list) or not items
-                    or not all(isinstance(w, str) and w.strip() for w in items)):
+            if (
+                not isinstance(items, list)
+                or not items
+                or not all(isinstance(w, str) and w.strip() for w in items)
+            ):
                 raise AutopromptError(
                     f"{source}: label {label!r} must map to a word or a non-empty list of words"
                 )

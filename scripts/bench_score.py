@@ -59,14 +59,15 @@ def main() -> None:
     tok = lm.tokenizer
     examples = read_examples(args.data, limit=args.limit)
     template = parse_template(args.template)
-    verbalizer = load_verbalizer(args.verbalizer).resolve(tok, "sum",
-                                                          template.predict.space_before)
+    verbalizer = load_verbalizer(args.verbalizer).resolve(tok, "sum", template.predict.space_before)
     if verbalizer.piece_counts != [1]:
         raise SystemExit("the pipeline comparison needs single-token label words")
     label_ids = [p[0] for p in verbalizer.pieces]
     n = len(examples)
-    print(f"{n} examples, batch size {args.batch_size}, model {args.model}, "
-          f"torch threads {torch.get_num_threads()}, device {lm.device}")
+    print(
+        f"{n} examples, batch size {args.batch_size}, model {args.model}, "
+        f"torch threads {torch.get_num_threads()}, device {lm.device}"
+    )
 
     # 1. autoprompt_py: encode + batched forward (head at the mask only) + aggregation
     t_ours, ours = best_time(
@@ -77,7 +78,8 @@ def main() -> None:
     # 2. transformers fill-mask pipeline with the label words as targets
     texts = [
         args.template.replace("{sentence}", e.fields["sentence"].strip()).replace(
-            "[MASK]", tok.mask_token)
+            "[MASK]", tok.mask_token
+        )
         for e in examples
     ]
     fill = pipeline("fill-mask", model=lm.model, tokenizer=tok, device=lm.device)
@@ -118,8 +120,12 @@ def main() -> None:
         # the same job's model compute: encoder everywhere, MLM head at the mask only
         with torch.inference_mode():
             for b, pos in zip(batches, mask_pos):
-                lm.mask_logits(pos, b["attention_mask"], input_ids=b["input_ids"],
-                               token_type_ids=b.get("token_type_ids"))
+                lm.mask_logits(
+                    pos,
+                    b["attention_mask"],
+                    input_ids=b["input_ids"],
+                    token_type_ids=b.get("token_type_ids"),
+                )
 
     t_bare, _ = best_time(bare_full, args.repeat)
     t_mask, _ = best_time(bare_at_mask, args.repeat)

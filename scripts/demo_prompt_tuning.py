@@ -83,7 +83,9 @@ def build_arm(arm: str, args, seed_folder: Path, n: int, dim: int):
         model = load_peft_seed(base, seed_folder)
     else:
         config = PromptTuningConfig(
-            task_type=TaskType.FEATURE_EXTRACTION, num_virtual_tokens=n, token_dim=dim,
+            task_type=TaskType.FEATURE_EXTRACTION,
+            num_virtual_tokens=n,
+            token_dim=dim,
             num_transformer_submodules=1,
             prompt_tuning_init="RANDOM" if arm == "random" else "SAMPLE_VOCAB",
         )
@@ -101,8 +103,9 @@ def label_scores(model, gather: MaskGather, batch, n: int, verbalizer) -> torch.
     return verbalizer.label_scores({logits.shape[1]: logits})
 
 
-def accuracy(model, gather, dataset: EncodedDataset, gold: torch.Tensor, n: int, verbalizer,
-             batch_size: int) -> float:
+def accuracy(
+    model, gather, dataset: EncodedDataset, gold: torch.Tensor, n: int, verbalizer, batch_size: int
+) -> float:
     correct = 0
     with torch.inference_mode():
         for batch in dataset.batches(batch_size):
@@ -111,13 +114,16 @@ def accuracy(model, gather, dataset: EncodedDataset, gold: torch.Tensor, n: int,
     return correct / len(dataset)
 
 
-def train(model, gather, dataset: EncodedDataset, gold: torch.Tensor, n: int, verbalizer,
-          args) -> float:
+def train(
+    model, gather, dataset: EncodedDataset, gold: torch.Tensor, n: int, verbalizer, args
+) -> float:
     weight = model.prompt_encoder["default"].embedding.weight
     optimizer = torch.optim.AdamW([weight], lr=args.lr, weight_decay=0.0)
-    order = np.random.default_rng(args.seed).permutation(
-        np.resize(np.arange(len(dataset)), args.steps * args.batch_size)
-    ).reshape(args.steps, args.batch_size)
+    order = (
+        np.random.default_rng(args.seed)
+        .permutation(np.resize(np.arange(len(dataset)), args.steps * args.batch_size))
+        .reshape(args.steps, args.batch_size)
+    )
     losses = []
     for indices in order:
         batch = dataset.collate(indices.tolist())
@@ -133,21 +139,34 @@ def train(model, gather, dataset: EncodedDataset, gold: torch.Tensor, n: int, ve
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=str(SHARED / "models" / "bert-tiny-splade"))
-    p.add_argument("--data", default=str(SHARED / "data" / "sst2"),
-                   help="A folder with train.tsv and dev.tsv (sentence, label).")
-    p.add_argument("--template", default="{sentence} It was [MASK] .",
-                   help="What the frozen model reads after the virtual tokens.")
+    p.add_argument(
+        "--data",
+        default=str(SHARED / "data" / "sst2"),
+        help="A folder with train.tsv and dev.tsv (sentence, label).",
+    )
+    p.add_argument(
+        "--template",
+        default="{sentence} It was [MASK] .",
+        help="What the frozen model reads after the virtual tokens.",
+    )
     p.add_argument("--verbalizer", default="sst2", help="Shipped name, file or inline JSON.")
-    p.add_argument("--seed-prompt", default="{sentence} It was [MASK] .",
-                   help="The prompt whose export seeds the 'seed' arm: template text or a "
-                        "search result .json.")
+    p.add_argument(
+        "--seed-prompt",
+        default="{sentence} It was [MASK] .",
+        help="The prompt whose export seeds the 'seed' arm: template text or a "
+        "search result .json.",
+    )
     p.add_argument("--tokens", default="auto", choices=["auto", "triggers", "all"])
     p.add_argument("--arms", default="seed,random,vocab")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-3, help="AdamW (OptiPrompt's default).")
-    p.add_argument("--train-size", type=int, default=4800,
-                   help="Training examples, drawn from train.tsv with --seed.")
+    p.add_argument(
+        "--train-size",
+        type=int,
+        default=4800,
+        help="Training examples, drawn from train.tsv with --seed.",
+    )
     p.add_argument("--dev-size", type=int, default=0, help="First N dev examples; 0: all.")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads; 0: torch's choice.")
@@ -177,19 +196,26 @@ def main() -> None:
     train_gold = torch.tensor([labels.index(e.label) for e in train_set])
     dev_gold = torch.tensor([labels.index(e.label) for e in dev_set])
 
-    base_acc = float(np.mean(
-        np.array(classify(lm, template, dev_set, verbalizer).predictions)
-        == np.array([e.label for e in dev_set])
-    ))
-    print(f"model {args.model}; template {args.template!r}; verbalizer "
-          f"{dict(zip(labels, verbalizer.words))}")
+    base_acc = float(
+        np.mean(
+            np.array(classify(lm, template, dev_set, verbalizer).predictions)
+            == np.array([e.label for e in dev_set])
+        )
+    )
+    print(
+        f"model {args.model}; template {args.template!r}; verbalizer "
+        f"{dict(zip(labels, verbalizer.words))}"
+    )
     print(f"seed: {prompt.text!r} = {n} tokens {list(prompt.tokens)} from {args.seed_prompt!r}")
-    print(f"train {len(train_set)} of {len(train_all)} examples; {args.steps} steps x batch "
-          f"{args.batch_size}, AdamW lr {args.lr}; dev {len(dev_set)} examples; seed {args.seed}")
+    print(
+        f"train {len(train_set)} of {len(train_all)} examples; {args.steps} steps x batch "
+        f"{args.batch_size}, AdamW lr {args.lr}; dev {len(dev_set)} examples; seed {args.seed}"
+    )
     print(f"dev accuracy of the template alone (no virtual tokens): {base_acc:.4f}")
     print()
-    print(f"{'init':8} {'dev acc before':>15} {'dev acc after':>14} {'train loss':>11} "
-          f"{'seconds':>8}")
+    print(
+        f"{'init':8} {'dev acc before':>15} {'dev acc after':>14} {'train loss':>11} {'seconds':>8}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         seed_folder = prompt.to_peft(lm, Path(tmp) / "seed")
         for arm in args.arms.split(","):
@@ -198,8 +224,11 @@ def main() -> None:
             before = accuracy(model, gather, dev_data, dev_gold, n, verbalizer, 64)
             loss = train(model, gather, train_data, train_gold, n, verbalizer, args)
             after = accuracy(model, gather, dev_data, dev_gold, n, verbalizer, 64)
-            print(f"{arm:8} {before:15.4f} {after:14.4f} {loss:11.4f} "
-                  f"{time.perf_counter() - t0:8.1f}", flush=True)
+            print(
+                f"{arm:8} {before:15.4f} {after:14.4f} {loss:11.4f} "
+                f"{time.perf_counter() - t0:8.1f}",
+                flush=True,
+            )
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
 
 

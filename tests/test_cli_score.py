@@ -24,14 +24,28 @@ from autoprompt_py.resources import load_templates
 REPO = Path(__file__).resolve().parents[1]
 
 SST = [
-    ("the movie was great , really", 1), ("a waste of time", 0), ("boring and slow", 0),
-    ("i loved it", 1), ("the plot is a mess", 0), ("a beautiful , charming film", 1),
+    ("the movie was great , really", 1),
+    ("a waste of time", 0),
+    ("boring and slow", 0),
+    ("i loved it", 1),
+    ("the plot is a mess", 0),
+    ("a beautiful , charming film", 1),
 ]
 FACTS = {
-    "P19": [("Dante", "Florence"), ("Mozart", "Salzburg"), ("Einstein", "Ulm"),
-            ("Galileo", "Pisa"), ("Goethe", "Frankfurt")],
-    "P36": [("France", "Paris"), ("Italy", "Rome"), ("Germany", "Berlin"),
-            ("Japan", "Tokyo"), ("Spain", "Madrid")],
+    "P19": [
+        ("Dante", "Florence"),
+        ("Mozart", "Salzburg"),
+        ("Einstein", "Ulm"),
+        ("Galileo", "Pisa"),
+        ("Goethe", "Frankfurt"),
+    ],
+    "P36": [
+        ("France", "Paris"),
+        ("Italy", "Rome"),
+        ("Germany", "Berlin"),
+        ("Japan", "Tokyo"),
+        ("Spain", "Madrid"),
+    ],
 }
 
 
@@ -48,8 +62,11 @@ def _one_thread():
 def files(tmp_path_factory, tiny_model_dirs) -> dict[str, Path]:
     """Data, verbalizer, template and model folders shared by the tests of this module."""
     root = tmp_path_factory.mktemp("cli")
-    f: dict[str, Path] = {"root": root, "bert": tiny_model_dirs["bert"],
-                          "roberta": tiny_model_dirs["roberta"]}
+    f: dict[str, Path] = {
+        "root": root,
+        "bert": tiny_model_dirs["bert"],
+        "roberta": tiny_model_dirs["roberta"],
+    }
 
     def write(name: str, text: str) -> Path:
         path = root / name
@@ -59,10 +76,18 @@ def files(tmp_path_factory, tiny_model_dirs) -> dict[str, Path]:
         return path
 
     write("sst.tsv", "sentence\tlabel\n" + "".join(f"{s}\t{lab}\n" for s, lab in SST))
-    write("sst3.tsv", "sentence\tlabel\n" + "".join(f"{s}\t{i % 3}\n" for i, (s, _) in
-                                                   enumerate(SST)))
-    write("long.tsv", "sentence\tlabel\n" + "".join(f"{s}\t{lab}\n" for s, lab in SST)
-          + " ".join(["very"] * 90) + "\t1\n" + " ".join(["good"] * 70) + "\t0\n")
+    write(
+        "sst3.tsv", "sentence\tlabel\n" + "".join(f"{s}\t{i % 3}\n" for i, (s, _) in enumerate(SST))
+    )
+    write(
+        "long.tsv",
+        "sentence\tlabel\n"
+        + "".join(f"{s}\t{lab}\n" for s, lab in SST)
+        + " ".join(["very"] * 90)
+        + "\t1\n"
+        + " ".join(["good"] * 70)
+        + "\t0\n",
+    )
     rows = [{"sentence": s, "label": lab} for s, lab in SST]
     rows[2] = {"text": rows[2]["sentence"], "label": 0}  # line 3 lacks the field
     write("missing.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
@@ -74,14 +99,22 @@ def files(tmp_path_factory, tiny_model_dirs) -> dict[str, Path]:
     write("templates.txt", "{sentence} It was [MASK] .\n{sentence} It was good .\n")
     write("mine.txt", "{sentence} It was [MASK] .\nJust [MASK] ! {sentence}\n")
     for rel, pairs in FACTS.items():
-        write(f"facts/{rel}.jsonl", "".join(
-            json.dumps({"sub_label": s, "obj_label": o, "uuid": f"{rel}-{i}"}) + "\n"
-            for i, (s, o) in enumerate(pairs)))
+        write(
+            f"facts/{rel}.jsonl",
+            "".join(
+                json.dumps({"sub_label": s, "obj_label": o, "uuid": f"{rel}-{i}"}) + "\n"
+                for i, (s, o) in enumerate(pairs)
+            ),
+        )
     write("other/P9999.jsonl", '{"sub_label": "Dante", "obj_label": "Italy"}\n')
-    write("badfacts/P19.jsonl", '{"sub_label": "Dante", "obj_label": "Florence"}\n'
-                                '{"sub_label": "Mozart"}\n')
-    write("vocab.txt", "\n".join(o for pairs in FACTS.values() for _, o in pairs)
-          + "\nItaly\nLondon\ncity\n")
+    write(
+        "badfacts/P19.jsonl",
+        '{"sub_label": "Dante", "obj_label": "Florence"}\n{"sub_label": "Mozart"}\n',
+    )
+    write(
+        "vocab.txt",
+        "\n".join(o for pairs in FACTS.values() for _, o in pairs) + "\nItaly\nLondon\ncity\n",
+    )
 
     # model folders that are not masked LMs
     (root / "empty_model").mkdir()
@@ -91,8 +124,17 @@ def files(tmp_path_factory, tiny_model_dirs) -> dict[str, Path]:
     mlm.base_model.save_pretrained(root / "bare_encoder")  # BertModel: no MLM head
     tokenizer.save_pretrained(root / "bare_encoder")
     f["bare_encoder"] = root / "bare_encoder"
-    gpt = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, n_positions=MAX_LENGTH,
-                                     vocab_size=len(tokenizer), bos_token_id=0, eos_token_id=0))
+    gpt = GPT2LMHeadModel(
+        GPT2Config(
+            n_layer=1,
+            n_embd=16,
+            n_head=2,
+            n_positions=MAX_LENGTH,
+            vocab_size=len(tokenizer),
+            bos_token_id=0,
+            eos_token_id=0,
+        )
+    )
     gpt.save_pretrained(root / "causal_lm")
     tokenizer.save_pretrained(root / "causal_lm")
     f["causal_lm"] = root / "causal_lm"
@@ -103,10 +145,27 @@ def invoke(*args: str):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
-def score_args(files, *extra, data="sst.tsv", template="{sentence} It was [MASK] .",
-               verbalizer="sst2", model="bert"):
-    args = ["score", "--model", files[model], "--device", "cpu", "--data", files[data],
-            "--verbalizer", files.get(verbalizer, verbalizer), "--bootstrap", "50"]
+def score_args(
+    files,
+    *extra,
+    data="sst.tsv",
+    template="{sentence} It was [MASK] .",
+    verbalizer="sst2",
+    model="bert",
+):
+    args = [
+        "score",
+        "--model",
+        files[model],
+        "--device",
+        "cpu",
+        "--data",
+        files[data],
+        "--verbalizer",
+        files.get(verbalizer, verbalizer),
+        "--bootstrap",
+        "50",
+    ]
     if template is not None:
         args += ["--template", template]
     return args + list(extra)
@@ -137,14 +196,23 @@ def test_score_shipped_resources_with_predictions(files, tmp_path):
     assert {t["name"] for t in result["templates"]} == names
     gold = [str(lab) for _, lab in SST]
     for t in result["templates"]:
-        for key in ("accuracy", "accuracy_ci95", "macro_f1", "recall", "n", "truncated",
-                    "template", "multi_piece_words"):
+        for key in (
+            "accuracy",
+            "accuracy_ci95",
+            "macro_f1",
+            "recall",
+            "n",
+            "truncated",
+            "template",
+            "multi_piece_words",
+        ):
             assert key in t
         preds = t["predictions"]
         assert [p["gold"] for p in preds] == gold
         assert [p["source"] for p in preds] == [f"{files['sst.tsv']}:{i}" for i in range(2, 8)]
         assert t["accuracy"] == pytest.approx(
-            sum(p["predicted"] == p["gold"] for p in preds) / len(preds))
+            sum(p["predicted"] == p["gold"] for p in preds) / len(preds)
+        )
         for p in preds:
             assert p["predicted"] == ["0", "1"][p["scores"].index(max(p["scores"]))]
     # the table ranks by accuracy and names every template
@@ -157,9 +225,22 @@ def test_score_shipped_resources_with_predictions(files, tmp_path):
 
 def test_score_several_templates_without_predictions(files, tmp_path):
     out = tmp_path / "score.json"
-    r = invoke(*score_args(files, "--template", files["mine.txt"], "--aggregation", "mean-logit",
-                           "--metric", "macro_f1", "--output", out, "--model", files["roberta"],
-                           verbalizer='{"0": ["terrible", "bad"], "1": ["great"]}'))
+    r = invoke(
+        *score_args(
+            files,
+            "--template",
+            files["mine.txt"],
+            "--aggregation",
+            "mean-logit",
+            "--metric",
+            "macro_f1",
+            "--output",
+            out,
+            "--model",
+            files["roberta"],
+            verbalizer='{"0": ["terrible", "bad"], "1": ["great"]}',
+        )
+    )
     assert r.exit_code == 0, r.stderr
     result = json.loads(out.read_text())
     assert result["ranked_by"] == "macro_f1"
@@ -174,8 +255,10 @@ def test_long_rows_are_truncated_counted_and_reported_once(files, tmp_path):
     r = invoke(*score_args(files, "--output", out, data="long.tsv"))
     assert r.exit_code == 0, r.stderr
     notes = [line for line in r.stderr.splitlines() if "were cut" in line]
-    assert notes == [f"note: {{sentence}} It was [MASK] .: 2 inputs longer than {MAX_LENGTH} "
-                     "tokens were cut from their shortenable field"]
+    assert notes == [
+        f"note: {{sentence}} It was [MASK] .: 2 inputs longer than {MAX_LENGTH} "
+        "tokens were cut from their shortenable field"
+    ]
     assert json.loads(out.read_text())["templates"][0]["truncated"] == 2
 
 
@@ -188,13 +271,32 @@ def test_multi_piece_words_are_noted(files):
 
 def test_score_headerless_tsv_with_columns_and_shipped_agnews(files, tmp_path):
     data = tmp_path / "test.tsv"
-    data.write_text("Wall St. stocks rally #39;\tBusiness\nthe team won the cup\tSports\n"
-                    "new tech and science news\tSci/Tech\nthe world news\tWorld\n"
-                    "not read\tOther\n")
+    data.write_text(
+        "Wall St. stocks rally #39;\tBusiness\nthe team won the cup\tSports\n"
+        "new tech and science news\tSci/Tech\nthe world news\tWorld\n"
+        "not read\tOther\n"
+    )
     out = tmp_path / "agnews.json"
-    r = invoke("score", "--model", files["bert"], "--device", "cpu", "--data", data,
-               "--columns", "text,label", "--limit", "4", "--template", "agnews",
-               "--verbalizer", "agnews", "--output", out, "--predictions")
+    r = invoke(
+        "score",
+        "--model",
+        files["bert"],
+        "--device",
+        "cpu",
+        "--data",
+        data,
+        "--columns",
+        "text,label",
+        "--limit",
+        "4",
+        "--template",
+        "agnews",
+        "--verbalizer",
+        "agnews",
+        "--output",
+        out,
+        "--predictions",
+    )
     assert r.exit_code == 0, r.stderr
     result = json.loads(out.read_text())
     assert result["n"] == 4
@@ -207,8 +309,19 @@ def test_score_headerless_tsv_with_columns_and_shipped_agnews(files, tmp_path):
 def test_inline_template_and_verbalizer_longer_than_a_file_name(files):
     # a text over 255 bytes used to crash the file lookup with ENAMETOOLONG
     template = "{sentence} " + "really " * 35 + "it was [MASK] ."
-    words = ["terrible", "bad", "awful", "boring", "dull", "poor", "weak", "worst", "slow",
-             "mess", "waste"]
+    words = [
+        "terrible",
+        "bad",
+        "awful",
+        "boring",
+        "dull",
+        "poor",
+        "weak",
+        "worst",
+        "slow",
+        "mess",
+        "waste",
+    ]
     verbalizer = json.dumps({"0": words * 3, "1": ["great", "good", "fine"] * 10})
     assert len(template) > 255 and len(verbalizer) > 255
     r = invoke(*score_args(files, template=template, verbalizer=verbalizer))
@@ -218,9 +331,22 @@ def test_inline_template_and_verbalizer_longer_than_a_file_name(files):
 
 def test_probe_shipped_relations(files, tmp_path):
     out = tmp_path / "probe.json"
-    r = invoke("probe", "--model", files["bert"], "--device", "cpu", "--facts",
-               files["root"] / "facts", "--relations", "lama_trex", "--vocab", files["vocab.txt"],
-               "--output", out, "--predictions")
+    r = invoke(
+        "probe",
+        "--model",
+        files["bert"],
+        "--device",
+        "cpu",
+        "--facts",
+        files["root"] / "facts",
+        "--relations",
+        "lama_trex",
+        "--vocab",
+        files["vocab.txt"],
+        "--output",
+        out,
+        "--predictions",
+    )
     assert r.exit_code == 0, r.stderr
     result = json.loads(out.read_text())
     assert result["command"] == "probe"
@@ -235,8 +361,7 @@ def test_probe_shipped_relations(files, tmp_path):
         assert 0 <= s["p@1"] <= s["p@10"] <= 1 and 0 < s["mrr"] <= 1
         assert [p["obj_label"] for p in s["predictions"]] == [o for _, o in FACTS[rel]]
         vocab_size = 13  # distinct words of vocab.txt, each one token
-        assert all(1 <= p["rank"] <= vocab_size and len(p["top"]) == 10
-                   for p in s["predictions"])
+        assert all(1 <= p["rank"] <= vocab_size and len(p["top"]) == 10 for p in s["predictions"])
         ranks = [p["rank"] for p in s["predictions"]]
         assert s["mrr"] == pytest.approx(sum(1 / x for x in ranks) / len(ranks))
     assert result["micro"]["n"] == 10
@@ -246,19 +371,39 @@ def test_probe_shipped_relations(files, tmp_path):
 
 
 def test_probe_one_template_for_every_relation(files):
-    r = invoke("probe", "--model", files["roberta"], "--device", "cpu", "--facts",
-               files["root"] / "facts", "--template", "[X] is in [Y] .")
+    r = invoke(
+        "probe",
+        "--model",
+        files["roberta"],
+        "--device",
+        "cpu",
+        "--facts",
+        files["root"] / "facts",
+        "--template",
+        "[X] is in [Y] .",
+    )
     assert r.exit_code == 0, r.stderr
     assert r.stdout.count("[X] is in [Y] .") == 2
 
 
 def test_probe_notes_relations_without_a_template(files):
-    r = invoke("probe", "--model", files["bert"], "--device", "cpu", "--facts",
-               files["root"] / "other", "--relations", "lama_trex", "--template",
-               "[X] is in [Y] .")
+    r = invoke(
+        "probe",
+        "--model",
+        files["bert"],
+        "--device",
+        "cpu",
+        "--facts",
+        files["root"] / "other",
+        "--relations",
+        "lama_trex",
+        "--template",
+        "[X] is in [Y] .",
+    )
     assert r.exit_code == 0, r.stderr
-    r = invoke("probe", "--model", files["bert"], "--device", "cpu", "--facts",
-               files["root"] / "other")
+    r = invoke(
+        "probe", "--model", files["bert"], "--device", "cpu", "--facts", files["root"] / "other"
+    )
     assert r.exit_code == 2
     assert r.stderr.startswith("error: no relation of the facts has a template")
 
@@ -270,48 +415,74 @@ def test_probe_notes_relations_without_a_template(files):
 BAD_SCORE = {
     "template without prediction slot": (
         dict(template="{sentence} It was ."),
-        ["'{sentence} It was .' has no prediction slot", "write exactly one [P]"]),
+        ["'{sentence} It was .' has no prediction slot", "write exactly one [P]"],
+    ),
     "template with an unknown field": (
         dict(template="{sentence} {topic} It was [MASK] ."),
-        ["{sst.tsv}:2: no field 'topic'", "rename the column or the template field"]),
+        ["{sst.tsv}:2: no field 'topic'", "rename the column or the template field"],
+    ),
     "template with an unknown marker": (
-        dict(template="{sentence} It was [MASK] [Z] ."), ["unknown marker [Z]"]),
+        dict(template="{sentence} It was [MASK] [Z] ."),
+        ["unknown marker [Z]"],
+    ),
     "template with an unknown field option": (
-        dict(template="{sentence:bold} It was [MASK] ."), ["unknown field option 'bold'"]),
+        dict(template="{sentence:bold} It was [MASK] ."),
+        ["unknown field option 'bold'"],
+    ),
     "template with an unmatched brace": (
-        dict(template="{sentence It was [MASK] ."), ["unmatched '{'", "{{"]),
+        dict(template="{sentence It was [MASK] ."),
+        ["unmatched '{'", "{{"],
+    ),
     "template file line": (
-        dict(template="{templates.txt}"), ["{templates.txt}:2: ", "has no prediction slot"]),
+        dict(template="{templates.txt}"),
+        ["{templates.txt}:2: ", "has no prediction slot"],
+    ),
     "field missing in a data row": (
         dict(data="missing.jsonl"),
-        ["{missing.jsonl}:3: no field 'sentence'", "(fields: text)"]),
+        ["{missing.jsonl}:3: no field 'sentence'", "(fields: text)"],
+    ),
     "row without a label": (
-        dict(data="nolabel.jsonl"), ["{nolabel.jsonl}:2: no label field 'label'", "--label-field"]),
+        dict(data="nolabel.jsonl"),
+        ["{nolabel.jsonl}:2: no label field 'label'", "--label-field"],
+    ),
     "verbalizer label absent from the data": (
         dict(verbalizer="three.json"),
-        ["{three.json}: labels '2' never occur in {sst.tsv}", "remove them from the verbalizer"]),
+        ["{three.json}: labels '2' never occur in {sst.tsv}", "remove them from the verbalizer"],
+    ),
     "data label the verbalizer lacks": (
         dict(data="sst3.tsv"),
-        ["{sst3.tsv}: labels '2' are not in", "add them to the verbalizer"]),
+        ["{sst3.tsv}: labels '2' are not in", "add them to the verbalizer"],
+    ),
     "verbalizer word that is the unknown token": (
         dict(verbalizer="unk.json"),
-        ["{unk.json}: word '☃' of label '1' maps to the unknown token", "choose another word"]),
+        ["{unk.json}: word '☃' of label '1' maps to the unknown token", "choose another word"],
+    ),
     "verbalizer file that is not JSON": (
-        dict(verbalizer="badjson.json"), ["{badjson.json}:3: not valid JSON"]),
+        dict(verbalizer="badjson.json"),
+        ["{badjson.json}:3: not valid JSON"],
+    ),
     "unknown verbalizer": (dict(verbalizer="nonesuch"), ["--verbalizer 'nonesuch': not a file"]),
     "empty data file": (dict(data="empty.tsv"), ["{empty.tsv}: no examples in the file"]),
     "empty model folder": (
-        dict(model="empty_model"), ["--model {empty_model}: this folder does not hold a"]),
+        dict(model="empty_model"),
+        ["--model {empty_model}: this folder does not hold a"],
+    ),
     "bare encoder without an MLM head": (
-        dict(model="bare_encoder"), ["--model {bare_encoder}:", "masked LM", "MLM head"]),
+        dict(model="bare_encoder"),
+        ["--model {bare_encoder}:", "masked LM", "MLM head"],
+    ),
     "causal LM folder": (
         dict(model="causal_lm"),
-        ["--model {causal_lm}: this folder does not hold a masked language model"]),
+        ["--model {causal_lm}: this folder does not hold a masked language model"],
+    ),
     "template longer than the model allows": (
         dict(template="{sentence} " + "very " * 70 + "[MASK] ."),
-        ["{sst.tsv}:2: template", "more than the model's 64", "shorter template"]),
+        ["{sst.tsv}:2: template", "more than the model's 64", "shorter template"],
+    ),
     "open trigger slots": (
-        dict(template="{sentence} [T] [T] [MASK] ."), ["has 2 open trigger slots [T]"]),
+        dict(template="{sentence} [T] [T] [MASK] ."),
+        ["has 2 open trigger slots [T]"],
+    ),
 }
 
 
@@ -355,8 +526,12 @@ def test_probe_bad_input(files, tmp_path):
     out = tmp_path / "out.json"
     base = ["probe", "--model", files["bert"], "--device", "cpu", "--output", out]
     r = invoke(*base, "--facts", files["root"] / "badfacts")
-    _check_error(r, out, [f"{files['root'] / 'badfacts' / 'P19.jsonl'}:2: a fact needs a text "
-                          "field 'obj_label'"], files)
+    _check_error(
+        r,
+        out,
+        [f"{files['root'] / 'badfacts' / 'P19.jsonl'}:2: a fact needs a text field 'obj_label'"],
+        files,
+    )
     r = invoke(*base, "--facts", files["root"] / "facts", "--template", "It is [Y] .")
     _check_error(r, out, ["has no subject slot [X]"], files)
     r = invoke(*base, "--facts", files["root"] / "nope")
@@ -374,10 +549,21 @@ def test_probe_bad_input(files, tmp_path):
 
 
 def _run(*args) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false")
-    return subprocess.run([sys.executable, "-m", "autoprompt_py", *map(str, args)], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=120)
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "autoprompt_py", *map(str, args)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_subprocess_bad_input_and_success(files, tmp_path):

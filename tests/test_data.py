@@ -16,8 +16,10 @@ def _write(path, text: str):
 
 
 def test_tsv_with_header_keeps_quotes_and_trailing_space(tmp_path):
-    path = _write(tmp_path / "dev.tsv",
-                  'sentence\tlabel\nit \'s a "charming" film \t1\n\nbad , bad movie \t0\n')
+    path = _write(
+        tmp_path / "dev.tsv",
+        'sentence\tlabel\nit \'s a "charming" film \t1\n\nbad , bad movie \t0\n',
+    )
     examples = read_examples(path)
     assert examples == [
         Example({"sentence": 'it \'s a "charming" film '}, "1"),
@@ -38,17 +40,20 @@ def test_tsv_without_header_via_columns(tmp_path):
 
 
 def test_csv_with_quotes(tmp_path):
-    path = _write(tmp_path / "data.csv",
-                  'text,label\n"Hello, world",pos\n"She said ""no""",neg\nplain,pos\n')
+    path = _write(
+        tmp_path / "data.csv", 'text,label\n"Hello, world",pos\n"She said ""no""",neg\nplain,pos\n'
+    )
     examples = read_examples(path)
     assert [e.fields["text"] for e in examples] == ["Hello, world", 'She said "no"', "plain"]
     assert [e.label for e in examples] == ["pos", "neg", "pos"]
 
 
 def test_jsonl_with_int_labels_and_other_fields(tmp_path):
-    rows = [{"sentence": "good", "label": 1, "idx": 7},
-            {"sentence": "bad", "label": 0, "score": 2.0, "tags": ["a"]},
-            {"sentence": "ok", "label": 1.0}]
+    rows = [
+        {"sentence": "good", "label": 1, "idx": 7},
+        {"sentence": "bad", "label": 0, "score": 2.0, "tags": ["a"]},
+        {"sentence": "ok", "label": 1.0},
+    ]
     path = _write(tmp_path / "d.jsonl", "\n".join(json.dumps(r) for r in rows) + "\n\n")
     examples = read_examples(path)
     assert [e.label for e in examples] == ["1", "0", "1"]
@@ -66,9 +71,11 @@ def test_unlabeled_and_limit(tmp_path):
 def test_lama_facts_file_and_folder(tmp_path):
     folder = tmp_path / "facts"
     folder.mkdir()
-    _write(folder / "P19.jsonl",
-           '{"sub_label": "Dante", "obj_label": "Florence", "uuid": "u1"}\n'
-           '{"sub_label": "Mozart", "obj_label": " Salzburg "}\n')
+    _write(
+        folder / "P19.jsonl",
+        '{"sub_label": "Dante", "obj_label": "Florence", "uuid": "u1"}\n'
+        '{"sub_label": "Mozart", "obj_label": " Salzburg "}\n',
+    )
     _write(folder / "P36.jsonl", '{"sub_label": "France", "obj_label": "Paris"}\n')
     _write(folder / "notes.txt", "not facts\n")
     facts = read_facts(folder)
@@ -141,8 +148,9 @@ def test_missing_label(tmp_path):
 
 
 def test_missing_field_names_the_row(tmp_path):
-    path = _write(tmp_path / "d.jsonl",
-                  '{"sentence": "a", "label": 1}\n\n{"text": "b", "label": 0}\n')
+    path = _write(
+        tmp_path / "d.jsonl", '{"sentence": "a", "label": 1}\n\n{"text": "b", "label": 0}\n'
+    )
     examples = read_examples(path)
     msg = _error(check_fields, examples, ["sentence"], "{sentence} It was [MASK] .")
     assert msg.startswith(f"{path}:3: no field 'sentence'")
@@ -151,8 +159,10 @@ def test_missing_field_names_the_row(tmp_path):
 
 
 def test_bad_facts(tmp_path):
-    path = _write(tmp_path / "P1.jsonl",
-                  '{"sub_label": "a", "obj_label": "b"}\n{"sub_label": "a", "obj_label": ""}\n')
+    path = _write(
+        tmp_path / "P1.jsonl",
+        '{"sub_label": "a", "obj_label": "b"}\n{"sub_label": "a", "obj_label": ""}\n',
+    )
     assert _error(read_facts, path).startswith(f"{path}:2: a fact needs a text field 'obj_label'")
     path = _write(tmp_path / "P2.jsonl", '{"obj_label": "b"}\n')
     assert _error(read_facts, path).startswith(f"{path}:1: a fact needs a text field 'sub_label'")

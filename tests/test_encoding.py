@@ -143,7 +143,11 @@ def test_spaced_templates_equal_plain_tokenization(family, tokenizers):
             fields = {"sentence": sentence}
             enc = encode(template, tok, fields)
             full = tok(*plain_text(template, tok, fields))["input_ids"]
-            assert enc.input_ids == full, (template, sentence, tok.convert_ids_to_tokens(enc.input_ids))
+            assert enc.input_ids == full, (
+                template,
+                sentence,
+                tok.convert_ids_to_tokens(enc.input_ids),
+            )
             masks = [i for i, x in enumerate(full) if x == tok.mask_token_id]
             assert enc.mask_positions == masks
 
@@ -225,14 +229,27 @@ def test_pair_layout_bert_and_roberta(tokenizers):
     bert = tokenizers["bert"]
     enc = encode(template, bert, fields)
     assert bert.convert_ids_to_tokens(enc.input_ids) == [
-        "[CLS]", "it", "was", "[SEP]", "[MASK]", "good", "[SEP]"
+        "[CLS]",
+        "it",
+        "was",
+        "[SEP]",
+        "[MASK]",
+        "good",
+        "[SEP]",
     ]
     assert enc.token_type_ids == [0, 0, 0, 0, 1, 1, 1]
     assert enc.mask_positions == [4]
     roberta = tokenizers["roberta"]
     enc = encode(template, roberta, fields)
     assert roberta.convert_ids_to_tokens(enc.input_ids) == [
-        "<s>", "it", "Ġwas", "</s>", "</s>", "<mask>", "Ġgood", "</s>"
+        "<s>",
+        "it",
+        "Ġwas",
+        "</s>",
+        "</s>",
+        "<mask>",
+        "Ġgood",
+        "</s>",
     ]
     assert enc.mask_positions == [5]
 
@@ -353,12 +370,16 @@ def test_batches_pad_and_keep_the_index(tokenizers):
             n = len(row.input_ids)
             assert batch.input_ids[j, :n].tolist() == row.input_ids
             assert batch.input_ids[j, n:].eq(tok.pad_token_id).all()
-            assert batch.attention_mask[j].tolist() == [1] * n + [0] * (batch.input_ids.shape[1] - n)
+            assert batch.attention_mask[j].tolist() == [1] * n + [0] * (
+                batch.input_ids.shape[1] - n
+            )
             assert batch.mask_positions[j].tolist() == row.mask_positions
             assert batch.trigger_positions[j].tolist() == row.trigger_positions
             seen.append(i)
     assert sorted(seen) == list(range(5))
     assert seen == sorted(seen, key=lambda i: len(dataset.examples[i].input_ids))
     assert [b.index.tolist() for b in dataset.batches(2, sort_by_length=False)] == [
-        [0, 1], [2, 3], [4]
+        [0, 1],
+        [2, 3],
+        [4],
     ]

@@ -51,8 +51,9 @@ def lms(tiny_model_dirs):
     return get
 
 
-def search_result(lm, template="{sentence} [T] [T] [T] [P] .", words=TRIGGER_WORDS,
-                  relation=None) -> dict:
+def search_result(
+    lm, template="{sentence} [T] [T] [T] [P] .", words=TRIGGER_WORDS, relation=None
+) -> dict:
     """A search result as ``autoprompt search`` writes it, with ids from this tokenizer."""
     ids = [tokenize_piece(lm.tokenizer, w, True)[0] for w in words]
     tokens = lm.tokenizer.convert_ids_to_tokens(ids)
@@ -89,8 +90,9 @@ def leftovers(folder) -> list[str]:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_peft_adapter_loads_with_the_trigger_embeddings(family, lms, tiny_model_dirs, tmp_path,
-                                                        peft):
+def test_peft_adapter_loads_with_the_trigger_embeddings(
+    family, lms, tiny_model_dirs, tmp_path, peft
+):
     lm = lms(family)
     data = search_result(lm)
     prompt = FoundPrompt.from_result(write_result(tmp_path / "r.json", data), lm.tokenizer)
@@ -146,8 +148,7 @@ def test_optiprompt_vectors_are_the_trigger_embeddings(family, lms, tiny_model_d
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_safetensors_file_holds_embeddings_ids_and_metadata(family, lms, tiny_model_dirs,
-                                                            tmp_path):
+def test_safetensors_file_holds_embeddings_ids_and_metadata(family, lms, tiny_model_dirs, tmp_path):
     lm = lms(family)
     data = search_result(lm)
     prompt = FoundPrompt.from_result(data, lm.tokenizer)
@@ -211,8 +212,9 @@ def test_export_prompt_dispatches_every_format(lms, tmp_path, peft):
         assert export_prompt(prompt, lm, fmt, tmp_path / name).exists()
 
 
-def test_trainable_seed_starts_from_the_export_and_trains_only_the_prompt(lms, tiny_model_dirs,
-                                                                         tmp_path, peft):
+def test_trainable_seed_starts_from_the_export_and_trains_only_the_prompt(
+    lms, tiny_model_dirs, tmp_path, peft
+):
     lm = lms("bert")
     prompt = FoundPrompt.from_template("{sentence} It was [MASK] .", lm.tokenizer)
     folder = prompt.to_peft(lm, tmp_path / "seed")
@@ -261,11 +263,14 @@ def test_albert_embedding_size_mismatch_is_named(lms):
         prompt.check_model(albert)
 
 
-@pytest.mark.parametrize("template, tokens, message", [
-    ("{sentence} [MASK]", "auto", "no trigger or literal tokens"),
-    ("{sentence} It was [MASK] .", "triggers", "--tokens all"),
-    ("{sentence} [T] [T] [MASK] .", "auto", "2 open trigger slots"),
-])
+@pytest.mark.parametrize(
+    "template, tokens, message",
+    [
+        ("{sentence} [MASK]", "auto", "no trigger or literal tokens"),
+        ("{sentence} It was [MASK] .", "triggers", "--tokens all"),
+        ("{sentence} [T] [T] [MASK] .", "auto", "2 open trigger slots"),
+    ],
+)
 def test_nothing_to_export(lms, template, tokens, message):
     with pytest.raises(AutopromptError, match=message):
         FoundPrompt.from_template(template, lms("bert").tokenizer, tokens)

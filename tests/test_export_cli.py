@@ -30,19 +30,26 @@ def results(tiny_model_dirs, tmp_path_factory):
         lm = load_model(tiny_model_dirs[family], device="cpu")
         ids = [tokenize_piece(lm.tokenizer, w, True)[0] for w in ("city", "capital", "of")]
         path = root / f"{family}.json"
-        path.write_text(json.dumps({
-            "kind": "autoprompt-search",
-            "template": "[X] [T] [T] [T] [Y] .",
-            "prompt": "[X] city capital of [Y] .",
-            "trigger": {"ids": ids, "tokens": lm.tokenizer.convert_ids_to_tokens(ids),
-                        "words": ["city", "capital", "of"]},
-            "mode": "relation",
-            "relation": "P36",
-            "verbalizer": None,
-            "model": model_record(lm),
-            "config": {},
-            "versions": {},
-        }))
+        path.write_text(
+            json.dumps(
+                {
+                    "kind": "autoprompt-search",
+                    "template": "[X] [T] [T] [T] [Y] .",
+                    "prompt": "[X] city capital of [Y] .",
+                    "trigger": {
+                        "ids": ids,
+                        "tokens": lm.tokenizer.convert_ids_to_tokens(ids),
+                        "words": ["city", "capital", "of"],
+                    },
+                    "mode": "relation",
+                    "relation": "P36",
+                    "verbalizer": None,
+                    "model": model_record(lm),
+                    "config": {},
+                    "versions": {},
+                }
+            )
+        )
         out[family] = path
     return out
 
@@ -62,7 +69,9 @@ def assert_user_error(result, *fragments):
 
 
 def rows(model_dir, ids):
-    return AutoModelForMaskedLM.from_pretrained(model_dir).get_input_embeddings().weight.detach()[ids]
+    return (
+        AutoModelForMaskedLM.from_pretrained(model_dir).get_input_embeddings().weight.detach()[ids]
+    )
 
 
 @pytest.mark.parametrize("family", ["bert", "roberta", "albert"])
@@ -80,8 +89,15 @@ def test_every_format_from_a_result_file(family, results, tiny_model_dirs, tmp_p
     assert r.stdout.startswith("wrote embeddings seed of 3 triggers tokens")
     assert torch.equal(load_file(tmp_path / "seed.safetensors")["embeddings"], expected)
 
-    r = run(result_file, "--model", tiny_model_dirs[family], "--format", "optiprompt",
-            "--out", tmp_path / "opti")
+    r = run(
+        result_file,
+        "--model",
+        tiny_model_dirs[family],
+        "--format",
+        "optiprompt",
+        "--out",
+        tmp_path / "opti",
+    )
     assert r.exit_code == 0, r.output
     assert np.array_equal(np.load(tmp_path / "opti" / "vectors.npy"), expected.numpy())
     assert (tmp_path / "opti" / "template.txt").read_text().strip() == "[X] [V1] [V2] [V3] [Y] ."
@@ -95,8 +111,16 @@ def test_every_format_from_a_result_file(family, results, tiny_model_dirs, tmp_p
 
 def test_template_with_tokens_all(tiny_model_dirs, tmp_path):
     out = tmp_path / "seed.safetensors"
-    r = run("--template", "{sentence} It was [MASK] .", "--model", tiny_model_dirs["bert"],
-            "--format", "embeddings", "--out", out)
+    r = run(
+        "--template",
+        "{sentence} It was [MASK] .",
+        "--model",
+        tiny_model_dirs["bert"],
+        "--format",
+        "embeddings",
+        "--out",
+        out,
+    )
     assert r.exit_code == 0, r.output
     tensors = load_file(out)
     assert tensors["embeddings"].shape == (3, 32)
@@ -105,8 +129,15 @@ def test_template_with_tokens_all(tiny_model_dirs, tmp_path):
 
 def test_mismatched_model_is_refused_and_nothing_written(results, tiny_model_dirs, tmp_path):
     out = tmp_path / "adapter"
-    r = run(results["bert"], "--model", tiny_model_dirs["roberta"], "--format", "optiprompt",
-            "--out", out)
+    r = run(
+        results["bert"],
+        "--model",
+        tiny_model_dirs["roberta"],
+        "--format",
+        "optiprompt",
+        "--out",
+        out,
+    )
     assert_user_error(r, "bert.json", str(tiny_model_dirs["roberta"]), str(tiny_model_dirs["bert"]))
     assert list(tmp_path.iterdir()) == []
 
@@ -130,23 +161,39 @@ def test_peft_missing(results, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("args, fragments", [
-    ([], ["nothing to export", "--template"]),
-    (["--template", "{sentence} [MASK]"], ["--model"]),
-    (["--template", "sst2", "--model", "MODEL"], ["templates (it-was", "one at a time"]),
-    (["--template", "{sentence} [MASK]", "--model", "MODEL"], ["no trigger or literal tokens"]),
-    (["--template", "{sentence} [T] [MASK]", "--model", "MODEL"], ["open trigger slots"]),
-    (["--template", "{sentence} It was [MASK] .", "--model", "MODEL", "--tokens", "triggers"],
-     ["--tokens all"]),
-    (["RESULT", "--template", "{sentence} [MASK]"], ["not both"]),
-    (["NOTJSON"], ["not valid JSON"]),
-    (["MISSING"], ["no such search result file"]),
-])
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        ([], ["nothing to export", "--template"]),
+        (["--template", "{sentence} [MASK]"], ["--model"]),
+        (["--template", "sst2", "--model", "MODEL"], ["templates (it-was", "one at a time"]),
+        (["--template", "{sentence} [MASK]", "--model", "MODEL"], ["no trigger or literal tokens"]),
+        (["--template", "{sentence} [T] [MASK]", "--model", "MODEL"], ["open trigger slots"]),
+        (
+            [
+                "--template",
+                "{sentence} It was [MASK] .",
+                "--model",
+                "MODEL",
+                "--tokens",
+                "triggers",
+            ],
+            ["--tokens all"],
+        ),
+        (["RESULT", "--template", "{sentence} [MASK]"], ["not both"]),
+        (["NOTJSON"], ["not valid JSON"]),
+        (["MISSING"], ["no such search result file"]),
+    ],
+)
 def test_user_errors(args, fragments, results, tiny_model_dirs, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    subst = {"MODEL": tiny_model_dirs["bert"], "RESULT": results["bert"], "NOTJSON": bad,
-             "MISSING": tmp_path / "missing.json"}
+    subst = {
+        "MODEL": tiny_model_dirs["bert"],
+        "RESULT": results["bert"],
+        "NOTJSON": bad,
+        "MISSING": tmp_path / "missing.json",
+    }
     out = tmp_path / "out.safetensors"
     r = run(*[subst.get(a, a) for a in args], "--format", "embeddings", "--out", out)
     assert_user_error(r, *fragments)
@@ -165,12 +212,22 @@ def test_shared_model_manual_prompt_seed(shared_model, tmp_path):
     pytest.importorskip("peft")
     from peft import PeftModel
 
-    r = run("--template", "{sentence} It was [MASK] .", "--model", shared_model,
-            "--format", "peft", "--out", tmp_path / "manual-peft")
+    r = run(
+        "--template",
+        "{sentence} It was [MASK] .",
+        "--model",
+        shared_model,
+        "--format",
+        "peft",
+        "--out",
+        tmp_path / "manual-peft",
+    )
     assert r.exit_code == 0, r.output
     base = AutoModelForMaskedLM.from_pretrained(shared_model)
     model = PeftModel.from_pretrained(base, tmp_path / "manual-peft")
     ids = [2009, 2001, 1012]  # it was . in the uncased BERT vocabulary
     assert model.peft_config["default"].num_virtual_tokens == 3
-    assert torch.equal(model.get_prompt_embedding_to_save("default"),
-                       base.get_input_embeddings().weight.detach()[ids])
+    assert torch.equal(
+        model.get_prompt_embedding_to_save("default"),
+        base.get_input_embeddings().weight.detach()[ids],
+    )

@@ -63,8 +63,10 @@ SENTENCES = [
 
 
 def _examples(n: int = len(SENTENCES)) -> list[Example]:
-    return [Example({"sentence": s}, label, f"mem:{i + 2}") for i, (s, label) in
-            enumerate(SENTENCES[:n])]
+    return [
+        Example({"sentence": s}, label, f"mem:{i + 2}")
+        for i, (s, label) in enumerate(SENTENCES[:n])
+    ]
 
 
 def _segments(template: str, tokenizer, fields: dict, masks: int) -> list[str]:
@@ -175,11 +177,14 @@ def test_classify_pair_template_equals_plain_transformers(family, models):
     expected = []
     for e in examples:
         logp = torch.log_softmax(_mask_logits(plain, tok, template, e.fields, 1)[0], -1)
-        expected.append([
-            torch.logsumexp(logp[[tok(w, add_special_tokens=False)["input_ids"][0]
-                                  for w in ws]], 0).item()
-            for ws in words.values()
-        ])
+        expected.append(
+            [
+                torch.logsumexp(
+                    logp[[tok(w, add_special_tokens=False)["input_ids"][0] for w in ws]], 0
+                ).item()
+                for ws in words.values()
+            ]
+        )
     np.testing.assert_allclose(out.scores, np.array(expected), atol=TOL, rtol=0)
 
 
@@ -187,8 +192,9 @@ def test_classify_pair_template_equals_plain_transformers(family, models):
 def test_batch_size_does_not_change_scores(family, models):
     lm, _, _ = models[family]
     template = parse_template("{sentence} [T] It was [MASK] .")
-    template = template.with_triggers([lm.tokenizer.convert_tokens_to_ids(
-        lm.tokenizer.tokenize(" very")[0])])
+    template = template.with_triggers(
+        [lm.tokenizer.convert_tokens_to_ids(lm.tokenizer.tokenize(" very")[0])]
+    )
     verb = Verbalizer.from_dict(SINGLE).resolve(lm.tokenizer, "sum")
     examples = _examples(8)
     one = classify(lm, template, examples, verb, batch_size=1).scores
@@ -208,16 +214,20 @@ def test_classify_counts_truncated_rows(models):
 def test_score_templates_ties_metrics_to_predictions(models):
     lm, _, _ = models["roberta"]
     examples = _examples()
-    templates = [NamedTemplate("a", parse_template("{sentence} It was [MASK] .")),
-                 NamedTemplate("b", parse_template("Just [MASK] ! {sentence}"))]
-    results = score_templates(lm, templates, examples, Verbalizer.from_dict(SINGLE),
-                              bootstrap=100, progress=False)
+    templates = [
+        NamedTemplate("a", parse_template("{sentence} It was [MASK] .")),
+        NamedTemplate("b", parse_template("Just [MASK] ! {sentence}")),
+    ]
+    results = score_templates(
+        lm, templates, examples, Verbalizer.from_dict(SINGLE), bootstrap=100, progress=False
+    )
     assert [r.name for r in results] == ["a", "b"]
     gold = [e.label for e in examples]
     for r in results:
         assert r.metrics["n"] == len(examples)
         assert r.metrics["accuracy"] == pytest.approx(
-            np.mean([p == g for p, g in zip(r.predictions, gold)]))
+            np.mean([p == g for p, g in zip(r.predictions, gold)])
+        )
         js = r.to_json(examples)
         assert [p["predicted"] for p in js["predictions"]] == r.predictions
         assert [p["source"] for p in js["predictions"]] == [e.source for e in examples]
@@ -227,13 +237,22 @@ def test_score_templates_ties_metrics_to_predictions(models):
 # probing
 # --------------------------------------------------------------------------------------------
 
-FACTS = [("Dante", "Florence"), ("Paris", "France"), ("Rome", "Italy"), ("Berlin", "Germany"),
-         ("the capital", "London"), ("Goethe", MULTI_PIECE_WORDS[0]), ("Mozart", "Vienna")]
+FACTS = [
+    ("Dante", "Florence"),
+    ("Paris", "France"),
+    ("Rome", "Italy"),
+    ("Berlin", "Germany"),
+    ("the capital", "London"),
+    ("Goethe", MULTI_PIECE_WORDS[0]),
+    ("Mozart", "Vienna"),
+]
 
 
 def _facts() -> list[Example]:
-    return [Example({"sub_label": s, "obj_label": o}, o, f"P19.jsonl:{i + 1}")
-            for i, (s, o) in enumerate(FACTS)]
+    return [
+        Example({"sub_label": s, "obj_label": o}, o, f"P19.jsonl:{i + 1}")
+        for i, (s, o) in enumerate(FACTS)
+    ]
 
 
 def _brute_force(family, plain, tok, facts, candidates=None):
@@ -271,8 +290,21 @@ def test_probe_ranks_equal_brute_force(family, models):
 def test_probe_restricted_to_a_vocabulary(family, models):
     lm, plain, tok = models[family]
     facts = _facts()
-    words = ["florence", "france", "italy", "london", "vienna", "paris", "rome", "city", "the",
-             "great", "movie", "film", "world"]
+    words = [
+        "florence",
+        "france",
+        "italy",
+        "london",
+        "vienna",
+        "paris",
+        "rome",
+        "city",
+        "the",
+        "great",
+        "movie",
+        "film",
+        "world",
+    ]
     if family != "bert":
         words = [w.capitalize() for w in words[:7]] + words[7:]
     candidates = {_word_ids(tok, family, w)[0] for w in words}
@@ -289,10 +321,11 @@ def test_probe_restricted_to_a_vocabulary(family, models):
 def test_probe_relations_averages(models):
     lm, _, _ = models["bert"]
     facts = {"P19": _facts(), "P20": _facts()[:3]}
-    templates = [NamedTemplate("P19", parse_template("[X] was born in [Y] ."), "P19"),
-                 NamedTemplate("any", parse_template("[X] died in [Y] ."))]
-    scores, averages = probe_relations(lm, templates, facts, progress=False,
-                                       keep_predictions=True)
+    templates = [
+        NamedTemplate("P19", parse_template("[X] was born in [Y] ."), "P19"),
+        NamedTemplate("any", parse_template("[X] died in [Y] .")),
+    ]
+    scores, averages = probe_relations(lm, templates, facts, progress=False, keep_predictions=True)
     assert [s.relation for s in scores] == ["P19", "P20"]
     assert scores[0].template == "[X] was born in [Y] ."
     assert scores[1].template == "[X] died in [Y] ."

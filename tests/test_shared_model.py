@@ -41,15 +41,32 @@ REFERENCE = [
 ]
 
 
-@pytest.mark.parametrize(("words", "accuracy"), REFERENCE, ids=["terrible-great", "bad-good",
-                                                                 "awful-wonderful"])
-def test_sst2_dev_reproduces_reference_accuracy(words, accuracy, shared_model, shared_data,
-                                                tmp_path):
+@pytest.mark.parametrize(
+    ("words", "accuracy"), REFERENCE, ids=["terrible-great", "bad-good", "awful-wonderful"]
+)
+def test_sst2_dev_reproduces_reference_accuracy(
+    words, accuracy, shared_model, shared_data, tmp_path
+):
     out = tmp_path / "score.json"
-    invoke("score", "--model", shared_model, "--device", "cpu",
-           "--data", shared_data / "sst2" / "dev.tsv", "--template", "{sentence} It was [MASK] .",
-           "--verbalizer", json.dumps(words), "--bootstrap", "200", "--batch-size", "64",
-           "--output", out)
+    invoke(
+        "score",
+        "--model",
+        shared_model,
+        "--device",
+        "cpu",
+        "--data",
+        shared_data / "sst2" / "dev.tsv",
+        "--template",
+        "{sentence} It was [MASK] .",
+        "--verbalizer",
+        json.dumps(words),
+        "--bootstrap",
+        "200",
+        "--batch-size",
+        "64",
+        "--output",
+        out,
+    )
     result = json.loads(out.read_text())
     assert result["n"] == 872
     (t,) = result["templates"]
@@ -99,8 +116,19 @@ def test_probe_one_relation_equals_brute_force(restricted, shared_model, shared_
     path.write_text("".join(json.dumps(f) + "\n" for f in facts))
     vocab_file = shared_data / "lama" / "common_vocab_cased.txt"
     out = tmp_path / "probe.json"
-    args = ["probe", "--model", shared_model, "--device", "cpu", "--facts", path,
-            "--relations", "lama_trex", "--output", out]
+    args = [
+        "probe",
+        "--model",
+        shared_model,
+        "--device",
+        "cpu",
+        "--facts",
+        path,
+        "--relations",
+        "lama_trex",
+        "--output",
+        out,
+    ]
     if restricted:
         args += ["--vocab", vocab_file]
     invoke(*args)

@@ -160,7 +160,9 @@ PIECES = [(3,), (7, 8), (11,), (12,), (20, 21), (5, 30, 31)]
 
 
 def _resolved(aggregation: str) -> ResolvedVerbalizer:
-    return ResolvedVerbalizer(list(LABELS), list(WORDS), list(WORD_LABEL), list(PIECES), aggregation)
+    return ResolvedVerbalizer(
+        list(LABELS), list(WORDS), list(WORD_LABEL), list(PIECES), aggregation
+    )
 
 
 def _logits(batch: int = 5) -> dict[int, torch.Tensor]:

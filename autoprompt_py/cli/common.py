@@ -29,13 +29,23 @@ class AutopromptGroup(click.Group):
 def model_options(f: Callable) -> Callable:
     """--model, --device, --dtype, --batch-size."""
     options = [
-        click.option("--model", "model_name", default="bert-base-cased", show_default=True,
-                     help="Hub id or local folder of a masked LM (offline: a folder saved with "
-                          "save_pretrained, e.g. ../shared/models/bert-tiny-splade)."),
-        click.option("--device", default="auto", show_default=True,
-                     help="auto, cpu, cuda or cuda:N."),
-        click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]),
-                     default="float32", show_default=True),
+        click.option(
+            "--model",
+            "model_name",
+            default="bert-base-cased",
+            show_default=True,
+            help="Hub id or local folder of a masked LM (offline: a folder saved with "
+            "save_pretrained, e.g. ../shared/models/bert-tiny-splade).",
+        ),
+        click.option(
+            "--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."
+        ),
+        click.option(
+            "--dtype",
+            type=click.Choice(["float32", "bfloat16", "float16"]),
+            default="float32",
+            show_default=True,
+        ),
         click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
     ]
     return functools.reduce(lambda acc, opt: opt(acc), reversed(options), f)

@@ -16,28 +16,49 @@ from autoprompt_py.resources import load_templates
 
 @click.command()
 @click.argument("result", required=False, type=click.Path(path_type=Path))
-@click.option("--template", "template_spec",
-              help="A hand-written prompt instead of a result file: template text "
-                   "('{sentence} It was [MASK] .') or a one-template file.")
-@click.option("--model", "model_name",
-              help="Hub id or local folder of the masked LM whose embeddings seed the export "
-                   "[default: the model the search result names; required with --template].")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), required=True,
-              help="peft: a prompt-tuning adapter folder; optiprompt: template and vectors "
-                   "folder; embeddings: one .safetensors file.")
-@click.option("--out", required=True, type=click.Path(path_type=Path),
-              help="The folder (peft, optiprompt) or .safetensors file (embeddings) to write.")
-@click.option("--tokens", type=click.Choice(TOKEN_CHOICES), default="auto", show_default=True,
-              help="Which tokens seed the vectors: triggers; all (every literal and trigger "
-                   "token in order, no fields or mask); auto (triggers if any, else all).")
+@click.option(
+    "--template",
+    "template_spec",
+    help="A hand-written prompt instead of a result file: template text "
+    "('{sentence} It was [MASK] .') or a one-template file.",
+)
+@click.option(
+    "--model",
+    "model_name",
+    help="Hub id or local folder of the masked LM whose embeddings seed the export "
+    "[default: the model the search result names; required with --template].",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    required=True,
+    help="peft: a prompt-tuning adapter folder; optiprompt: template and vectors "
+    "folder; embeddings: one .safetensors file.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The folder (peft, optiprompt) or .safetensors file (embeddings) to write.",
+)
+@click.option(
+    "--tokens",
+    type=click.Choice(TOKEN_CHOICES),
+    default="auto",
+    show_default=True,
+    help="Which tokens seed the vectors: triggers; all (every literal and trigger "
+    "token in order, no fields or mask); auto (triggers if any, else all).",
+)
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 def export(result, template_spec, model_name, fmt, out, tokens, force) -> None:
     """Export a search RESULT (or --template) as a soft-prompt initialization."""
     if (result is None) == (template_spec is None):
         raise AutopromptError(
             "give a search result file (autoprompt export RESULT.json ...) or a hand-written "
-            "prompt with --template, not both" if result is not None else
-            "nothing to export: give a search result file (autoprompt export RESULT.json ...) "
+            "prompt with --template, not both"
+            if result is not None
+            else "nothing to export: give a search result file (autoprompt export RESULT.json ...) "
             "or a hand-written prompt with --template '{sentence} It was [MASK] .'"
         )
     check_target(out, force, fmt)
@@ -47,8 +68,10 @@ def export(result, template_spec, model_name, fmt, out, tokens, force) -> None:
     template = None if data is not None else _one_template(template_spec)
     if model_name is None:
         if data is None:
-            raise AutopromptError("--template needs --model: the masked LM whose embeddings "
-                                  "seed the export, e.g. --model bert-base-cased")
+            raise AutopromptError(
+                "--template needs --model: the masked LM whose embeddings "
+                "seed the export, e.g. --model bert-base-cased"
+            )
         model_name = (data.get("model") or {}).get("name")
         if not model_name:
             raise AutopromptError(f"{result}: the result names no model; pass --model")
@@ -70,8 +93,10 @@ def _one_template(spec: str):
     named = load_templates(spec)
     if len(named) != 1:
         names = ", ".join(t.name for t in named[:6]) + (", ..." if len(named) > 6 else "")
-        raise AutopromptError(f"--template {spec}: {len(named)} templates ({names}); export "
-                              "one at a time: pass its text")
+        raise AutopromptError(
+            f"--template {spec}: {len(named)} templates ({names}); export "
+            "one at a time: pass its text"
+        )
     return named[0].template
 
 

@@ -93,8 +93,7 @@ def non_alphabetic(vocab: VocabStrings) -> torch.Tensor:
     """Tokens whose readable word is not all ASCII letters: punctuation, digits, ``[unused0]``,
     and other scripts' characters, which English vocabularies hold as rare single pieces
     that the gradient loves and that transfer to nothing."""
-    return torch.tensor([not (w.isascii() and w.isalpha()) for w in vocab.words],
-                        dtype=torch.bool)
+    return torch.tensor([not (w.isascii() and w.isalpha()) for w in vocab.words], dtype=torch.bool)
 
 
 def capitalized(vocab: VocabStrings) -> torch.Tensor:
