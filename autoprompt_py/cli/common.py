@@ -57,3 +57,8 @@ def quiet_transformers() -> None:
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+
+
+def parse_columns(value: str | None) -> list[str] | None:
+    """``--columns text,label`` → ["text", "label"]."""
+    return [c.strip() for c in value.split(",")] if value else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from autoprompt_py.cli.common import model_options, quiet_transformers
+from autoprompt_py.cli.common import model_options, parse_columns, quiet_transformers
 from autoprompt_py.data import read_examples, read_facts
 from autoprompt_py.evaluation import probe_relations, score_templates
 from autoprompt_py.model import load_model
@@ -12,10 +12,6 @@ from autoprompt_py.resources import load_templates, load_verbalizer
 from autoprompt_py.results import check_output_path, provenance, write_json
 from autoprompt_py.verbalizer import AGGREGATIONS
 from autoprompt_py.vocab import read_vocab
-
-
-def _columns(value: str | None) -> list[str] | None:
-    return [c.strip() for c in value.split(",")] if value else None
 
 
 @click.command()
@@ -88,7 +84,7 @@ def score(
     check_output_path(output)
     named = [t for spec in templates for t in load_templates(spec)]
     verb = load_verbalizer(verbalizer)
-    examples = read_examples(data, label_field, _columns(columns), limit)
+    examples = read_examples(data, label_field, parse_columns(columns), limit)
     quiet_transformers()
     lm = load_model(model_name, device, dtype)
     results = score_templates(lm, named, examples, verb, aggregation, batch_size, bootstrap, seed)
@@ -97,10 +93,11 @@ def score(
     _notes(results, lm.max_length)
     click.echo(f"{len(examples)} examples from {data}; model {model_name}; ranked by {metric}")
     labels = verb.labels
-    header = ["rank", "accuracy", "95% CI", "macro-F1"] + [f"R[{lab}]" for lab in labels]
+    header = ["rank", "n", "accuracy", "95% CI", "macro-F1"] + [f"R[{lab}]" for lab in labels]
     rows = [
         [
             str(i),
+            str(r.metrics["n"]),
             f"{r.metrics['accuracy']:.4f}",
             "{:.3f}-{:.3f}".format(*r.metrics["accuracy_ci95"]),
             f"{r.metrics['macro_f1']:.4f}",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from autoprompt_py.cli.common import model_options, quiet_transformers
+from autoprompt_py.cli.common import model_options, parse_columns, quiet_transformers
 from autoprompt_py.results import check_output_path, write_json
 
 
@@ -67,10 +67,6 @@ def _check_output(path: str) -> None:
             f"--output {path} is a folder; give a file name, e.g. {path}/out.json"
         )
     check_output_path(path)
-
-
-def _columns(columns: str | None) -> list[str] | None:
-    return [c.strip() for c in columns.split(",")] if columns else None
 
 
 @click.command("search")
@@ -275,7 +271,7 @@ def search(
         vocab,
         relation,
         label_field,
-        _columns(columns),
+        parse_columns(columns),
         train_limit,
         dev_limit,
         dev_fraction,
@@ -294,7 +290,7 @@ def search(
         "aggregation": aggregation,
         "vocab": vocab,
         "label_field": label_field,
-        "columns": _columns(columns),
+        "columns": parse_columns(columns),
         "train_limit": train_limit,
         "dev_limit": dev_limit,
         "initial_trigger": initial_trigger,
@@ -394,7 +390,7 @@ def labels(
     if len(named) != 1:
         raise AutopromptError(f"--template {template}: holds {len(named)} templates; give one")
     tpl = named[0].template
-    examples = read_examples(train, label_field, _columns(columns), train_limit)
+    examples = read_examples(train, label_field, parse_columns(columns), train_limit)
     filters = _filters(False, filter_subwords, filter_non_alpha, filter_capitalized, stop_list)
     lm = load_model(model_name, device, dtype)
     if trigger is not None:
