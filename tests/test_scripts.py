@@ -1,0 +1,131 @@
+"""The benchmark and demo scripts still run end to end (tiny budgets; figures not checked:
+they belong to the scripts' output, not to assertions)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def _run(args: list[str]) -> str:
+    proc = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_bench_score_runs(shared_model, shared_data):
+    out = _run(
+        [
+            str(SCRIPTS / "bench_score.py"),
+            "--model",
+            str(shared_model),
+            "--data",
+            str(shared_data / "sst2" / "dev.tsv"),
+            "--limit",
+            "64",
+            "--repeat",
+            "1",
+        ]
+    )
+    assert "speed-up over the pipeline" in out
+    assert "predictions agreeing with the pipeline: 1.0000" in out
+
+
+@pytest.mark.slow
+def test_bench_search_runs(shared_model, shared_data):
+    out = _run(
+        [
+            str(SCRIPTS / "bench_search.py"),
+            "--model",
+            str(shared_model),
+            "--data",
+            str(shared_data / "sst2"),
+            "--iters",
+            "2",
+            "--warmup",
+            "1",
+            "--train-limit",
+            "200",
+            "--dev-limit",
+            "40",
+            "--threads",
+            "1",
+        ]
+    )
+    assert "ratio" in out
+
+
+@pytest.mark.slow
+def test_demo_prompt_tuning_runs(shared_model, shared_data):
+    out = _run(
+        [
+            str(SCRIPTS / "demo_prompt_tuning.py"),
+            "--model",
+            str(shared_model),
+            "--data",
+            str(shared_data / "sst2"),
+            "--steps",
+            "2",
+            "--train-size",
+            "64",
+            "--dev-size",
+            "32",
+            "--threads",
+            "1",
+        ]
+    )
+    assert "seed" in out
+
+
+@pytest.mark.slow
+def test_compare_triggers_runs(shared_model, shared_data, tmp_path):
+    result = tmp_path / "trigger.json"
+    _run(
+        [
+            "-m",
+            "autoprompt_py",
+            "search",
+            "--model",
+            str(shared_model),
+            "--train",
+            str(shared_data / "sst2" / "train.tsv"),
+            "--train-limit",
+            "200",
+            "--dev",
+            str(shared_data / "sst2" / "dev.tsv"),
+            "--dev-limit",
+            "40",
+            "--template",
+            "{sentence} [T] [T] [P] .",
+            "--verbalizer",
+            "sst2",
+            "--iters",
+            "1",
+            "--accumulation-steps",
+            "1",
+            "--batch-size",
+            "8",
+            "--quiet",
+            "--output",
+            str(result),
+        ]
+    )
+    out = _run(
+        [
+            str(SCRIPTS / "compare_triggers.py"),
+            str(result),
+            "--data",
+            str(shared_data / "sst2" / "dev.tsv"),
+            "--random",
+            "2",
+        ]
+    )
+    assert "[MASK]-filled trigger" in out and "random triggers" in out
