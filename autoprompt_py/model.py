@@ -11,20 +11,47 @@ import torch
 from torch import nn
 from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from autoprompt_py.default_model import DEFAULT_MODEL, check_default_model, is_default_model
 from autoprompt_py.errors import AutopromptError
+from autoprompt_py.hub import check_hub_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def available_devices() -> list[str]:
+    """The devices torch can use here: ``cpu``, ``cuda:N`` for each GPU, ``mps``."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return devices
+
+
 def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` (a CUDA GPU if any, else the CPU) or a device that exists here; anything else
+    is a user error naming the devices there are. Cheap: commands check it before any work."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise AutopromptError(f"--device {device}: no CUDA GPU is available; use --device cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except RuntimeError:
-        raise AutopromptError(f"--device {device!r}: use auto, cpu or cuda") from None
+        raise AutopromptError(f"--device {device!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    have = available_devices()
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda" and torch.cuda.is_available():
+        if dev.index is None or dev.index < torch.cuda.device_count():
+            return dev
+    elif dev.type == "mps" and "mps" in have:
+        return dev
+    elif dev.type not in ("cuda", "mps"):
+        raise AutopromptError(f"--device {device!r}: use auto, cpu, cuda, cuda:N or mps")
+    raise AutopromptError(
+        f"--device {device}: not available on this machine (devices here: {', '.join(have)}); "
+        "use --device auto or one of those"
+    )
 
 
 @dataclass
@@ -124,22 +151,35 @@ class MaskedLM:
         return self.model.get_input_embeddings()(input_ids)
 
 
-def load_model(name: str | Path, device: str = "auto", dtype: str = "float32") -> MaskedLM:
-    """Load a masked LM and its tokenizer from a hub id or a local folder."""
+def load_model(
+    name: str | Path | None = None, device: str = "auto", dtype: str = "float32"
+) -> MaskedLM:
+    """Load a masked LM and its tokenizer from a local folder or a hub id; without a name (or
+    with ``"bert-tiny-splade"``/``"default"``), the small model bundled in the package.
+
+    A hub id that is neither cached nor reachable fails within seconds (``hub.py``)."""
     if dtype not in DTYPES:
         raise AutopromptError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     dev = resolve_device(device)
-    name = str(name)
-    local = Path(name).expanduser().exists()
-    if not local and (name.startswith((".", "/", "~")) or name.count("/") > 1):
-        raise AutopromptError(f"--model {name}: no such folder")
+    cache_only = False
+    if is_default_model(name):
+        # recorded by its alias, so result files name it the same on every installation
+        source, name, local = str(check_default_model()), DEFAULT_MODEL, True
+    else:
+        source = name = str(name)
+        local = Path(name).expanduser().exists()
+        if not local and (name.startswith((".", "/", "~")) or name.count("/") > 1):
+            raise AutopromptError(f"--model {name}: no such folder")
+        if not local:
+            cache_only = check_hub_model(name)
+    kwargs = {"local_files_only": True} if cache_only else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     except Exception as e:  # transformers raises many types for a bad folder or offline hub
         raise AutopromptError(_load_failure(name, local, "tokenizer", e)) from None
     try:
         model, info = AutoModelForMaskedLM.from_pretrained(
-            name, dtype=DTYPES[dtype], output_loading_info=True
+            source, dtype=DTYPES[dtype], output_loading_info=True, **kwargs
         )
     except Exception as e:
         raise AutopromptError(_load_failure(name, local, "masked language model", e)) from None

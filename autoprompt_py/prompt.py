@@ -244,26 +244,6 @@ class FoundPrompt:
         with torch.no_grad():
             return lm.embeddings.detach().index_select(0, ids).clone().cpu()
 
-    # ---------------------------------------------------------------- exports
-
-    def to_peft(self, lm: MaskedLM, folder: str | Path, force: bool = False) -> Path:
-        """A PEFT prompt-tuning adapter folder (see ``export.to_peft``)."""
-        from autoprompt_py.export import to_peft
-
-        return to_peft(self, lm, folder, force)
-
-    def to_optiprompt(self, lm: MaskedLM, folder: str | Path, force: bool = False) -> Path:
-        """An OptiPrompt starting point folder (see ``export.to_optiprompt``)."""
-        from autoprompt_py.export import to_optiprompt
-
-        return to_optiprompt(self, lm, folder, force)
-
-    def to_embeddings(self, lm: MaskedLM, file: str | Path, force: bool = False) -> Path:
-        """A safetensors file of the embeddings (see ``export.to_embeddings``)."""
-        from autoprompt_py.export import to_embeddings
-
-        return to_embeddings(self, lm, file, force)
-
     # ---------------------------------------------------------------- templates
 
     def vector_names(self) -> list[str]:

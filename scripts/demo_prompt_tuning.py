@@ -38,7 +38,7 @@ from transformers import AutoModelForMaskedLM
 from autoprompt_py.cli.common import quiet_transformers
 from autoprompt_py.data import read_examples
 from autoprompt_py.encoding import EncodedDataset, TemplateEncoder
-from autoprompt_py.export import load_peft_seed
+from autoprompt_py.export import load_peft_seed, to_peft
 from autoprompt_py.model import load_model
 from autoprompt_py.prompt import FoundPrompt
 from autoprompt_py.resources import load_verbalizer
@@ -217,7 +217,7 @@ def main() -> None:
         f"{'init':8} {'dev acc before':>15} {'dev acc after':>14} {'train loss':>11} {'seconds':>8}"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        seed_folder = prompt.to_peft(lm, Path(tmp) / "seed")
+        seed_folder = to_peft(prompt, lm, Path(tmp) / "seed")
         for arm in args.arms.split(","):
             t0 = time.perf_counter()
             model, gather = build_arm(arm, args, seed_folder, n, dim)

@@ -22,6 +22,7 @@ from autoprompt_py.export import (
     load_peft_seed,
     to_embeddings,
     to_optiprompt,
+    to_peft,
 )
 from autoprompt_py.model import load_model
 from autoprompt_py.prompt import FoundPrompt, model_record
@@ -96,7 +97,7 @@ def test_peft_adapter_loads_with_the_trigger_embeddings(
     lm = lms(family)
     data = search_result(lm)
     prompt = FoundPrompt.from_result(write_result(tmp_path / "r.json", data), lm.tokenizer)
-    out = prompt.to_peft(lm, tmp_path / "adapter")
+    out = to_peft(prompt, lm, tmp_path / "adapter")
 
     base = AutoModelForMaskedLM.from_pretrained(tiny_model_dirs[family]).eval()
     model = peft.PeftModel.from_pretrained(base, out)
@@ -217,7 +218,7 @@ def test_trainable_seed_starts_from_the_export_and_trains_only_the_prompt(
 ):
     lm = lms("bert")
     prompt = FoundPrompt.from_template("{sentence} It was [MASK] .", lm.tokenizer)
-    folder = prompt.to_peft(lm, tmp_path / "seed")
+    folder = to_peft(prompt, lm, tmp_path / "seed")
     base = AutoModelForMaskedLM.from_pretrained(tiny_model_dirs["bert"])
     model = load_peft_seed(base, folder)
     weight = model.prompt_encoder["default"].embedding.weight
@@ -239,7 +240,7 @@ def test_result_from_another_model_is_refused(lms, tmp_path):
     path = write_result(tmp_path / "r.json", search_result(bert))
     prompt = FoundPrompt.from_result(path, roberta.tokenizer)
     with pytest.raises(AutopromptError) as err:
-        prompt.to_embeddings(roberta, tmp_path / "e.safetensors")
+        to_embeddings(prompt, roberta, tmp_path / "e.safetensors")
     msg = str(err.value)
     assert str(roberta.name) in msg and str(bert.name) in msg and "r.json" in msg
     assert not (tmp_path / "e.safetensors").exists()
@@ -292,19 +293,19 @@ def test_existing_target_needs_force(lms, tmp_path, peft):
     target.mkdir()
     (target / "old.txt").write_text("old")
     with pytest.raises(AutopromptError, match="--force"):
-        prompt.to_peft(lm, target)
+        to_peft(prompt, lm, target)
     assert (target / "old.txt").exists()
-    prompt.to_peft(lm, target, force=True)
+    to_peft(prompt, lm, target, force=True)
     assert not (target / "old.txt").exists() and (target / "adapter_config.json").exists()
     assert leftovers(tmp_path) == []
     file = tmp_path / "e.safetensors"
     file.write_text("old")
     with pytest.raises(AutopromptError, match="--force"):
-        prompt.to_embeddings(lm, file)
-    prompt.to_embeddings(lm, file, force=True)
+        to_embeddings(prompt, lm, file)
+    to_embeddings(prompt, lm, file, force=True)
     assert load_file(file)["token_ids"].tolist() == list(prompt.token_ids)
     with pytest.raises(AutopromptError, match="is a folder"):
-        prompt.to_embeddings(lm, target, force=True)
+        to_embeddings(prompt, lm, target, force=True)
 
 
 def test_peft_missing_says_how_to_install(lms, tmp_path, monkeypatch):
@@ -312,7 +313,7 @@ def test_peft_missing_says_how_to_install(lms, tmp_path, monkeypatch):
     prompt = FoundPrompt.from_result(search_result(lm), lm.tokenizer)
     monkeypatch.setitem(sys.modules, "peft", None)  # import peft now raises ImportError
     with pytest.raises(AutopromptError, match=r"pip install autoprompt-py\[peft\]"):
-        prompt.to_peft(lm, tmp_path / "adapter")
+        to_peft(prompt, lm, tmp_path / "adapter")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -325,5 +326,5 @@ def test_failed_write_leaves_nothing_behind(lms, tmp_path, monkeypatch):
 
     monkeypatch.setattr(np, "save", broken)
     with pytest.raises(OSError):
-        prompt.to_optiprompt(lm, tmp_path / "opti")
+        to_optiprompt(prompt, lm, tmp_path / "opti")
     assert list(tmp_path.iterdir()) == []

@@ -6,18 +6,22 @@ import click
 
 from autoprompt_py import __version__
 from autoprompt_py.cli.common import AutopromptGroup
+from autoprompt_py.cli.info import version_message
 
 
 @click.group(cls=AutopromptGroup)
-@click.version_option(__version__, prog_name="autoprompt")
+@click.version_option(__version__, prog_name="autoprompt", message=version_message())
 def main() -> None:
-    """Discrete prompts for masked language models: score, probe, search, label search, export."""
+    """Discrete prompts for masked language models: score, probe, search, label search, export.
+
+    Without --model, commands use the small BERT bundled in the package (autoprompt info).
+    """
 
 
 def _register() -> None:
-    from autoprompt_py.cli import export, score, search
+    from autoprompt_py.cli import export, info, score, search
 
-    for module in (score, export, search):
+    for module in (score, export, search, info):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from autoprompt_py.default_model import DEFAULT_MODEL
 from autoprompt_py.errors import AutopromptError
 
 
@@ -32,13 +33,18 @@ def model_options(f: Callable) -> Callable:
         click.option(
             "--model",
             "model_name",
-            default="bert-base-cased",
+            default=DEFAULT_MODEL,
             show_default=True,
-            help="Hub id or local folder of a masked LM (offline: a folder saved with "
-            "save_pretrained, e.g. ../shared/models/bert-tiny-splade).",
+            help="Hub id or local folder (saved with save_pretrained) of a masked LM; the "
+            f"default {DEFAULT_MODEL} is a small BERT bundled in the package, for trying the "
+            "tool offline (see 'autoprompt info').",
         ),
         click.option(
-            "--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."
+            "--device",
+            default="auto",
+            show_default=True,
+            callback=check_device,
+            help="auto, cpu, cuda, cuda:N or mps.",
         ),
         click.option(
             "--dtype",
@@ -49,6 +55,14 @@ def model_options(f: Callable) -> Callable:
         click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
     ]
     return functools.reduce(lambda acc, opt: opt(acc), reversed(options), f)
+
+
+def check_device(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Refuse a device this machine lacks while the options are parsed: before any work."""
+    from autoprompt_py.model import resolve_device
+
+    resolve_device(value)
+    return value
 
 
 def quiet_transformers() -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from autoprompt_py.cli.common import quiet_transformers
+from autoprompt_py.default_model import DEFAULT_MODEL
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.export import FORMATS, check_target, export_prompt, require_peft
 from autoprompt_py.model import load_model
@@ -26,7 +27,7 @@ from autoprompt_py.resources import load_templates
     "--model",
     "model_name",
     help="Hub id or local folder of the masked LM whose embeddings seed the export "
-    "[default: the model the search result names; required with --template].",
+    f"[default: the model the search result names; with --template, {DEFAULT_MODEL}].",
 )
 @click.option(
     "--format",
@@ -68,13 +69,11 @@ def export(result, template_spec, model_name, fmt, out, tokens, force) -> None:
     template = None if data is not None else _one_template(template_spec)
     if model_name is None:
         if data is None:
-            raise AutopromptError(
-                "--template needs --model: the masked LM whose embeddings "
-                "seed the export, e.g. --model bert-base-cased"
-            )
-        model_name = (data.get("model") or {}).get("name")
-        if not model_name:
-            raise AutopromptError(f"{result}: the result names no model; pass --model")
+            model_name = DEFAULT_MODEL
+        else:
+            model_name = (data.get("model") or {}).get("name")
+            if not model_name:
+                raise AutopromptError(f"{result}: the result names no model; pass --model")
     quiet_transformers()
     lm = load_model(model_name, device="cpu")
     if data is not None:
