@@ -95,7 +95,9 @@ def test_fp16_weights_give_the_reference_figures(shared_data, shared_model):
 
 def test_commands_run_without_model(tmp_path):
     out = tmp_path / "scores.json"
-    r = invoke("score", "--data", MINI, "--template", "sst2", "--verbalizer", "sst2", "--output", out)
+    r = invoke(
+        "score", "--data", MINI, "--template", "sst2", "--verbalizer", "sst2", "--output", out
+    )
     assert r.exit_code == 0, r.stderr
     assert json.loads(out.read_text())["config"]["model"] == DEFAULT_MODEL
     r = invoke(

@@ -52,8 +52,7 @@ def info() -> None:
 def version_message() -> str:
     """What ``autoprompt --version`` prints: the version and the default model's place."""
     return (
-        f"%(prog)s {__version__}\ndefault model: {DEFAULT_MODEL} (bundled) at "
-        f"{default_model_dir()}"
+        f"%(prog)s {__version__}\ndefault model: {DEFAULT_MODEL} (bundled) at {default_model_dir()}"
     )
 
 
