@@ -165,7 +165,8 @@ def test_peft_missing(results, tmp_path, monkeypatch):
     "args, fragments",
     [
         ([], ["nothing to export", "--template"]),
-        (["--template", "{sentence} [MASK]"], ["--model"]),
+        # without --model: the bundled default model, which gets as far as the template
+        (["--template", "{sentence} [MASK]"], ["no trigger or literal tokens"]),
         (["--template", "sst2", "--model", "MODEL"], ["templates (it-was", "one at a time"]),
         (["--template", "{sentence} [MASK]", "--model", "MODEL"], ["no trigger or literal tokens"]),
         (["--template", "{sentence} [T] [MASK]", "--model", "MODEL"], ["open trigger slots"]),
