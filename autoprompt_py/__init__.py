@@ -3,7 +3,7 @@
 The Python API that the ``autoprompt`` command is a thin layer over::
 
     from autoprompt_py import load_model, load_templates, load_verbalizer, read_examples
-    lm = load_model("bert-base-cased")
+    lm = load_model()  # the bundled bert-tiny-splade; or a hub id, or a local folder
     results = score_templates(lm, load_templates("sst2"), read_examples("dev.tsv"),
                               load_verbalizer("sst2"))
 """

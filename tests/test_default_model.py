@@ -108,6 +108,29 @@ def test_commands_run_without_model(tmp_path):
     assert f"from {DEFAULT_MODEL}" in r.stdout
 
 
+def test_a_result_of_the_default_model_exports_without_model(bundled, tmp_path):
+    """Results record the bundled model by its alias, so they export on any installation."""
+    from autoprompt_py.encoding import tokenize_piece
+    from autoprompt_py.prompt import model_record
+
+    ids = [tokenize_piece(bundled.tokenizer, w, True)[0] for w in ("overall", "it", "was")]
+    result = tmp_path / "found.json"
+    result.write_text(
+        json.dumps(
+            {
+                "kind": "autoprompt-search",
+                "template": "{sentence} [T] [T] [T] [P] .",
+                "trigger": {"ids": ids, "tokens": bundled.tokenizer.convert_ids_to_tokens(ids)},
+                "model": model_record(bundled),
+            }
+        )
+    )
+    out = tmp_path / "seed.safetensors"
+    r = invoke("export", result, "--format", "embeddings", "--out", out)
+    assert r.exit_code == 0, r.stderr
+    assert f"from {DEFAULT_MODEL} to {out}" in r.stdout
+
+
 def test_info_and_version_name_the_default_model_and_its_place():
     for args in (["info"], ["--version"]):
         r = invoke(*args)
