@@ -107,7 +107,7 @@ def score(
         for i, r in enumerate(results, 1)
     ]
     _table(header + ["template"], rows)
-    if output:
+    if output is not None:
         write_json(
             output,
             {
@@ -174,7 +174,7 @@ def probe(
 ) -> None:
     """Probe relational knowledge: P@1, P@10 and MRR per relation."""
     check_output_path(output)
-    named = [t for spec in relation_templates for t in load_templates(spec)]
+    named = [t for spec in relation_templates for t in load_templates(spec, "--relations")]
     if template:
         named += [t.__class__(t.name, t.template, None) for t in load_templates(template)]
     if not named:
@@ -207,7 +207,7 @@ def probe(
         n = str(a.get("n", a.get("relations")))
         rows.append([kind, n, "", f"{a['p@1']:.4f}", f"{a['p@10']:.4f}", f"{a['mrr']:.4f}", ""])
     _table(["relation", "facts", "skipped", "P@1", "P@10", "MRR", "template"], rows)
-    if output:
+    if output is not None:
         write_json(
             output,
             {

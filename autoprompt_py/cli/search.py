@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import click
 
 from autoprompt_py.cli.common import model_options, parse_columns, quiet_transformers
-from autoprompt_py.results import check_output_path, write_json
+from autoprompt_py.results import check_output_path, output_lock, write_json
 
 
 def _filter_options(f: Callable) -> Callable:
@@ -60,12 +59,6 @@ def _filters(
 
 
 def _check_output(path: str) -> None:
-    from autoprompt_py.errors import AutopromptError
-
-    if Path(path).is_dir():
-        raise AutopromptError(
-            f"--output {path} is a folder; give a file name, e.g. {path}/out.json"
-        )
     check_output_path(path)
 
 
@@ -245,7 +238,8 @@ def search(
 
     quiet_transformers()
     _check_output(output)
-    check_output_path(checkpoint)
+    check_output_path(checkpoint or f"{output}.ckpt", "--checkpoint")
+    click.get_current_context().with_resource(output_lock(output, checkpoint or f"{output}.ckpt"))
     filters = _filters(
         filter_labels, filter_subwords, filter_non_alpha, filter_capitalized, stop_list
     )

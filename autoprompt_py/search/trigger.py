@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from autoprompt_py.encoding import tokenize_piece
-from autoprompt_py.errors import AutopromptError
+from autoprompt_py.errors import AutopromptError, shown
 from autoprompt_py.model import MaskedLM
 from autoprompt_py.resources import RESULT_KIND
 from autoprompt_py.results import provenance, write_json
@@ -154,7 +154,7 @@ def trigger_ids_from_words(
         raise AutopromptError(
             f"{what}: {len(words)} token{'s' * (len(words) != 1)} for the {len(slots)} "
             f"trigger slot{'s' * (len(slots) != 1)} [T] of "
-            f"{template.source!r}; give exactly {len(slots)}"
+            f"{shown(template.source)}; give exactly {len(slots)}"
         )
     vocab = tokenizer.get_vocab()
     ids = []
