@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from autoprompt_py.cli.common import model_options, parse_columns, quiet_transformers
-from autoprompt_py.data import read_examples, read_facts
+from autoprompt_py.data import check_fields, read_examples, read_facts
 from autoprompt_py.evaluation import probe_relations, score_templates
 from autoprompt_py.model import load_model
 from autoprompt_py.resources import load_templates, load_verbalizer
@@ -85,6 +85,8 @@ def score(
     named = [t for spec in templates for t in load_templates(spec)]
     verb = load_verbalizer(verbalizer)
     examples = read_examples(data, label_field, parse_columns(columns), limit)
+    for t in named:  # before the model loads: a template with no field, or a missing field
+        check_fields(examples, t.template.fields, t.template.source)
     quiet_transformers()
     lm = load_model(model_name, device, dtype)
     results = score_templates(lm, named, examples, verb, aggregation, batch_size, bootstrap, seed)

@@ -371,7 +371,7 @@ def labels(
     output: str,
 ) -> None:
     """Find label words for each class (AutoPrompt's label search); write a verbalizer."""
-    from autoprompt_py.data import read_examples
+    from autoprompt_py.data import check_fields, read_examples
     from autoprompt_py.errors import AutopromptError
     from autoprompt_py.labels import search_labels
     from autoprompt_py.model import load_model
@@ -385,6 +385,7 @@ def labels(
         raise AutopromptError(f"--template {template}: holds {len(named)} templates; give one")
     tpl = named[0].template
     examples = read_examples(train, label_field, parse_columns(columns), train_limit)
+    check_fields(examples, tpl.fields, tpl.source)
     filters = _filters(False, filter_subwords, filter_non_alpha, filter_capitalized, stop_list)
     lm = load_model(model_name, device, dtype)
     if trigger is not None:

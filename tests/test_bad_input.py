@@ -1,0 +1,394 @@
+"""Bad input, round 2 (issue 11): every reader refuses text that is not UTF-8, outputs are
+checked before the model loads and never clobbered, checkpoints are JSON checked field by
+field, a second run on the same output is refused while the first holds its lock.
+
+Every refusal is exit code 2, one ``error:`` line naming the file or option, no traceback and
+no output file created or changed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from autoprompt_py.cli import main
+from autoprompt_py.data import read_examples, read_facts
+from autoprompt_py.errors import AutopromptError
+from autoprompt_py.resources import load_templates
+from autoprompt_py.results import atomic_write, check_output_path, output_lock, read_json
+from autoprompt_py.search import read_stop_list
+from autoprompt_py.verbalizer import Verbalizer
+from autoprompt_py.vocab import read_vocab
+
+REPO = Path(__file__).resolve().parents[1]
+SST = [
+    ("the movie was great , really", 1),
+    ("a waste of time", 0),
+    ("boring and slow", 0),
+    ("i loved it", 1),
+    ("the plot is a mess", 0),
+    ("a beautiful , charming film", 1),
+    ("the acting is weak", 0),
+    ("fun and lovely music", 1),
+]
+FACTS = [("dante", "florence"), ("mozart", "salzburg"), ("galileo", "pisa"), ("italy", "rome")]
+LATIN = "caf\xe9"  # "é" is the byte 0xE9 in Latin-1 and cp1252, two bytes in UTF-8
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def f(tmp_path_factory, tiny_model_dirs) -> dict[str, Path]:
+    """Good files, and for each reader a Latin-1 twin whose 0xE9 byte sits on line 2."""
+    root = tmp_path_factory.mktemp("bad_input")
+    files: dict[str, Path] = {"root": root, "bert": tiny_model_dirs["bert"]}
+
+    def write(name: str, text: str, encoding: str = "utf-8") -> None:
+        files[name] = root / name
+        files[name].write_bytes(text.encode(encoding))
+
+    tsv = "sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in SST)
+    facts = "".join(json.dumps({"sub_label": s, "obj_label": o}) + "\n" for s, o in FACTS)
+    write("train.tsv", tsv)
+    write("P19.jsonl", facts)
+    write("vocab.txt", "\n".join(o for _, o in FACTS) + "\n")
+    write("stop.txt", "the\nmovie\n")
+    write("verb.json", '{"0": "bad", "1": "good"}')
+    write("templates.txt", "{sentence} It was [MASK] .\n")
+    write("relations.jsonl", '{"relation": "P19", "template": "[X] was born in [Y] ."}\n')
+    # Latin-1 twins
+    write("latin.tsv", f"sentence\tlabel\n{LATIN} is good\t1\n", "latin-1")
+    write("latin.csv", f"sentence,label\n{LATIN} is good,1\n", "latin-1")
+    write(
+        "latin.jsonl", f'{{"sentence": "ok", "label": 1}}\n{{"sentence": "{LATIN}"}}\n', "latin-1"
+    )
+    write(
+        "latin_facts.jsonl",
+        f'{{"sub_label": "a", "obj_label": "b"}}\n{{"sub_label": "{LATIN}", "obj_label": "b"}}\n',
+        "latin-1",
+    )
+    write("latin_vocab.txt", f"rome\n{LATIN}\n", "latin-1")
+    write("latin_stop.txt", f"the\n{LATIN}\n", "latin-1")
+    write("latin_verb.json", f'{{"0": "bad",\n "1": "{LATIN}"}}', "latin-1")
+    write(
+        "latin_templates.txt",
+        f"{{sentence}} It was [MASK] .\n{LATIN} {{sentence}} [MASK] .\n",
+        "latin-1",
+    )
+    write(
+        "latin_relations.jsonl",
+        f'{{"relation": "P19", "template": "[X] [Y] ."}}\n{{"relation": "P1", "template": "[X] {LATIN} [Y] ."}}\n',
+        "latin-1",
+    )
+    write(
+        "latin_result.json",
+        f'{{"kind": "autoprompt-search",\n "template": "{LATIN} [T] [P]"}}',
+        "latin-1",
+    )
+    write("utf16.tsv", tsv, "utf-16")
+    return files
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def assert_refused(r, *fragments):
+    assert r.exit_code == 2, (r.exit_code, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert "Traceback" not in r.stderr
+    assert r.stdout == ""
+    for fragment in fragments:
+        assert str(fragment) in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+def no_output_in(folder: Path, *keep: str) -> None:
+    """Nothing was written in ``folder`` beyond the files named (no temp file, no result)."""
+    left = sorted(p.name for p in folder.iterdir() if p.name not in keep)
+    assert left == [], left
+
+
+# --------------------------------------------------------------------------------------------
+# encodings: one reader, every file kind
+# --------------------------------------------------------------------------------------------
+
+READERS = {
+    "latin.tsv": lambda p: read_examples(p),
+    "latin.csv": lambda p: read_examples(p),
+    "latin.jsonl": lambda p: read_examples(p),
+    "latin_facts.jsonl": lambda p: read_facts(p),
+    "latin_vocab.txt": read_vocab,
+    "latin_stop.txt": read_stop_list,
+    "latin_verb.json": Verbalizer.from_file,
+    "latin_templates.txt": lambda p: load_templates(str(p)),
+    "latin_relations.jsonl": lambda p: load_templates(str(p), "--relations"),
+    "latin_result.json": lambda p: read_json(p),
+}
+
+
+@pytest.mark.parametrize("name", list(READERS))
+def test_every_reader_refuses_latin1_naming_line_and_byte(f, name):
+    with pytest.raises(AutopromptError) as info:
+        READERS[name](f[name])
+    message = str(info.value)
+    assert f"{f[name]}:2: not UTF-8 text (byte 0xE9 at column " in message, message
+    assert message.endswith("save it as UTF-8")
+
+
+def test_utf16_file_is_named(f):
+    with pytest.raises(AutopromptError, match="UTF-16 text .* save it as UTF-8"):
+        read_examples(f["utf16.tsv"])
+
+
+@pytest.mark.parametrize("suffix", [".tsv", ".csv", ".jsonl"])
+def test_a_utf8_bom_is_accepted_and_the_header_read(tmp_path, suffix):
+    path = tmp_path / f"bom{suffix}"
+    body = {
+        ".tsv": "sentence\tlabel\ngood film\t1\n",
+        ".csv": "sentence,label\ngood film,1\n",
+        ".jsonl": '{"sentence": "good film", "label": 1}\n',
+    }[suffix]
+    path.write_bytes(b"\xef\xbb\xbf" + body.encode())
+    [example] = read_examples(path)
+    assert example.fields == {"sentence": "good film"} and example.label == "1"
+
+
+def test_line_numbers_of_crlf_and_u2028(tmp_path):
+    # JSON strings may hold U+2028 raw; it does not end a line of a .jsonl file
+    path = tmp_path / "d.jsonl"
+    path.write_bytes('{"sentence": "a\u2028b", "label": 0}\r\n{"label": 1}\r\n'.encode())
+    with pytest.raises(AutopromptError, match=r"d.jsonl:2: no field 'sentence'"):
+        from autoprompt_py.data import check_fields
+
+        check_fields(read_examples(path), ["sentence"], "{sentence} [P]")
+
+
+# the CLI: each command names the file it could not read, before loading the model
+def _score(f, **kw):
+    args = dict(data=f["train.tsv"], verbalizer=f["verb.json"], template="{sentence} is [MASK] .")
+    args.update(kw)
+    return [
+        "score",
+        "--model",
+        f["bert"],
+        "--device",
+        "cpu",
+        "--data",
+        args["data"],
+        "--verbalizer",
+        args["verbalizer"],
+        "--template",
+        args["template"],
+    ]
+
+
+def _search(f, out, *extra, **kw):
+    args = dict(train=f["train.tsv"], template="{sentence} [T] [P] .", verbalizer=f["verb.json"])
+    args.update(kw)
+    cmd = [
+        "search",
+        "--model",
+        f["bert"],
+        "--device",
+        "cpu",
+        "--train",
+        args["train"],
+        "--template",
+        args["template"],
+        "--iters",
+        "1",
+        "--batch-size",
+        "4",
+        "--accumulation-steps",
+        "1",
+        "--num-cand",
+        "2",
+        "--output",
+        out,
+        "--quiet",
+    ]
+    if args["verbalizer"] is not None:
+        cmd += ["--verbalizer", args["verbalizer"]]
+    return cmd + list(extra)
+
+
+def _latin_cases(f, out):
+    return {
+        "score --data": (_score(f, data=f["latin.tsv"]), "latin.tsv"),
+        "score --data csv": (_score(f, data=f["latin.csv"]), "latin.csv"),
+        "score --data jsonl": (_score(f, data=f["latin.jsonl"]), "latin.jsonl"),
+        "score --verbalizer": (_score(f, verbalizer=f["latin_verb.json"]), "latin_verb.json"),
+        "score --template": (_score(f, template=f["latin_templates.txt"]), "latin_templates.txt"),
+        "probe --facts": (
+            ["probe", "--model", f["bert"], "--facts", f["latin_facts.jsonl"]],
+            "latin_facts.jsonl",
+        ),
+        "probe --vocab": (
+            [
+                "probe",
+                "--model",
+                f["bert"],
+                "--facts",
+                f["P19.jsonl"],
+                "--vocab",
+                f["latin_vocab.txt"],
+            ],
+            "latin_vocab.txt",
+        ),
+        "probe --relations": (
+            [
+                "probe",
+                "--model",
+                f["bert"],
+                "--facts",
+                f["P19.jsonl"],
+                "--relations",
+                f["latin_relations.jsonl"],
+            ],
+            "latin_relations.jsonl",
+        ),
+        "search --train": (_search(f, out, train=f["latin.tsv"]), "latin.tsv"),
+        "search --dev": (_search(f, out, "--dev", f["latin.jsonl"]), "latin.jsonl"),
+        "search --verbalizer": (
+            _search(f, out, verbalizer=f["latin_verb.json"]),
+            "latin_verb.json",
+        ),
+        "search --stop-list": (
+            _search(f, out, "--stop-list", f["latin_stop.txt"]),
+            "latin_stop.txt",
+        ),
+        "search --template": (
+            _search(f, out, template=f["latin_templates.txt"]),
+            "latin_templates.txt",
+        ),
+        "search relation --train": (
+            _search(
+                f, out, train=f["latin_facts.jsonl"], template="[X] [T] [Y] .", verbalizer=None
+            ),
+            "latin_facts.jsonl",
+        ),
+        "search relation --vocab": (
+            _search(
+                f,
+                out,
+                "--vocab",
+                f["latin_vocab.txt"],
+                train=f["P19.jsonl"],
+                template="[X] [T] [Y] .",
+                verbalizer=None,
+            ),
+            "latin_vocab.txt",
+        ),
+        "labels --train": (
+            [
+                "labels",
+                "--model",
+                f["bert"],
+                "--train",
+                f["latin.tsv"],
+                "--template",
+                "{sentence} [P] .",
+                "--output",
+                out,
+            ],
+            "latin.tsv",
+        ),
+        "labels --stop-list": (
+            [
+                "labels",
+                "--model",
+                f["bert"],
+                "--train",
+                f["train.tsv"],
+                "--template",
+                "{sentence} [P] .",
+                "--output",
+                out,
+                "--stop-list",
+                f["latin_stop.txt"],
+            ],
+            "latin_stop.txt",
+        ),
+        "export RESULT": (
+            ["export", f["latin_result.json"], "--format", "embeddings", "--out", out],
+            "latin_result.json",
+        ),
+        "export --template": (
+            [
+                "export",
+                "--template",
+                f["latin_templates.txt"],
+                "--model",
+                f["bert"],
+                "--format",
+                "embeddings",
+                "--out",
+                out,
+            ],
+            "latin_templates.txt",
+        ),
+    }
+
+
+CASES = [
+    "score --data",
+    "score --data csv",
+    "score --data jsonl",
+    "score --verbalizer",
+    "score --template",
+    "probe --facts",
+    "probe --vocab",
+    "probe --relations",
+    "search --train",
+    "search --dev",
+    "search --verbalizer",
+    "search --stop-list",
+    "search --template",
+    "search relation --train",
+    "search relation --vocab",
+    "labels --train",
+    "labels --stop-list",
+    "export RESULT",
+    "export --template",
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_command_refuses_latin1_in_one_line(f, tmp_path, case, monkeypatch):
+    out = tmp_path / "out.json"
+    args, name = _latin_cases(f, out)[case]
+    # the model must never load: the file is checked first
+    for module in ("model", "cli.score", "cli.export"):
+        monkeypatch.setattr(f"autoprompt_py.{module}.load_model", _no_model)
+    r = invoke(*args)
+    assert_refused(r, f"{f[name]}:2: not UTF-8 text (byte 0xE9", "save it as UTF-8")
+    no_output_in(tmp_path)
+
+
+def _no_model(*args, **kwargs):
+    raise AssertionError("the model was loaded before the input was checked")
+
+
+def test_score_reads_a_bom_tsv_end_to_end(f, tmp_path):
+    data = tmp_path / "bom.tsv"
+    data.write_bytes(b"\xef\xbb\xbf" + f["train.tsv"].read_bytes())
+    r = invoke(*_score(f, data=data), "--bootstrap", "0")
+    assert r.exit_code == 0, r.stderr
+    assert f"{len(SST)} examples from {data}" in r.stdout
