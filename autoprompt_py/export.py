@@ -66,8 +66,8 @@ def check_target(out: str | Path, force: bool, fmt: str) -> Path:
     if fmt not in FORMATS:
         raise AutopromptError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
     wants_folder = fmt != "embeddings"
-    given = Path(out).expanduser()
-    out = check_output_path(given, "--out", folder=True)  # a symlink is followed
+    resolved = check_output_path(out, "--out", folder=True)  # a symlink is followed
+    given, out = Path(out).expanduser(), resolved
     if out.exists() or out.is_symlink():
         if out.is_dir() != wants_folder:
             what = "a folder" if out.is_dir() else "a file"

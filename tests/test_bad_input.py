@@ -13,7 +13,6 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ from autoprompt_py.cli import main
 from autoprompt_py.data import read_examples, read_facts
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.resources import load_templates
-from autoprompt_py.results import atomic_write, check_output_path, output_lock, read_json
+from autoprompt_py.results import atomic_write, check_output_path, read_json
 from autoprompt_py.search import read_stop_list
 from autoprompt_py.verbalizer import Verbalizer
 from autoprompt_py.vocab import read_vocab
@@ -392,3 +391,187 @@ def test_score_reads_a_bom_tsv_end_to_end(f, tmp_path):
     r = invoke(*_score(f, data=data), "--bootstrap", "0")
     assert r.exit_code == 0, r.stderr
     assert f"{len(SST)} examples from {data}" in r.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# outputs: checked before the model loads, never replaced when not a regular file
+# --------------------------------------------------------------------------------------------
+
+
+def _commands(f, out):
+    """Each command's output option, with otherwise good arguments."""
+    return {
+        "score": (_score(f) + ["--output", out], "--output"),
+        "probe": (
+            ["probe", "--model", f["bert"], "--facts", f["P19.jsonl"], "--output", out],
+            "--output",
+        ),
+        "search": (_search(f, out), "--output"),
+        "search --checkpoint": (
+            _search(f, f["root"] / "never.json", "--checkpoint", out),
+            "--checkpoint",
+        ),
+        "labels": (
+            [
+                "labels",
+                "--model",
+                f["bert"],
+                "--train",
+                f["train.tsv"],
+                "--template",
+                "{sentence} [P] .",
+                "--output",
+                out,
+            ],
+            "--output",
+        ),
+        "export": (
+            [
+                "export",
+                "--template",
+                "{sentence} It was [MASK] .",
+                "--model",
+                f["bert"],
+                "--format",
+                "embeddings",
+                "--out",
+                out,
+            ],
+            "--out",
+        ),
+    }
+
+
+COMMANDS = ["score", "probe", "search", "search --checkpoint", "labels", "export"]
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    for module in ("model", "cli.score", "cli.export"):
+        monkeypatch.setattr(f"autoprompt_py.{module}.load_model", _no_model)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_empty_output_path(f, tmp_path, command, no_model):
+    args, option = _commands(f, "")[command]
+    assert_refused(invoke(*args), f"{option} '': an empty path")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_output_folder_missing(f, tmp_path, command, no_model):
+    out = tmp_path / "nope" / "out.json"
+    args, option = _commands(f, out)[command]
+    assert_refused(invoke(*args), f"{option} {out}: the folder {out.parent} does not exist")
+    assert not out.parent.exists()
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_output_folder_not_writable(f, tmp_path, command, no_model, monkeypatch):
+    # The tests run as root, whom permission bits do not stop: os.access is what the check
+    # asks (it is False for a non-root user's read-only folder), so it is mocked here; the
+    # immutable-folder test below checks the real thing where chattr works.
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(
+        "autoprompt_py.results.os.access",
+        lambda p, mode: False if Path(p) == folder else real_access(p, mode),
+    )
+    args, option = _commands(f, folder / "out.json")[command]
+    assert_refused(invoke(*args), f"{option} {folder / 'out.json'}", f"{folder} is not writable")
+    assert list(folder.iterdir()) == []
+
+
+def test_output_in_an_immutable_folder(f, tmp_path, no_model):
+    folder = tmp_path / "immutable"
+    folder.mkdir()
+    if not shutil.which("chattr") or subprocess.run(["chattr", "+i", folder]).returncode:
+        pytest.skip("chattr +i is not available here (needs root and ext4/xfs)")
+    try:
+        for command in COMMANDS:
+            args, option = _commands(f, folder / "out.json")[command]
+            assert_refused(invoke(*args), option, f"{folder} is not writable")
+    finally:
+        subprocess.run(["chattr", "-i", folder], check=True)
+    assert list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_dev_null_a_fifo_and_a_folder_are_never_replaced(f, tmp_path, command, no_model):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to("/dev/null")
+    for out, what in [
+        (Path("/dev/null"), "is a device, not a regular file; it is never replaced"),
+        (fifo, "is a FIFO (named pipe), not a regular file"),
+        (link, "(a link to /dev/null) is a device"),
+        (folder, "is a folder" if command != "export" else "is a folder, but --format"),
+    ]:
+        args, option = _commands(f, out)[command]
+        assert_refused(invoke(*args), f"{option} {out}", what)
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and link.is_symlink()
+    assert list(folder.iterdir()) == []
+    no_output_in(tmp_path, "fifo", "folder", "link")
+
+
+def test_search_default_checkpoint_that_is_a_folder(f, tmp_path, no_model):
+    out = tmp_path / "r.json"
+    (tmp_path / "r.json.ckpt").mkdir()
+    assert_refused(invoke(*_search(f, out)), f"--checkpoint {out}.ckpt is a folder")
+
+
+def test_a_symlink_is_followed_and_kept_and_the_mode_kept(f, tmp_path):
+    """The policy: a link is followed; the file it names is replaced atomically, keeping its
+    permissions, and the link stays a link."""
+    real = tmp_path / "real" / "scores.json"
+    real.parent.mkdir()
+    real.write_text("old\n")
+    real.chmod(0o640)
+    link = tmp_path / "scores.json"
+    link.symlink_to(real)
+    r = invoke(*_score(f), "--bootstrap", "0", "--output", link)
+    assert r.exit_code == 0, r.stderr
+    assert link.is_symlink() and link.resolve() == real
+    assert json.loads(real.read_text())["command"] == "score"
+    assert stat.S_IMODE(real.stat().st_mode) == 0o640
+    assert sorted(p.name for p in real.parent.iterdir()) == ["scores.json"]  # no temp left
+
+
+def test_a_dangling_symlink_creates_its_target(tmp_path):
+    link = tmp_path / "out.json"
+    link.symlink_to(tmp_path / "target.json")
+    atomic_write(link, lambda p: p.write_text("x"))
+    assert link.is_symlink() and (tmp_path / "target.json").read_text() == "x"
+
+
+def test_atomic_write_keeps_the_mode_of_the_file_it_replaces(tmp_path):
+    path = tmp_path / "out.json"
+    path.write_text("old")
+    path.chmod(0o604)
+    atomic_write(path, lambda p: p.write_text("new"))
+    assert path.read_text() == "new" and stat.S_IMODE(path.stat().st_mode) == 0o604
+    fresh = tmp_path / "fresh.json"
+    atomic_write(fresh, lambda p: p.write_text("x"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o666 & ~umask
+
+
+def test_a_read_only_file_is_not_replaced(tmp_path, monkeypatch):
+    path = tmp_path / "out.json"
+    path.write_text("keep")
+    real_access = os.access
+    # as root a 0444 file is writable; os.access is what a non-root user's run asks
+    monkeypatch.setattr(
+        "autoprompt_py.results.os.access",
+        lambda p, mode: False if Path(p) == path else real_access(p, mode),
+    )
+    with pytest.raises(AutopromptError, match="is read-only"):
+        check_output_path(path)
+    with pytest.raises(AutopromptError, match="is read-only"):
+        atomic_write(path, lambda p: p.write_text("new"))
+    assert path.read_text() == "keep"

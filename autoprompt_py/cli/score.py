@@ -59,7 +59,7 @@ from autoprompt_py.vocab import read_vocab
     help="Bootstrap resamples for the accuracy interval.",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--output", type=click.Path(dir_okay=False), help="Write the results as JSON.")
+@click.option("--output", help="Write the results as JSON.")
 @click.option("--predictions", is_flag=True, help="Put per-example predictions in the JSON.")
 @model_options
 def score(
@@ -159,7 +159,7 @@ def score(
     type=click.Path(dir_okay=False),
     help="Restrict predictions to these words (one per line), as LAMA does.",
 )
-@click.option("--output", type=click.Path(dir_okay=False), help="Write the results as JSON.")
+@click.option("--output", help="Write the results as JSON.")
 @click.option("--predictions", is_flag=True, help="Put per-fact ranks and top-10 in the JSON.")
 @model_options
 def probe(

@@ -238,8 +238,9 @@ def search(
 
     quiet_transformers()
     _check_output(output)
-    check_output_path(checkpoint or f"{output}.ckpt", "--checkpoint")
-    click.get_current_context().with_resource(output_lock(output, checkpoint or f"{output}.ckpt"))
+    ckpt = f"{output}.ckpt" if checkpoint is None else checkpoint  # run_search's default
+    check_output_path(ckpt, "--checkpoint")
+    click.get_current_context().with_resource(output_lock(output, ckpt))  # until the command ends
     filters = _filters(
         filter_labels, filter_subwords, filter_non_alpha, filter_capitalized, stop_list
     )
