@@ -13,6 +13,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from autoprompt_py.cli import main
 from autoprompt_py.data import read_examples, read_facts
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.resources import load_templates
-from autoprompt_py.results import atomic_write, check_output_path, read_json
+from autoprompt_py.results import atomic_write, check_output_path, output_lock, read_json
 from autoprompt_py.search import read_stop_list
 from autoprompt_py.verbalizer import Verbalizer
 from autoprompt_py.vocab import read_vocab
@@ -575,3 +576,226 @@ def test_a_read_only_file_is_not_replaced(tmp_path, monkeypatch):
     with pytest.raises(AutopromptError, match="is read-only"):
         atomic_write(path, lambda p: p.write_text("new"))
     assert path.read_text() == "keep"
+
+
+# --------------------------------------------------------------------------------------------
+# checkpoints: JSON only, checked before resuming
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished(f, tmp_path_factory):
+    """A search run of one iteration, with its checkpoint."""
+    root = tmp_path_factory.mktemp("ckpt")
+    out = root / "r.json"
+    r = invoke(*_search(f, out))
+    assert r.exit_code == 0, r.stderr
+    return out, Path(f"{out}.ckpt")
+
+
+def _resume_with(f, tmp_path, finished, content: bytes | None = None, edit=None):
+    out = tmp_path / "r.json"
+    ckpt = Path(f"{out}.ckpt")
+    if content is None:
+        data = json.loads(finished[1].read_text())
+        edit(data)
+        content = json.dumps(data).encode()
+    ckpt.write_bytes(content)
+    r = invoke(*_search(f, out, "--resume", "--iters", "2"))
+    if r.exit_code == 2:
+        assert ckpt.read_bytes() == content  # the refused checkpoint is left as it was
+        assert not out.exists()
+    return r
+
+
+def test_resume_from_binary_garbage(f, tmp_path, finished):
+    r = _resume_with(f, tmp_path, finished, bytes(range(256)) * 4)
+    assert_refused(r, "--resume: ", "r.json.ckpt:2: not UTF-8 text", "not a search checkpoint")
+
+
+def test_resume_from_a_truncated_checkpoint(f, tmp_path, finished):
+    r = _resume_with(f, tmp_path, finished, finished[1].read_bytes()[:300])
+    assert_refused(r, "--resume: ", "not valid JSON", "not a search checkpoint (they are JSON)")
+
+
+def test_resume_from_a_pickle_never_runs_it(f, tmp_path, finished):
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    r = _resume_with(f, tmp_path, finished, pickle.dumps(Payload()))
+    assert_refused(r, "--resume: ")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "edit,fragments",
+    [
+        (lambda d: d.update(autoprompt_py="0.0.1"), ["another version (autoprompt_py 0.0.1"]),
+        (lambda d: d.pop("format"), ["another version", "format unknown"]),
+        (
+            lambda d: d["identity"]["model"].update(weights_sha256="0" * 64),
+            ["made for another model (different weights)"],
+        ),
+        (
+            lambda d: d["identity"]["train"].update(sha256="0" * 64),
+            ["made for another train data (file contents differ)"],
+        ),
+        (lambda d: d["identity"].update(template="x"), ["another template ('x' there"]),
+        (lambda d: d["state"].update(trigger=["a"]), ["damaged (trigger = ['a'] is not a"]),
+        (lambda d: d["state"].update(best_trigger=[10**9]), ["token ids outside the model's"]),
+        (lambda d: d["state"].pop("rng"), ["damaged (fields rng do not fit"]),
+        (lambda d: d["state"].update(rng={"x": 1}), ["rng is not a random generator state"]),
+        (lambda d: d.update(state=[]), ["damaged (no state)"]),
+    ],
+)
+def test_resume_refuses_another_run_or_a_damaged_state(f, tmp_path, finished, edit, fragments):
+    assert_refused(_resume_with(f, tmp_path, finished, edit=edit), "--resume: ", *fragments)
+
+
+def test_resume_of_an_intact_copy_still_works(f, tmp_path, finished):
+    r = _resume_with(f, tmp_path, finished, edit=lambda d: None)
+    assert r.exit_code == 0, r.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["iterations"] == 2
+
+
+# --------------------------------------------------------------------------------------------
+# concurrent runs: a lock beside the output
+# --------------------------------------------------------------------------------------------
+
+HOLD = """
+import sys, time
+from autoprompt_py.results import output_lock
+with output_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_second_search_on_the_same_output_is_refused(f, tmp_path, no_model):
+    out = tmp_path / "r.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert_refused(
+            invoke(*_search(f, out)),
+            f"{out} is being written by another run (pid {holder.pid} on ",
+            f"delete {out}.lock",
+        )
+        # the same holds for a checkpoint that another run writes
+        other = tmp_path / "other.json"
+        assert_refused(invoke(*_search(f, other, "--checkpoint", out)), f"(pid {holder.pid} on ")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json.lock"]  # the killed run's
+
+
+def test_a_stale_lock_is_taken_over_with_a_warning(f, tmp_path):
+    out = tmp_path / "r.json"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    import socket
+
+    Path(f"{out}.lock").write_text(
+        json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": "then"})
+    )
+    r = invoke(*_search(f, out))
+    assert r.exit_code == 0, r.stderr
+    assert f"warning: {out}.lock: taking over the lock of pid {dead.pid}, which no longer runs" in (
+        r.stderr
+    )
+    assert out.exists() and not Path(f"{out}.lock").exists()  # removed at the end
+
+
+def test_lock_is_released_on_a_refusal_and_not_taken_by_another_pid(tmp_path):
+    out = tmp_path / "r.json"
+    with output_lock(out):
+        lock = json.loads(Path(f"{out}.lock").read_text())
+        assert lock["pid"] == os.getpid()
+    assert not Path(f"{out}.lock").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# verbalizers, templates, messages, --num-cand
+# --------------------------------------------------------------------------------------------
+
+
+def test_words_that_are_one_token_for_two_labels_are_refused(tiny_model_dirs):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dirs["bert"])  # lower-cases its input
+    v = Verbalizer.from_dict({"0": ["bad"], "1": ["Bad"]}, "v.json")
+    with pytest.raises(AutopromptError) as info:
+        v.resolve(tok)
+    assert str(info.value).startswith(
+        "v.json: words 'bad' (label '0') and 'Bad' (label '1') are the same tokens for this model"
+    )
+
+
+@pytest.mark.parametrize("command", ["score", "search", "labels"])
+def test_a_template_without_a_field_is_refused(f, tmp_path, command, no_model):
+    template = {"score": "{{sentence}} It was [MASK] .", "search": "{{sentence}} [T] [P] ."}
+    template["labels"] = "{{sentence}} It was [P] ."
+    out = tmp_path / "o.json"
+    args = {
+        "score": _score(f, template=template["score"]),
+        "search": _search(f, out, template=template["search"]),
+        "labels": [
+            "labels",
+            "--model",
+            f["bert"],
+            "--train",
+            f["train.tsv"],
+            "--template",
+            template["labels"],
+            "--output",
+            out,
+        ],
+    }[command]
+    assert_refused(
+        invoke(*args),
+        f"template {template[command]!r} has no field placeholder",
+        "{{sentence}} is a literal brace",
+    )
+    no_output_in(tmp_path)
+
+
+def test_a_one_row_file_is_scored_with_a_warning(f, tmp_path):
+    one = tmp_path / "one.tsv"
+    one.write_text("sentence\tlabel\ni loved it\t1\n")
+    r = invoke(*_score(f, data=one), "--bootstrap", "0")
+    assert r.exit_code == 0, r.stderr
+    assert f"warning: {f['verb.json']}: labels '0' never occur in {one}" in r.stderr
+    assert "1 examples from" in r.stdout
+
+
+def test_a_missing_relations_file_names_relations(f, no_model):
+    r = invoke(
+        "probe", "--model", f["bert"], "--facts", f["P19.jsonl"], "--relations", "nope.jsonl"
+    )
+    assert_refused(r, "--relations 'nope.jsonl': no such file")
+
+
+def test_a_5kb_template_is_cut_in_the_message(f, no_model):
+    template = "{sentence} " + "very " * 1000 + "good ."  # no prediction slot
+    line = assert_refused(invoke(*_score(f, template=template)), "has no prediction slot")
+    assert len(line) < 400, len(line)
+    assert "… (5017 characters)" in line
+
+
+def test_num_cand_beyond_the_vocabulary_is_clamped_with_a_warning(f, tmp_path):
+    out = tmp_path / "r.json"
+    args = _search(f, out)
+    args[args.index("--num-cand") + 1] = "100000"
+    r = invoke(*args)
+    assert r.exit_code == 0, r.stderr
+    assert "warning: --num-cand 100000 is more than the " in r.stderr
+    assert "other tokens the filters leave in this model's vocabulary; using " in r.stderr

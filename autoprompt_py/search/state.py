@@ -64,7 +64,11 @@ def load_checkpoint(path: str | Path, identity: dict) -> SearchState:
     try:
         data = read_json(path, "checkpoint")
     except AutopromptError as e:  # binary garbage, a truncated file
-        raise AutopromptError(f"--resume: {e}; it is not a checkpoint that can resume") from None
+        reason = str(e).removesuffix("; save it as UTF-8")
+        raise AutopromptError(
+            f"--resume: {reason}: not a search checkpoint (they are JSON); run without "
+            "--resume to start over"
+        ) from None
     if not isinstance(data, dict) or data.get("kind") != CHECKPOINT_KIND:
         raise AutopromptError(f"--resume: {path} is not a search checkpoint")
     made_by = (data.get("format"), data.get("autoprompt_py"))
