@@ -60,6 +60,8 @@ def check_output_path(
         return None
     if not str(path).strip():
         raise AutopromptError(f"{option} {str(path)!r}: an empty path; give a file name")
+    if "\0" in str(path):
+        raise AutopromptError(f"{option} {str(path)!r}: a path cannot hold a NUL character")
     given = Path(path).expanduser()
     target = Path(os.path.realpath(given))
     name = f"{option} {given}" + (f" (a link to {target})" if given.is_symlink() else "")

@@ -35,8 +35,10 @@ def read_text(path: str | Path, what: str = "file", option: str | None = None) -
         raise AutopromptError(f"{head}: no such {what}") from None
     except IsADirectoryError:
         raise AutopromptError(f"{head}: a folder, not a {what}") from None
-    except OSError as e:
-        raise AutopromptError(f"{head}: cannot read the {what} ({e.strerror or e})") from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL character in the path
+        raise AutopromptError(
+            f"{head}: cannot read the {what} ({getattr(e, 'strerror', None) or e})"
+        ) from None
     return decode_utf8(data, str(path))
 
 
