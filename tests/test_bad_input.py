@@ -799,3 +799,10 @@ def test_num_cand_beyond_the_vocabulary_is_clamped_with_a_warning(f, tmp_path):
     assert r.exit_code == 0, r.stderr
     assert "warning: --num-cand 100000 is more than the " in r.stderr
     assert "other tokens the filters leave in this model's vocabulary; using " in r.stderr
+
+
+def test_checkpoint_that_is_the_output_is_refused(f, tmp_path, no_model):
+    out = tmp_path / "r.json"
+    r = invoke(*_search(f, out, "--checkpoint", out))
+    assert_refused(r, f"--checkpoint {out} is the --output file")
+    no_output_in(tmp_path)

@@ -233,13 +233,15 @@ def search(
     quiet: bool,
 ) -> None:
     """Search trigger tokens for the [T] slots of a template (AutoPrompt)."""
+    from autoprompt_py.errors import AutopromptError
     from autoprompt_py.model import load_model
     from autoprompt_py.search import SearchConfig, load_task, run_search
 
     quiet_transformers()
     _check_output(output)
     ckpt = f"{output}.ckpt" if checkpoint is None else checkpoint  # run_search's default
-    check_output_path(ckpt, "--checkpoint")
+    if check_output_path(ckpt, "--checkpoint") == check_output_path(output):
+        raise AutopromptError(f"--checkpoint {ckpt} is the --output file; give another name")
     click.get_current_context().with_resource(output_lock(output, ckpt))  # until the command ends
     filters = _filters(
         filter_labels, filter_subwords, filter_non_alpha, filter_capitalized, stop_list
