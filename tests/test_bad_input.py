@@ -806,3 +806,17 @@ def test_checkpoint_that_is_the_output_is_refused(f, tmp_path, no_model):
     r = invoke(*_search(f, out, "--checkpoint", out))
     assert_refused(r, f"--checkpoint {out} is the --output file")
     no_output_in(tmp_path)
+
+
+def test_state_type_check_follows_the_hints():
+    from dataclasses import dataclass
+
+    from autoprompt_py.search.state import _fits
+
+    @dataclass
+    class Inner:
+        x: int
+
+    assert _fits(1, float) and not _fits(True, int) and not _fits("1", float)
+    assert _fits(None, str | None) and _fits([1, 2], list[int]) and not _fits([1.5], list[int])
+    assert _fits({"x": 1}, Inner) and not _fits([1], Inner) and _fits([[1]], list[dict]) is False

@@ -103,7 +103,10 @@ def _state_problem(state: object, identity: dict) -> str | None:
     type hints (so that a hand-edited file fails here, not mid-search)."""
     if not isinstance(state, dict):
         return "no state"
-    hints = typing.get_type_hints(SearchState)
+    try:
+        hints = typing.get_type_hints(SearchState)
+    except (NameError, TypeError):  # a hint this Python cannot evaluate: check names only
+        hints = {f.name: typing.Any for f in dataclasses.fields(SearchState)}
     required = {
         f.name
         for f in dataclasses.fields(SearchState)
@@ -145,7 +148,7 @@ def _fits(value: object, hint: object) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if origin is list:
         return isinstance(value, list) and (not args or all(_fits(v, args[0]) for v in value))
-    if origin is dict:
+    if origin is dict or dataclasses.is_dataclass(hint):  # a dataclass is saved as a dict
         return isinstance(value, dict)
     if isinstance(hint, type):
         return isinstance(value, hint)
