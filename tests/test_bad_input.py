@@ -715,7 +715,7 @@ def test_a_stale_lock_is_taken_over_with_a_warning(f, tmp_path):
     assert out.exists() and not Path(f"{out}.lock").exists()  # removed at the end
 
 
-def test_lock_is_released_on_a_refusal_and_not_taken_by_another_pid(tmp_path):
+def test_the_lock_holds_our_pid_and_is_removed_on_exit(tmp_path):
     out = tmp_path / "r.json"
     with output_lock(out):
         lock = json.loads(Path(f"{out}.lock").read_text())
