@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autoprompt_py.errors import AutopromptError
+from autoprompt_py.errors import AutopromptError, shown
 from autoprompt_py.template import OBJECT_FIELD, SUBJECT_FIELD
+from autoprompt_py.textfile import lines, parse_json, read_text
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,7 @@ def read_examples(
     data, as in AG News' test.tsv). ``label_field=None`` reads unlabeled examples.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise AutopromptError(f"{path}: no such data file")
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
@@ -51,7 +53,7 @@ def read_examples(
             if label_field not in row or row[label_field] in (None, ""):
                 raise AutopromptError(
                     f"{path}:{line}: no label field {label_field!r} (fields: "
-                    f"{', '.join(row)}); choose it with --label-field"
+                    f"{_names(row)}); choose it with --label-field"
                 )
             label = _as_text(row[label_field])
         fields = {k: _as_text(v) for k, v in row.items() if k != label_field and v is not None}
@@ -78,7 +80,7 @@ def read_facts(path: str | Path, relation: str | None = None) -> dict[str, list[
     facts: dict[str, list[Example]] = {}
     for file in files:
         examples = []
-        for line, row in _read_jsonl(file):
+        for line, row in _read_jsonl(file, "fact file"):
             for key in (SUBJECT_FIELD, OBJECT_FIELD):
                 if not isinstance(row.get(key), str) or not row[key].strip():
                     raise AutopromptError(
@@ -99,13 +101,18 @@ def labels_of(examples: Sequence[Example]) -> list[str]:
 
 
 def check_fields(examples: Sequence[Example], fields: Sequence[str], template: str) -> None:
-    """Fail on the first example that lacks a field the template needs."""
+    """Fail on a template with no field at all, or on the first example that lacks one."""
+    if not fields:
+        raise AutopromptError(
+            f"template {shown(template)} has no field placeholder, so every example would read "
+            "the same; put the input in it, e.g. {sentence} ({{sentence}} is a literal brace)"
+        )
     for e in examples:
         for name in fields:
             if name not in e.fields:
                 raise AutopromptError(
-                    f"{e.source}: no field {name!r} that template {template!r} needs "
-                    f"(fields: {', '.join(e.fields) or 'none'}); rename the column or the "
+                    f"{e.source}: no field {name!r} that template {shown(template)} needs "
+                    f"(fields: {_names(e.fields) or 'none'}); rename the column or the "
                     "template field, or name the columns with --columns"
                 )
 
@@ -122,30 +129,38 @@ def _as_text(value: object) -> str:
     )
 
 
-def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+def _names(row: dict) -> str:
+    return shown(", ".join(map(str, row)))[1:-1]
+
+
+def _read_jsonl(path: Path, what: str = "data file") -> list[tuple[int, dict]]:
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise AutopromptError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise AutopromptError(f"{path}:{line_no}: each line must be a JSON object")
-            rows.append((line_no, row))
+    for line_no, line in lines(read_text(path, what)):
+        if not line.strip():
+            continue
+        row = parse_json(line, f"{path}:{line_no}", line=False)
+        if not isinstance(row, dict):
+            raise AutopromptError(f"{path}:{line_no}: each line must be a JSON object")
+        rows.append((line_no, row))
     return rows
 
 
 def _read_delimited(
     path: Path, delimiter: str, columns: Sequence[str] | None
 ) -> list[tuple[int, dict]]:
-    with path.open(encoding="utf-8", newline="") as f:
-        # QUOTE_NONE for TSV: SST-2 and AG News hold bare quotes that are part of the text.
-        quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-        reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
-        rows = [(i, r) for i, r in enumerate(reader, 1) if any(c.strip() for c in r)]
+    text = read_text(path, "data file")
+    # QUOTE_NONE for TSV: SST-2 and AG News hold bare quotes that are part of the text.
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
+    rows = []
+    try:
+        start = 1
+        for row in reader:
+            if any(c.strip() for c in row):
+                rows.append((start, row))  # the line the row starts on (quoted fields span)
+            start = reader.line_num + 1
+    except csv.Error as e:  # a field over csv's size limit, an unclosed quote at the end
+        raise AutopromptError(f"{path}:{reader.line_num}: not a valid row ({e})") from None
     if not rows:
         raise AutopromptError(f"{path}: no examples in the file (it is empty)")
     if columns:
@@ -158,7 +173,7 @@ def _read_delimited(
         if len(r) != len(header):
             raise AutopromptError(
                 f"{path}:{line}: {len(r)} columns, but the header has {len(header)} "
-                f"({', '.join(header)}); fix the row or name the columns with --columns"
+                f"({_names(dict.fromkeys(header))}); fix the row or name the columns with --columns"
             )
         out.append((line, dict(zip(header, r))))
     return out

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from autoprompt_py.data import Example, labels_of
-from autoprompt_py.errors import AutopromptError
+from autoprompt_py.errors import AutopromptError, shown
 from autoprompt_py.metrics import classification_metrics, rank_metrics
 from autoprompt_py.model import MaskedLM
 from autoprompt_py.resources import NamedTemplate
@@ -24,7 +24,7 @@ def require_closed(template: Template, name: str) -> None:
     open_slots = sum(t is None for t in template.trigger_ids)
     if open_slots:
         raise AutopromptError(
-            f"template {name!r} has {open_slots} open trigger slots [T]; score the result file "
+            f"template {shown(name)} has {open_slots} open trigger slots [T]; score the result file "
             "of 'autoprompt search' instead, or write words in their place"
         )
 

@@ -40,7 +40,7 @@ import torch
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.model import MaskedLM
 from autoprompt_py.prompt import FoundPrompt, model_record
-from autoprompt_py.results import atomic_write, current_umask, provenance
+from autoprompt_py.results import atomic_write, check_output_path, current_umask, provenance
 
 FORMATS = ("peft", "optiprompt", "embeddings")
 PEFT_INSTALL = "pip install autoprompt-py[peft]"
@@ -65,21 +65,19 @@ def check_target(out: str | Path, force: bool, fmt: str) -> Path:
     target without ``force``, or a file where a folder goes (and the reverse)."""
     if fmt not in FORMATS:
         raise AutopromptError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
-    out = Path(out).expanduser()
-    parent = out.resolve().parent
-    if not parent.is_dir():
-        raise AutopromptError(f"--out {out}: the folder {parent} does not exist; create it first")
     wants_folder = fmt != "embeddings"
+    resolved = check_output_path(out, "--out", folder=True)  # a symlink is followed
+    given, out = Path(out).expanduser(), resolved
     if out.exists() or out.is_symlink():
         if out.is_dir() != wants_folder:
             what = "a folder" if out.is_dir() else "a file"
             need = "a folder" if wants_folder else "one .safetensors file"
             raise AutopromptError(
-                f"--out {out} is {what}, but --format {fmt} writes {need}; choose another --out"
+                f"--out {given} is {what}, but --format {fmt} writes {need}; choose another --out"
             )
         if not force:
             raise AutopromptError(
-                f"--out {out} already exists; choose another path or pass --force to replace it"
+                f"--out {given} already exists; choose another path or pass --force to replace it"
             )
     return out
 

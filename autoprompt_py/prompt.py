@@ -16,7 +16,6 @@ vectors the model itself looks the tokens up as. ``export.py`` writes them out.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +24,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from autoprompt_py.encoding import tokenize_piece
-from autoprompt_py.errors import AutopromptError
+from autoprompt_py.errors import AutopromptError, shown
 from autoprompt_py.resources import RESULT_KIND, template_from_result
 from autoprompt_py.template import (
     SUBJECT_FIELD,
@@ -36,6 +35,7 @@ from autoprompt_py.template import (
     Trigger,
     parse_template,
 )
+from autoprompt_py.textfile import parse_json, read_text
 
 if TYPE_CHECKING:
     from autoprompt_py.model import MaskedLM
@@ -294,17 +294,7 @@ class FoundPrompt:
 def read_result(path: str | Path) -> dict:
     """A ``search`` result file, checked to be one."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AutopromptError(f"{path}: no such search result file") from None
-    except IsADirectoryError:
-        raise AutopromptError(f"{path}: a folder, not a search result file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        where = f":{e.lineno}" if isinstance(e, json.JSONDecodeError) else ""
-        raise AutopromptError(
-            f"{path}{where}: not valid JSON; pass a search result file or --template"
-        ) from None
+    data = parse_json(read_text(path, "search result file"), str(path))
     if not isinstance(data, dict) or data.get("kind") != RESULT_KIND:
         raise AutopromptError(
             f'{path}: not a search result (no "kind": "{RESULT_KIND}"); pass the .json '
@@ -341,5 +331,5 @@ def _nothing_to_export(template: Template, source: str, selection: str) -> str:
 
 def _named(template: Template, source: str) -> str:
     if source == "template":
-        return f"template {template.source!r}"
-    return f"{source}: template {template.source!r}"
+        return f"template {shown(template.source)}"
+    return f"{source}: template {shown(template.source)}"

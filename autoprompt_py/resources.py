@@ -6,12 +6,12 @@ carries them as ``autoprompt_py/_resources/``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from autoprompt_py.errors import AutopromptError
+from autoprompt_py.errors import AutopromptError, shown
 from autoprompt_py.template import Template, parse_template
+from autoprompt_py.textfile import lines, parse_json, read_text
 from autoprompt_py.verbalizer import Verbalizer
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -48,19 +48,25 @@ def _is_file(path: Path) -> bool:
         return False
 
 
-def load_templates(spec: str) -> list[NamedTemplate]:
+def load_templates(spec: str, option: str = "--template") -> list[NamedTemplate]:
     """Templates from a file (.jsonl set, .txt lines, .json search result), a shipped set's
-    name (``sst2``, ``lama_trex``), or template text."""
+    name (``sst2``, ``lama_trex``), or template text. ``option`` names the argument in
+    messages (``--relations``)."""
     path = Path(spec)
     if _is_file(path):
         return _templates_from_file(path)
     shipped = shipped_dir("templates") / f"{spec}.jsonl"
     if _is_file(shipped):
         return _templates_from_file(shipped)
-    if any(m in spec for m in ("{", "[", "<mask>")):
+    if option == "--template" and any(m in spec for m in ("{", "[", "<mask>")):
         return [NamedTemplate(spec, parse_template(spec))]
+    if option != "--template":  # --relations takes files and shipped sets, not text
+        raise AutopromptError(
+            f"{option} {shown(spec)}: no such file, nor a shipped template set "
+            f"({', '.join(shipped_names('templates')) or 'none found'})"
+        )
     raise AutopromptError(
-        f"--template {spec!r}: not a file, a shipped template set "
+        f"{option} {shown(spec)}: not a file, a shipped template set "
         f"({', '.join(shipped_names('templates')) or 'none found'}) or template text with "
         "{field} and [P]"
     )
@@ -75,12 +81,9 @@ def load_verbalizer(spec: str) -> Verbalizer:
     if _is_file(shipped):
         return Verbalizer.from_file(shipped)
     if spec.lstrip().startswith("{"):
-        try:
-            return Verbalizer.from_dict(json.loads(spec), "--verbalizer")
-        except json.JSONDecodeError as e:
-            raise AutopromptError(f"--verbalizer: inline JSON is not valid ({e.msg})") from None
+        return Verbalizer.from_dict(parse_json(spec, "--verbalizer: inline", False), "--verbalizer")
     raise AutopromptError(
-        f"--verbalizer {spec!r}: not a file, a shipped verbalizer "
+        f"--verbalizer {shown(spec)}: not a file, a shipped verbalizer "
         f"({', '.join(shipped_names('verbalizers')) or 'none found'}) or inline JSON"
     )
 
@@ -99,12 +102,9 @@ def template_from_result(result: dict, source: str) -> Template:
 
 
 def _templates_from_file(path: Path) -> list[NamedTemplate]:
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "template file")
     if path.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise AutopromptError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+        data = parse_json(text, str(path))
         if isinstance(data, dict) and data.get("kind") == RESULT_KIND:
             return [
                 NamedTemplate(
@@ -116,18 +116,18 @@ def _templates_from_file(path: Path) -> list[NamedTemplate]:
             'as .jsonl lines of {"name": ..., "template": ...}'
         )
     out = []
-    for line_no, line in enumerate(text.splitlines(), 1):
+    for line_no, line in lines(text):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         if path.suffix == ".jsonl":
-            try:
-                row = json.loads(line)
-                tpl_text = row["template"]
-            except (json.JSONDecodeError, KeyError, TypeError):
+            row = parse_json(line, f"{path}:{line_no}", False)
+            tpl_text = row.get("template") if isinstance(row, dict) else None
+            if not isinstance(tpl_text, str):
                 raise AutopromptError(
                     f'{path}:{line_no}: each line must be a JSON object with a "template"'
-                ) from None
+                )
             relation = row.get("relation")
+            relation = None if relation is None else str(relation)
             name = row.get("name") or relation or f"{path.stem}:{line_no}"
         else:
             tpl_text, relation, name = line.strip(), None, f"{path.stem}:{line_no}"

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import socket
+import stat
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from autoprompt_py.errors import AutopromptError
+from autoprompt_py.errors import AutopromptError, warn
+from autoprompt_py.textfile import parse_json, read_text
 
 
 def versions() -> dict[str, str]:
@@ -41,27 +46,83 @@ def provenance(command: str, config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def check_output_path(path: str | Path | None) -> None:
-    """Fail early, before any work, when the output cannot be written."""
+def check_output_path(
+    path: str | Path | None, option: str = "--output", folder: bool = False
+) -> Path | None:
+    """Fail early, before any work, when ``path`` cannot be written; return the path to write.
+
+    Refused: an empty path, a folder that does not exist or cannot be written, an existing
+    folder (unless ``folder``: an export folder), an existing read-only file, and anything that
+    is not a regular file (``/dev/null``, a FIFO, a socket), which is never replaced. A symlink
+    is followed: the file it names is the one written (atomically), and the link stays.
+    """
     if path is None:
-        return
-    parent = Path(path).expanduser().resolve().parent
-    if not parent.is_dir():
+        return None
+    if not str(path).strip():
+        raise AutopromptError(f"{option} {str(path)!r}: an empty path; give a file name")
+    if "\0" in str(path):
+        raise AutopromptError(f"{option} {str(path)!r}: a path cannot hold a NUL character")
+    given = Path(path).expanduser()
+    target = Path(os.path.realpath(given))
+    name = f"{option} {given}" + (f" (a link to {target})" if given.is_symlink() else "")
+    try:
+        mode = os.stat(target).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as e:  # a link loop, a file used as a folder
+        raise AutopromptError(f"{name}: cannot be written ({e.strerror})") from None
+    if mode is not None and stat.S_ISDIR(mode) and not folder:
+        raise AutopromptError(f"{name} is a folder; give a file name, e.g. {given}/out.json")
+    if mode is not None and not stat.S_ISDIR(mode) and not stat.S_ISREG(mode):
         raise AutopromptError(
-            f"--output {path}: the folder {parent} does not exist; create it first"
+            f"{name} is {_kind(mode)}, not a regular file; it is never replaced: choose a file name"
         )
+    parent = target.parent
+    if not parent.is_dir():
+        raise AutopromptError(f"{name}: the folder {parent} does not exist; create it first")
+    # os.access also says no for an immutable (chattr +i) folder or a read-only file system,
+    # even to root
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise AutopromptError(f"{name}: the folder {parent} is not writable; choose another folder")
+    if mode is not None and stat.S_ISREG(mode) and not os.access(target, os.W_OK):
+        raise AutopromptError(f"{name} is read-only; make it writable or choose another file name")
+    return target
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` then rename tmp over ``path``: readers never see half a file."""
-    path = Path(path).expanduser()
-    check_output_path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def _kind(mode: int) -> str:
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a special file"
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None], option: str = "") -> None:
+    """Call ``write(tmp)`` then rename tmp over ``path``: readers never see half a file.
+
+    The target is checked as ``check_output_path`` does (a symlink is followed); a file that
+    is replaced keeps its permissions.
+    """
+    target = check_output_path(path, option.strip() or "output")
+    assert target is not None
+    try:
+        mode = stat.S_IMODE(os.stat(target).st_mode)
+    except FileNotFoundError:
+        mode = 0o666 & ~current_umask()  # mkstemp makes 0600; a result file is for sharing
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as e:
+        raise AutopromptError(f"{path}: cannot write in {target.parent} ({e.strerror})") from None
     os.close(fd)
     try:
         write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; a result file is for sharing
-        os.replace(tmp, path)
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except OSError as e:  # the disk filled up, the folder went read-only meanwhile
+        Path(tmp).unlink(missing_ok=True)
+        raise AutopromptError(f"{path}: cannot write ({e.strerror or e})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -73,18 +134,91 @@ def current_umask() -> int:
     return mask
 
 
-def write_json(path: str | Path, data: Any) -> None:
+@contextlib.contextmanager
+def output_lock(*paths: str | Path | None) -> Iterator[None]:
+    """Hold ``<path>.lock`` for each path while a run writes it: a second run with the same
+    output is refused with the first one's pid. A lock left by a process that no longer runs
+    (on this host) is taken over with a warning; the locks are removed on exit."""
+    held: list[Path] = []
+    try:
+        targets = [check_output_path(p) for p in paths if p is not None]
+        for target in dict.fromkeys(t for t in targets if t is not None):
+            held.append(_take_lock(target))
+        yield
+    finally:
+        for lock in reversed(held):
+            if (_lock_owner(lock) or {}).get("pid") == os.getpid():
+                lock.unlink(missing_ok=True)
+
+
+def _take_lock(target: Path) -> Path:
+    lock = target.with_name(target.name + ".lock")
+    me = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _lock_owner(lock)
+            if _holder_alive(lock, owner):
+                who = (
+                    f"pid {owner['pid']} on {owner.get('host', '?')}, since "
+                    f"{owner.get('started', '?')}"
+                    if owner
+                    else "a run that is starting"
+                )
+                raise AutopromptError(
+                    f"{target} is being written by another run ({who}); wait for it to end "
+                    f"or choose another output (if that run is gone, delete {lock})"
+                ) from None
+            what = f"pid {owner['pid']}" if owner else "an unknown process"
+            warn(f"{lock}: taking over the lock of {what}, which no longer runs")
+            lock.unlink(missing_ok=True)
+            continue
+        except OSError as e:
+            raise AutopromptError(f"{lock}: cannot create the lock file ({e.strerror})") from None
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(me, f)
+        return lock
+    raise AutopromptError(f"{lock}: another run keeps taking this lock; try again")
+
+
+def _lock_owner(lock: Path) -> dict | None:
+    try:
+        owner = json.loads(lock.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if isinstance(owner, dict) and isinstance(owner.get("pid"), int):
+        return owner
+    return None
+
+
+def _holder_alive(lock: Path, owner: dict | None) -> bool:
+    if owner is None:  # empty or garbage: being written right now, or left half-written
+        try:
+            return time.time() - lock.stat().st_mtime < 10
+        except OSError:
+            return False
+    if owner.get("host") != socket.gethostname():
+        return True  # another machine's process cannot be checked from here
+    try:
+        os.kill(owner["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
+def write_json(path: str | Path, data: Any, option: str = "") -> None:
     def write(tmp: Path) -> None:
         tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
-    atomic_write(path, write)
+    atomic_write(path, write, option)
 
 
 def read_json(path: str | Path, what: str = "result") -> Any:
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AutopromptError(f"{path}: no such {what} file") from None
-    except json.JSONDecodeError as e:
-        raise AutopromptError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    return parse_json(read_text(path, f"{what} file"), str(path))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-from autoprompt_py.errors import AutopromptError
+from autoprompt_py.errors import AutopromptError, shown
 
 SUBJECT_FIELD = "sub_label"
 OBJECT_FIELD = "obj_label"
@@ -173,7 +173,7 @@ def parse_template(text: str) -> Template:
             segments.append([])
         elif tok not in _DROPPED_MARKERS:
             raise AutopromptError(
-                f"template {text!r}: unknown marker {tok}; use [T] (trigger), [P]/[MASK]/[Y] "
+                f"template {shown(text)}: unknown marker {tok}; use [T] (trigger), [P]/[MASK]/[Y] "
                 "(prediction), [X] (subject), [SEP] or {field}"
             )
     literal += _plain(text, pos, len(text))
@@ -182,18 +182,18 @@ def parse_template(text: str) -> Template:
     segs = tuple(tuple(s) for s in segments if s)
     if len(segs) > 2:
         raise AutopromptError(
-            f"template {text!r}: {len(segs) - 1} inner [SEP] markers; at most two segments "
+            f"template {shown(text)}: {len(segs) - 1} inner [SEP] markers; at most two segments "
             "(one [SEP]) are supported"
         )
     if not segs:
-        raise AutopromptError(f"template {text!r} has no text, field or slot")
+        raise AutopromptError(f"template {shown(text)} has no text, field or slot")
     segs = tuple(_first_part_unspaced(s) for s in segs)
     template = Template(segs, text)
     n_pred = sum(isinstance(p, Predict) for p in template.parts)
     if n_pred != 1:
         what = "no prediction slot" if n_pred == 0 else f"{n_pred} prediction slots"
         raise AutopromptError(
-            f"template {text!r} has {what}: write exactly one [P] (or [MASK], [Y])"
+            f"template {shown(text)} has {what}: write exactly one [P] (or [MASK], [Y])"
         )
     return template
 
@@ -204,7 +204,7 @@ def _plain(text: str, start: int, end: int) -> str:
     for i, ch in enumerate(chunk):
         if ch in "{}":
             raise AutopromptError(
-                f"template {text!r}: unmatched {ch!r} at character {start + i + 1}; close the "
+                f"template {shown(text)}: unmatched {ch!r} at character {start + i + 1}; close the "
                 "field as {name}, or write {{ or }} for a literal brace"
             )
     return chunk
@@ -221,12 +221,12 @@ def _parse_field(tok: str, text: str, space: bool) -> Field:
     name, option = name.strip(), option.strip()
     if not name or not re.fullmatch(r"[\w.\-/ ]+", name):
         raise AutopromptError(
-            f"template {text!r}: bad field {tok}; a field is a column name in braces, "
+            f"template {shown(text)}: bad field {shown(tok)[1:-1]}; a field is a column name in braces, "
             "e.g. {sentence} or {sentence:fixed}"
         )
     if option not in ("", "fixed", "shortenable"):
         raise AutopromptError(
-            f"template {text!r}: unknown field option {option!r} in {tok}; "
+            f"template {shown(text)}: unknown field option {shown(option)} in {shown(tok)[1:-1]}; "
             "use {name} (shortenable) or {name:fixed}"
         )
     return Field(name, space, option != "fixed")

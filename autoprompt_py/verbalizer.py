@@ -11,7 +11,6 @@ The pipeline is explicit, as in OpenPrompt: *project* the mask logits onto each 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,8 @@ import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
 from autoprompt_py.encoding import tokenize_piece
-from autoprompt_py.errors import AutopromptError
+from autoprompt_py.errors import AutopromptError, shown, warn
+from autoprompt_py.textfile import parse_json, read_text
 
 AGGREGATIONS = ("sum", "mean-logit", "mean-logprob")
 
@@ -56,21 +56,17 @@ class Verbalizer:
                     f"{source}: label {label!r} must map to a word or a non-empty list of words"
                 )
             words[str(label)] = [w.strip() for w in items]
+        _refuse_shared_words(words, source)
         return cls(words, source)
 
     @classmethod
     def from_file(cls, path: str | Path) -> Verbalizer:
         path = Path(path)
-        try:
-            mapping = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise AutopromptError(f"{path}: no such verbalizer file") from None
-        except json.JSONDecodeError as e:
-            raise AutopromptError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
-        return cls.from_dict(mapping, str(path))
+        return cls.from_dict(parse_json(read_text(path, "verbalizer file"), str(path)), str(path))
 
     def check_labels(self, data_labels: Sequence[str], data_source: str) -> None:
-        """Both ways: every verbalizer label occurs in the data and every data label is covered."""
+        """Every data label must be in the verbalizer; verbalizer labels the data never uses
+        (a one-row file) are only warned about: they are predicted, never gold."""
         missing = [lab for lab in dict.fromkeys(data_labels) if lab not in self.words]
         if missing:
             raise AutopromptError(
@@ -80,9 +76,10 @@ class Verbalizer:
             )
         unused = [lab for lab in self.words if lab not in set(data_labels)]
         if unused:
-            raise AutopromptError(
+            warn(
                 f"{self.source}: labels {', '.join(map(repr, unused))} never occur in "
-                f"{data_source}; remove them from the verbalizer or check --label-field"
+                f"{data_source}; they can be predicted but never be right "
+                "(macro-F1 counts them as 0)"
             )
 
     def resolve(
@@ -108,7 +105,31 @@ class Verbalizer:
                 word_label.append(li)
                 pieces.append(tuple(ids))
                 flat.append(w)
+        # "Great" and "great" are one token on an uncased model: the labels would tie
+        first: dict[tuple[int, ...], int] = {}
+        for w, (p, li) in enumerate(zip(pieces, word_label)):
+            other = first.setdefault(p, w)
+            if word_label[other] != li:
+                raise AutopromptError(
+                    f"{self.source}: words {shown(flat[other])} (label "
+                    f"{self.labels[word_label[other]]!r}) and {shown(flat[w])} (label "
+                    f"{self.labels[li]!r}) are the same tokens for this model, so the labels "
+                    "could never be told apart; give each label its own words"
+                )
         return ResolvedVerbalizer(self.labels, flat, word_label, pieces, aggregation)
+
+
+def _refuse_shared_words(words: dict[str, list[str]], source: str) -> None:
+    """One word for two labels makes them indistinguishable: refuse, naming word and labels."""
+    owner: dict[str, str] = {}
+    for label, items in words.items():
+        for w in items:
+            other = owner.setdefault(w, label)
+            if other != label:
+                raise AutopromptError(
+                    f"{source}: word {shown(w)} is given for labels {other!r} and {label!r}, "
+                    "which could then never be told apart; give each label its own words"
+                )
 
 
 @dataclass

@@ -8,15 +8,13 @@ from transformers import PreTrainedTokenizerBase
 
 from autoprompt_py.encoding import tokenize_piece
 from autoprompt_py.errors import AutopromptError
+from autoprompt_py.textfile import read_text
 
 
 def read_vocab(path: str | Path) -> list[str]:
     """Words of a vocabulary file, one per line."""
     path = Path(path)
-    try:
-        words = [w.strip() for w in path.read_text(encoding="utf-8").splitlines() if w.strip()]
-    except FileNotFoundError:
-        raise AutopromptError(f"{path}: no such vocabulary file") from None
+    words = [w.strip() for w in read_text(path, "vocabulary file").split("\n") if w.strip()]
     if not words:
         raise AutopromptError(f"{path}: the vocabulary file is empty")
     return words

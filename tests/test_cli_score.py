@@ -445,9 +445,9 @@ BAD_SCORE = {
         dict(data="nolabel.jsonl"),
         ["{nolabel.jsonl}:2: no label field 'label'", "--label-field"],
     ),
-    "verbalizer label absent from the data": (
-        dict(verbalizer="three.json"),
-        ["{three.json}: labels '2' never occur in {sst.tsv}", "remove them from the verbalizer"],
+    "one word for two labels": (
+        dict(verbalizer='{"0": ["terrible", "fine"], "1": ["great", "fine"]}'),
+        ["--verbalizer: word 'fine' is given for labels '0' and '1'", "its own words"],
     ),
     "data label the verbalizer lacks": (
         dict(data="sst3.tsv"),

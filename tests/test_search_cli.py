@@ -313,7 +313,10 @@ def test_resume_with_another_template_is_refused(files, tmp_path):
     "extra,fragments",
     [
         (dict(train="text.tsv"), ["no field 'sentence'", "text.tsv:2"]),
-        (dict(verbalizer='{"0": "bad", "1": "good", "2": "fine"}'), ["never occur"]),
+        (
+            dict(verbalizer='{"0": "bad", "1": ["good", "bad"]}'),
+            ["word 'bad' is given for labels '0' and '1'"],
+        ),
         (dict(verbalizer='{"0": "bad", "1": "☃"}'), ["unknown token", "'☃'"]),
         (dict(verbalizer=None), ["needs --verbalizer"]),
         (dict(template="{sentence} [T] [T] [P] [P]"), ["2 prediction slots"]),

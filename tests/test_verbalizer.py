@@ -10,7 +10,7 @@ import torch
 from tiny_models import FAMILIES, MULTI_PIECE_WORDS, word_token
 from transformers import AutoTokenizer
 
-from autoprompt_py.errors import AutopromptError
+from autoprompt_py.errors import AutopromptError, AutopromptWarning
 from autoprompt_py.verbalizer import AGGREGATIONS, ResolvedVerbalizer, Verbalizer
 
 BYTE_LEVEL = ("roberta", "modernbert")  # every string is bytes: nothing maps to the unknown token
@@ -71,10 +71,19 @@ def test_check_labels_both_directions():
     msg = str(info.value)
     assert msg.startswith("dev.tsv: labels '2' are not in sst2.json")
     assert "--label-field" in msg
-    with pytest.raises(AutopromptError) as info:
+    # a data file that uses only some labels (one row) is fine, with a warning
+    with pytest.warns(AutopromptWarning, match="sst2.json: labels '1' never occur in dev.tsv"):
         v.check_labels(["0", "0"], "dev.tsv")
-    msg = str(info.value)
-    assert msg.startswith("sst2.json: labels '1' never occur in dev.tsv")
+
+
+def test_one_word_for_two_labels_is_refused():
+    with pytest.raises(AutopromptError) as info:
+        Verbalizer.from_dict({"0": ["bad", "fine"], "1": ["good", "fine"]}, "v.json")
+    assert str(info.value) == (
+        "v.json: word 'fine' is given for labels '0' and '1', which could then never be told "
+        "apart; give each label its own words"
+    )
+    Verbalizer.from_dict({"0": ["bad"], "1": ["good"], "2": ["Good"]}, "v.json")  # differ
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,27 +4,46 @@ from __future__ import annotations
 
 import functools
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import click
 
 from autoprompt_py.default_model import DEFAULT_MODEL
-from autoprompt_py.errors import AutopromptError
+from autoprompt_py.errors import AutopromptError, AutopromptWarning
 
 
 class AutopromptGroup(click.Group):
-    """Turns AutopromptError into one line on stderr and exit code 2; Ctrl-C into exit 130."""
+    """Turns AutopromptError into one line on stderr and exit code 2; Ctrl-C into exit 130;
+    an AutopromptWarning into one ``warning:`` line."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                warnings.simplefilter("always", AutopromptWarning)
+                warnings.showwarning = _show_warning
+                return super().invoke(ctx)
         except AutopromptError as e:
-            click.echo(f"error: {e}", err=True)
+            click.echo(f"error: {one_line(str(e))}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+
+
+def one_line(message: str) -> str:
+    """A message as one printable line: a newline or a lone surrogate read from a file
+    would otherwise split the line or crash the print."""
+    text = " ".join(message.split("\n"))
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, AutopromptWarning):
+        click.echo(f"warning: {one_line(str(message))}", err=True)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 def model_options(f: Callable) -> Callable:

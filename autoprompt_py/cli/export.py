@@ -40,7 +40,7 @@ from autoprompt_py.resources import load_templates
 @click.option(
     "--out",
     required=True,
-    type=click.Path(path_type=Path),
+    type=click.Path(),  # a str: Path("") would be "." and hide an empty --out
     help="The folder (peft, optiprompt) or .safetensors file (embeddings) to write.",
 )
 @click.option(

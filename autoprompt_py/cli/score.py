@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from autoprompt_py.cli.common import model_options, parse_columns, quiet_transformers
-from autoprompt_py.data import read_examples, read_facts
+from autoprompt_py.data import check_fields, read_examples, read_facts
 from autoprompt_py.evaluation import probe_relations, score_templates
 from autoprompt_py.model import load_model
 from autoprompt_py.resources import load_templates, load_verbalizer
@@ -59,7 +59,7 @@ from autoprompt_py.vocab import read_vocab
     help="Bootstrap resamples for the accuracy interval.",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--output", type=click.Path(dir_okay=False), help="Write the results as JSON.")
+@click.option("--output", help="Write the results as JSON.")
 @click.option("--predictions", is_flag=True, help="Put per-example predictions in the JSON.")
 @model_options
 def score(
@@ -85,6 +85,8 @@ def score(
     named = [t for spec in templates for t in load_templates(spec)]
     verb = load_verbalizer(verbalizer)
     examples = read_examples(data, label_field, parse_columns(columns), limit)
+    for t in named:  # before the model loads: a template with no field, or a missing field
+        check_fields(examples, t.template.fields, t.template.source)
     quiet_transformers()
     lm = load_model(model_name, device, dtype)
     results = score_templates(lm, named, examples, verb, aggregation, batch_size, bootstrap, seed)
@@ -107,7 +109,7 @@ def score(
         for i, r in enumerate(results, 1)
     ]
     _table(header + ["template"], rows)
-    if output:
+    if output is not None:
         write_json(
             output,
             {
@@ -157,7 +159,7 @@ def score(
     type=click.Path(dir_okay=False),
     help="Restrict predictions to these words (one per line), as LAMA does.",
 )
-@click.option("--output", type=click.Path(dir_okay=False), help="Write the results as JSON.")
+@click.option("--output", help="Write the results as JSON.")
 @click.option("--predictions", is_flag=True, help="Put per-fact ranks and top-10 in the JSON.")
 @model_options
 def probe(
@@ -174,7 +176,7 @@ def probe(
 ) -> None:
     """Probe relational knowledge: P@1, P@10 and MRR per relation."""
     check_output_path(output)
-    named = [t for spec in relation_templates for t in load_templates(spec)]
+    named = [t for spec in relation_templates for t in load_templates(spec, "--relations")]
     if template:
         named += [t.__class__(t.name, t.template, None) for t in load_templates(template)]
     if not named:
@@ -207,7 +209,7 @@ def probe(
         n = str(a.get("n", a.get("relations")))
         rows.append([kind, n, "", f"{a['p@1']:.4f}", f"{a['p@10']:.4f}", f"{a['mrr']:.4f}", ""])
     _table(["relation", "facts", "skipped", "P@1", "P@10", "MRR", "template"], rows)
-    if output:
+    if output is not None:
         write_json(
             output,
             {

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import click
 
 from autoprompt_py.cli.common import model_options, parse_columns, quiet_transformers
-from autoprompt_py.results import check_output_path, write_json
+from autoprompt_py.results import check_output_path, output_lock, write_json
 
 
 def _filter_options(f: Callable) -> Callable:
@@ -60,12 +59,6 @@ def _filters(
 
 
 def _check_output(path: str) -> None:
-    from autoprompt_py.errors import AutopromptError
-
-    if Path(path).is_dir():
-        raise AutopromptError(
-            f"--output {path} is a folder; give a file name, e.g. {path}/out.json"
-        )
     check_output_path(path)
 
 
@@ -240,12 +233,16 @@ def search(
     quiet: bool,
 ) -> None:
     """Search trigger tokens for the [T] slots of a template (AutoPrompt)."""
+    from autoprompt_py.errors import AutopromptError
     from autoprompt_py.model import load_model
     from autoprompt_py.search import SearchConfig, load_task, run_search
 
     quiet_transformers()
     _check_output(output)
-    check_output_path(checkpoint)
+    ckpt = f"{output}.ckpt" if checkpoint is None else checkpoint  # run_search's default
+    if check_output_path(ckpt, "--checkpoint") == check_output_path(output):
+        raise AutopromptError(f"--checkpoint {ckpt} is the --output file; give another name")
+    click.get_current_context().with_resource(output_lock(output, ckpt))  # until the command ends
     filters = _filters(
         filter_labels, filter_subwords, filter_non_alpha, filter_capitalized, stop_list
     )
@@ -377,7 +374,7 @@ def labels(
     output: str,
 ) -> None:
     """Find label words for each class (AutoPrompt's label search); write a verbalizer."""
-    from autoprompt_py.data import read_examples
+    from autoprompt_py.data import check_fields, read_examples
     from autoprompt_py.errors import AutopromptError
     from autoprompt_py.labels import search_labels
     from autoprompt_py.model import load_model
@@ -391,6 +388,7 @@ def labels(
         raise AutopromptError(f"--template {template}: holds {len(named)} templates; give one")
     tpl = named[0].template
     examples = read_examples(train, label_field, parse_columns(columns), train_limit)
+    check_fields(examples, tpl.fields, tpl.source)
     filters = _filters(False, filter_subwords, filter_non_alpha, filter_capitalized, stop_list)
     lm = load_model(model_name, device, dtype)
     if trigger is not None:

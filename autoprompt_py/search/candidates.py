@@ -19,6 +19,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from autoprompt_py.errors import AutopromptError
+from autoprompt_py.textfile import read_text
 
 
 @dataclass(frozen=True)
@@ -103,11 +104,7 @@ def capitalized(vocab: VocabStrings) -> torch.Tensor:
 
 def read_stop_list(path: str | Path) -> frozenset[str]:
     """Words of a stop-list file, one per line (``#`` starts a comment), lower-cased."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise AutopromptError(f"--stop-list {path}: no such file") from None
+    lines = read_text(path, "file", "--stop-list").split("\n")
     return frozenset(
         w.strip().lower() for w in lines if w.strip() and not w.lstrip().startswith("#")
     )

@@ -10,6 +10,8 @@ differs.
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from autoprompt_py.errors import AutopromptError
 from autoprompt_py.results import read_json, write_json
 
 CHECKPOINT_KIND = "autoprompt-search-checkpoint"
+CHECKPOINT_FORMAT = 2  # 1: no format or version recorded
 
 
 @dataclass
@@ -39,31 +42,117 @@ class SearchState:
 
 def save_checkpoint(path: str | Path, identity: dict, state: SearchState) -> None:
     write_json(
-        path, {"kind": CHECKPOINT_KIND, "identity": identity, "state": dataclasses.asdict(state)}
+        path,
+        {
+            "kind": CHECKPOINT_KIND,
+            "format": CHECKPOINT_FORMAT,
+            "autoprompt_py": _version(),
+            "identity": identity,
+            "state": dataclasses.asdict(state),
+        },
     )
 
 
 def load_checkpoint(path: str | Path, identity: dict) -> SearchState:
-    """The saved state, if the checkpoint was made for the same model, data and settings."""
+    """The saved state, if the checkpoint was made by this version for the same model, data
+    and settings. It is JSON, read with ``json``: nothing in it is ever executed (no pickle)."""
     path = Path(path)
     if not path.is_file():
         raise AutopromptError(
             f"--resume: no checkpoint at {path}; run without --resume to start a search"
         )
-    data = read_json(path, "checkpoint")
+    try:
+        data = read_json(path, "checkpoint")
+    except AutopromptError as e:  # binary garbage, a truncated file
+        reason = str(e).removesuffix("; save it as UTF-8")
+        raise AutopromptError(
+            f"--resume: {reason}: not a search checkpoint (they are JSON); run without "
+            "--resume to start over"
+        ) from None
     if not isinstance(data, dict) or data.get("kind") != CHECKPOINT_KIND:
         raise AutopromptError(f"--resume: {path} is not a search checkpoint")
+    made_by = (data.get("format"), data.get("autoprompt_py"))
+    if made_by != (CHECKPOINT_FORMAT, _version()):
+        raise AutopromptError(
+            f"--resume: {path} was written by another version (autoprompt_py "
+            f"{made_by[1] or 'unknown'}, checkpoint format {made_by[0] or 'unknown'}; this is "
+            f"{_version()}, format {CHECKPOINT_FORMAT}), which cannot resume exactly; run "
+            "without --resume to start over"
+        )
     saved = data.get("identity", {})
-    diffs = _differences(saved, identity)
+    diffs = _differences(saved if isinstance(saved, dict) else {}, identity)
     if diffs:
         raise AutopromptError(
             f"--resume: {path} was made for another {'; '.join(diffs)}; resume with the same "
             "model, data and settings, or run without --resume to start over"
         )
+    problem = _state_problem(data.get("state"), identity)
+    if problem:
+        raise AutopromptError(f"--resume: {path} is damaged ({problem}); start over")
+    return SearchState(**data["state"])
+
+
+def _version() -> str:
+    import autoprompt_py
+
+    return autoprompt_py.__version__
+
+
+def _state_problem(state: object, identity: dict) -> str | None:
+    """What is wrong with a checkpoint's state, checked field by field against SearchState's
+    type hints (so that a hand-edited file fails here, not mid-search)."""
+    if not isinstance(state, dict):
+        return "no state"
     try:
-        return SearchState(**data["state"])
-    except (KeyError, TypeError):
-        raise AutopromptError(f"--resume: {path} is damaged (no valid state); start over") from None
+        hints = typing.get_type_hints(SearchState)
+    except (NameError, TypeError):  # a hint this Python cannot evaluate: check names only
+        hints = {f.name: typing.Any for f in dataclasses.fields(SearchState)}
+    required = {
+        f.name
+        for f in dataclasses.fields(SearchState)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
+    missing = sorted(required - set(state))
+    unknown = sorted(set(state) - set(hints))
+    if missing or unknown:
+        return f"fields {', '.join(missing + unknown)} do not fit this version's state"
+    for name, value in state.items():
+        if not _fits(value, hints[name]):
+            return f"{name} = {_short(repr(value), 80)} is not a {hints[name]}"
+    try:
+        import numpy as np
+
+        np.random.default_rng().bit_generator.state = state["rng"]
+    except (TypeError, ValueError, KeyError):
+        return "rng is not a random generator state"
+    vocab = (identity.get("model") or {}).get("vocab_size")
+    for name in ("trigger", "best_trigger"):
+        ids = state.get(name)
+        if isinstance(vocab, int) and isinstance(ids, list):
+            if any(not 0 <= i < vocab for i in ids if isinstance(i, int)):
+                return f"{name} holds token ids outside the model's {vocab}"
+    return None
+
+
+def _fits(value: object, hint: object) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is typing.Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        return isinstance(value, list) and (not args or all(_fits(v, args[0]) for v in value))
+    if origin is dict or dataclasses.is_dataclass(hint):  # a dataclass is saved as a dict
+        return isinstance(value, dict)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True  # a type this check does not know: trust it
 
 
 _WHAT = {

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from autoprompt_py.data import Example, check_fields, labels_of, read_examples, read_facts
-from autoprompt_py.errors import AutopromptError
+from autoprompt_py.errors import AutopromptError, shown
 from autoprompt_py.resources import load_templates, load_verbalizer
 from autoprompt_py.template import Template
 from autoprompt_py.verbalizer import AGGREGATIONS, Verbalizer
@@ -67,7 +67,7 @@ def load_search_template(spec: str | Template) -> tuple[Template, str | None]:
         template, relation = named[0].template, named[0].relation
     if template.num_triggers == 0:
         raise AutopromptError(
-            f"template {template.source!r} has no trigger slot [T]; add [T] markers where the "
+            f"template {shown(template.source)} has no trigger slot [T]; add [T] markers where the "
             "trigger tokens go, e.g. '{sentence} [T] [T] [T] [P] .'"
         )
     return template, relation

@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from autoprompt_py.encoding import tokenize_piece
-from autoprompt_py.errors import AutopromptError
+from autoprompt_py.errors import AutopromptError, shown, warn
 from autoprompt_py.model import MaskedLM
 from autoprompt_py.resources import RESULT_KIND
 from autoprompt_py.results import provenance, write_json
@@ -154,7 +154,7 @@ def trigger_ids_from_words(
         raise AutopromptError(
             f"{what}: {len(words)} token{'s' * (len(words) != 1)} for the {len(slots)} "
             f"trigger slot{'s' * (len(slots) != 1)} [T] of "
-            f"{template.source!r}; give exactly {len(slots)}"
+            f"{shown(template.source)}; give exactly {len(slots)}"
         )
     vocab = tokenizer.get_vocab()
     ids = []
@@ -227,6 +227,13 @@ class TriggerSearch:
         self.allowed = allowed_tokens(tokenizer, lm.vocab_size, filters, label_ids, self.vocab).to(
             lm.device
         )
+        # hotflip_candidates proposes at most the allowed tokens, less the current one
+        left = int(self.allowed.sum())
+        if config.num_cand > left - 1:
+            warn(
+                f"--num-cand {config.num_cand} is more than the {left - 1} other tokens the "
+                f"filters leave in this model's vocabulary; using {max(1, left - 1)}"
+            )
         self.embeddings = lm.embeddings.detach()
         if self.embeddings.dtype != torch.float32:
             self.embeddings = self.embeddings.float()
