@@ -4,14 +4,52 @@ from __future__ import annotations
 
 import click
 
+from autoprompt_py.calibration import check_content_free
 from autoprompt_py.cli.common import model_options, parse_columns, quiet_transformers
 from autoprompt_py.data import read_examples, read_facts
-from autoprompt_py.evaluation import probe_relations, score_templates
+from autoprompt_py.ensemble import RULES, check_rule, parse_weights
+from autoprompt_py.errors import AutopromptError
+from autoprompt_py.evaluation import probe_relations, score_prompts
 from autoprompt_py.model import load_model
 from autoprompt_py.resources import load_templates, load_verbalizer
 from autoprompt_py.results import check_output_path, provenance, write_json
 from autoprompt_py.verbalizer import AGGREGATIONS
 from autoprompt_py.vocab import read_vocab
+
+
+def ensemble_options(f):
+    """--ensemble, --ensemble-rule, --weights, --calibrate, --content-free."""
+    options = [
+        click.option(
+            "--ensemble",
+            is_flag=True,
+            help="Also report the ensemble of all members (every template × every verbalizer).",
+        ),
+        click.option(
+            "--ensemble-rule",
+            default="mean-logprob",
+            show_default=True,
+            help=f"How members combine: {', '.join(RULES)}.",
+        ),
+        click.option(
+            "--weights",
+            help="One weight per member, comma-separated, in the order template × verbalizer.",
+        ),
+        click.option(
+            "--calibrate",
+            is_flag=True,
+            help="Also report contextually calibrated metrics (Zhao et al. 2021).",
+        ),
+        click.option(
+            "--content-free",
+            multiple=True,
+            help="A content-free text for --calibrate (repeatable; default: 'N/A', '' and "
+            "'[MASK]', the model's mask token).",
+        ),
+    ]
+    for opt in reversed(options):
+        f = opt(f)
+    return f
 
 
 @click.command()
@@ -31,8 +69,11 @@ from autoprompt_py.vocab import read_vocab
 )
 @click.option(
     "--verbalizer",
+    "verbalizers",
+    multiple=True,
     required=True,
-    help="Label → words JSON file, a shipped name (sst2, agnews) or inline JSON.",
+    help="Label → words JSON file, a shipped name (sst2, agnews) or inline JSON; repeat to "
+    "score every template with each.",
 )
 @click.option(
     "--aggregation",
@@ -61,11 +102,12 @@ from autoprompt_py.vocab import read_vocab
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--output", type=click.Path(dir_okay=False), help="Write the results as JSON.")
 @click.option("--predictions", is_flag=True, help="Put per-example predictions in the JSON.")
+@ensemble_options
 @model_options
 def score(
     data,
     templates,
-    verbalizer,
+    verbalizers,
     aggregation,
     label_field,
     columns,
@@ -75,37 +117,58 @@ def score(
     seed,
     output,
     predictions,
+    ensemble,
+    ensemble_rule,
+    weights,
+    calibrate,
+    content_free,
     model_name,
     device,
     dtype,
     batch_size,
 ) -> None:
-    """Score templates with a verbalizer on a labeled dataset."""
+    """Score templates with a verbalizer on a labeled dataset; ensembles and calibration."""
     check_output_path(output)
     named = [t for spec in templates for t in load_templates(spec)]
-    verb = load_verbalizer(verbalizer)
+    verbs = [(spec, load_verbalizer(spec)) for spec in verbalizers]
+    n_members = len(named) * len(verbs)
+    rule, cf_texts = _check_ensemble_options(
+        ensemble, ensemble_rule, weights, calibrate, content_free
+    )
+    member_weights = parse_weights(weights, n_members)
     examples = read_examples(data, label_field, parse_columns(columns), limit)
+    if ensemble and n_members == 1:
+        click.echo(
+            f"warning: --ensemble with one member ({named[0].name}); reporting that member",
+            err=True,
+        )
     quiet_transformers()
     lm = load_model(model_name, device, dtype)
-    results = score_templates(lm, named, examples, verb, aggregation, batch_size, bootstrap, seed)
-    results.sort(key=lambda r: -r.metrics[metric])
+    report = score_prompts(
+        lm,
+        named,
+        examples,
+        verbs,
+        aggregation,
+        batch_size,
+        bootstrap,
+        seed,
+        calibrate_with=cf_texts,
+        ensemble_rule=rule if ensemble else None,
+        weights=member_weights,
+    )
+    results = sorted(report.members, key=lambda r: -r.metrics[metric])
 
     _notes(results, lm.max_length)
     click.echo(f"{len(examples)} examples from {data}; model {model_name}; ranked by {metric}")
-    labels = verb.labels
+    labels = report.labels
     header = ["rank", "n", "accuracy", "95% CI", "macro-F1"] + [f"R[{lab}]" for lab in labels]
-    rows = [
-        [
-            str(i),
-            str(r.metrics["n"]),
-            f"{r.metrics['accuracy']:.4f}",
-            "{:.3f}-{:.3f}".format(*r.metrics["accuracy_ci95"]),
-            f"{r.metrics['macro_f1']:.4f}",
-        ]
-        + [f"{r.metrics['recall'][lab]:.3f}" for lab in labels]
-        + [r.name]
-        for i, r in enumerate(results, 1)
-    ]
+    if calibrate:
+        header += ["cal acc", "cal 95% CI", "cal F1"]
+    shown = [(str(i), r) for i, r in enumerate(results, 1)]
+    if report.ensemble is not None:
+        shown.append(("ens", report.ensemble))
+    rows = [_score_row(rank, r, labels) for rank, r in shown]
     _table(header + ["template"], rows)
     if output:
         write_json(
@@ -116,7 +179,8 @@ def score(
                     {
                         "data": str(data),
                         "templates": list(templates),
-                        "verbalizer": verbalizer,
+                        "verbalizer": verbalizers[0],
+                        "verbalizers": list(verbalizers),
                         "aggregation": aggregation,
                         "label_field": label_field,
                         "limit": limit,
@@ -126,12 +190,22 @@ def score(
                         "batch_size": batch_size,
                         "bootstrap": bootstrap,
                         "seed": seed,
+                        "ensemble": ensemble,
+                        "ensemble_rule": rule,
+                        "weights": member_weights,
+                        "calibrate": calibrate,
+                        "content_free": list(cf_texts) if cf_texts else None,
                     },
                 ),
                 "n": len(examples),
-                "verbalizer": verb.words,
+                "verbalizer": verbs[0][1].words,
+                "verbalizers": {name: v.words for name, v in verbs},
                 "ranked_by": metric,
+                "label_scores": "log-softmax over the labels of the aggregated word scores",
                 "templates": [r.to_json(examples if predictions else None) for r in results],
+                "ensemble": report.ensemble.to_json(examples if predictions else None)
+                if report.ensemble is not None
+                else None,
             },
         )
         click.echo(f"wrote {output}")
@@ -240,6 +314,43 @@ def probe(
             },
         )
         click.echo(f"wrote {output}")
+
+
+def _score_row(rank: str, r, labels: list[str]) -> list[str]:
+    m = r.metrics
+    row = [
+        rank,
+        str(m["n"]),
+        f"{m['accuracy']:.4f}",
+        "{:.3f}-{:.3f}".format(*m["accuracy_ci95"]),
+        f"{m['macro_f1']:.4f}",
+    ] + [f"{m['recall'][lab]:.3f}" for lab in labels]
+    if r.calibrated is not None:
+        c = r.calibrated.metrics
+        row += [
+            f"{c['accuracy']:.4f}",
+            "{:.3f}-{:.3f}".format(*c["accuracy_ci95"]),
+            f"{c['macro_f1']:.4f}",
+        ]
+    return row + [r.name]
+
+
+def _check_ensemble_options(
+    ensemble: bool,
+    rule: str,
+    weights: str | None,
+    calibrate: bool,
+    content_free: tuple[str, ...],
+) -> tuple[str, tuple[str, ...] | None]:
+    """Options that only make sense together, checked before the model loads."""
+    rule = check_rule(rule)
+    if weights is not None and not ensemble:
+        raise AutopromptError("--weights weighs ensemble members: add --ensemble, or drop it")
+    if content_free and not calibrate:
+        raise AutopromptError(
+            "--content-free texts are used by --calibrate: add --calibrate, or drop them"
+        )
+    return rule, (check_content_free(content_free) if calibrate else None)
 
 
 def _notes(results, max_length: int) -> None:
