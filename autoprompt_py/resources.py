@@ -122,7 +122,7 @@ def _templates_from_file(path: Path) -> list[NamedTemplate]:
         if path.suffix == ".jsonl":
             try:
                 row = json.loads(line)
-                tpl_text = row["template"]
+                texts = row["template"]
             except (json.JSONDecodeError, KeyError, TypeError):
                 raise AutopromptError(
                     f'{path}:{line_no}: each line must be a JSON object with a "template"'
@@ -130,12 +130,21 @@ def _templates_from_file(path: Path) -> list[NamedTemplate]:
             relation = row.get("relation")
             name = row.get("name") or relation or f"{path.stem}:{line_no}"
         else:
-            tpl_text, relation, name = line.strip(), None, f"{path.stem}:{line_no}"
-        try:
-            template = parse_template(tpl_text)
-        except AutopromptError as e:
-            raise AutopromptError(f"{path}:{line_no}: {e}") from None
-        out.append(NamedTemplate(str(name), template, relation))
+            texts, relation, name = line.strip(), None, f"{path.stem}:{line_no}"
+        # a list of templates on one line: several paraphrases of one relation
+        several = isinstance(texts, list)
+        if not several:
+            texts = [texts]
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise AutopromptError(
+                f'{path}:{line_no}: "template" must be a template text or a list of them'
+            )
+        for i, tpl_text in enumerate(texts, 1):
+            try:
+                template = parse_template(tpl_text)
+            except AutopromptError as e:
+                raise AutopromptError(f"{path}:{line_no}: {e}") from None
+            out.append(NamedTemplate(f"{name}:{i}" if several else str(name), template, relation))
     if not out:
         raise AutopromptError(f"{path}: no templates in the file")
     return out
