@@ -104,6 +104,15 @@ def _scored(name, template, log_probs, labels, gold, bootstrap, seed, **kw) -> T
     )
 
 
+def check_verbalizers(
+    verbalizers: Sequence[tuple[str, Verbalizer]], examples: Sequence[Example]
+) -> None:
+    """Every verbalizer covers exactly the data's labels (so all share one label set)."""
+    source = examples[0].source.rsplit(":", 1)[0]
+    for _, verb in verbalizers:
+        verb.check_labels(labels_of(examples), source)
+
+
 def score_prompts(
     lm: MaskedLM,
     templates: Sequence[NamedTemplate],
@@ -126,16 +135,8 @@ def score_prompts(
     scores, so that members with different verbalizers are comparable.
     """
     gold = [e.label for e in examples]
-    source = examples[0].source.rsplit(":", 1)[0]
-    first = verbalizers[0][1]
-    for name, verb in verbalizers:
-        if set(verb.labels) != set(first.labels):
-            raise AutopromptError(
-                f"--verbalizer {name!r}: labels {', '.join(verb.labels)} differ from those of "
-                f"{verbalizers[0][0]!r} ({', '.join(first.labels)}); an ensemble needs one label set"
-            )
-        verb.check_labels(labels_of(examples), source)
-    labels = first.labels
+    check_verbalizers(verbalizers, examples)
+    labels = verbalizers[0][1].labels
     n_members = len(templates) * len(verbalizers)
     if weights is not None and len(weights) != n_members:
         raise AutopromptError(f"{len(weights)} weights for {n_members} members")

@@ -10,7 +10,7 @@ from autoprompt_py.cli.common import model_options, parse_columns, quiet_transfo
 from autoprompt_py.data import read_examples, read_facts
 from autoprompt_py.ensemble import RULES, check_rule, parse_weights
 from autoprompt_py.errors import AutopromptError
-from autoprompt_py.evaluation import score_prompts
+from autoprompt_py.evaluation import check_verbalizers, score_prompts
 from autoprompt_py.model import load_model
 from autoprompt_py.probing import KINDS, averages, probe_templates, templates_by_relation
 from autoprompt_py.resources import load_templates, load_verbalizer
@@ -149,6 +149,7 @@ def score(
     )
     member_weights = parse_weights(weights, n_members)
     examples = read_examples(data, label_field, parse_columns(columns), limit)
+    check_verbalizers(verbs, examples)
     if ensemble and n_members == 1:
         click.echo(
             f"warning: --ensemble with one member ({named[0].name}); reporting that member",
