@@ -506,3 +506,84 @@ def test_probe_bad_options_fail_before_the_model_loads(tmp_path, extra, message)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# search --calibrate: the dev metric on calibrated probabilities
+# --------------------------------------------------------------------------------------------
+
+
+def test_search_dev_metric_is_calibrated(files, tmp_path, tiny_model_dirs):
+    from autoprompt_py.search import SearchConfig, TriggerSearch, load_task
+
+    lm = load_model(tiny_model_dirs["bert"], device="cpu")
+    task = load_task("{sentence} [T] [T] It was [MASK] .", files["data"], files["data"], "sst2")
+    trigger = [lm.tokenizer.convert_tokens_to_ids(w) for w in ("very", "movie")]
+    fixed = NamedTemplate("t", task.template.with_triggers(trigger))
+    report = score_prompts(
+        lm, [fixed], _examples(), [("sst2", Verbalizer.from_dict(task.verbalizer.words))],
+        bootstrap=0, progress=False, calibrate_with=DEFAULT_CONTENT_FREE,
+    )  # fmt: skip
+    (member,) = report.members
+    raw = TriggerSearch(lm, task, SearchConfig(iters=0)).evaluate
+    cal = TriggerSearch(lm, task, SearchConfig(iters=0, calibrate=True))
+    assert raw(cal.dev, trigger).metric == pytest.approx(member.metrics["accuracy"])
+    scored = cal.evaluate(cal.dev, trigger)
+    assert scored.metric == pytest.approx(member.calibrated.metrics["accuracy"])
+    # the loss too: the calibrated negative log-likelihood of the gold label
+    gold = np.array([int(lab) for _, lab in SENTENCES])
+    nll = -member.calibrated.scores[np.arange(len(gold)), gold]
+    # (the search's rows are in length order)
+    np.testing.assert_allclose(np.sort(scored.loss.cpu().numpy()), np.sort(nll), atol=TOL, rtol=0)
+    # the train split stays raw
+    assert cal.evaluate(cal.train, trigger).metric == pytest.approx(member.metrics["accuracy"])
+
+
+def test_search_relation_dev_metric_is_calibrated_over_the_vocabulary(tmp_path, tiny_model_dirs):
+    from autoprompt_py.search import SearchConfig, TriggerSearch, load_task
+
+    facts, _, vocab = _rel_files(tmp_path)
+    lm = load_model(tiny_model_dirs["bert"], device="cpu")
+    task = load_task(
+        "[X] [T] [Y] .", facts / "P19.jsonl", facts / "P19.jsonl", vocab=vocab, relation="P19"
+    )
+    trigger = [lm.tokenizer.convert_tokens_to_ids("city")]
+    search = TriggerSearch(lm, task, SearchConfig(iters=0, calibrate=True))
+    scored = search.evaluate(search.dev, trigger)
+    # the probe path: the same template, calibrated over the candidates
+    from autoprompt_py.probing import probe_templates
+
+    (p,) = probe_templates(
+        lm, [NamedTemplate("t", task.template.with_triggers(trigger), "P19")],
+        {"P19": list(task.dev)}, read_vocab_list(vocab), progress=False,
+        calibrate_with=DEFAULT_CONTENT_FREE,
+    )  # fmt: skip
+    expected = p.metrics(p.members[0].cal_ranks)
+    assert scored.full()["p@1"] == pytest.approx(expected["p@1"])
+    assert scored.full()["mrr"] == pytest.approx(expected["mrr"])
+    assert scored.full()["mrr"] != pytest.approx(p.metrics(p.members[0].ranks)["mrr"])
+
+
+def read_vocab_list(path):
+    return [w for w in path.read_text().split() if w]
+
+
+def test_search_cli_calibrate_flag(files, tmp_path):
+    out = tmp_path / "t.json"
+    r = invoke(
+        "search", "--model", files["bert"], "--device", "cpu", "--train", files["data"],
+        "--dev", files["data"], "--template", "{sentence} [T] It was [MASK] .", "--verbalizer",
+        "sst2", "--iters", "2", "--batch-size", "4", "--accumulation-steps", "1",
+        "--num-cand", "3", "--output", out, "--quiet", "--calibrate",
+    )  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    result = json.loads(out.read_text())
+    assert result["config"]["calibrate"] is True
+    report = score_prompts(
+        load_model(files["bert"], device="cpu"), load_templates(str(out)), _examples(),
+        [("sst2", Verbalizer.from_dict(result["verbalizer"]))], bootstrap=0, progress=False,
+        calibrate_with=DEFAULT_CONTENT_FREE,
+    )  # fmt: skip
+    assert result["dev"]["accuracy"] == pytest.approx(
+        report.members[0].calibrated.metrics["accuracy"]
+    )
