@@ -54,11 +54,17 @@ def parse_weights(text: str | None, members: int) -> list[float] | None:
 
 
 def log_normalise(x: np.ndarray) -> np.ndarray:
-    """Log-softmax over the last axis (float64 in, float64 out; -inf stays -inf)."""
-    x = np.asarray(x, dtype=np.float64)
+    """Log-softmax over the last axis (float32 stays float32, else float64; -inf stays -inf)."""
+    x = _floats(x)
     top = np.max(x, axis=-1, keepdims=True)
     top = np.where(np.isfinite(top), top, 0.0)
     return x - (np.log(np.exp(x - top).sum(-1, keepdims=True)) + top)
+
+
+def _floats(x: np.ndarray) -> np.ndarray:
+    """float32 arrays as they are (relation probes over a large vocabulary), else float64."""
+    x = np.asarray(x)
+    return x if x.dtype == np.float32 else x.astype(np.float64)
 
 
 @dataclass
@@ -97,7 +103,7 @@ class EnsembleAccumulator:
         self._other: np.ndarray | None = None  # Σ w p (mean-prob) or the vote counts
 
     def add(self, log_probs: np.ndarray, weight: float = 1.0) -> None:
-        log_probs = np.asarray(log_probs, dtype=np.float64)
+        log_probs = _floats(log_probs)
         self.members += 1
         if weight == 0:
             return
