@@ -10,12 +10,15 @@ The Python API that the ``autoprompt`` command is a thin layer over::
 
 __version__ = "0.1.0"
 
+from autoprompt_py.calibration import calibrate  # noqa: E402
 from autoprompt_py.data import Example, read_examples, read_facts  # noqa: E402
+from autoprompt_py.ensemble import combine  # noqa: E402
 from autoprompt_py.errors import AutopromptError  # noqa: E402
-from autoprompt_py.evaluation import probe_relations, score_templates  # noqa: E402
+from autoprompt_py.evaluation import probe_relations, score_prompts, score_templates  # noqa: E402
 from autoprompt_py.export import export_prompt  # noqa: E402
 from autoprompt_py.labels import search_labels  # noqa: E402
 from autoprompt_py.model import MaskedLM, load_model  # noqa: E402
+from autoprompt_py.probing import probe_templates  # noqa: E402
 from autoprompt_py.prompt import FoundPrompt  # noqa: E402
 from autoprompt_py.resources import NamedTemplate, load_templates, load_verbalizer  # noqa: E402
 from autoprompt_py.scoring import classify, probe_facts  # noqa: E402
@@ -33,7 +36,9 @@ __all__ = [
     "SearchConfig",
     "Template",
     "Verbalizer",
+    "calibrate",
     "classify",
+    "combine",
     "export_prompt",
     "load_model",
     "load_task",
@@ -42,10 +47,12 @@ __all__ = [
     "parse_template",
     "probe_facts",
     "probe_relations",
+    "probe_templates",
     "read_examples",
     "read_facts",
     "read_vocab",
     "run_search",
+    "score_prompts",
     "score_templates",
     "search_labels",
 ]

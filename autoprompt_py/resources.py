@@ -121,8 +121,8 @@ def _templates_from_file(path: Path) -> list[NamedTemplate]:
             continue
         if path.suffix == ".jsonl":
             row = parse_json(line, f"{path}:{line_no}", False)
-            tpl_text = row.get("template") if isinstance(row, dict) else None
-            if not isinstance(tpl_text, str):
+            texts = row.get("template") if isinstance(row, dict) else None
+            if texts is None:
                 raise AutopromptError(
                     f'{path}:{line_no}: each line must be a JSON object with a "template"'
                 )
@@ -130,12 +130,21 @@ def _templates_from_file(path: Path) -> list[NamedTemplate]:
             relation = None if relation is None else str(relation)
             name = row.get("name") or relation or f"{path.stem}:{line_no}"
         else:
-            tpl_text, relation, name = line.strip(), None, f"{path.stem}:{line_no}"
-        try:
-            template = parse_template(tpl_text)
-        except AutopromptError as e:
-            raise AutopromptError(f"{path}:{line_no}: {e}") from None
-        out.append(NamedTemplate(str(name), template, relation))
+            texts, relation, name = line.strip(), None, f"{path.stem}:{line_no}"
+        # a list of templates on one line: several paraphrases of one relation
+        several = isinstance(texts, list)
+        if not several:
+            texts = [texts]
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise AutopromptError(
+                f'{path}:{line_no}: "template" must be a template text or a list of them'
+            )
+        for i, tpl_text in enumerate(texts, 1):
+            try:
+                template = parse_template(tpl_text)
+            except AutopromptError as e:
+                raise AutopromptError(f"{path}:{line_no}: {e}") from None
+            out.append(NamedTemplate(f"{name}:{i}" if several else str(name), template, relation))
     if not out:
         raise AutopromptError(f"{path}: no templates in the file")
     return out

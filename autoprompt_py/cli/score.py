@@ -3,15 +3,65 @@
 from __future__ import annotations
 
 import click
+import numpy as np
 
+from autoprompt_py.calibration import check_content_free
 from autoprompt_py.cli.common import model_options, parse_columns, quiet_transformers
 from autoprompt_py.data import check_fields, read_examples, read_facts
-from autoprompt_py.evaluation import probe_relations, score_templates
+from autoprompt_py.ensemble import RULES, check_rule, parse_weights
+from autoprompt_py.errors import AutopromptError
+from autoprompt_py.evaluation import check_verbalizers, score_prompts
 from autoprompt_py.model import load_model
+from autoprompt_py.probing import KINDS, averages, probe_templates, templates_by_relation
 from autoprompt_py.resources import load_templates, load_verbalizer
 from autoprompt_py.results import check_output_path, provenance, write_json
 from autoprompt_py.verbalizer import AGGREGATIONS
 from autoprompt_py.vocab import read_vocab
+
+
+def ensemble_options(weights: bool = True):
+    """--ensemble, --ensemble-rule, --weights (score only), --calibrate, --content-free."""
+    options = [
+        click.option(
+            "--ensemble",
+            is_flag=True,
+            help="Also report the ensemble of all members (score: every template × every "
+            "verbalizer; probe: the templates of each relation).",
+        ),
+        click.option(
+            "--ensemble-rule",
+            default="mean-logprob",
+            show_default=True,
+            help=f"How members combine: {', '.join(RULES)}.",
+        ),
+    ]
+    if weights:
+        options.append(
+            click.option(
+                "--weights",
+                help="One weight per member, comma-separated, in the order template × verbalizer.",
+            )
+        )
+    options += [
+        click.option(
+            "--calibrate",
+            is_flag=True,
+            help="Also report contextually calibrated metrics (Zhao et al. 2021).",
+        ),
+        click.option(
+            "--content-free",
+            multiple=True,
+            help="A content-free text for --calibrate (repeatable; default: 'N/A', '' and "
+            "'[MASK]', the model's mask token).",
+        ),
+    ]
+
+    def apply(f):
+        for opt in reversed(options):
+            f = opt(f)
+        return f
+
+    return apply
 
 
 @click.command()
@@ -31,8 +81,11 @@ from autoprompt_py.vocab import read_vocab
 )
 @click.option(
     "--verbalizer",
+    "verbalizers",
+    multiple=True,
     required=True,
-    help="Label → words JSON file, a shipped name (sst2, agnews) or inline JSON.",
+    help="Label → words JSON file, a shipped name (sst2, agnews) or inline JSON; repeat to "
+    "score every template with each.",
 )
 @click.option(
     "--aggregation",
@@ -61,11 +114,12 @@ from autoprompt_py.vocab import read_vocab
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--output", help="Write the results as JSON.")
 @click.option("--predictions", is_flag=True, help="Put per-example predictions in the JSON.")
+@ensemble_options()
 @model_options
 def score(
     data,
     templates,
-    verbalizer,
+    verbalizers,
     aggregation,
     label_field,
     columns,
@@ -75,39 +129,61 @@ def score(
     seed,
     output,
     predictions,
+    ensemble,
+    ensemble_rule,
+    weights,
+    calibrate,
+    content_free,
     model_name,
     device,
     dtype,
     batch_size,
 ) -> None:
-    """Score templates with a verbalizer on a labeled dataset."""
+    """Score templates with a verbalizer on a labeled dataset; ensembles and calibration."""
     check_output_path(output)
     named = [t for spec in templates for t in load_templates(spec)]
-    verb = load_verbalizer(verbalizer)
+    verbs = [(spec, load_verbalizer(spec)) for spec in verbalizers]
+    n_members = len(named) * len(verbs)
+    rule, cf_texts = _check_ensemble_options(
+        ensemble, ensemble_rule, weights, calibrate, content_free
+    )
+    member_weights = parse_weights(weights, n_members)
     examples = read_examples(data, label_field, parse_columns(columns), limit)
     for t in named:  # before the model loads: a template with no field, or a missing field
         check_fields(examples, t.template.fields, t.template.source)
+    check_verbalizers(verbs, examples)
+    if ensemble and n_members == 1:
+        click.echo(
+            f"warning: --ensemble with one member ({named[0].name}); reporting that member",
+            err=True,
+        )
     quiet_transformers()
     lm = load_model(model_name, device, dtype)
-    results = score_templates(lm, named, examples, verb, aggregation, batch_size, bootstrap, seed)
-    results.sort(key=lambda r: -r.metrics[metric])
+    report = score_prompts(
+        lm,
+        named,
+        examples,
+        verbs,
+        aggregation,
+        batch_size,
+        bootstrap,
+        seed,
+        calibrate_with=cf_texts,
+        ensemble_rule=rule if ensemble else None,
+        weights=member_weights,
+    )
+    results = sorted(report.members, key=lambda r: -r.metrics[metric])
 
     _notes(results, lm.max_length)
     click.echo(f"{len(examples)} examples from {data}; model {model_name}; ranked by {metric}")
-    labels = verb.labels
+    labels = report.labels
     header = ["rank", "n", "accuracy", "95% CI", "macro-F1"] + [f"R[{lab}]" for lab in labels]
-    rows = [
-        [
-            str(i),
-            str(r.metrics["n"]),
-            f"{r.metrics['accuracy']:.4f}",
-            "{:.3f}-{:.3f}".format(*r.metrics["accuracy_ci95"]),
-            f"{r.metrics['macro_f1']:.4f}",
-        ]
-        + [f"{r.metrics['recall'][lab]:.3f}" for lab in labels]
-        + [r.name]
-        for i, r in enumerate(results, 1)
-    ]
+    if calibrate:
+        header += ["cal acc", "cal 95% CI", "cal F1"]
+    shown = [(str(i), r) for i, r in enumerate(results, 1)]
+    if report.ensemble is not None:
+        shown.append(("ens", report.ensemble))
+    rows = [_score_row(rank, r, labels) for rank, r in shown]
     _table(header + ["template"], rows)
     if output is not None:
         write_json(
@@ -118,7 +194,8 @@ def score(
                     {
                         "data": str(data),
                         "templates": list(templates),
-                        "verbalizer": verbalizer,
+                        "verbalizer": verbalizers[0],
+                        "verbalizers": list(verbalizers),
                         "aggregation": aggregation,
                         "label_field": label_field,
                         "limit": limit,
@@ -128,12 +205,22 @@ def score(
                         "batch_size": batch_size,
                         "bootstrap": bootstrap,
                         "seed": seed,
+                        "ensemble": ensemble,
+                        "ensemble_rule": rule,
+                        "weights": member_weights,
+                        "calibrate": calibrate,
+                        "content_free": list(cf_texts) if cf_texts else None,
                     },
                 ),
                 "n": len(examples),
-                "verbalizer": verb.words,
+                "verbalizer": verbs[0][1].words,
+                "verbalizers": {name: v.words for name, v in verbs},
                 "ranked_by": metric,
+                "label_scores": "log-softmax over the labels of the aggregated word scores",
                 "templates": [r.to_json(examples if predictions else None) for r in results],
+                "ensemble": report.ensemble.to_json(examples if predictions else None)
+                if report.ensemble is not None
+                else None,
             },
         )
         click.echo(f"wrote {output}")
@@ -151,7 +238,8 @@ def score(
     "relation_templates",
     multiple=True,
     help="Templates per relation: a .jsonl with relation and template (default: the "
-    "shipped lama_trex set), or a search result; repeatable.",
+    "shipped lama_trex set), or a search result; repeatable. A relation may have several "
+    'templates (several lines, or a list under "template").',
 )
 @click.option("--template", help="One template for every relation, e.g. '[X] is in [Y] .'.")
 @click.option(
@@ -159,23 +247,56 @@ def score(
     type=click.Path(dir_okay=False),
     help="Restrict predictions to these words (one per line), as LAMA does.",
 )
+@click.option(
+    "--templates-per-relation",
+    default="all",
+    show_default=True,
+    help="How many templates of each relation to probe, in file order: all or N.",
+)
+@click.option(
+    "--select-on",
+    type=click.Choice(["dev", "none"]),
+    default="dev",
+    show_default=True,
+    help="Where several templates: choose the best on a seeded dev split of each relation's "
+    "facts and report every figure on the other facts (none: no split, no choice).",
+)
+@click.option(
+    "--dev-fraction",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.2,
+    show_default=True,
+    help="Share of each relation's facts in the dev split.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the dev split.")
 @click.option("--output", help="Write the results as JSON.")
 @click.option("--predictions", is_flag=True, help="Put per-fact ranks and top-10 in the JSON.")
+@ensemble_options(weights=False)
 @model_options
 def probe(
     facts,
     relation_templates,
     template,
     vocab,
+    templates_per_relation,
+    select_on,
+    dev_fraction,
+    seed,
     output,
     predictions,
+    ensemble,
+    ensemble_rule,
+    calibrate,
+    content_free,
     model_name,
     device,
     dtype,
     batch_size,
 ) -> None:
-    """Probe relational knowledge: P@1, P@10 and MRR per relation."""
+    """Probe relational knowledge: P@1, P@10 and MRR per relation and template."""
     check_output_path(output)
+    per_relation = _per_relation(templates_per_relation)
+    rule, cf_texts = _check_ensemble_options(ensemble, ensemble_rule, None, calibrate, content_free)
     named = [t for spec in relation_templates for t in load_templates(spec, "--relations")]
     if template:
         named += [t.__class__(t.name, t.template, None) for t in load_templates(template)]
@@ -183,32 +304,59 @@ def probe(
         named = load_templates("lama_trex")
     fact_sets = read_facts(facts)
     words = read_vocab(vocab) if vocab else None
+    plan = templates_by_relation(named, list(fact_sets), per_relation)
+    if ensemble and plan and all(len(ts) == 1 for ts in plan.values()):
+        click.echo(
+            "warning: --ensemble with one template per relation; reporting that template",
+            err=True,
+        )
     quiet_transformers()
     lm = load_model(model_name, device, dtype)
-    scores, averages = probe_relations(
-        lm, named, fact_sets, words, batch_size, keep_predictions=predictions
+    probes = probe_templates(
+        lm,
+        named,
+        fact_sets,
+        words,
+        batch_size,
+        per_relation,
+        dev_fraction if select_on == "dev" else None,
+        seed,
+        rule if ensemble else None,
+        cf_texts,
     )
-    skipped_rel = [r for r in fact_sets if r not in {s.relation for s in scores}]
+    skipped_rel = [r for r in fact_sets if r not in {p.relation for p in probes}]
     if skipped_rel:
         click.echo(f"note: no template for {', '.join(skipped_rel)}; not probed", err=True)
-    _notes(scores, lm.max_length)
-    rows = [
-        [
-            s.relation,
-            str(s.facts - s.skipped),
-            str(s.skipped),
-            f"{s.metrics['p@1']:.4f}",
-            f"{s.metrics['p@10']:.4f}",
-            f"{s.metrics['mrr']:.4f}",
-            s.template,
-        ]
-        for s in scores
-    ]
-    for kind in ("micro", "macro"):
-        a = averages[kind]
-        n = str(a.get("n", a.get("relations")))
-        rows.append([kind, n, "", f"{a['p@1']:.4f}", f"{a['p@10']:.4f}", f"{a['mrr']:.4f}", ""])
-    _table(["relation", "facts", "skipped", "P@1", "P@10", "MRR", "template"], rows)
+    for p in probes:
+        if p.truncated:
+            click.echo(
+                f"note: {p.relation}: {p.truncated} inputs longer than {lm.max_length} tokens "
+                "were cut from their shortenable field",
+                err=True,
+            )
+    primary = "ensemble" if ensemble and any(p.ensemble for p in probes) else "first"
+    if primary == "first" and any(len(p.dev) for p in probes):
+        primary = "best-dev"
+    split = any(len(p.dev) for p in probes)
+    if split:
+        click.echo(
+            f"figures on the facts outside a seeded dev split ({dev_fraction:.0%} of each "
+            f"relation, seed {seed}); best template chosen on dev P@1"
+        )
+    _probe_table(probes, calibrate)
+    summary = {
+        kind: averages(probes, kind)
+        for kind in KINDS
+        if (kind != "best-dev" or split) and averages(probes, kind) is not None
+    }
+    if calibrate:
+        summary.update(
+            {
+                f"{kind}:calibrated": averages(probes, kind, True)
+                for kind in KINDS
+                if (kind != "best-dev" or split) and averages(probes, kind, True) is not None
+            }
+        )
     if output is not None:
         write_json(
             output,
@@ -220,28 +368,178 @@ def probe(
                         "relations": list(relation_templates),
                         "template": template,
                         "vocab": vocab,
+                        "templates_per_relation": templates_per_relation,
+                        "select_on": select_on,
+                        "dev_fraction": dev_fraction if split else None,
+                        "seed": seed,
+                        "ensemble": ensemble,
+                        "ensemble_rule": rule,
+                        "calibrate": calibrate,
+                        "content_free": list(cf_texts) if cf_texts else None,
                         "model": model_name,
                         "device": str(lm.device),
                         "dtype": dtype,
                         "batch_size": batch_size,
                     },
                 ),
-                "relations": [
-                    {
-                        "relation": s.relation,
-                        "template": s.template,
-                        "facts": s.facts,
-                        "skipped": s.skipped,
-                        **s.metrics,
-                        "truncated": s.truncated,
-                        **({"predictions": s.examples} if s.examples is not None else {}),
-                    }
-                    for s in scores
-                ],
-                **averages,
+                "reported": primary,
+                "relations": [_relation_json(p, primary, predictions) for p in probes],
+                **summary[primary],
+                "averages": summary,
             },
         )
         click.echo(f"wrote {output}")
+
+
+def _per_relation(value: str) -> int | None:
+    if value == "all":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise AutopromptError(
+            f"--templates-per-relation {value!r}: give 'all' or a whole number of at least 1"
+        )
+    return n
+
+
+def _probe_table(probes, calibrate: bool) -> None:
+    header = ["relation", "template", "facts", "skipped", "P@1", "P@10", "MRR"]
+    if calibrate:
+        header += ["cal P@1", "cal P@10", "cal MRR"]
+
+    def cells(m: dict | None) -> list[str]:
+        if m is None:
+            return ["", "", ""]
+        return [f"{m['p@1']:.4f}", f"{m['p@10']:.4f}", f"{m['mrr']:.4f}"]
+
+    rows = []
+    for p in probes:
+        shown = [(m.name, m) for m in p.members]
+        if len(p.dev) and p.best is not None:
+            best = p.members[p.best].name
+            if calibrate and p.best_cal is not None and p.best_cal != p.best:
+                best += f" (cal: {p.members[p.best_cal].name})"
+            shown.append((f"best on dev: {best}", None))
+        if p.ensemble is not None:
+            shown.append((p.ensemble.name, p.ensemble))
+        for label, m in shown:
+            if m is None:  # the best row: raw and calibrated choices may differ
+                raw = p.metrics(p.kind_ranks("best-dev"))
+                cal = p.kind_ranks("best-dev", True)
+                cal = p.metrics(cal) if cal is not None else None
+                text = ""
+            else:
+                raw = p.metrics(m.ranks)
+                cal = p.metrics(m.cal_ranks) if m.cal_ranks is not None else None
+                text = "" if m.template == m.name else m.template
+            row = [p.relation, label, str(len(p.test)), str(p.skipped)] + cells(raw)
+            if calibrate:
+                row += cells(cal)
+            rows.append(row + [text])
+    kinds = [k for k in KINDS if any(p.kind(k) is not None for p in probes)]
+    if not any(len(p.dev) for p in probes):
+        kinds = [k for k in kinds if k != "best-dev"]
+    multi = any(len(p.members) > 1 for p in probes)
+    for kind in kinds:
+        raw, cal = averages(probes, kind), averages(probes, kind, True) if calibrate else None
+        for avg in ("micro", "macro"):
+            a = raw[avg]
+            label = f"{avg} ({kind})" if multi else avg
+            n = str(a.get("n", a.get("relations")))
+            row = [label, "", n, ""] + cells(a)
+            if calibrate:
+                row += cells(cal[avg] if cal else None)
+            rows.append(row + [""])
+    _table(header + ["template text"], rows)
+
+
+def _relation_json(p, primary: str, predictions: bool) -> dict:
+    def member(m) -> dict:
+        out = {"name": m.name, "template": m.template, **p.metrics(m.ranks)}
+        if len(p.dev):
+            out["dev"] = p.metrics(m.ranks, "dev")
+        if m.cal_ranks is not None:
+            out["calibrated"] = p.metrics(m.cal_ranks)
+            if len(p.dev):
+                out["calibrated"]["dev"] = p.metrics(m.cal_ranks, "dev")
+        if m.p_cf_top is not None:
+            out["p_cf_top5"] = m.p_cf_top
+        return out
+
+    main = p.kind(primary) or p.members[0]
+    out = {
+        "relation": p.relation,
+        "template": main.template,
+        "reported": main.name,
+        "facts": len(p.facts),
+        "skipped": p.skipped,
+        "dev": len(p.dev),
+        **p.metrics(main.ranks),
+        "truncated": p.truncated,
+        "templates": [member(m) for m in p.members],
+    }
+    if main.cal_ranks is not None:
+        out["calibrated"] = p.metrics(main.cal_ranks)
+    if len(p.dev):
+        out["best"] = p.members[p.best].name
+        if p.best_cal is not None:
+            out["best_calibrated"] = p.members[p.best_cal].name
+    if p.ensemble is not None:
+        out["ensemble"] = member(p.ensemble)
+    if predictions:
+        position = np.cumsum(p.scored) - 1
+        dev = set(p.dev.tolist())
+        out["predictions"] = [
+            {
+                "sub_label": f.fields.get("sub_label"),
+                "obj_label": f.label,
+                "rank": int(main.ranks[position[i]]) if s else None,
+                "split": ("dev" if position[i] in dev else "test") if s else None,
+                "top": main.top[position[i]] if s else [],
+            }
+            for i, (f, s) in enumerate(zip(p.facts, p.scored))
+        ]
+    return out
+
+
+def _score_row(rank: str, r, labels: list[str]) -> list[str]:
+    m = r.metrics
+    row = [
+        rank,
+        str(m["n"]),
+        f"{m['accuracy']:.4f}",
+        "{:.3f}-{:.3f}".format(*m["accuracy_ci95"]),
+        f"{m['macro_f1']:.4f}",
+    ] + [f"{m['recall'][lab]:.3f}" for lab in labels]
+    if r.calibrated is not None:
+        c = r.calibrated.metrics
+        row += [
+            f"{c['accuracy']:.4f}",
+            "{:.3f}-{:.3f}".format(*c["accuracy_ci95"]),
+            f"{c['macro_f1']:.4f}",
+        ]
+    return row + [r.name]
+
+
+def _check_ensemble_options(
+    ensemble: bool,
+    rule: str,
+    weights: str | None,
+    calibrate: bool,
+    content_free: tuple[str, ...],
+) -> tuple[str, tuple[str, ...] | None]:
+    """Options that only make sense together, checked before the model loads."""
+    rule = check_rule(rule)
+    if weights is not None and not ensemble:
+        raise AutopromptError("--weights weighs ensemble members: add --ensemble, or drop it")
+    if content_free and not calibrate:
+        raise AutopromptError(
+            "--content-free texts are used by --calibrate: add --calibrate, or drop them"
+        )
+    return rule, (check_content_free(content_free) if calibrate else None)
 
 
 def _notes(results, max_length: int) -> None:

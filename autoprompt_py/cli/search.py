@@ -157,6 +157,12 @@ def _check_output(path: str) -> None:
     "classification).",
 )
 @click.option(
+    "--calibrate",
+    is_flag=True,
+    help="Choose the best trigger on calibrated dev probabilities (contextual calibration "
+    "with 'N/A', '' and the mask token).",
+)
+@click.option(
     "--patience",
     type=click.IntRange(min=1),
     default=None,
@@ -217,6 +223,7 @@ def search(
     accumulation_steps: int,
     position: str,
     select: str,
+    calibrate: bool,
     patience: int | None,
     initial_trigger: str | None,
     seed: int,
@@ -253,6 +260,7 @@ def search(
         accumulation_steps=accumulation_steps,
         position=position,
         select=select,
+        calibrate=calibrate,
         patience=patience,
         seed=seed,
         max_batch_tokens=max_batch_tokens,

@@ -18,6 +18,7 @@ where a run stopped; Ctrl-C writes the result for the best trigger so far.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import time
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from autoprompt_py.calibration import CalibratedObjective, search_p_cf
 from autoprompt_py.encoding import tokenize_piece
 from autoprompt_py.errors import AutopromptError, shown, warn
 from autoprompt_py.model import MaskedLM
@@ -79,6 +81,7 @@ class SearchConfig:
     dtype: str = "float32"
     train_eval_limit: int | None = 2000
     select: str = "loss"
+    calibrate: bool = False  # the dev metric on calibrated probabilities (Zhao et al. 2021)
 
     def __post_init__(self) -> None:
         if self.position not in POSITIONS:
@@ -113,7 +116,7 @@ class SearchConfig:
                 "seed",
                 "dtype",
             )
-        }
+        } | ({"calibrate": True} if self.calibrate else {})
 
 
 @dataclass
@@ -276,13 +279,19 @@ class TriggerSearch:
         plan = (
             self.dev_plan if split is self.dev and index is None else self.scorer.plan(split, index)
         )
-        ev = self.scorer.evaluate(split, self._tensor(trigger), plan)
+        scorer, objective = self.scorer, self.objective
+        if self.config.calibrate and split is self.dev:
+            # the dev metric that picks the best trigger, on calibrated probabilities
+            objective = CalibratedObjective(objective, search_p_cf(self, trigger))
+            scorer = copy.copy(scorer)
+            scorer.objective = objective
+        ev = scorer.evaluate(split, self._tensor(trigger), plan)
         rows = torch.cat([idx for idx, _ in plan])
         gold = split.gold[rows]
         outcome, loss = ev.outcome[rows], ev.loss[rows]
         # a count divided in Python: the loop's comparisons and the full metrics agree exactly
-        hits = int(self.objective.hits(outcome, gold).sum())
-        return Scored(hits / len(rows), self.objective, outcome, gold, loss)
+        hits = int(objective.hits(outcome, gold).sum())
+        return Scored(hits / len(rows), objective, outcome, gold, loss)
 
     def metrics(
         self, split: SplitTensors, trigger: Sequence[int], index: np.ndarray | None = None
