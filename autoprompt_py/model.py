@@ -17,6 +17,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    from autoprompt_py.distributed import local_device
+
+    device = local_device(device)  # under torchrun with CUDA: this process's cuda:LOCAL_RANK
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -38,6 +41,8 @@ class MaskedLM:
     model: nn.Module
     tokenizer: PreTrainedTokenizerBase
     name: str
+    # float32 weights with the forward under autocast to this dtype (bf16 on GPUs), or None
+    autocast_dtype: torch.dtype | None = None
 
     def __post_init__(self) -> None:
         self.model.eval()
@@ -115,7 +120,12 @@ class MaskedLM:
             kwargs["input_ids"] = input_ids
         if token_type_ids is not None and self.uses_token_type_ids:
             kwargs["token_type_ids"] = token_type_ids
-        with self._gather(mask_positions):
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.autocast_dtype)
+            if self.autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with self._gather(mask_positions), autocast:
             out = self.model(**kwargs, return_dict=True)
         return out.logits
 
@@ -124,11 +134,23 @@ class MaskedLM:
         return self.model.get_input_embeddings()(input_ids)
 
 
-def load_model(name: str | Path, device: str = "auto", dtype: str = "float32") -> MaskedLM:
-    """Load a masked LM and its tokenizer from a hub id or a local folder."""
+def load_model(
+    name: str | Path, device: str = "auto", dtype: str = "float32", autocast: bool | None = None
+) -> MaskedLM:
+    """Load a masked LM and its tokenizer from a hub id or a local folder.
+
+    ``dtype`` bfloat16/float16 with ``autocast`` (default: on GPUs) keeps float32 weights and
+    runs the forward under autocast (matrix products in half precision, normalizations in
+    float32); without it the weights themselves are cast.
+    """
     if dtype not in DTYPES:
         raise AutopromptError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     dev = resolve_device(device)
+    if autocast is None:
+        autocast = dev.type == "cuda"
+    autocast_dtype = DTYPES[dtype] if autocast and dtype != "float32" else None
+    if autocast_dtype is not None:
+        dtype = "float32"
     name = str(name)
     local = Path(name).expanduser().exists()
     if not local and (name.startswith((".", "/", "~")) or name.count("/") > 1):
@@ -154,7 +176,7 @@ def load_model(name: str | Path, device: str = "auto", dtype: str = "float32") -
         raise AutopromptError(
             f"--model {name}: its tokenizer has no mask token; a masked LM is needed"
         )
-    return MaskedLM(model.to(dev), tokenizer, name)
+    return MaskedLM(model.to(dev), tokenizer, name, autocast_dtype)
 
 
 def _load_failure(name: str, local: bool, what: str, e: Exception) -> str:

@@ -32,11 +32,14 @@ def versions() -> dict[str, str]:
 
 
 def provenance(command: str, config: dict[str, Any]) -> dict[str, Any]:
-    """The header every result file starts with."""
+    """The header every result file starts with (with the processes that made it)."""
+    from autoprompt_py.distributed import describe
+
     return {
         "command": command,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": config,
+        **describe(),
         "versions": versions(),
     }
 
@@ -53,7 +56,13 @@ def check_output_path(path: str | Path | None) -> None:
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` then rename tmp over ``path``: readers never see half a file."""
+    """Call ``write(tmp)`` then rename tmp over ``path``: readers never see half a file.
+
+    Under torch.distributed only rank 0 writes; the other ranks hold the same content."""
+    from autoprompt_py.distributed import is_main
+
+    if not is_main():
+        return
     path = Path(path).expanduser()
     check_output_path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

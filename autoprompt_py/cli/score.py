@@ -6,6 +6,7 @@ import click
 
 from autoprompt_py.cli.common import model_options, parse_columns, quiet_transformers
 from autoprompt_py.data import read_examples, read_facts
+from autoprompt_py.distributed import require_rows
 from autoprompt_py.evaluation import probe_relations, score_templates
 from autoprompt_py.model import load_model
 from autoprompt_py.resources import load_templates, load_verbalizer
@@ -85,6 +86,7 @@ def score(
     named = [t for spec in templates for t in load_templates(spec)]
     verb = load_verbalizer(verbalizer)
     examples = read_examples(data, label_field, parse_columns(columns), limit)
+    require_rows(len(examples), f"--data {data}")
     quiet_transformers()
     lm = load_model(model_name, device, dtype)
     results = score_templates(lm, named, examples, verb, aggregation, batch_size, bootstrap, seed)
@@ -181,6 +183,7 @@ def probe(
         named = load_templates("lama_trex")
     fact_sets = read_facts(facts)
     words = read_vocab(vocab) if vocab else None
+    require_rows(sum(len(f) for f in fact_sets.values()), f"--facts {facts}")
     quiet_transformers()
     lm = load_model(model_name, device, dtype)
     scores, averages = probe_relations(
