@@ -291,13 +291,20 @@ def _finish(launch: Launch, failure: tuple[int, str, bool] | None, timeout_s: fl
             store.set(f"{key}{launch.rank}", json.dumps(status))
             keys = [f"{key}{r}" for r in range(launch.world_size)]
             # a failed rank waits less: the others may be dead
-            wait = timeout_s if failure is None else min(timeout_s, 5.0)
+            wait = timeout_s if failure is None else min(timeout_s, 2.0)
             deadline = time.monotonic() + wait
             while time.monotonic() < deadline and not store.check(keys):
                 time.sleep(0.05)
             for r, k in enumerate(keys):
                 if store.check([k]):
                     statuses[r] = json.loads(store.get(k).decode("utf-8"))
+            # without torchrun rank 0 hosts the store: it stays until all have read
+            store.set(f"{key}read/{launch.rank}", "1")
+            if launch.rank == 0:
+                read = [f"{key}read/{r}" for r in statuses]
+                deadline = time.monotonic() + min(timeout_s, 5.0)
+                while time.monotonic() < deadline and not store.check(read):
+                    time.sleep(0.02)
         except Exception:  # the store lived in a process that is gone
             statuses = {}
     statuses[launch.rank] = status
