@@ -538,3 +538,46 @@ def test_an_unreachable_rendezvous_is_a_clear_error(files):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: rank 1: could not join the other 1")
     assert "within --dist-timeout 2 s" in lines[0]
+
+
+def test_bench_distributed_runs(files):
+    """The benchmark's worker path on two ranks, tiny model and workload (no timing checked)."""
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts/bench_distributed.py"),
+            "--model",
+            str(files["bert"]),
+            "--data",
+            str(files["root"] / "none"),  # synthetic sentences
+            "--worlds",
+            "2",
+            "--train-rows",
+            "24",
+            "--dev-rows",
+            "6",
+            "--batch-size",
+            "4",
+            "--accumulation-steps",
+            "1",
+            "--num-cand",
+            "3",
+            "--iters",
+            "1",
+            "--warmup",
+            "0",
+            "--score-rows",
+            "12",
+            "--score-batch",
+            "4",
+            "--score-repeats",
+            "1",
+        ],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    row = [ln for ln in r.stdout.splitlines() if ln.startswith("| 2 | gloo |")]
+    assert len(row) == 1 and row[0].endswith("| 100% | yes |"), r.stdout
