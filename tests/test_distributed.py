@@ -540,44 +540,24 @@ def test_an_unreachable_rendezvous_is_a_clear_error(files):
     assert "within --dist-timeout 2 s" in lines[0]
 
 
-def test_bench_distributed_runs(files):
-    """The benchmark's worker path on two ranks, tiny model and workload (no timing checked)."""
-    r = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "scripts/bench_distributed.py"),
-            "--model",
-            str(files["bert"]),
-            "--data",
-            str(files["root"] / "none"),  # synthetic sentences
-            "--worlds",
-            "2",
-            "--train-rows",
-            "24",
-            "--dev-rows",
-            "6",
-            "--batch-size",
-            "4",
-            "--accumulation-steps",
-            "1",
-            "--num-cand",
-            "3",
-            "--iters",
-            "1",
-            "--warmup",
-            "0",
-            "--score-rows",
-            "12",
-            "--score-batch",
-            "4",
-            "--score-repeats",
-            "1",
-        ],
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=180,
+def test_label_features_are_the_sum_of_the_ranks_shares(files, monkeypatch):
+    """``labels`` shards like score: simulated ranks' shares add up to one process's features."""
+    from autoprompt_py.data import read_examples
+    from autoprompt_py.labels import mask_features
+    from autoprompt_py.model import load_model
+    from autoprompt_py.template import parse_template
+
+    lm = load_model(files["bert"], "cpu")
+    template = parse_template("{sentence} [T] [T] [P] .").with_triggers(
+        [lm.tokenizer.mask_token_id] * 2
     )
-    assert r.returncode == 0, r.stderr[-2000:]
-    row = [ln for ln in r.stdout.splitlines() if ln.startswith("| 2 | gloo |")]
-    assert len(row) == 1 and row[0].endswith("| 100% | yes |"), r.stdout
+    examples = read_examples(files["train.tsv"])
+    whole = mask_features(lm, template, examples, batch_size=3)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "all_reduce_", lambda t, op="sum": t)
+    shares = []
+    for r in (0, 1):
+        monkeypatch.setattr(distributed, "rank", lambda r=r: r)
+        shares.append(mask_features(lm, template, examples, batch_size=3))
+    assert all((s.abs().sum(1) > 0).sum() == 6 for s in shares)  # 2 of 4 batches each
+    assert torch.equal(shares[0] + shares[1], whole)
