@@ -278,6 +278,7 @@ def run(
 
 
 def _finish(launch: Launch, failure: tuple[int, str, bool] | None, timeout_s: float) -> None:
+    """Post this rank's status, read the others', let rank 0 speak, exit alike."""
     store = _store()
     key = _key_prefix()
     status = {"code": 0, "message": "", "lost": False}
@@ -291,20 +292,10 @@ def _finish(launch: Launch, failure: tuple[int, str, bool] | None, timeout_s: fl
             store.set(f"{key}{launch.rank}", json.dumps(status))
             keys = [f"{key}{r}" for r in range(launch.world_size)]
             # a failed rank waits less: the others may be dead
-            wait = timeout_s if failure is None else min(timeout_s, 2.0)
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and not store.check(keys):
-                time.sleep(0.05)
+            _wait(store, keys, timeout_s if failure is None else min(timeout_s, 2.0))
             for r, k in enumerate(keys):
                 if store.check([k]):
                     statuses[r] = json.loads(store.get(k).decode("utf-8"))
-            # without torchrun rank 0 hosts the store: it stays until all have read
-            store.set(f"{key}read/{launch.rank}", "1")
-            if launch.rank == 0:
-                read = [f"{key}read/{r}" for r in statuses]
-                deadline = time.monotonic() + min(timeout_s, 5.0)
-                while time.monotonic() < deadline and not store.check(read):
-                    time.sleep(0.02)
         except Exception:  # the store lived in a process that is gone
             statuses = {}
     statuses[launch.rank] = status
@@ -319,9 +310,31 @@ def _finish(launch: Launch, failure: tuple[int, str, bool] | None, timeout_s: fl
     elif code and launch.rank != 0 and 0 in missing and not real:
         # rank 0 is gone: somebody has to say something
         _say(f"error: rank {launch.rank}: {status['message'] or 'rank 0 stopped responding'}")
+    if store is not None:
+        try:
+            # rank 0 says "done" once it has spoken: no rank leaves before (torchrun stops
+            # the rest as soon as one exits non-zero); without torchrun rank 0 hosts the
+            # store, so it stays until every rank has read
+            store.set(f"{key}done/{launch.rank}", "1")
+            if launch.rank == 0:
+                _wait(store, [f"{key}done/{r}" for r in statuses], min(timeout_s, 5.0))
+            else:
+                _wait(store, [f"{key}done/0"], min(timeout_s, 5.0))
+        except Exception:
+            pass
     if code:
         _exit(code)
     shutdown()
+
+
+def _wait(store: Any, keys: list[str], seconds: float) -> bool:
+    """Poll until every key is set (``store.wait`` raises on timeout and blocks on a dead host)."""
+    deadline = time.monotonic() + seconds
+    while not store.check(keys):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def _failure_line(
