@@ -10,6 +10,13 @@ The Python API that the ``autoprompt`` command is a thin layer over::
 
 __version__ = "0.1.0"
 
+import os  # noqa: E402
+
+if "WORLD_SIZE" in os.environ:
+    # under a launcher (torchrun, srun): torch's C++ retry logs and stack traces would bury the
+    # one-line error of a failed rank; set TORCH_CPP_LOG_LEVEL=INFO to see them
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")
+
 from autoprompt_py.calibration import calibrate  # noqa: E402
 from autoprompt_py.data import Example, read_examples, read_facts  # noqa: E402
 from autoprompt_py.ensemble import combine  # noqa: E402

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autoprompt_py import distributed
 from autoprompt_py.data import Example, check_fields, labels_of
 from autoprompt_py.encoding import TemplateEncoder
 from autoprompt_py.errors import AutopromptError
@@ -83,14 +84,12 @@ def mask_features(
     """The head's transform output at the prediction slot of each example, [examples, dim]."""
     check_fields(examples, template.fields, template.source)
     dataset = TemplateEncoder(template, lm.tokenizer, lm.max_length, n_masks=1).encode_all(examples)
-    features: torch.Tensor | None = None
-    with head_transform_output(lm) as (captured, _):
+    with head_transform_output(lm) as (captured, weight):
+        # zeros: under torch.distributed each rank fills its batches, then the sum over ranks
+        features = torch.zeros(len(examples), weight.shape[1], device=lm.device)
         for batch, _ in iter_mask_logits(lm, dataset, batch_size):
-            h = captured.pop()[:, 0].float()
-            if features is None:
-                features = h.new_empty(len(examples), h.shape[-1])
-            features[batch.index] = h
-    assert features is not None
+            features[batch.index] = captured.pop()[:, 0].float()
+    distributed.all_reduce_(features)
     # made under inference mode; a plain copy can take part in autograd (the regression)
     return features.clone()
 

@@ -32,6 +32,9 @@ def available_devices() -> list[str]:
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` (a CUDA GPU if any, else the CPU) or a device that exists here; anything else
     is a user error naming the devices there are. Cheap: commands check it before any work."""
+    from autoprompt_py.distributed import local_device
+
+    device = local_device(device)  # under torchrun with CUDA: this process's cuda:LOCAL_RANK
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -65,6 +68,8 @@ class MaskedLM:
     model: nn.Module
     tokenizer: PreTrainedTokenizerBase
     name: str
+    # float32 weights with the forward under autocast to this dtype (bf16 on GPUs), or None
+    autocast_dtype: torch.dtype | None = None
 
     def __post_init__(self) -> None:
         self.model.eval()
@@ -142,7 +147,12 @@ class MaskedLM:
             kwargs["input_ids"] = input_ids
         if token_type_ids is not None and self.uses_token_type_ids:
             kwargs["token_type_ids"] = token_type_ids
-        with self._gather(mask_positions):
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.autocast_dtype)
+            if self.autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with self._gather(mask_positions), autocast:
             out = self.model(**kwargs, return_dict=True)
         return out.logits
 
@@ -152,15 +162,27 @@ class MaskedLM:
 
 
 def load_model(
-    name: str | Path | None = None, device: str = "auto", dtype: str = "float32"
+    name: str | Path | None = None,
+    device: str = "auto",
+    dtype: str = "float32",
+    autocast: bool | None = None,
 ) -> MaskedLM:
     """Load a masked LM and its tokenizer from a local folder or a hub id; without a name (or
     with ``"bert-tiny-splade"``/``"default"``), the small model bundled in the package.
 
-    A hub id that is neither cached nor reachable fails within seconds (``hub.py``)."""
+    A hub id that is neither cached nor reachable fails within seconds (``hub.py``).
+    ``dtype`` bfloat16/float16 with ``autocast`` (default: on GPUs) keeps float32 weights and
+    runs the forward under autocast (matrix products in half precision, normalizations in
+    float32); without it the weights themselves are cast.
+    """
     if dtype not in DTYPES:
         raise AutopromptError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     dev = resolve_device(device)
+    if autocast is None:
+        autocast = dev.type == "cuda"
+    autocast_dtype = DTYPES[dtype] if autocast and dtype != "float32" else None
+    if autocast_dtype is not None:
+        dtype = "float32"
     cache_only = False
     if is_default_model(name):
         # recorded by its alias, so result files name it the same on every installation
@@ -194,7 +216,7 @@ def load_model(
         raise AutopromptError(
             f"--model {name}: its tokenizer has no mask token; a masked LM is needed"
         )
-    return MaskedLM(model.to(dev), tokenizer, name)
+    return MaskedLM(model.to(dev), tokenizer, name, autocast_dtype)
 
 
 def _load_failure(name: str, local: bool, what: str, e: Exception) -> str:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from autoprompt_py import distributed
 from autoprompt_py.calibration import calibrate, content_free_examples, mean_distribution
 from autoprompt_py.data import Example
 from autoprompt_py.encoding import TemplateEncoder
@@ -45,14 +46,16 @@ def candidate_log_probs(
     encoder = TemplateEncoder(template, lm.tokenizer, lm.max_length, n_masks=1)
     dataset = encoder.encode_all(facts)
     width = lm.vocab_size if candidates is None else len(candidates)
-    out = np.empty((len(facts), width), dtype=np.float32)
+    # zeros where another rank scored the batch, summed over ranks (a no-op in one process)
+    out = torch.zeros(len(facts), width, dtype=torch.float32)
     cand = None if candidates is None else torch.tensor(list(candidates), device=lm.device)
     for batch, logits in iter_mask_logits(lm, dataset, batch_size, desc):
         logits = logits[:, 0].float()
         if cand is not None:
             logits = logits[:, cand]
-        out[batch.index.cpu().numpy()] = logits.log_softmax(-1).cpu().numpy()
-    return out, dataset.num_truncated
+        out[batch.index.cpu()] = logits.log_softmax(-1).cpu()
+    distributed.all_reduce_(out)
+    return out.numpy(), dataset.num_truncated
 
 
 def ranks_of(log_probs: np.ndarray, gold: np.ndarray) -> np.ndarray:

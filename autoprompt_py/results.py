@@ -37,11 +37,14 @@ def versions() -> dict[str, str]:
 
 
 def provenance(command: str, config: dict[str, Any]) -> dict[str, Any]:
-    """The header every result file starts with."""
+    """The header every result file starts with (with the processes that made it)."""
+    from autoprompt_py.distributed import describe
+
     return {
         "command": command,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": config,
+        **describe(),
         "versions": versions(),
     }
 
@@ -105,6 +108,10 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], option: str = 
     The target is checked as ``check_output_path`` does (a symlink is followed); a file that
     is replaced keeps its permissions.
     """
+    from autoprompt_py.distributed import is_main
+
+    if not is_main():  # under torch.distributed only rank 0 writes; the others hold the same
+        return
     target = check_output_path(path, option.strip() or "output")
     assert target is not None
     try:

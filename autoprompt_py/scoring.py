@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from autoprompt_py import distributed
 from autoprompt_py.data import Example, check_fields
 from autoprompt_py.encoding import Batch, EncodedDataset, TemplateEncoder
 from autoprompt_py.model import MaskedLM
@@ -23,12 +24,20 @@ def iter_mask_logits(
     batch_size: int,
     desc: str | None = None,
 ) -> Iterator[tuple[Batch, torch.Tensor]]:
-    """(batch, logits [batch, masks, vocab]) over the dataset in length-sorted batches."""
+    """(batch, logits [batch, masks, vocab]) over the dataset in length-sorted batches.
+
+    Under torch.distributed each rank gets every ``world_size``-th batch (the same batches as
+    one process makes, so the same numbers); callers fill zeros elsewhere and sum over ranks.
+    """
+    world, rank = distributed.world_size(), distributed.rank()
     with (
         torch.inference_mode(),
         tqdm(total=len(dataset), desc=desc, unit="ex", disable=desc is None, leave=False) as bar,
     ):
-        for batch in dataset.batches(batch_size):
+        for i, batch in enumerate(dataset.batches(batch_size)):
+            if i % world != rank:
+                bar.update(len(batch.index))  # the others' share, done meanwhile
+                continue
             b = batch.to(lm.device)
             logits = lm.mask_logits(
                 b.mask_positions,
@@ -63,7 +72,7 @@ def classify(
 ) -> Classification:
     """Score every label of every example; one pass per distinct number of label-word pieces."""
     check_fields(examples, template.fields, template.source)
-    word_scores = torch.empty(len(examples), len(verbalizer.words))
+    word_scores = torch.zeros(len(examples), len(verbalizer.words))
     truncated = 0
     for k in verbalizer.piece_counts:
         encoder = TemplateEncoder(template, lm.tokenizer, lm.max_length, n_masks=k)
@@ -71,7 +80,8 @@ def classify(
         truncated = max(truncated, dataset.num_truncated)
         for batch, logits in iter_mask_logits(lm, dataset, batch_size, desc):
             idx, values = verbalizer.word_scores(logits)
-            word_scores[batch.index.cpu()[:, None], idx] = values.cpu()
+            word_scores[batch.index.cpu()[:, None], idx] = values.float().cpu()
+    distributed.all_reduce_(word_scores)  # each rank scored its batches; zeros elsewhere
     scores = verbalizer.aggregate(word_scores)
     return Classification(scores.numpy(), verbalizer.labels, truncated)
 
@@ -124,17 +134,24 @@ def probe_facts(
         torch.tensor(sorted(vocab_ids), device=lm.device) if vocab_ids is not None else None
     )
     gold_kept = torch.tensor(gold[scored], device=lm.device)
+    k = min(top_k, len(candidates) if candidates is not None else lm.vocab_size)
+    # filled per batch, then summed over ranks (each rank has its batches, zeros elsewhere)
+    kept_ranks = torch.zeros(len(keep), dtype=torch.long)
+    kept_top = torch.zeros(len(keep), k, dtype=torch.long)
     for batch, logits in iter_mask_logits(lm, dataset, batch_size, desc):
         logits = logits[:, 0].float()
         target = logits.gather(1, gold_kept[batch.index][:, None])
         if candidates is not None:
             logits = logits[:, candidates]
         rank = (logits > target).sum(1) + 1
-        top = logits.topk(min(top_k, logits.shape[1]), dim=1).indices
+        top = logits.topk(k, dim=1).indices
         if candidates is not None:
             top = candidates[top]
-        rows = positions[batch.index.cpu().numpy()]
-        ranks[rows] = rank.cpu().numpy()
-        for r, ids in zip(rows, top.cpu().tolist()):
-            tops[r] = lm.tokenizer.convert_ids_to_tokens(ids)
+        kept_ranks[batch.index.cpu()] = rank.cpu()
+        kept_top[batch.index.cpu()] = top.cpu()
+    distributed.all_reduce_(kept_ranks)
+    distributed.all_reduce_(kept_top)
+    ranks[positions] = kept_ranks.numpy()
+    for r, ids in zip(positions, kept_top.tolist()):
+        tops[r] = lm.tokenizer.convert_ids_to_tokens(ids)
     return Probe(ranks, tops, scored, dataset.num_truncated)

@@ -47,7 +47,17 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def model_options(f: Callable) -> Callable:
-    """--model, --device, --dtype, --batch-size."""
+    """--model, --device, --dtype, --batch-size; --backend and --dist-timeout, and the command
+    run in the torch.distributed process group when a launcher (torchrun) started it."""
+
+    @functools.wraps(f)
+    def in_process_group(*args: Any, backend: str, dist_timeout: float, **kwargs: Any) -> Any:
+        from autoprompt_py import distributed
+
+        return distributed.run(
+            lambda: f(*args, **kwargs), backend, kwargs.get("device", "auto"), dist_timeout
+        )
+
     options = [
         click.option(
             "--model",
@@ -72,8 +82,23 @@ def model_options(f: Callable) -> Callable:
             show_default=True,
         ),
         click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
+        click.option(
+            "--backend",
+            type=click.Choice(["auto", "nccl", "gloo"]),
+            default="auto",
+            show_default=True,
+            help="torch.distributed backend under torchrun: auto is nccl on GPUs, gloo on CPUs.",
+        ),
+        click.option(
+            "--dist-timeout",
+            type=click.FloatRange(min=0, min_open=True),
+            default=300.0,
+            show_default=True,
+            help="Seconds a process waits for the others (rendezvous, each exchange) under "
+            "torchrun before all stop with an error.",
+        ),
     ]
-    return functools.reduce(lambda acc, opt: opt(acc), reversed(options), f)
+    return functools.reduce(lambda acc, opt: opt(acc), reversed(options), in_process_group)
 
 
 def check_device(ctx: click.Context, param: click.Parameter, value: str) -> str:

@@ -8,6 +8,7 @@ import numpy as np
 from autoprompt_py.calibration import check_content_free
 from autoprompt_py.cli.common import model_options, parse_columns, quiet_transformers
 from autoprompt_py.data import check_fields, read_examples, read_facts
+from autoprompt_py.distributed import require_rows
 from autoprompt_py.ensemble import RULES, check_rule, parse_weights
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.evaluation import check_verbalizers, score_prompts
@@ -149,6 +150,7 @@ def score(
     )
     member_weights = parse_weights(weights, n_members)
     examples = read_examples(data, label_field, parse_columns(columns), limit)
+    require_rows(len(examples), f"--data {data}")
     for t in named:  # before the model loads: a template with no field, or a missing field
         check_fields(examples, t.template.fields, t.template.source)
     check_verbalizers(verbs, examples)
@@ -304,6 +306,7 @@ def probe(
         named = load_templates("lama_trex")
     fact_sets = read_facts(facts)
     words = read_vocab(vocab) if vocab else None
+    require_rows(sum(len(f) for f in fact_sets.values()), f"--facts {facts}")
     plan = templates_by_relation(named, list(fact_sets), per_relation)
     if ensemble and plan and all(len(ts) == 1 for ts in plan.values()):
         click.echo(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Callable
 
@@ -56,6 +57,30 @@ def _filters(
         capitalized,
         read_stop_list(stop_list) if stop_list else frozenset(),
     )
+
+
+class BatchTokens(click.ParamType):
+    """A positive number of tokens, or ``auto``."""
+
+    name = "tokens|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or value == "auto":
+            return value
+        try:
+            tokens = int(value)
+        except ValueError:
+            tokens = 0
+        if tokens < 1:
+            self.fail(f"{value!r}: give a positive number of tokens, or auto", param, ctx)
+        return tokens
+
+
+def _require_rows(rows: list, source: str) -> None:
+    """Under torchrun: at least one row per process."""
+    from autoprompt_py.distributed import require_rows
+
+    require_rows(len(rows), source)
 
 
 def _check_output(path: str) -> None:
@@ -176,10 +201,10 @@ def _check_output(path: str) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--max-batch-tokens",
-    type=click.IntRange(min=1),
-    default=65536,
+    type=BatchTokens(),
+    default="65536",
     show_default=True,
-    help="Padded tokens per forward pass (memory budget).",
+    help="Padded tokens per forward pass (memory budget); auto: from the free GPU memory.",
 )
 @click.option(
     "--train-eval-limit",
@@ -227,7 +252,7 @@ def search(
     patience: int | None,
     initial_trigger: str | None,
     seed: int,
-    max_batch_tokens: int,
+    max_batch_tokens: int | str,
     train_eval_limit: int,
     filter_labels: bool,
     filter_subwords: bool,
@@ -263,7 +288,7 @@ def search(
         calibrate=calibrate,
         patience=patience,
         seed=seed,
-        max_batch_tokens=max_batch_tokens,
+        max_batch_tokens=65536 if max_batch_tokens == "auto" else max_batch_tokens,
         dtype=dtype,
         train_eval_limit=train_eval_limit,
     )
@@ -282,8 +307,17 @@ def search(
         dev_fraction,
         seed,
     )
+    _require_rows(task.train, train)
+    _require_rows(task.dev, dev or f"{train} (dev share)")
     # float32 weights; --dtype runs the passes under autocast
     lm = load_model(model_name, device, "float32")
+    if max_batch_tokens == "auto":
+        from autoprompt_py import distributed
+        from autoprompt_py.memory import auto_max_batch_tokens
+
+        # one budget for all ranks: the GPU with the least free memory decides
+        tokens = distributed.agree_min(auto_max_batch_tokens(lm, dtype))
+        config = dataclasses.replace(config, max_batch_tokens=tokens)
     record = {
         "model": model_name,
         "device": str(lm.device),
@@ -300,6 +334,7 @@ def search(
         "dev_limit": dev_limit,
         "initial_trigger": initial_trigger,
         "resume": resume,
+        "max_batch_tokens_option": max_batch_tokens,
     }
     outcome = run_search(
         lm,
@@ -397,6 +432,7 @@ def labels(
     tpl = named[0].template
     examples = read_examples(train, label_field, parse_columns(columns), train_limit)
     check_fields(examples, tpl.fields, tpl.source)
+    _require_rows(examples, train)
     filters = _filters(False, filter_subwords, filter_non_alpha, filter_capitalized, stop_list)
     lm = load_model(model_name, device, dtype)
     if trigger is not None:

@@ -12,6 +12,12 @@
 ``TriggerScorer`` runs the three passes the search needs over pre-encoded batches, writing
 trigger ids into the id tensors by index: the gradient with respect to the trigger embeddings,
 the losses of many candidate triggers in one chunked forward, and a full evaluation.
+
+Under torch.distributed every pass is sharded by rows, with the same layer in each method:
+the rows are split among the ranks at the start (``distributed.shard_rows``: length-sorted,
+every ``world_size``-th) and the per-rank sums are all-reduced at the end, so every rank
+holds the same gradient, candidate losses and evaluation; the search loop above runs the
+same on every rank and draws from the same seeded generator.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from autoprompt_py import distributed
 from autoprompt_py.encoding import Batch
 from autoprompt_py.metrics import classification_metrics, rank_metrics
 from autoprompt_py.model import DTYPES, MaskedLM
@@ -243,7 +250,7 @@ class TriggerScorer:
         leaf.requires_grad_(True)
         for index in batches:
             scale = self.grad_scale / (len(index) * len(batches))
-            for rows in self._chunks(split, index, 1):
+            for rows in self._chunks(split, distributed.shard_rows(index, split.lengths), 1):
                 views = split.batch(rows)
                 embeds = {}
                 for k, b in views.items():
@@ -257,7 +264,8 @@ class TriggerScorer:
                     self.logits(views, embeds=embeds), split.gold[views[self._k0].index]
                 )
                 (loss.sum() * scale).backward()
-        return leaf.grad / self.grad_scale
+        grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
+        return distributed.all_reduce_(grad) / self.grad_scale
 
     @property
     def _k0(self) -> int:
@@ -303,6 +311,7 @@ class TriggerScorer:
         total = torch.zeros(
             2 if count_hits else 1, per_example, dtype=torch.float32, device=split.device
         )
+        index = distributed.shard_rows(index, split.lengths)
         for examples in self._chunks(split, index, per_example):
             views = split.batch(np.repeat(examples, per_example))  # example-major rows
             rows_var = variants.repeat(len(examples), 1)
@@ -317,6 +326,7 @@ class TriggerScorer:
             else:
                 loss = self.objective.loss(logits, gold)
                 total[0] += loss.view(len(examples), per_example).sum(0)
+        distributed.all_reduce_(total)
         return total if count_hits else total[0]
 
     # -- evaluation ----------------------------------------------------------------------------
@@ -324,12 +334,20 @@ class TriggerScorer:
     def plan(
         self, split: SplitTensors, index: np.ndarray | None = None
     ) -> list[tuple[torch.Tensor, dict[int, Batch]]]:
-        """Evaluation chunks of ``split`` (or of its rows ``index``), cut once for reuse."""
+        """Evaluation chunks of ``split`` (or of its rows ``index``), cut once for reuse.
+
+        Under torch.distributed, chunks hold at most 1/world_size of the rows, so that
+        ``evaluate`` has a chunk for every rank."""
         index = np.arange(len(split)) if index is None else np.asarray(index)
-        return [
-            (torch.as_tensor(idx, device=split.device), split.batch(idx))
-            for idx in self._chunks(split, index, 1)
-        ]
+        max_rows = self.max_rows
+        if distributed.world_size() > 1:
+            max_rows = min(max_rows, -(-len(index) // distributed.world_size()))
+        saved, self.max_rows = self.max_rows, max_rows
+        try:
+            chunks = list(self._chunks(split, index, 1))
+        finally:
+            self.max_rows = saved
+        return [(torch.as_tensor(idx, device=split.device), split.batch(idx)) for idx in chunks]
 
     @torch.inference_mode()
     def evaluate(
@@ -339,14 +357,19 @@ class TriggerScorer:
         plan: list[tuple[torch.Tensor, dict[int, Batch]]] | None = None,
     ) -> Evaluation:
         """Loss and outcome of the examples of ``split`` in ``plan`` (default: all) with
-        ``trigger`` written in; rows outside the plan are left undefined."""
-        loss = torch.empty(len(split), dtype=torch.float32, device=split.device)
-        outcome = torch.empty(len(split), dtype=torch.long, device=split.device)
-        for idx, views in plan if plan is not None else self.plan(split):
+        ``trigger`` written in; rows outside the plan are zero.
+
+        Under torch.distributed each rank runs every ``world_size``-th chunk of the plan and
+        the rows are summed over ranks (zeros elsewhere: exact)."""
+        loss = torch.zeros(len(split), dtype=torch.float32, device=split.device)
+        outcome = torch.zeros(len(split), dtype=torch.long, device=split.device)
+        for idx, views in distributed.mine(plan if plan is not None else self.plan(split)):
             ids = {k: write_triggers(b, trigger) for k, b in views.items()}
             chunk_loss, chunk_outcome = self.objective.loss_and_outcome(
                 self.logits(views, ids=ids), split.gold[idx]
             )
             loss[idx] = chunk_loss.float()
             outcome[idx] = chunk_outcome
+        distributed.all_reduce_(loss)
+        distributed.all_reduce_(outcome)
         return Evaluation(loss, outcome)
