@@ -146,9 +146,13 @@ def output_lock(*paths: str | Path | None) -> Iterator[None]:
     """Hold ``<path>.lock`` for each path while a run writes it: a second run with the same
     output is refused with the first one's pid. A lock left by a process that no longer runs
     (on this host) is taken over with a warning; the locks are removed on exit."""
+    from autoprompt_py.distributed import is_main
+
     held: list[Path] = []
     try:
         targets = [check_output_path(p) for p in paths if p is not None]
+        if not is_main():  # under torch.distributed rank 0 writes, so rank 0 holds the locks
+            targets = []
         for target in dict.fromkeys(t for t in targets if t is not None):
             held.append(_take_lock(target))
         yield
