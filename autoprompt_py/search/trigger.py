@@ -31,12 +31,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from autoprompt_py.calibration import CalibratedObjective, search_p_cf
 from autoprompt_py.encoding import tokenize_piece
 from autoprompt_py.errors import AutopromptError, shown, warn
 from autoprompt_py.model import MaskedLM
 from autoprompt_py.resources import RESULT_KIND
 from autoprompt_py.results import provenance, write_json
+from autoprompt_py.search.calibrated import CalibratedObjective, search_p_cf
 from autoprompt_py.search.candidates import (
     TokenFilters,
     VocabStrings,
