@@ -135,7 +135,7 @@ def read_curve(path: str | Path) -> RunCurve:
         source=str(path),
         points=points,
         metric=str(data.get("metric") or "dev metric"),
-        method=str(data["method"]) if data.get("method") else None,
+        method=str(data.get("method") or config.get("method") or "") or None,
         seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
         cost={k: float(v) for k, v in cost.items() if _number(v)},
         model=Path(str(model["name"])).name if model.get("name") else None,

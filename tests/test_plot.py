@@ -122,6 +122,17 @@ def test_plot_against_forward_passes_and_colliding_labels(tmp_path):
     assert labels[0] != labels[1] and all(str(p) in lab for p, lab in zip(same_stem, labels))
 
 
+def test_label_falls_back_to_config_method_and_file(tmp_path):
+    path = write_result(tmp_path / "x.json", "gcg", 3)
+    data = json.loads(path.read_text())
+    del data["method"]
+    path.write_text(json.dumps(data))
+    assert read_curve(path).label == "gcg seed 3"  # the config's method
+    del data["config"]
+    path.write_text(json.dumps(data))
+    assert read_curve(path).label == "search"
+
+
 def test_cli_writes_png_against_seconds_and_passes(tmp_path):
     a = write_result(tmp_path / "a.json", "gcg", 0)
     b = write_result(tmp_path / "b.json", "autoprompt", 1)
