@@ -15,9 +15,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from autoprompt_py.cli import export, score, search
+    from autoprompt_py.cli import export, plot, score, search
 
-    for module in (score, export, search):
+    for module in (score, export, search, plot):
         for command in module.COMMANDS:
             main.add_command(command)
 
