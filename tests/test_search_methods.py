@@ -25,6 +25,7 @@ from autoprompt_py.search import (
     load_task,
     run_search,
 )
+from autoprompt_py.search.fluency import TriggerFluency
 from autoprompt_py.search.gcg import sample_candidates
 
 GCG = dict(method="gcg", iters=4, search_width=8, topk=4, batch_size=4, accumulation_steps=2)
@@ -357,3 +358,30 @@ def test_cli_gcg_with_restarts_and_budget(data, tiny_model_dirs, tmp_path):
     assert result["config"]["n_replace"] == 2 and result["config"]["buffer_size"] == 2
     assert result["config"]["accumulation_steps"] == 2
     assert "gcg" in r.stdout and "forward passes" in r.stdout
+
+
+@pytest.mark.parametrize("settings", [GCG, AUTOPROMPT], ids=["gcg", "autoprompt"])
+def test_fluency_weight_steers_the_selection_and_counts_its_passes(lm, task, settings):
+    plain = run_search(lm, task, SearchConfig(**settings), progress=False).result
+    fluent = run_search(lm, task, SearchConfig(**settings, fluency=1.0), progress=False).result
+    search = TriggerSearch(lm, task, SearchConfig(**settings))
+    for result in (plain, fluent):
+        ids = result["trigger"]["ids"]
+        assert result["pseudo_perplexity"] == pytest.approx(search.fluency.perplexity(ids))
+    # the fluency rows are counted: L = 3 rows per candidate scored, in extra model calls
+    assert fluent["cost"]["forward_passes"] - plain["cost"]["forward_passes"] != 0
+    assert fluent["cost"]["forward_calls"] > plain["cost"]["forward_calls"]
+
+
+def test_fluency_weight_trades_loss_for_the_pll(lm, task, monkeypatch):
+    """With a PLL that prefers low token ids, a large weight picks low-id candidates."""
+
+    def low_ids(self, triggers):
+        self.forward_passes += triggers.numel()
+        return -torch.as_tensor(triggers).float().sum(-1)
+
+    monkeypatch.setattr(TriggerFluency, "pll", low_ids)
+    plain = run_search(lm, task, SearchConfig(**GCG), progress=False).result
+    fluent = run_search(lm, task, SearchConfig(**GCG, fluency=10.0), progress=False).result
+    mean_id = [np.mean([h["trigger"] for h in r["history"]]) for r in (plain, fluent)]
+    assert mean_id[1] < mean_id[0]

@@ -44,7 +44,9 @@ class SearchConfig:
     ``time_budget`` seconds and ``max_forward_passes``); the best on dev is the result.
     ``initial`` is how restart 0 starts without ``--initial-trigger``: random allowed tokens,
     or the mask token in every slot (the original AutoPrompt); later restarts start random.
-    ``fluency`` W adds W × the trigger's mean pseudo-log-likelihood to the selection score.
+    ``fluency`` W adds W × the trigger's pseudo-log-likelihood (``fluency.py``) to the score
+    that selects among candidates (minus the mean loss, or the hit rate); the best on dev is
+    still the best dev metric.
     """
 
     method: str = "gcg"

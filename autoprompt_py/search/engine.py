@@ -26,7 +26,6 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -44,6 +43,7 @@ from autoprompt_py.search.candidates import (
     special_tokens,
 )
 from autoprompt_py.search.config import SearchConfig
+from autoprompt_py.search.fluency import TriggerFluency
 from autoprompt_py.search.objective import (
     ClassificationObjective,
     Cost,
@@ -101,7 +101,6 @@ class TriggerSearch:
         task: SearchTask,
         config: SearchConfig | None = None,
         filters: TokenFilters | None = None,
-        fluency: Any = None,
     ) -> None:
         filters = filters or TokenFilters()
         config = config or SearchConfig()
@@ -152,8 +151,9 @@ class TriggerSearch:
         self.embeddings = lm.embeddings.detach()
         if self.embeddings.dtype != torch.float32:
             self.embeddings = self.embeddings.float()
-        # ``fluency.pll(ids [C, L]) -> [C]`` mean pseudo-log-likelihood per trigger token
-        self.fluency = fluency
+        # the trigger's pseudo-log-likelihood: --fluency's selection term, and the result's
+        # pseudo-perplexity (one row per slot, in the template without its fields)
+        self.fluency = TriggerFluency(lm, template)
         self._clock: tuple[float, float] | None = None  # (perf_counter, state.seconds) at start
 
     def reconfigure(self, config: SearchConfig) -> TriggerSearch:
@@ -256,8 +256,8 @@ class TriggerSearch:
         return self.metrics(self.train, trigger, index)
 
     def fluency_bonus(self, triggers: torch.Tensor) -> torch.Tensor:
-        """W × mean pseudo-log-likelihood of each trigger [C, L] → [C] (zeros when off)."""
-        if self.fluency is None or self.config.fluency == 0:
+        """W × pseudo-log-likelihood of each trigger [C, L] → [C] (zeros when W = 0)."""
+        if self.config.fluency == 0:
             return torch.zeros(len(triggers))
         before = self.fluency.forward_passes, self.fluency.forward_calls
         pll = self.fluency.pll(triggers).float().cpu()
@@ -636,6 +636,7 @@ class TriggerSearch:
             "curve": state.curve,
             "restarts": restarts,
             "unreplaced_slots": self.special_slots(best),
+            "pseudo_perplexity": self.fluency.perplexity(best),
             "warnings": self.warnings(state),
             **(extra or {}),
             "data": data,
