@@ -385,3 +385,15 @@ def test_fluency_weight_trades_loss_for_the_pll(lm, task, monkeypatch):
     fluent = run_search(lm, task, SearchConfig(**GCG, fluency=10.0), progress=False).result
     mean_id = [np.mean([h["trigger"] for h in r["history"]]) for r in (plain, fluent)]
     assert mean_id[1] < mean_id[0]
+
+
+def test_objective_among_labels_is_the_cross_entropy_over_label_scores(lm, task):
+    vocab = TriggerSearch(lm, task, SearchConfig(**GCG))
+    labels = TriggerSearch(lm, task, SearchConfig(**GCG, objective="labels"))
+    trigger = [int(i) for i in torch.nonzero(vocab.allowed).squeeze(1)[:3]]
+    a, b = vocab.evaluate(vocab.dev, trigger), labels.evaluate(labels.dev, trigger)
+    assert a.metric == b.metric and torch.equal(a.outcome, b.outcome)
+    # two labels: -log softmax(label log-probs)[gold] = vocab loss + logsumexp(label
+    # log-probs), smaller (the labels' probabilities sum below 1), below log 2 iff right
+    assert (b.loss < a.loss).all() and (b.loss > 0).all()
+    assert torch.equal(b.loss < np.log(2), a.outcome == a.gold)

@@ -166,6 +166,14 @@ def _config_options(f: Callable) -> Callable:
             "original's rule for classification).",
         ),
         click.option(
+            "--objective",
+            type=click.Choice(["vocab", "labels"]),
+            default="vocab",
+            show_default=True,
+            help="Classification loss: the gold label word's log-probability over the "
+            "vocabulary (AutoPrompt), or the cross-entropy over the labels only.",
+        ),
+        click.option(
             "--initial",
             type=click.Choice(["random", "mask"]),
             default="random",

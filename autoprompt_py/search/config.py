@@ -15,6 +15,7 @@ METHODS = ("gcg", "autoprompt")
 POSITIONS = ("random", "sweep", "all")
 SELECT = ("loss", "metric")
 INITIAL = ("random", "mask")
+OBJECTIVES = ("labels", "vocab")
 # batches for the gradient and for the candidates: AutoPrompt's 10 (few candidates, many rows);
 # GCG scores many candidates, each on fewer rows (measured: see the README)
 DEFAULT_ACCUMULATION = {"autoprompt": 10, "gcg": 2}
@@ -44,6 +45,9 @@ class SearchConfig:
     ``time_budget`` seconds and ``max_forward_passes``); the best on dev is the result.
     ``initial`` is how restart 0 starts without ``--initial-trigger``: random allowed tokens,
     or the mask token in every slot (the original AutoPrompt); later restarts start random.
+    ``objective`` (classification): ``vocab`` minimizes the gold label's negative
+    log-probability over the whole vocabulary (AutoPrompt); ``labels`` the cross-entropy over
+    the labels' scores only, which is what accuracy reads (relation mode: always the former).
     ``fluency`` W adds W × the trigger's pseudo-log-likelihood (``fluency.py``) to the score
     that selects among candidates (minus the mean loss, or the hit rate); the best on dev is
     still the best dev metric.
@@ -56,6 +60,7 @@ class SearchConfig:
     accumulation_steps: int | None = None  # None: the method's default (DEFAULT_ACCUMULATION)
     position: str = "random"
     select: str = "loss"
+    objective: str = "vocab"
     search_width: int = 128
     n_replace: int = 1
     topk: int = 64
@@ -80,6 +85,7 @@ class SearchConfig:
             ("position", POSITIONS),
             ("select", SELECT),
             ("initial", INITIAL),
+            ("objective", OBJECTIVES),
         ):
             if getattr(self, name) not in allowed:
                 raise AutopromptError(
@@ -120,7 +126,7 @@ class SearchConfig:
         """Settings a resumed run must share (iters, patience and the budgets may change: a run
         can be extended; memory budgets only split the same work differently)."""
         keys = ["method", "batch_size", "accumulation_steps", "restarts", "initial", "seed"]
-        keys += ["dtype", "fluency", "select"]
+        keys += ["dtype", "fluency", "select", "objective"]
         if self.method == "autoprompt":
             keys += ["num_cand", "position"]
         else:

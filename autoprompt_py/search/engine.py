@@ -114,7 +114,7 @@ class TriggerSearch:
             resolved = task.verbalizer.resolve(
                 tokenizer, task.aggregation, template.predict.space_before
             )
-            objective: Objective = ClassificationObjective(resolved)
+            objective: Objective = ClassificationObjective(resolved, config.objective == "labels")
             index = {lab: i for i, lab in enumerate(resolved.labels)}
             train, dev = task.train, task.dev
             train_gold = [index[e.label] for e in train]

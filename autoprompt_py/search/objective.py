@@ -79,8 +79,11 @@ def _consumable(logits: torch.Tensor) -> torch.Tensor | None:
 class ClassificationObjective(Objective):
     metric = "accuracy"
 
-    def __init__(self, verbalizer: ResolvedVerbalizer) -> None:
+    def __init__(self, verbalizer: ResolvedVerbalizer, among_labels: bool = False) -> None:
         self.verbalizer = verbalizer
+        # True: cross-entropy over the labels' scores (how accuracy reads them); False:
+        # AutoPrompt's loss, the gold label's log-probability over the whole vocabulary
+        self.among_labels = among_labels
         self.mask_counts = tuple(verbalizer.piece_counts)
         self._pieces = {
             k: (
@@ -107,14 +110,19 @@ class ClassificationObjective(Objective):
             scores[:, words] = picked.sum(1)
         return v.aggregate(scores)
 
+    def _nll(self, scores: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
+        if self.among_labels:
+            return F.cross_entropy(scores.float(), gold, reduction="none")
+        return self.verbalizer.nll(scores, gold)
+
     def loss(self, logits: Logits, gold: torch.Tensor) -> torch.Tensor:
-        return self.verbalizer.nll(self.label_scores(logits), gold)
+        return self._nll(self.label_scores(logits), gold)
 
     def loss_and_outcome(
         self, logits: Logits, gold: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         scores = self.label_scores(logits)
-        return self.verbalizer.nll(scores, gold), scores.argmax(1)
+        return self._nll(scores, gold), scores.argmax(1)
 
     def hits(self, outcome: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
         return outcome == gold
