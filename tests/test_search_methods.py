@@ -397,3 +397,7 @@ def test_objective_among_labels_is_the_cross_entropy_over_label_scores(lm, task)
     # log-probs), smaller (the labels' probabilities sum below 1), below log 2 iff right
     assert (b.loss < a.loss).all() and (b.loss > 0).all()
     assert torch.equal(b.loss < np.log(2), a.outcome == a.gold)
+    # the same search reconfigured (as compare_methods.py does) scores as a fresh one
+    again = vocab.reconfigure(SearchConfig(**GCG, objective="labels"))
+    assert torch.equal(again.evaluate(again.dev, trigger).loss, b.loss)
+    assert torch.equal(vocab.evaluate(vocab.dev, trigger).loss, a.loss)

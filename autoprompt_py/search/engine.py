@@ -162,8 +162,12 @@ class TriggerSearch:
         other = copy.copy(self)
         config.check_slots(self.task.template.num_triggers)
         other.config = config
+        if isinstance(self.objective, ClassificationObjective):
+            other.objective = ClassificationObjective(
+                self.objective.verbalizer, config.objective == "labels"
+            )
         other.scorer = TriggerScorer(
-            self.lm, self.objective, config.max_batch_tokens, config.max_rows, config.dtype
+            self.lm, other.objective, config.max_batch_tokens, config.max_rows, config.dtype
         )
         return other
 
