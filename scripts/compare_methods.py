@@ -11,7 +11,8 @@ test split never used for selection. Tasks:
   train/dev/test, template ``[X] [T] [T] [T] [Y] .``, P@1 over LAMA's common vocabulary.
 
 Methods (``--methods``; ``name=key:value,...`` defines another setting):
-``autoprompt-loss`` and ``autoprompt-metric`` (the original algorithm, [MASK] start),
+``autoprompt-loss`` and ``autoprompt-metric`` (the original algorithm: [MASK] start, the
+vocabulary loss), ``autoprompt-labels`` (the same with ``--objective labels``),
 ``gcg`` (no restarts, no buffer), ``gcg-restarts`` (3 restarts), ``gcg-buffer`` (buffer of 4),
 ``default`` (the library's defaults).
 
@@ -42,8 +43,11 @@ from autoprompt_py.model import load_model  # noqa: E402
 from autoprompt_py.search import SearchConfig, TriggerSearch, load_task  # noqa: E402
 
 PRESETS = {
-    "autoprompt-loss": dict(method="autoprompt", select="loss", initial="mask"),
-    "autoprompt-metric": dict(method="autoprompt", select="metric", initial="mask"),
+    "autoprompt-loss": dict(method="autoprompt", select="loss", initial="mask", objective="vocab"),
+    "autoprompt-metric": dict(
+        method="autoprompt", select="metric", initial="mask", objective="vocab"
+    ),
+    "autoprompt-labels": dict(method="autoprompt", initial="mask", objective="labels"),
     "gcg": dict(method="gcg", restarts=1, buffer_size=0),
     "gcg-restarts": dict(method="gcg", restarts=3, buffer_size=0),
     "gcg-buffer": dict(method="gcg", restarts=1, buffer_size=4),

@@ -526,8 +526,8 @@ def test_search_beats_mask_and_random_triggers_on_sst2(shared_model, shared_data
     outcome = run_search(lm, task, config, output=tmp_path / "sst2.json", progress=False)
     result = outcome.result
     searched = result["dev"]["accuracy"]
-    masked = result["initial"]["dev"]["accuracy"]
     search = TriggerSearch(lm, task, config)
+    masked = search.evaluate(search.dev, [lm.tokenizer.mask_token_id] * 3).metric
     allowed = torch.nonzero(search.allowed).squeeze(1)
     rng = np.random.default_rng(0)
     random = [

@@ -356,7 +356,7 @@ def test_cli_gcg_with_restarts_and_budget(data, tiny_model_dirs, tmp_path):
     result = json.loads(out.read_text())
     assert result["method"] == "gcg" and len(result["restarts"]) == 2
     assert result["config"]["n_replace"] == 2 and result["config"]["buffer_size"] == 2
-    assert result["config"]["accumulation_steps"] == 2
+    assert result["config"]["accumulation_steps"] == 6
     assert "gcg" in r.stdout and "forward passes" in r.stdout
 
 
@@ -388,7 +388,7 @@ def test_fluency_weight_trades_loss_for_the_pll(lm, task, monkeypatch):
 
 
 def test_objective_among_labels_is_the_cross_entropy_over_label_scores(lm, task):
-    vocab = TriggerSearch(lm, task, SearchConfig(**GCG))
+    vocab = TriggerSearch(lm, task, SearchConfig(**GCG, objective="vocab"))
     labels = TriggerSearch(lm, task, SearchConfig(**GCG, objective="labels"))
     trigger = [int(i) for i in torch.nonzero(vocab.allowed).squeeze(1)[:3]]
     a, b = vocab.evaluate(vocab.dev, trigger), labels.evaluate(labels.dev, trigger)

@@ -110,7 +110,7 @@ def _config_options(f: Callable) -> Callable:
         click.option(
             "--search-width",
             type=int,
-            default=128,
+            default=32,
             show_default=True,
             help="gcg: candidate triggers scored per step.",
         ),
@@ -124,7 +124,7 @@ def _config_options(f: Callable) -> Callable:
         click.option(
             "--topk",
             type=int,
-            default=64,
+            default=32,
             show_default=True,
             help="gcg: gradient top-k tokens per slot to draw from.",
         ),
@@ -147,7 +147,7 @@ def _config_options(f: Callable) -> Callable:
             type=int,
             default=None,
             help="Batches for the gradient, and as many fresh ones for scoring the "
-            "candidates [default: 2 for gcg, 10 for autoprompt, as the original].",
+            "candidates [default: 6 for gcg, 10 for autoprompt, as the original].",
         ),
         click.option(
             "--position",
@@ -167,8 +167,8 @@ def _config_options(f: Callable) -> Callable:
         ),
         click.option(
             "--objective",
-            type=click.Choice(["vocab", "labels"]),
-            default="vocab",
+            type=click.Choice(["labels", "vocab"]),
+            default="labels",
             show_default=True,
             help="Classification loss: the gold label word's log-probability over the "
             "vocabulary (AutoPrompt), or the cross-entropy over the labels only.",

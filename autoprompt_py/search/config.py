@@ -18,7 +18,7 @@ INITIAL = ("random", "mask")
 OBJECTIVES = ("labels", "vocab")
 # batches for the gradient and for the candidates: AutoPrompt's 10 (few candidates, many rows);
 # GCG scores many candidates, each on fewer rows (measured: see the README)
-DEFAULT_ACCUMULATION = {"autoprompt": 10, "gcg": 2}
+DEFAULT_ACCUMULATION = {"autoprompt": 10, "gcg": 6}
 
 
 def _at_least(option: str, value: float | None, low: float, what: str = "") -> None:
@@ -60,10 +60,10 @@ class SearchConfig:
     accumulation_steps: int | None = None  # None: the method's default (DEFAULT_ACCUMULATION)
     position: str = "random"
     select: str = "loss"
-    objective: str = "vocab"
-    search_width: int = 128
+    objective: str = "labels"
+    search_width: int = 32
     n_replace: int = 1
-    topk: int = 64
+    topk: int = 32
     buffer_size: int = 0
     restarts: int = 1
     initial: str = "random"
