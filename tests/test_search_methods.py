@@ -401,3 +401,20 @@ def test_objective_among_labels_is_the_cross_entropy_over_label_scores(lm, task)
     again = vocab.reconfigure(SearchConfig(**GCG, objective="labels"))
     assert torch.equal(again.evaluate(again.dev, trigger).loss, b.loss)
     assert torch.equal(vocab.evaluate(vocab.dev, trigger).loss, a.loss)
+
+
+def test_resume_across_restarts(lm, task, tmp_path):
+    config = SearchConfig(**{**GCG, "iters": 2, "restarts": 3})
+    full = run_search(lm, task, config, progress=False).result
+    out = tmp_path / "r.json"
+
+    def stop(state, entry):
+        if state.iteration == 3:  # inside restart 1
+            raise KeyboardInterrupt
+
+    stopped = run_search(lm, task, config, output=out, progress=False, on_iteration=stop)
+    assert stopped.interrupted and len(stopped.result["restarts"]) == 2
+    resumed = run_search(lm, task, config, output=out, resume=True, progress=False).result
+    assert resumed["history"] == full["history"] and resumed["restarts"] == full["restarts"]
+    assert resumed["trigger"] == full["trigger"]
+    assert [p[1:] for p in resumed["curve"]] == [p[1:] for p in full["curve"]]

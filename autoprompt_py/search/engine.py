@@ -476,9 +476,11 @@ class TriggerSearch:
         rng = np.random.default_rng()
         rng.bit_generator.state = state.rng
         self._begin(state)
-        state.restarts.append(self._restart_record(state))
+        record = self._restart_record(state)
         initial = self.initial_ids(rng, "random")
         scored = self.evaluate(self.dev, initial)
+        # commit: nothing above touched the state (Ctrl-C in the evaluation redoes it)
+        state.restarts.append(record)
         state.restart += 1
         state.restart_iteration = 0
         state.restart_best = None
