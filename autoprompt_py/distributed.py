@@ -225,6 +225,14 @@ def all_reduce_(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
     return tensor
 
 
+def agree_any(flag: bool) -> bool:
+    """True on every rank if ``flag`` is true on any (a decision all ranks must share, such as
+    a time budget each rank measures on its own clock)."""
+    if not active():
+        return flag
+    return bool(all_reduce_(torch.tensor([int(flag)], dtype=torch.long), "max")[0])
+
+
 def agree_min(value: int) -> int:
     """The smallest ``value`` over all ranks (e.g. a memory budget every rank can afford)."""
     if not active():

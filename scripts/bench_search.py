@@ -80,6 +80,8 @@ def main() -> None:
         seed=args.seed,
     )
     config = SearchConfig(
+        method="autoprompt",
+        initial="mask",
         iters=10**9,
         num_cand=args.num_cand,
         batch_size=args.batch_size,

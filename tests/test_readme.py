@@ -69,6 +69,6 @@ def test_the_first_command_runs_offline_in_a_clean_folder(tmp_path):
     assert prompt == result["prompt"] and "[T]" not in prompt
     assert len(result["trigger"]["tokens"]) == 3
     assert re.fullmatch(
-        r"dev accuracy 0\.\d{4} \(initial 0\.\d{4}\) after \d+ iterations; .*", score
+        r"dev accuracy 0\.\d{4} \(initial 0\.\d{4}\) after \d+ iterations.*; wrote .*", score
     )
     print(f"README first command: {took:.0f} s; {prompt} / {score}")

@@ -3,6 +3,7 @@ they belong to the scripts' output, not to assertions)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -129,3 +130,27 @@ def test_compare_triggers_runs(shared_model, shared_data, tmp_path):
         ]
     )
     assert "[MASK]-filled trigger" in out and "random triggers" in out
+
+
+@pytest.mark.slow
+def test_compare_methods_runs(shared_model, shared_data, tmp_path):
+    runs = tmp_path / "runs.json"
+    out = _run(
+        [
+            str(SCRIPTS / "compare_methods.py"),
+            "--quick",
+            "--model",
+            str(shared_model),
+            "--data",
+            str(shared_data),
+            "--threads",
+            "1",
+            "--json",
+            str(runs),
+        ]
+    )
+    assert "| task | method |" in out
+    written = json.loads(runs.read_text())["runs"]
+    assert {r["task"] for r in written} == {"sst2", "P19"}
+    assert {r["method"] for r in written} >= {"autoprompt-loss", "gcg", "gcg-restarts"}
+    assert all(r["cost"]["forward_passes"] > 0 for r in written)

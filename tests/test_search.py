@@ -311,7 +311,10 @@ def test_relation_mode_skips_multi_token_objects_and_matches_probe(lms, data):
 # the loop: results, resume, interrupts, settings
 # --------------------------------------------------------------------------------------------
 
-CONFIG = dict(iters=6, num_cand=4, batch_size=4, accumulation_steps=2, seed=3)
+CONFIG = dict(method="autoprompt", iters=6, num_cand=4, batch_size=4, accumulation_steps=2, seed=3)
+GCG = dict(
+    method="gcg", iters=6, search_width=8, topk=4, batch_size=4, accumulation_steps=2, seed=3
+)
 
 
 def test_result_file_is_a_template(lms, data, tmp_path):
@@ -354,7 +357,8 @@ def test_result_file_is_a_template(lms, data, tmp_path):
     assert Path(str(out) + ".ckpt").is_file()
 
 
-def test_resume_continues_exactly(lms, data, tmp_path):
+@pytest.mark.parametrize("CONFIG", [CONFIG, GCG], ids=["autoprompt", "gcg"])
+def test_resume_continues_exactly(lms, data, tmp_path, CONFIG):
     lm, task = lms["bert"], task_of(data)
     full = run_search(
         lm, task, SearchConfig(**CONFIG), output=tmp_path / "full.json", progress=False
@@ -389,11 +393,13 @@ def test_resume_continues_exactly(lms, data, tmp_path):
     assert resumed["history"] == full["history"] and resumed["trigger"] == full["trigger"]
 
 
-def test_interrupt_inside_an_iteration_redoes_it(lms, data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("CONFIG", [CONFIG, GCG], ids=["autoprompt", "gcg"])
+def test_interrupt_inside_an_iteration_redoes_it(lms, data, tmp_path, monkeypatch, CONFIG):
     lm, task = lms["bert"], task_of(data)
     full = run_search(lm, task, SearchConfig(**CONFIG), progress=False).result
     calls = {"n": 0}
-    original = TriggerScorer.candidate_losses
+    name = "candidate_losses" if CONFIG["method"] == "autoprompt" else "trigger_losses"
+    original = getattr(TriggerScorer, name)
 
     def flaky(self, *args, **kwargs):
         calls["n"] += 1
@@ -401,11 +407,11 @@ def test_interrupt_inside_an_iteration_redoes_it(lms, data, tmp_path, monkeypatc
             raise KeyboardInterrupt
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(TriggerScorer, "candidate_losses", flaky)
+    monkeypatch.setattr(TriggerScorer, name, flaky)
     out = tmp_path / "r.json"
     stopped = run_search(lm, task, SearchConfig(**CONFIG), output=out, progress=False)
     assert stopped.interrupted and stopped.state.iteration == 3
-    monkeypatch.setattr(TriggerScorer, "candidate_losses", original)
+    monkeypatch.setattr(TriggerScorer, name, original)
     resumed = run_search(
         lm, task, SearchConfig(**CONFIG), output=out, resume=True, progress=False
     ).result
@@ -520,8 +526,8 @@ def test_search_beats_mask_and_random_triggers_on_sst2(shared_model, shared_data
     outcome = run_search(lm, task, config, output=tmp_path / "sst2.json", progress=False)
     result = outcome.result
     searched = result["dev"]["accuracy"]
-    masked = result["initial"]["dev"]["accuracy"]
     search = TriggerSearch(lm, task, config)
+    masked = search.evaluate(search.dev, [lm.tokenizer.mask_token_id] * 3).metric
     allowed = torch.nonzero(search.allowed).squeeze(1)
     rng = np.random.default_rng(0)
     random = [

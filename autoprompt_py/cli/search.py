@@ -87,6 +87,159 @@ def _check_output(path: str) -> None:
     check_output_path(path)
 
 
+def _config_options(f: Callable) -> Callable:
+    """The options that become the SearchConfig (collected as ``**settings``)."""
+    options = [
+        click.option(
+            "--method",
+            type=click.Choice(["gcg", "autoprompt"]),
+            default="gcg",
+            show_default=True,
+            help="gcg: many candidate triggers per step, changing several slots, moving to the "
+            "best even if worse (Zou et al., 2023); autoprompt: one slot's HotFlip flips, "
+            "taken only if better (Shin et al., 2020).",
+        ),
+        click.option(
+            "--iters",
+            type=click.IntRange(min=0),
+            default=100,
+            show_default=True,
+            help="Iterations per restart (a budget may stop it sooner).",
+        ),
+        click.option(
+            "--time-budget",
+            type=float,
+            default=None,
+            help="Seconds of search; stops at the first iteration boundary past it.",
+        ),
+        click.option(
+            "--max-forward-passes",
+            type=int,
+            default=None,
+            help="Budget in sequences run through the model (load-independent).",
+        ),
+        click.option(
+            "--restarts",
+            type=int,
+            default=1,
+            show_default=True,
+            help="Independent searches sharing the budget; the best on dev is kept.",
+        ),
+        click.option(
+            "--search-width",
+            type=int,
+            default=32,
+            show_default=True,
+            help="gcg: candidate triggers scored per step.",
+        ),
+        click.option(
+            "--n-replace",
+            type=int,
+            default=1,
+            show_default=True,
+            help="gcg: slots each candidate changes.",
+        ),
+        click.option(
+            "--topk",
+            type=int,
+            default=32,
+            show_default=True,
+            help="gcg: gradient top-k tokens per slot to draw from.",
+        ),
+        click.option(
+            "--buffer-size",
+            type=int,
+            default=0,
+            show_default=True,
+            help="gcg: keep the B best triggers seen and step from the best (0: off).",
+        ),
+        click.option(
+            "--num-cand",
+            type=int,
+            default=10,
+            show_default=True,
+            help="autoprompt: HotFlip candidates per trigger slot and iteration.",
+        ),
+        click.option(
+            "--accumulation-steps",
+            type=int,
+            default=None,
+            help="Batches for the gradient, and as many fresh ones for scoring the "
+            "candidates [default: 6 for gcg, 10 for autoprompt, as the original].",
+        ),
+        click.option(
+            "--position",
+            type=click.Choice(["random", "sweep", "all"]),
+            default="random",
+            show_default=True,
+            help="autoprompt: which slot to flip: a random one (AutoPrompt), each in "
+            "turn, or the best flip over all slots.",
+        ),
+        click.option(
+            "--select",
+            type=click.Choice(["loss", "metric"]),
+            default="loss",
+            show_default=True,
+            help="Rank candidates by loss, or by correct answers (ties to the loss; the "
+            "original's rule for classification).",
+        ),
+        click.option(
+            "--objective",
+            type=click.Choice(["labels", "vocab"]),
+            default="labels",
+            show_default=True,
+            help="Classification loss: the gold label word's log-probability over the "
+            "vocabulary (AutoPrompt), or the cross-entropy over the labels only.",
+        ),
+        click.option(
+            "--initial",
+            type=click.Choice(["random", "mask"]),
+            default="random",
+            show_default=True,
+            help="Start without --initial-trigger: random allowed tokens, or the mask token "
+            "(the original AutoPrompt).",
+        ),
+        click.option(
+            "--calibrate",
+            is_flag=True,
+            default=False,
+            help="Choose the best trigger on calibrated dev probabilities (contextual "
+            "calibration with 'N/A', '' and the mask token).",
+        ),
+        click.option(
+            "--fluency",
+            type=float,
+            default=0.0,
+            show_default=True,
+            help="Weight W of the trigger's pseudo-log-likelihood in the selection score.",
+        ),
+        click.option(
+            "--patience",
+            type=int,
+            default=None,
+            help="End a restart after N iterations without a better dev metric.",
+        ),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option(
+            "--max-batch-tokens",
+            type=BatchTokens(),
+            default=65536,
+            show_default=True,
+            help="Padded tokens per forward pass (memory budget); auto: from the free GPU memory.",
+        ),
+        click.option(
+            "--train-eval-limit",
+            type=int,
+            default=2000,
+            show_default=True,
+            help="Train metrics of the result use at most N examples.",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
 @click.command("search")
 @model_options
 @click.option(
@@ -148,70 +301,11 @@ def _check_output(path: str) -> None:
     default=None,
     help="Use only the first N dev examples.",
 )
-@click.option("--iters", type=click.IntRange(min=0), default=100, show_default=True)
-@click.option(
-    "--num-cand",
-    type=click.IntRange(min=1),
-    default=10,
-    show_default=True,
-    help="HotFlip candidates per trigger slot and iteration.",
-)
-@click.option(
-    "--accumulation-steps",
-    type=click.IntRange(min=1),
-    default=10,
-    show_default=True,
-    help="Batches for the gradient, and as many fresh ones for "
-    "scoring the candidates (as the original AutoPrompt).",
-)
-@click.option(
-    "--position",
-    type=click.Choice(["random", "sweep", "all"]),
-    default="random",
-    show_default=True,
-    help="Which slot to flip: a random one (AutoPrompt), each in "
-    "turn, or the best flip over all slots.",
-)
-@click.option(
-    "--select",
-    type=click.Choice(["loss", "metric"]),
-    default="loss",
-    show_default=True,
-    help="Accept a flip on strictly lower loss, or on strictly "
-    "more correct answers (the original's rule for "
-    "classification).",
-)
-@click.option(
-    "--calibrate",
-    is_flag=True,
-    help="Choose the best trigger on calibrated dev probabilities (contextual calibration "
-    "with 'N/A', '' and the mask token).",
-)
-@click.option(
-    "--patience",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Stop after N iterations without a better dev metric.",
-)
+@_config_options
 @click.option(
     "--initial-trigger",
     default=None,
-    help="Starting trigger words, one per [T] (default: the mask token).",
-)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "--max-batch-tokens",
-    type=BatchTokens(),
-    default="65536",
-    show_default=True,
-    help="Padded tokens per forward pass (memory budget); auto: from the free GPU memory.",
-)
-@click.option(
-    "--train-eval-limit",
-    type=click.IntRange(min=1),
-    default=2000,
-    show_default=True,
-    help="Train metrics of the result use at most N examples.",
+    help="Starting trigger words, one per [T] (restart 0; default: see --initial).",
 )
 @click.option(
     "--filter-labels/--no-filter-labels",
@@ -243,17 +337,7 @@ def search(
     columns: str | None,
     train_limit: int | None,
     dev_limit: int | None,
-    iters: int,
-    num_cand: int,
-    accumulation_steps: int,
-    position: str,
-    select: str,
-    calibrate: bool,
-    patience: int | None,
     initial_trigger: str | None,
-    seed: int,
-    max_batch_tokens: int | str,
-    train_eval_limit: int,
     filter_labels: bool,
     filter_subwords: bool,
     filter_non_alpha: bool,
@@ -263,8 +347,9 @@ def search(
     checkpoint: str | None,
     resume: bool,
     quiet: bool,
+    **settings,
 ) -> None:
-    """Search trigger tokens for the [T] slots of a template (AutoPrompt)."""
+    """Search trigger tokens for the [T] slots of a template (GCG or AutoPrompt)."""
     from autoprompt_py.errors import AutopromptError
     from autoprompt_py.model import load_model
     from autoprompt_py.search import SearchConfig, load_task, run_search
@@ -278,19 +363,14 @@ def search(
     filters = _filters(
         filter_labels, filter_subwords, filter_non_alpha, filter_capitalized, stop_list
     )
+    # the search settings: every option of _config_options, checked before the model loads;
+    # --max-batch-tokens auto is sized once the model is on its device
+    max_batch_tokens = settings.pop("max_batch_tokens")
     config = SearchConfig(
-        iters=iters,
-        num_cand=num_cand,
+        **settings,
         batch_size=batch_size,
-        accumulation_steps=accumulation_steps,
-        position=position,
-        select=select,
-        calibrate=calibrate,
-        patience=patience,
-        seed=seed,
-        max_batch_tokens=65536 if max_batch_tokens == "auto" else max_batch_tokens,
         dtype=dtype,
-        train_eval_limit=train_eval_limit,
+        max_batch_tokens=65536 if max_batch_tokens == "auto" else max_batch_tokens,
     )
     task = load_task(
         template,
@@ -305,10 +385,11 @@ def search(
         train_limit,
         dev_limit,
         dev_fraction,
-        seed,
+        config.seed,
     )
     _require_rows(task.train, train)
     _require_rows(task.dev, dev or f"{train} (dev share)")
+    config.check_slots(task.template.num_triggers)
     # float32 weights; --dtype runs the passes under autocast
     lm = load_model(model_name, device, "float32")
     if max_batch_tokens == "auto":
@@ -350,9 +431,14 @@ def search(
     )
     r = outcome.result
     metric = r["metric"]
+    for warning in r["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
+    cost = r["cost"]
     click.echo(
         f"{r['prompt']}\ndev {metric} {r['dev'][metric]:.4f} (initial "
-        f"{r['initial']['dev'][metric]:.4f}) after {r['iterations']} iterations; wrote {output}"
+        f"{r['initial']['dev'][metric]:.4f}) after {r['iterations']} iterations "
+        f"({r['method']}, {cost['seconds']:.1f} s, {cost['forward_passes']:,} forward passes); "
+        f"wrote {output}"
     )
     if outcome.interrupted:
         click.echo("interrupted: wrote the best trigger so far; continue with --resume", err=True)

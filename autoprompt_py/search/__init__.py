@@ -10,7 +10,10 @@
 
 Rooms: ``task`` (reading and checking the problem), ``tensors`` (the data encoded once),
 ``objective`` (losses and the model passes), ``candidates`` (HotFlip and token filters),
-``state`` (the search state and checkpoints), ``trigger`` (the loop and the result file).
+``config`` (the settings), ``state`` (the search state and checkpoints), ``engine`` (what both
+methods share: evaluation, best so far, restarts, budgets, cost, the result), the methods
+``autoprompt`` and ``gcg`` (one step each), ``trigger`` (a whole run: resume, checkpoints,
+the result file).
 """
 
 from autoprompt_py.search.candidates import (
@@ -20,6 +23,8 @@ from autoprompt_py.search.candidates import (
     hotflip_candidates,
     read_stop_list,
 )
+from autoprompt_py.search.config import SearchConfig
+from autoprompt_py.search.engine import TriggerSearch
 from autoprompt_py.search.objective import (
     ClassificationObjective,
     Objective,
@@ -29,13 +34,7 @@ from autoprompt_py.search.objective import (
 from autoprompt_py.search.state import SearchState, load_checkpoint, save_checkpoint
 from autoprompt_py.search.task import SearchTask, load_task
 from autoprompt_py.search.tensors import SplitTensors
-from autoprompt_py.search.trigger import (
-    SearchConfig,
-    SearchOutcome,
-    TriggerSearch,
-    run_search,
-    trigger_ids_from_words,
-)
+from autoprompt_py.search.trigger import SearchOutcome, run_search, trigger_ids_from_words
 
 __all__ = [
     "ClassificationObjective",

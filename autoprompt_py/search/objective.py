@@ -23,6 +23,7 @@ same on every rank and draws from the same seeded generator.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -85,8 +86,11 @@ def _consumable(logits: torch.Tensor) -> torch.Tensor | None:
 class ClassificationObjective(Objective):
     metric = "accuracy"
 
-    def __init__(self, verbalizer: ResolvedVerbalizer) -> None:
+    def __init__(self, verbalizer: ResolvedVerbalizer, among_labels: bool = False) -> None:
         self.verbalizer = verbalizer
+        # True: cross-entropy over the labels' scores (how accuracy reads them); False:
+        # AutoPrompt's loss, the gold label's log-probability over the whole vocabulary
+        self.among_labels = among_labels
         self.mask_counts = tuple(verbalizer.piece_counts)
         self._pieces = {
             k: (
@@ -113,14 +117,19 @@ class ClassificationObjective(Objective):
             scores[:, words] = picked.sum(1)
         return v.aggregate(scores)
 
+    def _nll(self, scores: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
+        if self.among_labels:
+            return F.cross_entropy(scores.float(), gold, reduction="none")
+        return self.verbalizer.nll(scores, gold)
+
     def loss(self, logits: Logits, gold: torch.Tensor) -> torch.Tensor:
-        return self.verbalizer.nll(self.label_scores(logits), gold)
+        return self._nll(self.label_scores(logits), gold)
 
     def loss_and_outcome(
         self, logits: Logits, gold: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         scores = self.label_scores(logits)
-        return self.verbalizer.nll(scores, gold), scores.argmax(1)
+        return self._nll(scores, gold), scores.argmax(1)
 
     def hits(self, outcome: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
         return outcome == gold
@@ -171,6 +180,21 @@ def write_triggers(batch: Batch, trigger: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
+class Cost:
+    """Model work done so far, in load-independent units: sequences (one example under one
+    trigger, one view) run forward or back-propagated, batched model calls, and candidate
+    triggers scored."""
+
+    forward_passes: int = 0
+    forward_calls: int = 0
+    backward_passes: int = 0
+    candidate_evaluations: int = 0
+
+    def record(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
 class Evaluation:
     """Per-example loss and outcome of a split, in the split's order (on the model's device)."""
 
@@ -209,6 +233,7 @@ class TriggerScorer:
         self.autocast_dtype = DTYPES[dtype] if dtype != "float32" else None
         # fp16 gradients of a mean loss underflow; the scale does not change the ranking
         self.grad_scale = 1024.0 if dtype == "float16" else 1.0
+        self.cost = Cost()
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
@@ -225,6 +250,10 @@ class TriggerScorer:
         out = {}
         with self._autocast():
             for k, b in batches.items():
+                self.cost.forward_calls += 1
+                self.cost.forward_passes += len(b.attention_mask)
+                if embeds is not None and torch.is_grad_enabled():
+                    self.cost.backward_passes += len(b.attention_mask)
                 out[k] = self.lm.mask_logits(
                     b.mask_positions,
                     b.attention_mask,
@@ -305,13 +334,14 @@ class TriggerScorer:
         rows go through the model together, example-major and in length order, in chunks
         bounded by ``max_batch_tokens`` and ``max_rows``, each cut to its own longest row.
         """
+        self.cost.candidate_evaluations += len(tokens) + 1
         variants = trigger[None, :].repeat(len(tokens) + 1, 1)  # [1 + flips, triggers]
         variants[torch.arange(1, len(tokens) + 1, device=variants.device), positions] = tokens
         per_example = len(variants)
         total = torch.zeros(
             2 if count_hits else 1, per_example, dtype=torch.float32, device=split.device
         )
-        index = distributed.shard_rows(index, split.lengths)
+        index = distributed.shard_rows(index, split.lengths)  # this rank's rows
         for examples in self._chunks(split, index, per_example):
             views = split.batch(np.repeat(examples, per_example))  # example-major rows
             rows_var = variants.repeat(len(examples), 1)
@@ -327,6 +357,43 @@ class TriggerScorer:
                 loss = self.objective.loss(logits, gold)
                 total[0] += loss.view(len(examples), per_example).sum(0)
         distributed.all_reduce_(total)
+        return total if count_hits else total[0]
+
+    @torch.inference_mode()
+    def trigger_losses(
+        self,
+        split: SplitTensors,
+        index: np.ndarray,
+        triggers: torch.Tensor,
+        count_hits: bool = False,
+    ) -> torch.Tensor:
+        """Summed loss over the examples ``index`` of each of the full triggers [C, triggers]:
+        [C]; with ``count_hits``, [2, C]: summed loss and number of hits.
+
+        The general form of ``candidate_losses`` (a flip is a trigger that differs in one
+        slot): all C × batch rows go through the model together, example-major, in chunks.
+        """
+        per_example = len(triggers)
+        self.cost.candidate_evaluations += per_example
+        total = torch.zeros(
+            2 if count_hits else 1, per_example, dtype=torch.float32, device=split.device
+        )
+        index = distributed.shard_rows(index, split.lengths)  # this rank's rows
+        for examples in self._chunks(split, index, per_example):
+            views = split.batch(np.repeat(examples, per_example))  # example-major rows
+            rows_var = triggers.repeat(len(examples), 1)
+            ids = {
+                k: b.input_ids.scatter_(1, b.trigger_positions, rows_var) for k, b in views.items()
+            }
+            logits, gold = self.logits(views, ids=ids), split.gold[views[self._k0].index]
+            if count_hits:
+                loss, outcome = self.objective.loss_and_outcome(logits, gold)
+                hits = self.objective.hits(outcome, gold).float()
+                total += torch.stack([loss, hits]).view(2, len(examples), per_example).sum(1)
+            else:
+                loss = self.objective.loss(logits, gold)
+                total[0] += loss.view(len(examples), per_example).sum(0)
+        distributed.all_reduce_(total)  # the sums over every rank's rows
         return total if count_hits else total[0]
 
     # -- evaluation ----------------------------------------------------------------------------

@@ -26,18 +26,27 @@ CHECKPOINT_FORMAT = 2  # 1: no format or version recorded
 class SearchState:
     """Everything that changes during a search; JSON-able, for checkpoints."""
 
-    iteration: int
+    iteration: int  # iterations done, over all restarts
     trigger: list[int]
-    best_trigger: list[int]
+    best_trigger: list[int]  # the initial trigger while no fully real trigger was evaluated
     best_iteration: int
-    best_dev: float
+    best_dev: float | None  # None until a trigger without special tokens was evaluated
     best_dev_metrics: dict
-    current_dev: float
+    current_dev: float | None
     since_best: int
-    rng: dict  # numpy bit generator state: batches and slots are drawn from it only
+    rng: dict  # numpy bit generator state: batches, slots, candidates are drawn from it only
     initial: dict
     history: list[dict] = field(default_factory=list)
-    stopped: str | None = None  # "patience" once early stopping has ended the run
+    stopped: str | None = None  # "patience"/"budget" once the last restart has ended the run
+    restart: int = 0
+    restart_iteration: int = 0  # iterations done in this restart
+    restart_best: dict | None = None  # this restart's best: trigger, dev, dev_loss, iteration
+    restart_initial: dict | None = None  # the current restart's initial trigger record
+    restarts: list[dict] = field(default_factory=list)  # records of the finished restarts
+    buffer: list[list] = field(default_factory=list)  # gcg: [train loss, trigger] best first
+    seconds: float = 0.0  # search time spent (start and iterations, over resumes)
+    cost: dict = field(default_factory=dict)  # objective.Cost as a dict
+    curve: list[list] = field(default_factory=list)  # [seconds, forward passes, best dev]
 
 
 def save_checkpoint(path: str | Path, identity: dict, state: SearchState) -> None:

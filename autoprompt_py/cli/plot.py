@@ -1,0 +1,45 @@
+"""``autoprompt plot``: search curves of several runs on one figure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from autoprompt_py.plotting import X_AXES, check_plot_output, plot_curves, read_curve
+
+
+@click.command("plot")
+@click.argument("results", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--output",
+    "-o",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The image to write; its suffix picks the format (.png, .pdf, .svg, ...).",
+)
+@click.option(
+    "--x",
+    "x_axis",
+    type=click.Choice(list(X_AXES)),
+    default="seconds",
+    show_default=True,
+    help="Against wall-clock seconds or model forward passes.",
+)
+@click.option("--title", default=None, help="Figure title [default: metric, model, relation].")
+def plot(results: tuple[Path, ...], output: Path, x_axis: str, title: str | None) -> None:
+    """Draw the best dev metric so far of search RESULTS (.json) against cost, one line a run.
+
+    Needs matplotlib: pip install autoprompt-py[plot].
+    """
+    check_plot_output(output)
+    runs = [read_curve(path) for path in results]  # every file checked before drawing
+    plot_curves(runs, output, x=x_axis, title=title)
+    metrics = " / ".join(dict.fromkeys(r.metric for r in runs))
+    click.echo(
+        f"wrote {output}: {len(runs)} run{'s' * (len(runs) != 1)}, best dev {metrics} "
+        f"against {X_AXES[x_axis][2]}"
+    )
+
+
+COMMANDS = [plot]

@@ -1,0 +1,687 @@
+"""The engine both search methods share: the task encoded once, dev evaluation, best-so-far
+bookkeeping, restarts, budgets, cost accounting, the progress bar and the result file.
+
+A method (``autoprompt.py``, ``gcg.py``) only proposes where the trigger goes next: its
+``propose(search, state, rng)`` returns a ``Move``. The engine then evaluates the new trigger
+on dev, updates the best so far and commits the state, so an interrupt inside an iteration
+leaves the state as after the previous one and ``resume`` redoes it exactly.
+
+Rules the engine keeps for both methods:
+
+* the best so far is the best dev metric (ties: lower dev loss) among the triggers evaluated
+  whose every slot holds a real token: a special token ([MASK], [UNK], …) may start a search
+  but is never reported while any fully real trigger has been seen;
+* ``restarts`` searches run one after another, each with ``iters`` iterations and an even share
+  of the time and forward-pass budgets (a restart that stops early leaves its share to the
+  next); restart 0 starts from ``--initial-trigger`` (or ``config.initial``), later ones from
+  random allowed tokens;
+* budgets are checked at iteration boundaries: a search stops at the first boundary past them.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from autoprompt_py import distributed
+from autoprompt_py.errors import AutopromptError, warn
+from autoprompt_py.model import MaskedLM
+from autoprompt_py.resources import RESULT_KIND
+from autoprompt_py.results import provenance
+from autoprompt_py.search import autoprompt, gcg
+from autoprompt_py.search.calibrated import CalibratedObjective, search_p_cf
+from autoprompt_py.search.candidates import (
+    TokenFilters,
+    VocabStrings,
+    allowed_tokens,
+    special_tokens,
+)
+from autoprompt_py.search.config import SearchConfig
+from autoprompt_py.search.fluency import TriggerFluency
+from autoprompt_py.search.move import Move  # noqa: F401  (re-exported)
+from autoprompt_py.search.objective import (
+    ClassificationObjective,
+    Cost,
+    Objective,
+    RelationObjective,
+    TriggerScorer,
+)
+from autoprompt_py.search.state import SearchState
+from autoprompt_py.search.task import SearchTask
+from autoprompt_py.search.tensors import SplitTensors
+from autoprompt_py.vocab import single_token_id, vocab_token_ids
+
+log = logging.getLogger("autoprompt_py.search")
+
+METHODS = {"autoprompt": autoprompt.propose, "gcg": gcg.propose}
+
+
+@dataclass
+class Scored:
+    """A trigger's outcomes on a split; ``metric`` is the main metric (accuracy or P@1)."""
+
+    metric: float
+    objective: Objective
+    outcome: torch.Tensor
+    gold: torch.Tensor
+    loss: torch.Tensor
+
+    @property
+    def mean_loss(self) -> float:
+        return float(self.loss.double().mean())
+
+    def full(self) -> dict:
+        return self.objective.metrics(
+            self.outcome.cpu().numpy(), self.gold.cpu().numpy(), self.loss.cpu().numpy()
+        )
+
+
+class TriggerSearch:
+    """A trigger search over one task and model: encodes the data once, then ``step``s."""
+
+    def __init__(
+        self,
+        lm: MaskedLM,
+        task: SearchTask,
+        config: SearchConfig | None = None,
+        filters: TokenFilters | None = None,
+    ) -> None:
+        filters = filters or TokenFilters()
+        config = config or SearchConfig()
+        config.check_slots(task.template.num_triggers)
+        self.lm, self.task, self.config, self.filters = lm, task, config, filters
+        tokenizer = lm.tokenizer
+        template = task.template
+        self.counts: dict[str, dict] = {}
+        if task.mode == "classification":
+            assert task.verbalizer is not None
+            resolved = task.verbalizer.resolve(
+                tokenizer, task.aggregation, template.predict.space_before
+            )
+            objective: Objective = ClassificationObjective(resolved, config.objective == "labels")
+            index = {lab: i for i, lab in enumerate(resolved.labels)}
+            train, dev = task.train, task.dev
+            train_gold = [index[e.label] for e in train]
+            dev_gold = [index[e.label] for e in dev]
+            label_ids = resolved.token_ids
+        else:
+            space = template.predict.space_before
+            eval_ids = (
+                vocab_token_ids(tokenizer, task.vocab, space) if task.vocab is not None else None
+            )
+            objective = RelationObjective(eval_ids, lm.device)
+            train, train_gold = self._single_token_facts(task.train, "train", space, None)
+            dev, dev_gold = self._single_token_facts(task.dev, "dev", space, eval_ids)
+            label_ids = sorted(set(train_gold))  # as AutoPrompt: no trigger may be an answer
+        self.objective = objective
+        self.scorer = TriggerScorer(
+            lm, objective, config.max_batch_tokens, config.max_rows, config.dtype
+        )
+        mask_counts = objective.mask_counts
+        self.train = SplitTensors(
+            template, tokenizer, lm.max_length, train, train_gold, mask_counts, lm.device
+        )
+        self.dev = SplitTensors(
+            template, tokenizer, lm.max_length, dev, dev_gold, mask_counts, lm.device
+        )
+        self.counts.setdefault("train", {}).update(n=len(train), truncated=self.train.truncated)
+        self.counts.setdefault("dev", {}).update(n=len(dev), truncated=self.dev.truncated)
+        self.dev_plan = self.scorer.plan(self.dev)
+        self.vocab = VocabStrings.of(tokenizer, lm.vocab_size)
+        self.allowed = allowed_tokens(tokenizer, lm.vocab_size, filters, label_ids, self.vocab).to(
+            lm.device
+        )
+        self.special = special_tokens(tokenizer, self.vocab)
+        # hotflip_candidates proposes at most the allowed tokens, less the current one
+        left = int(self.allowed.sum())
+        option, wanted = (
+            ("--num-cand", config.num_cand)
+            if config.method == "autoprompt"
+            else ("--topk", config.topk)
+        )
+        if wanted > left - 1:
+            warn(
+                f"{option} {wanted} is more than the {left - 1} other tokens the filters leave "
+                f"in this model's vocabulary; using {max(1, left - 1)}"
+            )
+        self.embeddings = lm.embeddings.detach()
+        if self.embeddings.dtype != torch.float32:
+            self.embeddings = self.embeddings.float()
+        # the trigger's pseudo-log-likelihood: --fluency's selection term, and the result's
+        # pseudo-perplexity (one row per slot, in the template without its fields)
+        self.fluency = TriggerFluency(lm, template)
+        self._clock: tuple[float, float] | None = None  # (perf_counter, state.seconds) at start
+
+    def reconfigure(self, config: SearchConfig) -> TriggerSearch:
+        """The same encoded task under other search settings (memory budgets must agree):
+        comparisons run many settings without encoding the data again."""
+        other = copy.copy(self)
+        config.check_slots(self.task.template.num_triggers)
+        other.config = config
+        if isinstance(self.objective, ClassificationObjective):
+            other.objective = ClassificationObjective(
+                self.objective.verbalizer, config.objective == "labels"
+            )
+        other.scorer = TriggerScorer(
+            self.lm, other.objective, config.max_batch_tokens, config.max_rows, config.dtype
+        )
+        return other
+
+    def encode(self, examples: Sequence) -> SplitTensors:
+        """Another split (a test set), encoded and judged as dev is."""
+        template, tokenizer = self.task.template, self.lm.tokenizer
+        if self.task.mode == "classification":
+            labels = self.objective.verbalizer.labels
+            gold = [labels.index(e.label) for e in examples]
+        else:
+            eval_ids = self.objective.eval_ids
+            allowed = None if eval_ids is None else eval_ids.tolist()
+            space = template.predict.space_before
+            counts = dict(self.counts)
+            examples, gold = self._single_token_facts(examples, "test", space, allowed)
+            self.counts = counts
+        return SplitTensors(
+            template,
+            tokenizer,
+            self.lm.max_length,
+            examples,
+            gold,
+            self.objective.mask_counts,
+            self.lm.device,
+        )
+
+    def _single_token_facts(
+        self, facts: list, split: str, space: bool, eval_ids: Sequence[int] | None
+    ) -> tuple[list, list[int]]:
+        """Facts whose object is one token (and in the evaluation vocabulary, for dev)."""
+        allowed = set(eval_ids) if eval_ids is not None else None
+        kept, gold = [], []
+        for f in facts:
+            token = single_token_id(self.lm.tokenizer, f.label, space)
+            if token is not None and (allowed is None or token in allowed):
+                kept.append(f)
+                gold.append(token)
+        self.counts[split] = {"skipped": len(facts) - len(kept)}
+        if not kept:
+            raise AutopromptError(
+                f"{self.task.sources.get(split, split)}: none of its {len(facts)} facts has an "
+                "object that is one token of this model's vocabulary"
+                + (" and in --vocab" if allowed is not None else "")
+                + "; relation search predicts single-token objects"
+            )
+        return kept, gold
+
+    # -- words ----------------------------------------------------------------------------------
+
+    def tokens(self, ids: Sequence[int]) -> list[str]:
+        return [self.vocab.tokens[i] for i in ids]
+
+    def words(self, ids: Sequence[int]) -> list[str]:
+        return [self.vocab.words[i] or self.vocab.tokens[i] for i in ids]
+
+    def special_slots(self, ids: Sequence[int]) -> list[int]:
+        """Slots of ``ids`` holding a special token ([MASK], [UNK], [CLS], …)."""
+        return [j for j, i in enumerate(ids) if bool(self.special[i])]
+
+    # -- evaluation -----------------------------------------------------------------------------
+
+    def evaluate(
+        self, split: SplitTensors, trigger: Sequence[int], index: np.ndarray | None = None
+    ) -> Scored:
+        """A trigger on a split (or on its rows ``index``)."""
+        plan = (
+            self.dev_plan if split is self.dev and index is None else self.scorer.plan(split, index)
+        )
+        scorer, objective = self.scorer, self.objective
+        if self.config.calibrate and split is self.dev:
+            # the dev metric that picks the best trigger, on calibrated probabilities
+            objective = CalibratedObjective(objective, search_p_cf(self, trigger))
+            scorer = copy.copy(scorer)
+            scorer.objective = objective
+        ev = scorer.evaluate(split, self._tensor(trigger), plan)
+        rows = torch.cat([idx for idx, _ in plan])
+        gold = split.gold[rows]
+        outcome, loss = ev.outcome[rows], ev.loss[rows]
+        # a count divided in Python: the loop's comparisons and the full metrics agree exactly
+        hits = int(objective.hits(outcome, gold).sum())
+        return Scored(hits / len(rows), objective, outcome, gold, loss)
+
+    def metrics(
+        self, split: SplitTensors, trigger: Sequence[int], index: np.ndarray | None = None
+    ) -> dict:
+        """Full metrics of a trigger on a split (or the rows ``index`` of it)."""
+        return self.evaluate(split, trigger, index).full()
+
+    def train_metrics(self, trigger: Sequence[int]) -> dict:
+        """Metrics on up to ``train_eval_limit`` train examples (a seeded sample)."""
+        limit = self.config.train_eval_limit
+        index = None
+        if limit is not None and limit < len(self.train):
+            rng = np.random.default_rng(self.config.seed)
+            index = np.sort(rng.choice(len(self.train), limit, replace=False))
+        return self.metrics(self.train, trigger, index)
+
+    def fluency_bonus(self, triggers: torch.Tensor) -> torch.Tensor:
+        """W × pseudo-log-likelihood of each trigger [C, L] → [C] (zeros when W = 0)."""
+        if self.config.fluency == 0:
+            return torch.zeros(len(triggers))
+        before = self.fluency.forward_passes, self.fluency.forward_calls
+        pll = self.fluency.pll(triggers).float().cpu()
+        if distributed.is_main():  # every rank runs it whole: count it once over the ranks
+            self.scorer.cost.forward_passes += self.fluency.forward_passes - before[0]
+            self.scorer.cost.forward_calls += self.fluency.forward_calls - before[1]
+        return self.config.fluency * pll
+
+    def _tensor(self, ids: Sequence[int]) -> torch.Tensor:
+        return torch.tensor(list(ids), dtype=torch.long, device=self.lm.device)
+
+    def sample(self, rng: np.random.Generator) -> tuple[list[np.ndarray], np.ndarray]:
+        """``accumulation_steps`` gradient batches, and as many fresh batches (joined) for the
+        candidates, as AutoPrompt; distinct examples where the train set is large enough."""
+        n = len(self.train)
+        b = min(self.config.batch_size, n)
+        steps = self.config.accumulation_steps
+        if 2 * b * steps <= n:
+            rows = rng.choice(n, 2 * b * steps, replace=False)
+            batches = [rows[i * b : (i + 1) * b] for i in range(2 * steps)]
+        else:
+            batches = [rng.choice(n, b, replace=False) for _ in range(2 * steps)]
+        return batches[:steps], np.concatenate(batches[steps:])
+
+    # -- clock and cost -------------------------------------------------------------------------
+
+    def seconds(self, state: SearchState) -> float:
+        """Search seconds so far: the state's, plus the running iteration's."""
+        if self._clock is None:
+            return state.seconds
+        t0, base = self._clock
+        return base + time.perf_counter() - t0
+
+    def _begin(self, state: SearchState) -> None:
+        self._clock = (time.perf_counter(), state.seconds)
+        self.scorer.cost = Cost(**state.cost)
+        self._cost_base = dict(state.cost)
+
+    def _global_cost(self) -> dict:
+        """The cost so far over all ranks: under torch.distributed each rank counts the rows it
+        ran (its shard), so the sharded counters are summed since the last commit; candidate
+        counts are the same on every rank. Called at the same points on every rank."""
+        cost = self.scorer.cost.record()
+        if distributed.world_size() == 1:
+            return cost
+        keys = ("forward_passes", "forward_calls", "backward_passes")
+        base = self._cost_base
+        delta = torch.tensor([cost[k] - base.get(k, 0) for k in keys], dtype=torch.long)
+        distributed.all_reduce_(delta)
+        return {**cost, **{k: base.get(k, 0) + int(d) for k, d in zip(keys, delta)}}
+
+    def _commit_clock(self, state: SearchState) -> None:
+        state.seconds = self.seconds(state)
+        state.cost = self._global_cost()
+        self.scorer.cost = Cost(**state.cost)
+        self._cost_base = dict(state.cost)
+        self._clock = None
+
+    # -- best so far ----------------------------------------------------------------------------
+
+    def _better(self, scored: Scored, trigger: Sequence[int], best: dict | None) -> bool:
+        if self.special_slots(trigger):
+            return False
+        if best is None:
+            return True
+        return (scored.metric, -scored.mean_loss) > (best["dev"], -best["dev_loss"])
+
+    def _consider(self, state: SearchState, trigger: list[int], scored: Scored) -> bool:
+        """Update this restart's and the overall best with a dev-evaluated trigger; True if
+        the overall best improved. Then a point on the curve."""
+        record = {
+            "trigger": list(trigger),
+            "dev": scored.metric,
+            "dev_loss": scored.mean_loss,
+            "iteration": state.restart_iteration,
+        }
+        if self._better(scored, trigger, state.restart_best):
+            state.restart_best = record
+        overall = (
+            None
+            if state.best_dev is None
+            else {"dev": state.best_dev, "dev_loss": state.best_dev_metrics["loss"]}
+        )
+        improved = self._better(scored, trigger, overall)
+        fewer = len(self.special_slots(trigger)) <= len(self.special_slots(state.best_trigger))
+        if state.best_dev is None and not improved and fewer:
+            # no fully real trigger yet: show the one with the fewest special tokens, unranked
+            state.best_trigger = list(trigger)
+            state.best_dev_metrics = scored.full()
+        if improved:
+            state.best_trigger = list(trigger)
+            state.best_iteration = state.iteration
+            state.best_dev = scored.metric
+            state.best_dev_metrics = scored.full()
+        state.curve.append(
+            [
+                round(self.seconds(state), 3),
+                self._global_cost()["forward_passes"],
+                state.best_dev,
+            ]
+        )
+        return improved
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def initial_ids(self, rng: np.random.Generator | None, how: str) -> list[int]:
+        """A starting trigger: the template's fixed triggers, and in open slots the mask token
+        (``how="mask"``) or random allowed tokens drawn from ``rng``."""
+        fixed = self.task.template.trigger_ids
+        if how == "mask":
+            mask = self.lm.tokenizer.mask_token_id
+            return [mask if t is None else int(t) for t in fixed]
+        assert rng is not None
+        pool = torch.nonzero(self.allowed).squeeze(1).cpu().numpy()
+        drawn = rng.choice(pool, len(fixed), replace=len(pool) < len(fixed))
+        return [int(d) if t is None else int(t) for t, d in zip(fixed, drawn)]
+
+    def start(self, initial: Sequence[int] | None = None) -> SearchState:
+        """The state before the first iteration: ``initial`` ids (default: ``config.initial``)
+        and their dev metric. The random generator of the whole search is seeded here."""
+        rng = np.random.default_rng(self.config.seed)
+        if initial is None:
+            initial = self.initial_ids(rng, self.config.initial)
+        initial = [int(i) for i in initial]
+        if any(not 0 <= i < self.lm.vocab_size for i in initial):
+            raise AutopromptError("initial trigger ids are outside this model's vocabulary")
+        state = SearchState(
+            iteration=0,
+            trigger=initial,
+            best_trigger=list(initial),
+            best_iteration=0,
+            best_dev=None,
+            best_dev_metrics={},
+            current_dev=None,
+            since_best=0,
+            rng={},
+            initial={},
+        )
+        self._begin(state)
+        scored = self.evaluate(self.dev, initial)
+        self._consider(state, initial, scored)
+        state.current_dev = scored.metric
+        state.initial = {"trigger": self._trigger_record(initial), "dev": scored.full()}
+        if state.best_dev is None:  # shown, not reported as best: it holds special tokens
+            state.best_dev_metrics = state.initial["dev"]
+        state.rng = rng.bit_generator.state
+        self._commit_clock(state)
+        return state
+
+    def step(self, state: SearchState) -> dict:
+        """One iteration of the configured method; updates ``state`` only once the iteration
+        is complete. Returns the history entry."""
+        if self._clock is None:
+            self._begin(state)
+        try:
+            return self._step(state)
+        finally:
+            self._clock = None
+
+    def _step(self, state: SearchState) -> dict:
+        rng = np.random.default_rng()
+        rng.bit_generator.state = state.rng
+        move = METHODS[self.config.method](self, state, rng)
+        iteration = state.iteration + 1
+        if move.moved:
+            scored = self.evaluate(self.dev, move.trigger)
+            dev, dev_loss = scored.metric, scored.mean_loss
+        else:
+            dev, dev_loss = state.current_dev, None
+        # commit: nothing above touched the state
+        state.iteration = iteration
+        state.restart_iteration += 1
+        improved = move.moved and self._consider(state, move.trigger, scored)
+        state.since_best = 0 if improved else state.since_best + 1
+        entry = {
+            "iteration": iteration,
+            "restart": state.restart,
+            **move.detail,
+            "train_loss": move.train_loss,
+            "dev": dev,
+            "dev_loss": dev_loss,
+            "best_dev": state.best_dev,
+            "trigger": list(move.trigger),
+            "words": self.words(move.trigger),
+        }
+        state.trigger = list(move.trigger)
+        state.current_dev = dev
+        if move.buffer is not None:
+            state.buffer = move.buffer
+        state.rng = rng.bit_generator.state
+        state.history.append(entry)
+        self._commit_clock(state)
+        return entry
+
+    def _share(self, total: float | None, state: SearchState) -> float | None:
+        """The cumulative budget up to the end of the current restart."""
+        if total is None:
+            return None
+        return total * (state.restart + 1) / self.config.restarts
+
+    def _restart_over(self, state: SearchState) -> str | None:
+        """Why the current restart ends, or None; the same on every rank under
+        torch.distributed (a time budget is measured on each rank's clock)."""
+        reason = self._restart_reason(state)
+        if distributed.world_size() > 1 and distributed.agree_any(reason == "budget"):
+            return "budget"
+        return reason
+
+    def _restart_reason(self, state: SearchState) -> str | None:
+        c = self.config
+        if state.restart_iteration >= c.iters:
+            return "completed"
+        if c.patience is not None and state.since_best >= c.patience:
+            return "patience"
+        time_share = self._share(c.time_budget, state)
+        if time_share is not None and state.seconds >= time_share:
+            return "budget"
+        passes = self._share(c.max_forward_passes, state)
+        if passes is not None and state.cost.get("forward_passes", 0) >= passes:
+            return "budget"
+        return None
+
+    def _restart_record(self, state: SearchState) -> dict:
+        best = state.restart_best
+        ids = best["trigger"] if best else state.trigger
+        start = state.initial["trigger"] if state.restart == 0 else state.restart_initial
+        return {
+            "restart": state.restart,
+            "initial": start["words"],
+            "trigger": self._trigger_record(ids),
+            "dev": best["dev"] if best else None,
+            "iterations": state.restart_iteration,
+        }
+
+    def _next_restart(self, state: SearchState) -> None:
+        """Close the current restart and start the next from random allowed tokens."""
+        rng = np.random.default_rng()
+        rng.bit_generator.state = state.rng
+        self._begin(state)
+        record = self._restart_record(state)
+        initial = self.initial_ids(rng, "random")
+        scored = self.evaluate(self.dev, initial)
+        # commit: nothing above touched the state (Ctrl-C in the evaluation redoes it)
+        state.restarts.append(record)
+        state.restart += 1
+        state.restart_iteration = 0
+        state.restart_best = None
+        state.since_best = 0
+        state.buffer = []
+        state.trigger = initial
+        state.current_dev = scored.metric
+        state.restart_initial = self._trigger_record(initial)
+        self._consider(state, initial, scored)
+        state.rng = rng.bit_generator.state
+        self._commit_clock(state)
+
+    def run(
+        self,
+        state: SearchState,
+        checkpoint: Callable[[SearchState], None] | None = None,
+        on_iteration: Callable[[SearchState, dict], None] | None = None,
+        progress: bool = True,
+    ) -> SearchState:
+        """Iterate until every restart has used its iterations or budget share (or patience);
+        ``checkpoint(state)`` after each iteration."""
+        metric = self.objective.metric
+        c = self.config
+        budgeted = c.time_budget is not None or c.max_forward_passes is not None
+        last_closed = state.stopped is not None and len(state.restarts) == state.restart + 1
+        if last_closed and state.stopped != "patience":
+            # resumed with more iterations or budget: reopen the last restart
+            state.stopped = None
+            if self._restart_over(state) is None:
+                state.restarts.pop()
+            else:
+                state.stopped = self._restart_over(state)
+        with tqdm(
+            total=None if budgeted else c.iters * c.restarts,
+            initial=state.iteration,
+            desc=f"search ({c.method})",
+            unit="it",
+            disable=not progress,
+            dynamic_ncols=True,
+        ) as bar:
+            while state.stopped is None:
+                over = self._restart_over(state)
+                if over is not None:
+                    if state.restart + 1 >= c.restarts:
+                        state.stopped = over
+                        state.restarts.append(self._restart_record(state))
+                        if checkpoint is not None:
+                            checkpoint(state)
+                        break
+                    self._next_restart(state)
+                    if checkpoint is not None:
+                        checkpoint(state)
+                    continue
+                entry = self.step(state)
+                if checkpoint is not None:
+                    checkpoint(state)
+                best = "-" if state.best_dev is None else f"{state.best_dev:.3f}"
+                dev = "-" if entry["dev"] is None else f"{entry['dev']:.3f}"
+                bar.set_postfix_str(
+                    f"r{state.restart} dev {metric} {dev} best {best} | "
+                    + " ".join(self.words(state.trigger)),
+                    refresh=False,
+                )
+                bar.update(1)
+                if on_iteration is not None:
+                    on_iteration(state, entry)
+        return state
+
+    # -- records --------------------------------------------------------------------------------
+
+    def _trigger_record(self, ids: Sequence[int]) -> dict:
+        return {"ids": list(ids), "tokens": self.tokens(ids), "words": self.words(ids)}
+
+    def identity(self) -> dict:
+        """What a checkpoint must match to be resumed: model, data, task and key settings."""
+        emb = self.lm.embeddings.detach()
+        stride = max(1, len(emb) // 512)  # a sample of rows tells models apart cheaply
+        sample = emb[::stride].float().cpu().contiguous().numpy().tobytes()
+        return {
+            "model": {
+                "vocab_size": self.lm.vocab_size,
+                "embedding_size": int(emb.shape[1]),
+                "weights_sha256": hashlib.sha256(sample).hexdigest(),
+            },
+            **self.task.identity,
+            "filters": self.filters.describe(),
+            "config": self.config.identity(),
+        }
+
+    def model_record(self) -> dict:
+        return {
+            "name": self.lm.name,
+            "model_type": getattr(self.lm.model.config, "model_type", None),
+            "vocab_size": self.lm.vocab_size,
+            "embedding_size": int(self.lm.embeddings.shape[1]),
+        }
+
+    def warnings(self, state: SearchState) -> list[str]:
+        """What a user must know about the result; each is also logged."""
+        out = []
+        unreplaced = self.special_slots(state.best_trigger)
+        if unreplaced:
+            out.append(
+                f"trigger slot(s) {', '.join(map(str, unreplaced))} still hold a special token "
+                "(no iteration replaced them: budget or iterations too small, or no allowed "
+                "candidate); the result is the last trigger evaluated"
+            )
+        elif state.iteration == 0:
+            out.append("the budget allowed no iteration; the result is the initial trigger")
+        for w in out:
+            log.warning(w)
+        return out
+
+    def result(
+        self,
+        state: SearchState,
+        config: dict,
+        interrupted: bool = False,
+        elapsed: float | None = None,
+        train: bool = True,
+        extra: dict | None = None,
+    ) -> dict:
+        """The result file's content for the best trigger so far."""
+        task = self.task
+        best = state.best_trigger
+        words = self.words(best)
+        prompt = task.template.with_triggers(best, words).render("token")
+        stopped = "interrupted" if interrupted else (state.stopped or "completed")
+        data = {
+            split: {"source": task.sources.get(split), **self.counts.get(split, {})}
+            for split in ("train", "dev")
+        }
+        if "vocab" in task.sources:
+            data["vocab"] = task.sources["vocab"]
+        restarts = list(state.restarts)
+        if len(restarts) <= state.restart:  # interrupted inside a restart
+            restarts.append(self._restart_record(state))
+        cost = {"seconds": round(state.seconds, 3), **Cost(**state.cost).record()}
+        return {
+            "kind": RESULT_KIND,
+            "template": task.template.source,
+            "prompt": prompt,
+            "trigger": self._trigger_record(best),
+            "mode": task.mode,
+            "relation": task.relation,
+            "verbalizer": task.verbalizer.words if task.verbalizer else None,
+            "aggregation": task.aggregation if task.verbalizer else None,
+            "model": self.model_record(),
+            "method": self.config.method,
+            "metric": self.objective.metric,
+            "train": self.train_metrics(best) if train else None,
+            "dev": state.best_dev_metrics,
+            "initial": state.initial,
+            "best_iteration": state.best_iteration,
+            "iterations": state.iteration,
+            "stopped": stopped,
+            "elapsed_s": None if elapsed is None else round(elapsed, 3),
+            "cost": cost,
+            "curve": state.curve,
+            "restarts": restarts,
+            "unreplaced_slots": self.special_slots(best),
+            "pseudo_perplexity": self.fluency.perplexity(best),
+            "warnings": self.warnings(state),
+            **(extra or {}),
+            "data": data,
+            "filters": self.filters.describe(),
+            "history": state.history,
+            **provenance("search", config),
+        }

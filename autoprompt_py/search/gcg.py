@@ -1,0 +1,106 @@
+"""The GCG step (Zou et al., 2023, "Universal and Transferable Adversarial Attacks on Aligned
+Language Models"; with nanoGCG's refinements), over a data set of examples:
+
+1. the gradient of the mean loss with respect to every trigger slot's embedding, over
+   ``accumulation_steps`` random batches;
+2. per slot, the ``topk`` tokens of ``-(E · g)`` among the allowed tokens (HotFlip's score);
+3. ``search_width`` candidate triggers, each writing one of its slots' top-k tokens (drawn
+   uniformly) into ``n_replace`` distinct random slots; a slot holding a special token is
+   replaced in every candidate; duplicates and the current trigger are dropped;
+4. all candidates scored in one batched forward on the same fresh rows; the search **moves to
+   the best even when it is worse than the current trigger** (the engine keeps the best so
+   far on dev), which lets it leave a local optimum.
+
+With ``buffer_size`` B > 0 (nanoGCG's attack buffer), the B best triggers seen (by their loss
+on the rows they were scored on) are kept, and each step starts from the best of them.
+All random draws come from the search state's one seeded generator.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from autoprompt_py.search.candidates import hotflip_candidates
+from autoprompt_py.search.move import Move
+
+if TYPE_CHECKING:
+    from autoprompt_py.search.engine import TriggerSearch
+    from autoprompt_py.search.state import SearchState
+
+
+def sample_candidates(
+    current: np.ndarray,
+    top: np.ndarray,
+    width: int,
+    n_replace: int,
+    rng: np.random.Generator,
+    always: list[int] = (),
+) -> np.ndarray:
+    """``width`` triggers [width, L] from ``current`` [L], each with ``n_replace`` distinct
+    random slots (and every slot in ``always``) set to a random one of that slot's ``top``
+    [L, k] tokens; duplicates and the current trigger dropped, first occurrences kept."""
+    n_slots, k = top.shape
+    slots = rng.random((width, n_slots)).argsort(1)[:, :n_replace]
+    picks = rng.integers(k, size=(width, n_replace))
+    out = np.repeat(current[None, :], width, axis=0)
+    rows = np.arange(width)[:, None]
+    out[rows, slots] = top[slots, picks]
+    if len(always):
+        forced = np.asarray(always)
+        out[:, forced] = top[forced, rng.integers(k, size=(width, len(forced)))]
+    _, first = np.unique(out, axis=0, return_index=True)
+    out = out[np.sort(first)]
+    return out[(out != current[None, :]).any(1)]
+
+
+def propose(search: TriggerSearch, state: SearchState, rng: np.random.Generator) -> Move:
+    config = search.config
+    start = state.buffer[0][1] if state.buffer else state.trigger
+    grad_batches, candidate_rows = search.sample(rng)
+    trigger = search._tensor(start)
+    grad = search.scorer.gradient(search.train, grad_batches, trigger)
+    top = hotflip_candidates(grad, search.embeddings, search.allowed, config.topk, trigger)
+    current = np.asarray(start, dtype=np.int64)
+    special = search.special_slots(start)
+    candidates = sample_candidates(
+        current, top.cpu().numpy(), config.search_width, config.n_replace, rng, special
+    )
+    size = len(candidate_rows)
+    if len(candidates) == 0:  # e.g. top-k of 1 token per slot already in place
+        return Move(list(start), False, float("nan"), {"candidates": 0, "moved": False})
+    triggers = torch.as_tensor(np.concatenate([current[None], candidates]), device=trigger.device)
+    by_hits = config.select == "metric"
+    scores = search.scorer.trigger_losses(
+        search.train, candidate_rows, triggers, count_hits=by_hits
+    ).cpu()
+    losses = (scores[0] if by_hits else scores) / size
+    bonus = search.fluency_bonus(triggers)
+    if by_hits:  # most hits (plus the bonus), ties to the lower loss
+        key = scores[1] / size + bonus - losses * 1e-6
+        best = 1 + int(key[1:].argmax())
+    else:
+        best = 1 + int((losses - bonus)[1:].argmin())
+    chosen = [int(t) for t in triggers[best]]
+    detail = {
+        "candidates": len(candidates),
+        "current_loss": float(losses[0]),
+        "moved": True,
+        "worse": bool(losses[best] - bonus[best] > losses[0] - bonus[0]),
+    }
+    buffer = None
+    if config.buffer_size > 0:
+        selection = float(losses[best] - bonus[best])
+        buffer = [list(b) for b in state.buffer]
+        if not buffer and not special:
+            buffer.append([float(losses[0] - bonus[0]), list(start)])
+        if len(buffer) < config.buffer_size:
+            buffer.append([selection, chosen])
+        elif selection < buffer[-1][0]:
+            buffer[-1] = [selection, chosen]
+        buffer.sort(key=lambda b: b[0])
+        chosen = list(buffer[0][1])
+        detail["moved"] = chosen != list(state.trigger)
+    return Move(chosen, detail["moved"], float(losses[best]), detail, buffer)
