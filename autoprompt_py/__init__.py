@@ -8,7 +8,7 @@ The Python API that the ``autoprompt`` command is a thin layer over::
                               load_verbalizer("sst2"))
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 import os  # noqa: E402
 

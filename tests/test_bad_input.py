@@ -791,13 +791,17 @@ def test_a_5kb_template_is_cut_in_the_message(f, no_model):
     assert "… (5017 characters)" in line
 
 
-def test_num_cand_beyond_the_vocabulary_is_clamped_with_a_warning(f, tmp_path):
+@pytest.mark.parametrize("method, option", [("autoprompt", "--num-cand"), ("gcg", "--topk")])
+def test_num_cand_beyond_the_vocabulary_is_clamped_with_a_warning(f, tmp_path, method, option):
     out = tmp_path / "r.json"
-    args = _search(f, out)
-    args[args.index("--num-cand") + 1] = "100000"
+    args = [*_search(f, out), "--method", method]
+    if option in args:
+        args[args.index(option) + 1] = "100000"
+    else:
+        args += [option, "100000"]
     r = invoke(*args)
     assert r.exit_code == 0, r.stderr
-    assert "warning: --num-cand 100000 is more than the " in r.stderr
+    assert f"warning: {option} 100000 is more than the " in r.stderr
     assert "other tokens the filters leave in this model's vocabulary; using " in r.stderr
 
 
