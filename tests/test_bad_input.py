@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from autoprompt_py.cli import main
@@ -42,14 +41,6 @@ SST = [
 ]
 FACTS = [("dante", "florence"), ("mozart", "salzburg"), ("galileo", "pisa"), ("italy", "rome")]
 LATIN = "caf\xe9"  # "é" is the byte 0xE9 in Latin-1 and cp1252, two bytes in UTF-8
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -52,14 +52,6 @@ FACTS = {
 VOLATILE = {"created", "world_size", "backend", "elapsed_s", "cost", "curve"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, tiny_model_dirs) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("dist")

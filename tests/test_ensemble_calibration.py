@@ -41,14 +41,6 @@ TEMPLATES = ["{sentence} It was [MASK] .", "Just [MASK] ! {sentence}", "[MASK] :
 BYTE_LEVEL = ("roberta",)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module", params=["bert", "roberta"])
 def setup(request, tiny_model_dirs):
     family = request.param

@@ -36,15 +36,6 @@ EXAMPLES = [Example({"sentence": s}, y, f"t:{i}") for i, (s, y) in enumerate(SST
 TEMPLATE = parse_template("{sentence} [T] [T] [P] .")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run many times faster on one thread, above all on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def lms(tiny_model_dirs):
     return {f: load_model(str(p), "cpu") for f, p in tiny_model_dirs.items()}

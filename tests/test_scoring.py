@@ -29,15 +29,6 @@ BYTE_LEVEL = ("roberta", "modernbert")
 TOL = 1e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run many times faster on one thread, above all on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def models(tiny_model_dirs):
     """family -> (library MaskedLM, an independently loaded plain model, its tokenizer)."""

@@ -70,15 +70,6 @@ TEMPLATE = "{sentence} [T] [T] [T] [P] ."
 RELATION_TEMPLATE = "[X] [T] [T] [Y] ."
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run many times faster on one thread, above all on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("search")

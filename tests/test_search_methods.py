@@ -32,14 +32,6 @@ GCG = dict(method="gcg", iters=4, search_width=8, topk=4, batch_size=4, accumula
 AUTOPROMPT = dict(method="autoprompt", iters=4, num_cand=4, batch_size=4, accumulation_steps=2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("methods")

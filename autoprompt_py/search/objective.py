@@ -334,32 +334,10 @@ class TriggerScorer:
         rows go through the model together, example-major and in length order, in chunks
         bounded by ``max_batch_tokens`` and ``max_rows``, each cut to its own longest row.
         """
-        self.cost.candidate_evaluations += len(tokens) + 1
         variants = trigger[None, :].repeat(len(tokens) + 1, 1)  # [1 + flips, triggers]
         variants[torch.arange(1, len(tokens) + 1, device=variants.device), positions] = tokens
-        per_example = len(variants)
-        total = torch.zeros(
-            2 if count_hits else 1, per_example, dtype=torch.float32, device=split.device
-        )
-        index = distributed.shard_rows(index, split.lengths)  # this rank's rows
-        for examples in self._chunks(split, index, per_example):
-            views = split.batch(np.repeat(examples, per_example))  # example-major rows
-            rows_var = variants.repeat(len(examples), 1)
-            ids = {}
-            for k, b in views.items():
-                ids[k] = b.input_ids.scatter_(1, b.trigger_positions, rows_var)
-            logits, gold = self.logits(views, ids=ids), split.gold[views[self._k0].index]
-            if count_hits:
-                loss, outcome = self.objective.loss_and_outcome(logits, gold)
-                hits = self.objective.hits(outcome, gold).float()
-                total += torch.stack([loss, hits]).view(2, len(examples), per_example).sum(1)
-            else:
-                loss = self.objective.loss(logits, gold)
-                total[0] += loss.view(len(examples), per_example).sum(0)
-        distributed.all_reduce_(total)
-        return total if count_hits else total[0]
+        return self.trigger_losses(split, index, variants, count_hits)
 
-    @torch.inference_mode()
     def trigger_losses(
         self,
         split: SplitTensors,
