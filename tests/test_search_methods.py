@@ -418,3 +418,47 @@ def test_resume_across_restarts(lm, task, tmp_path):
     assert resumed["history"] == full["history"] and resumed["restarts"] == full["restarts"]
     assert resumed["trigger"] == full["trigger"]
     assert [p[1:] for p in resumed["curve"]] == [p[1:] for p in full["curve"]]
+
+
+def test_relation_objective_labels_is_the_cross_entropy_over_candidates(lm, data, tmp_path):
+    from test_search import FACTS
+
+    vocab_file = tmp_path / "vocab.txt"  # the last two objects are not candidates
+    vocab_file.write_text("\n".join(o for _, o in FACTS[:-2]) + "\nitaly\ncity\n")
+    relation = load_task("[X] [T] [T] [T] [Y] .", data["facts"], None, None, vocab=vocab_file)
+    whole = TriggerSearch(lm, relation, SearchConfig(**GCG, objective="vocab"))
+    among = whole.reconfigure(SearchConfig(**GCG, objective="labels"))
+    assert among.objective.candidates is not None and whole.objective.candidates is None
+    trigger = [int(i) for i in torch.nonzero(whole.allowed).squeeze(1)[:3]]
+    split = whole.train
+    views = split.batch(np.arange(len(split)))
+    ids = {
+        k: b.input_ids.scatter(
+            1, b.trigger_positions, torch.tensor([trigger]).expand(len(b.input_ids), -1)
+        )
+        for k, b in views.items()
+    }
+    with torch.no_grad():
+        logits = whole.scorer.logits(views, ids=ids)[1][:, 0].float()
+    gold = split.gold[views[1].index]
+    cand = sorted(set(among.objective.candidates.tolist()))
+    # an independent computation: log_softmax over the candidate ids (and the gold, where it
+    # is not one of them)
+    expected = []
+    for row, g in zip(logits, gold.tolist()):
+        cols = cand if g in cand else sorted([*cand, g])
+        expected.append(-row[cols].log_softmax(-1)[cols.index(g)])
+    assert any(g not in cand for g in gold.tolist())  # the outside case is exercised
+    got = among.objective.loss({1: logits[:, None].clone()}, gold)
+    torch.testing.assert_close(got, torch.stack(expected))
+    ref = -logits.log_softmax(-1).gather(1, gold[:, None]).squeeze(1)
+    torch.testing.assert_close(whole.objective.loss({1: logits[:, None].clone()}, gold), ref)
+    assert (got < ref).all()
+    # the evaluation reads the same ranks under both losses; the search's own passes use it
+    a, b = whole.evaluate(whole.dev, trigger), among.evaluate(among.dev, trigger)
+    assert a.metric == b.metric and torch.equal(a.outcome, b.outcome)
+    assert not torch.equal(a.loss, b.loss)
+    fresh = TriggerSearch(lm, relation, SearchConfig(**GCG, objective="labels"))
+    assert torch.equal(fresh.evaluate(fresh.dev, trigger).loss, b.loss)
+    state = among.run(among.start(trigger), progress=False)
+    assert state.best_dev is not None

@@ -188,8 +188,9 @@ def _config_options(f: Callable) -> Callable:
             type=click.Choice(["labels", "vocab"]),
             default="labels",
             show_default=True,
-            help="Classification loss: the gold label word's log-probability over the "
-            "vocabulary (AutoPrompt), or the cross-entropy over the labels only.",
+            help="The loss: the gold word's log-probability over the vocabulary "
+            "(AutoPrompt), or the cross-entropy over the labels only (relation mode: over "
+            "the --vocab tokens, else the training objects).",
         ),
         click.option(
             "--initial",
