@@ -188,9 +188,8 @@ def _config_options(f: Callable) -> Callable:
             type=click.Choice(["labels", "vocab"]),
             default="labels",
             show_default=True,
-            help="The loss: the gold word's log-probability over the vocabulary "
-            "(AutoPrompt), or the cross-entropy over the labels only (relation mode: over "
-            "the --vocab tokens, else the training objects).",
+            help="Classification loss: the gold label word's log-probability over the "
+            "vocabulary (AutoPrompt), or the cross-entropy over the labels only.",
         ),
         click.option(
             "--initial",

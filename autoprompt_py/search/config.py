@@ -45,10 +45,9 @@ class SearchConfig:
     ``time_budget`` seconds and ``max_forward_passes``); the best on dev is the result.
     ``initial`` is how restart 0 starts without ``--initial-trigger``: random allowed tokens,
     or the mask token in every slot (the original AutoPrompt); later restarts start random.
-    ``objective``: ``vocab`` minimizes the gold label's (relation mode: the object's) negative
+    ``objective`` (classification): ``vocab`` minimizes the gold label's negative
     log-probability over the whole vocabulary (AutoPrompt); ``labels`` the cross-entropy over
-    the labels' scores only (relation mode: over the candidate objects, ``--vocab`` or else
-    the training objects), which is what accuracy (P@1) reads.
+    the labels' scores only, which is what accuracy reads (relation mode: always the former).
     ``fluency`` W adds W × the trigger's pseudo-log-likelihood (``fluency.py``) to the score
     that selects among candidates (minus the mean loss, or the hit rate); the best on dev is
     still the best dev metric.

@@ -117,12 +117,8 @@ class TriggerSearch:
             eval_ids = (
                 vocab_token_ids(tokenizer, task.vocab, space) if task.vocab is not None else None
             )
+            objective = RelationObjective(eval_ids, lm.device)
             train, train_gold = self._single_token_facts(task.train, "train", space, None)
-            # --objective labels: the softmax over the candidate objects (what P@1 reads)
-            self._candidates = eval_ids if eval_ids is not None else sorted(set(train_gold))
-            objective = RelationObjective(
-                eval_ids, lm.device, self._candidates if config.objective == "labels" else None
-            )
             dev, dev_gold = self._single_token_facts(task.dev, "dev", space, eval_ids)
             label_ids = sorted(set(train_gold))  # as AutoPrompt: no trigger may be an answer
         self.objective = objective
@@ -173,13 +169,6 @@ class TriggerSearch:
         if isinstance(self.objective, ClassificationObjective):
             other.objective = ClassificationObjective(
                 self.objective.verbalizer, config.objective == "labels"
-            )
-        else:
-            eval_ids = self.objective.eval_ids
-            other.objective = RelationObjective(
-                None if eval_ids is None else eval_ids.tolist(),
-                self.lm.device,
-                self._candidates if config.objective == "labels" else None,
             )
         other.scorer = TriggerScorer(
             self.lm, other.objective, config.max_batch_tokens, config.max_rows, config.dtype

@@ -6,9 +6,8 @@
   aggregated as the verbalizer says (AutoPrompt: log of the summed word probabilities); the
   outcome is the predicted label.
 * ``RelationObjective``: the negative log-probability of the object token over the whole
-  vocabulary (as AutoPrompt trains), or over the candidate objects only (what P@1 reads); the
-  outcome is the gold token's rank among the evaluation vocabulary (LAMA's common vocabulary,
-  or all tokens).
+  vocabulary (as AutoPrompt trains); the outcome is the gold token's rank among the evaluation
+  vocabulary (LAMA's common vocabulary, or all tokens).
 
 ``TriggerScorer`` runs the three passes the search needs over pre-encoded batches, writing
 trigger ids into the id tensors by index: the gradient with respect to the trigger embeddings,
@@ -146,26 +145,10 @@ class ClassificationObjective(Objective):
 class RelationObjective(Objective):
     metric = "p@1"
 
-    def __init__(
-        self,
-        eval_ids: Sequence[int] | None,
-        device: torch.device,
-        candidates: Sequence[int] | None = None,
-    ) -> None:
+    def __init__(self, eval_ids: Sequence[int] | None, device: torch.device) -> None:
         self.eval_ids = None if eval_ids is None else torch.tensor(sorted(eval_ids), device=device)
-        # None: the softmax over the whole vocabulary (AutoPrompt); else over these token ids
-        # (the gold added where it is not one of them, so every loss stays finite)
-        self.candidates = (
-            None if candidates is None else torch.tensor(sorted(candidates), device=device)
-        )
 
     def loss(self, logits: Logits, gold: torch.Tensor) -> torch.Tensor:
-        if self.candidates is not None:
-            x = logits[1][:, 0].float()
-            target = x.gather(1, gold[:, None]).squeeze(1)
-            norm = x[:, self.candidates].logsumexp(-1)
-            outside = ~torch.isin(gold, self.candidates)
-            return torch.where(outside, torch.logaddexp(norm, target), norm) - target
         x = _consumable(logits[1][:, 0])
         if x is None:
             logp = F.log_softmax(logits[1][:, 0].float(), dim=-1)
