@@ -40,7 +40,12 @@ sys.path.insert(0, str(ROOT))
 
 from autoprompt_py.data import read_examples, read_facts  # noqa: E402
 from autoprompt_py.model import load_model  # noqa: E402
-from autoprompt_py.search import SearchConfig, TriggerSearch, load_task  # noqa: E402
+from autoprompt_py.search import (  # noqa: E402
+    SearchConfig,
+    TriggerSearch,
+    load_task,
+    trigger_ids_from_words,
+)
 
 PRESETS = {
     "autoprompt-loss": dict(method="autoprompt", select="loss", initial="mask", objective="vocab"),
@@ -141,6 +146,12 @@ def main() -> None:
     p.add_argument("--dev-limit", type=int, default=None, help="SST-2 dev.tsv rows to split")
     p.add_argument("--fact-limit", type=int, default=None, help="LAMA facts per relation")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--initial-trigger",
+        default=None,
+        help="words or vocabulary tokens for restart 0's start; with --iters 0 this scores a "
+        "given trigger (e.g. one published) on the same splits",
+    )
     p.add_argument("--json", default=None, help="write every run here")
     p.add_argument(
         "--quick",
@@ -171,6 +182,9 @@ def main() -> None:
             task, test_examples = make_task(task_name, args, Path(tmp))
             base = TriggerSearch(lm, task, SearchConfig())
             test = base.encode(test_examples)
+            initial = None
+            if args.initial_trigger:
+                initial = trigger_ids_from_words(lm.tokenizer, task.template, args.initial_trigger)
             for method, settings in methods:
                 for seed in args.seeds:
                     config = SearchConfig(
@@ -184,7 +198,7 @@ def main() -> None:
                     )
                     search = base.reconfigure(config)
                     started = time.perf_counter()
-                    state = search.run(search.start(), progress=False)
+                    state = search.run(search.start(initial), progress=False)
                     wall = time.perf_counter() - started
                     best = state.best_trigger
                     run = {

@@ -154,3 +154,38 @@ def test_compare_methods_runs(shared_model, shared_data, tmp_path):
     assert {r["task"] for r in written} == {"sst2", "P19"}
     assert {r["method"] for r in written} >= {"autoprompt-loss", "gcg", "gcg-restarts"}
     assert all(r["cost"]["forward_passes"] > 0 for r in written)
+
+
+@pytest.mark.slow
+def test_compare_methods_scores_a_given_trigger(shared_model, shared_data, tmp_path):
+    # --iters 0 with --initial-trigger scores a published trigger on the script's own splits
+    runs = tmp_path / "runs.json"
+    _run(
+        [
+            str(SCRIPTS / "compare_methods.py"),
+            "--model",
+            str(shared_model),
+            "--data",
+            str(shared_data),
+            "--tasks",
+            "sst2",
+            "--seeds",
+            "0",
+            "--iters",
+            "0",
+            "--train-limit",
+            "50",
+            "--dev-limit",
+            "60",
+            "--methods",
+            "default",
+            "--initial-trigger",
+            "##yat malmo tragic",
+            "--json",
+            str(runs),
+        ]
+    )
+    [run] = json.loads(runs.read_text())["runs"]
+    assert run["words"] == ["##yat", "malmo", "tragic"]
+    assert run["iterations"] == 0 and run["cost"]["backward_passes"] == 0
+    assert 0.0 <= run["test"] <= 1.0 and run["dev"] is not None
