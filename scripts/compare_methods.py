@@ -205,7 +205,7 @@ def main() -> None:
                         "task": task_name,
                         "method": method,
                         "seed": seed,
-                        "config": dataclasses.asdict(config),
+                        "config": dataclasses.asdict(search.config),
                         "words": search.words(best),
                         "dev": state.best_dev,
                         "test": search.evaluate(test, best).metric,

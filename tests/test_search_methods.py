@@ -192,6 +192,22 @@ def test_no_special_token_survives(lm, data, settings, mode):
     assert result["unreplaced_slots"] == [] and "[MASK]" not in result["prompt"]
 
 
+def test_accumulation_default_depends_on_method_and_mode(lm, data, task):
+    relation = load_task("[X] [T] [T] [T] [Y] .", data["facts"], None, None)
+    assert SearchConfig().accumulation_steps is None  # filled in once the task is known
+    for method, on_sst2, on_facts in (("gcg", 6, 2), ("autoprompt", 10, 10)):
+        config = SearchConfig(method=method)
+        assert TriggerSearch(lm, task, config).config.accumulation_steps == on_sst2
+        assert TriggerSearch(lm, relation, config).config.accumulation_steps == on_facts
+        # reconfigure fills it in too, and a value given is kept in both modes
+        assert TriggerSearch(lm, task).reconfigure(config).config.accumulation_steps == on_sst2
+        given = SearchConfig(method=method, accumulation_steps=3)
+        assert TriggerSearch(lm, relation, given).config.accumulation_steps == 3
+    # the checkpoint identity and the result record the filled-in value
+    outcome = run_search(lm, relation, SearchConfig(iters=1, batch_size=2), progress=False)
+    assert outcome.result["config"]["accumulation_steps"] == 2
+
+
 def test_a_slot_never_replaced_is_reported(lm, task, caplog):
     search = TriggerSearch(lm, task, SearchConfig(**{**AUTOPROMPT, "iters": 2}))
     state = search.run(search.start(mask_ids(lm)), progress=False)  # 2 flips for 3 masks

@@ -165,7 +165,7 @@ def _config_options(f: Callable) -> Callable:
             type=int,
             default=None,
             help="Batches for the gradient, and as many fresh ones for scoring the "
-            "candidates [default: 6 for gcg, 10 for autoprompt, as the original].",
+            "candidates [default: gcg 6, or 2 on relations; autoprompt 10, as the original].",
         ),
         click.option(
             "--position",

@@ -95,7 +95,7 @@ class TriggerSearch:
         filters: TokenFilters | None = None,
     ) -> None:
         filters = filters or TokenFilters()
-        config = config or SearchConfig()
+        config = (config or SearchConfig()).for_mode(task.mode)
         config.check_slots(task.template.num_triggers)
         self.lm, self.task, self.config, self.filters = lm, task, config, filters
         tokenizer = lm.tokenizer
@@ -164,6 +164,7 @@ class TriggerSearch:
         """The same encoded task under other search settings (memory budgets must agree):
         comparisons run many settings without encoding the data again."""
         other = copy.copy(self)
+        config = config.for_mode(self.task.mode)
         config.check_slots(self.task.template.num_triggers)
         other.config = config
         if isinstance(self.objective, ClassificationObjective):

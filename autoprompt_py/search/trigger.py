@@ -93,6 +93,7 @@ def run_search(
     filters = filters or TokenFilters()
     config = config or SearchConfig()
     search = TriggerSearch(lm, task, config, filters)
+    config = search.config  # with the mode's defaults filled in
     if checkpoint is None and output is not None:
         checkpoint = Path(str(output) + ".ckpt")
     identity = search.identity()
