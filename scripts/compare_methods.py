@@ -16,6 +16,9 @@ vocabulary loss), ``autoprompt-labels`` (the same with ``--objective labels``),
 ``gcg`` (no restarts, no buffer), ``gcg-restarts`` (3 restarts), ``gcg-buffer`` (buffer of 4),
 ``default`` (the library's defaults).
 
+``--fit-test`` searches and selects on the test split itself: not a result, but a ceiling on
+what a trigger of the template can reach on those rows, to size a target against.
+
     python scripts/compare_methods.py --time-budget 60 --seeds 0 1 2 3 4 \\
         --tasks sst2 P19 P176 --json compare.json
 
@@ -107,10 +110,13 @@ def make_task(name: str, args, tmp: Path):
         half = len(dev) // 2
         write_tsv(tmp / "sst2-dev.tsv", [dev[i] for i in sorted(order[:half])])
         test = [dev[i] for i in sorted(order[half:])]
+        if args.fit_test:
+            write_tsv(tmp / "sst2-test.tsv", test)
+        fitted = tmp / "sst2-test.tsv"
         task = load_task(
             SST2_TEMPLATE,
-            data / "sst2" / "train.tsv",
-            tmp / "sst2-dev.tsv",
+            fitted if args.fit_test else data / "sst2" / "train.tsv",
+            fitted if args.fit_test else tmp / "sst2-dev.tsv",
             SST2_VERBALIZER,
             train_limit=args.train_limit,
         )
@@ -120,6 +126,8 @@ def make_task(name: str, args, tmp: Path):
     order = rng.permutation(len(facts))
     n_train, n_dev = int(0.6 * len(facts)), int(0.2 * len(facts))
     parts = np.split(order, [n_train, n_train + n_dev])
+    if args.fit_test:
+        parts[:2] = [parts[2], parts[2]]
     for part, rows in zip(("train", "dev"), parts[:2]):
         write_facts(tmp / f"{name}-{part}.jsonl", [facts[i] for i in sorted(rows)])
     task = load_task(
@@ -151,6 +159,12 @@ def main() -> None:
         default=None,
         help="words or vocabulary tokens for restart 0's start; with --iters 0 this scores a "
         "given trigger (e.g. one published) on the same splits",
+    )
+    p.add_argument(
+        "--fit-test",
+        action="store_true",
+        help="search and select on the test split itself: an in-sample ceiling for what any "
+        "trigger of this template reaches there, not a result",
     )
     p.add_argument("--json", default=None, help="write every run here")
     p.add_argument(

@@ -156,6 +156,32 @@ def test_compare_methods_runs(shared_model, shared_data, tmp_path):
     assert all(r["cost"]["forward_passes"] > 0 for r in written)
 
 
+def test_compare_methods_fit_test_searches_on_the_test_split(shared_model, shared_data, tmp_path):
+    # --fit-test: the ceiling run selects on the test rows, so its dev figure is its test figure
+    runs = tmp_path / "runs.json"
+    _run(
+        [
+            str(SCRIPTS / "compare_methods.py"),
+            "--quick",
+            "--fit-test",
+            "--model",
+            str(shared_model),
+            "--data",
+            str(shared_data),
+            "--methods",
+            "default",
+            "--threads",
+            "1",
+            "--json",
+            str(runs),
+        ]
+    )
+    written = json.loads(runs.read_text())["runs"]
+    assert {r["task"] for r in written} == {"sst2", "P19"}
+    assert all(r["dev"] == pytest.approx(r["test"]) for r in written)
+    assert json.loads(runs.read_text())["args"]["fit_test"] is True
+
+
 @pytest.mark.slow
 def test_compare_methods_scores_a_given_trigger(shared_model, shared_data, tmp_path):
     # --iters 0 with --initial-trigger scores a published trigger on the script's own splits
