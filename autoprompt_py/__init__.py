@@ -8,33 +8,66 @@ The Python API that the ``autoprompt`` command is a thin layer over::
                               load_verbalizer("sst2"))
 """
 
-__version__ = "0.2.0"
+import os
 
-import os  # noqa: E402
+from autoprompt_py._version import __version__
 
 if "WORLD_SIZE" in os.environ:
     # under a launcher (torchrun, srun): torch's C++ retry logs and stack traces would bury the
     # one-line error of a failed rank; set TORCH_CPP_LOG_LEVEL=INFO to see them
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")
 
-from autoprompt_py.calibration import calibrate  # noqa: E402
-from autoprompt_py.data import Example, read_examples, read_facts  # noqa: E402
-from autoprompt_py.ensemble import combine  # noqa: E402
-from autoprompt_py.errors import AutopromptError  # noqa: E402
-from autoprompt_py.evaluation import probe_relations, score_prompts, score_templates  # noqa: E402
-from autoprompt_py.export import export_prompt  # noqa: E402
-from autoprompt_py.labels import search_labels  # noqa: E402
-from autoprompt_py.model import MaskedLM, load_model  # noqa: E402
-from autoprompt_py.probing import probe_templates  # noqa: E402
-from autoprompt_py.prompt import FoundPrompt  # noqa: E402
-from autoprompt_py.resources import NamedTemplate, load_templates, load_verbalizer  # noqa: E402
-from autoprompt_py.scoring import classify, probe_facts  # noqa: E402
-from autoprompt_py.search import SearchConfig, load_task, run_search  # noqa: E402
-from autoprompt_py.template import Template, parse_template  # noqa: E402
-from autoprompt_py.verbalizer import Verbalizer  # noqa: E402
-from autoprompt_py.vocab import read_vocab  # noqa: E402
+# The public API, imported on first use (PEP 562): ``import autoprompt_py`` and the CLI's
+# ``--help`` stay fast because torch and transformers load only when something needs them.
+# One line per name: where it lives.
+_EXPORTS = {
+    "calibrate": "autoprompt_py.calibration",
+    "Example": "autoprompt_py.data",
+    "read_examples": "autoprompt_py.data",
+    "read_facts": "autoprompt_py.data",
+    "combine": "autoprompt_py.ensemble",
+    "AutopromptError": "autoprompt_py.errors",
+    "probe_relations": "autoprompt_py.evaluation",
+    "score_prompts": "autoprompt_py.evaluation",
+    "score_templates": "autoprompt_py.evaluation",
+    "export_prompt": "autoprompt_py.export",
+    "search_labels": "autoprompt_py.labels",
+    "MaskedLM": "autoprompt_py.model",
+    "load_model": "autoprompt_py.model",
+    "probe_templates": "autoprompt_py.probing",
+    "FoundPrompt": "autoprompt_py.prompt",
+    "NamedTemplate": "autoprompt_py.resources",
+    "load_templates": "autoprompt_py.resources",
+    "load_verbalizer": "autoprompt_py.resources",
+    "classify": "autoprompt_py.scoring",
+    "probe_facts": "autoprompt_py.scoring",
+    "SearchConfig": "autoprompt_py.search",
+    "load_task": "autoprompt_py.search",
+    "run_search": "autoprompt_py.search",
+    "Template": "autoprompt_py.template",
+    "parse_template": "autoprompt_py.template",
+    "Verbalizer": "autoprompt_py.verbalizer",
+    "read_vocab": "autoprompt_py.vocab",
+}
 
-__all__ = [
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'autoprompt_py' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # the next lookup skips __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+__all__ = [  # noqa: F822 (resolved lazily by __getattr__)
+    "__version__",
     "AutopromptError",
     "Example",
     "FoundPrompt",

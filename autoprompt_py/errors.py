@@ -14,6 +14,11 @@ class AutopromptError(Exception):
     """
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what Slurm, Kubernetes or ``kill`` send before they kill a job), raised as an
+    interrupt: every long command keeps what it found on it, as on Ctrl-C."""
+
+
 class AutopromptWarning(UserWarning):
     """Something a user should know that does not stop the run (the CLI prints one line)."""
 

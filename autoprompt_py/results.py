@@ -25,10 +25,10 @@ def versions() -> dict[str, str]:
     import torch
     import transformers
 
-    import autoprompt_py
+    from autoprompt_py._version import __version__
 
     return {
-        "autoprompt_py": autoprompt_py.__version__,
+        "autoprompt_py": __version__,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "numpy": numpy.__version__,
@@ -90,6 +90,21 @@ def check_output_path(
     if mode is not None and stat.S_ISREG(mode) and not os.access(target, os.W_OK):
         raise AutopromptError(f"{name} is read-only; make it writable or choose another file name")
     return target
+
+
+def refuse_overwrite(
+    path: str | Path | None, option: str = "--output", force: bool = False, resumable: bool = False
+) -> Path | None:
+    """``check_output_path``, and refuse an existing file unless ``force``: a finished result
+    can be hours of work, so it is never replaced silently. ``resumable`` names ``--resume``
+    in the fix, for commands that can continue what the file holds."""
+    target = check_output_path(path, option)
+    if target is None or force or not target.exists():
+        return target
+    fix = "pass --resume to continue it, " if resumable else ""
+    raise AutopromptError(
+        f"{option} {path} already exists; {fix}pass --force to replace it, or choose another path"
+    )
 
 
 def _kind(mode: int) -> str:

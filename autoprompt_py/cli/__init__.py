@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from autoprompt_py import __version__
+from autoprompt_py._version import __version__
 from autoprompt_py.cli.common import AutopromptGroup
 from autoprompt_py.cli.info import version_message
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -11,25 +13,47 @@ from typing import Any
 import click
 
 from autoprompt_py.default_model import DEFAULT_MODEL
-from autoprompt_py.errors import AutopromptError, AutopromptWarning
+from autoprompt_py.errors import AutopromptError, AutopromptWarning, Terminated
 
 
 class AutopromptGroup(click.Group):
-    """Turns AutopromptError into one line on stderr and exit code 2; Ctrl-C into exit 130;
-    an AutopromptWarning into one ``warning:`` line."""
+    """Turns AutopromptError into one line on stderr and exit code 2; Ctrl-C into exit 130 and
+    SIGTERM into exit 143, both after the command kept what it found; an AutopromptWarning
+    into one ``warning:`` line."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _sigterm_as_interrupt():
                 warnings.simplefilter("always", AutopromptWarning)
                 warnings.showwarning = _show_warning
                 return super().invoke(ctx)
         except AutopromptError as e:
             click.echo(f"error: {one_line(str(e))}", err=True)
             sys.exit(2)
+        except Terminated:
+            click.echo("terminated (SIGTERM)", err=True)
+            sys.exit(143)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+
+
+class _sigterm_as_interrupt:
+    """While a command runs, SIGTERM raises ``Terminated`` (a KeyboardInterrupt) in the main
+    thread, so the code that keeps the best result on Ctrl-C keeps it on SIGTERM too."""
+
+    def __enter__(self) -> None:
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, _raise_terminated)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
 
 
 def one_line(message: str) -> str:

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from autoprompt_py import __version__
+from autoprompt_py._version import __version__
 from autoprompt_py.default_model import (
     DEFAULT_MODEL,
     DEFAULT_MODEL_SOURCE,

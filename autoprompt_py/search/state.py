@@ -102,9 +102,9 @@ def load_checkpoint(path: str | Path, identity: dict) -> SearchState:
 
 
 def _version() -> str:
-    import autoprompt_py
+    from autoprompt_py._version import __version__
 
-    return autoprompt_py.__version__
+    return __version__
 
 
 def _state_problem(state: object, identity: dict) -> str | None:
