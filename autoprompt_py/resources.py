@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from autoprompt_py.errors import AutopromptError, shown
 from autoprompt_py.template import Template, parse_template
 from autoprompt_py.textfile import lines, parse_json, read_text
-from autoprompt_py.verbalizer import Verbalizer
+
+if TYPE_CHECKING:  # verbalizer.py imports torch: not needed to name the shipped sets
+    from autoprompt_py.verbalizer import Verbalizer
 
 _PACKAGE = Path(__file__).resolve().parent
 RESULT_KIND = "autoprompt-search"
@@ -74,6 +77,8 @@ def load_templates(spec: str, option: str = "--template") -> list[NamedTemplate]
 
 def load_verbalizer(spec: str) -> Verbalizer:
     """A verbalizer from a JSON file, a shipped name (``sst2``), or inline JSON."""
+    from autoprompt_py.verbalizer import Verbalizer
+
     path = Path(spec)
     if _is_file(path):
         return Verbalizer.from_file(path)

@@ -1,4 +1,10 @@
-"""The ``autoprompt`` command: a thin layer over the Python API, one module per command."""
+"""The ``autoprompt`` command: a thin layer over the Python API, one module per command.
+
+The commands are listed here by name, module and one-line help, and a module is imported only
+when its command runs or shows its help: ``autoprompt --help``, ``--version`` and a mistyped
+command answer without importing torch. A new command is one line of ``COMMANDS``; its module
+holds a click command of that name (``COMMANDS`` of the module, or an attribute of that name).
+"""
 
 from __future__ import annotations
 
@@ -8,22 +14,44 @@ from autoprompt_py._version import __version__
 from autoprompt_py.cli.common import AutopromptGroup
 from autoprompt_py.cli.info import version_message
 
+# name: (module, one-line help shown by `autoprompt --help`; tests/test_newcomer.py checks it
+# against the command's own docstring)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "score": (
+        "autoprompt_py.cli.score",
+        "Score templates with a verbalizer on a labeled dataset; ensembles and calibration.",
+    ),
+    "probe": (
+        "autoprompt_py.cli.score",
+        "Probe relational knowledge: P@1, P@10 and MRR per relation and template.",
+    ),
+    "export": (
+        "autoprompt_py.cli.export",
+        "Export a search RESULT (or --template) as a soft-prompt initialization.",
+    ),
+    "search": (
+        "autoprompt_py.cli.search",
+        "Search trigger tokens for the [T] slots of a template (GCG or AutoPrompt).",
+    ),
+    "labels": (
+        "autoprompt_py.cli.search",
+        "Find label words for each class (AutoPrompt's label search); write a verbalizer.",
+    ),
+    "plot": (
+        "autoprompt_py.cli.plot",
+        "Draw the best dev metric so far of search RESULTS (.json) against cost, one line a run.",
+    ),
+    "info": (
+        "autoprompt_py.cli.info",
+        "Show the version, the default model and where it lives, libraries and devices.",
+    ),
+}
 
-@click.group(cls=AutopromptGroup)
+
+@click.group(cls=AutopromptGroup, lazy_commands=COMMANDS)
 @click.version_option(__version__, prog_name="autoprompt", message=version_message())
 def main() -> None:
     """Discrete prompts for masked language models: score, probe, search, label search, export.
 
     Without --model, commands use the small BERT bundled in the package (autoprompt info).
     """
-
-
-def _register() -> None:
-    from autoprompt_py.cli import export, info, plot, score, search
-
-    for module in (score, export, search, plot, info):
-        for command in module.COMMANDS:
-            main.add_command(command)
-
-
-_register()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
+import importlib
 import signal
 import sys
 import threading
@@ -19,9 +21,50 @@ from autoprompt_py.errors import AutopromptError, AutopromptWarning, Terminated
 class AutopromptGroup(click.Group):
     """Turns AutopromptError into one line on stderr and exit code 2; Ctrl-C into exit 130 and
     SIGTERM into exit 143, both after the command kept what it found; an AutopromptWarning
-    into one ``warning:`` line."""
+    into one ``warning:`` line.
+
+    ``lazy_commands`` maps a command's name to (module, one-line help): the module is imported
+    only when that command is run or asked for its help, so that ``--help`` stays fast."""
+
+    def __init__(
+        self, *args: Any, lazy_commands: dict[str, tuple[str, str]] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = dict(lazy_commands or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy_commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy_commands:
+            module = importlib.import_module(self.lazy_commands[cmd_name][0])
+            found = {c.name: c for c in getattr(module, "COMMANDS", [])}
+            command = found.get(cmd_name) or getattr(module, cmd_name.replace("-", "_"))
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list from the static one-line helps: no command module imported."""
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in self.lazy_commands and name not in self.commands:
+                rows.append((name, self.lazy_commands[name][1]))
+            else:
+                command = self.commands[name]
+                if not command.hidden:
+                    rows.append((name, command.get_short_help_str(formatter.width)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return self._invoke(ctx)
+        except click.NoSuchOption as e:
+            _suggest_closest(e)
+            raise
+
+    def _invoke(self, ctx: click.Context) -> Any:
         try:
             with warnings.catch_warnings(), _sigterm_as_interrupt():
                 warnings.simplefilter("always", AutopromptWarning)
@@ -54,6 +97,22 @@ class _sigterm_as_interrupt:
 
 def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated()
+
+
+def _suggest_closest(error: click.NoSuchOption) -> None:
+    """click suggests up to three options by similarity alone (``--iter``: --iters, --quiet,
+    --train); suggest the options the typed one begins or ends, else the single closest."""
+    typed = error.option_name
+    command = error.ctx.command if error.ctx is not None else None
+    if command is None or not typed.startswith("--"):
+        return
+    names = [o for p in command.params for o in (*p.opts, *p.secondary_opts) if o.startswith("--")]
+    names.append("--help")
+    prefix = [n for n in names if n.startswith(typed) or typed.startswith(n)]
+    if typed.startswith("--no-"):
+        prefix = [n for n in prefix if n.startswith("--no-")] or prefix
+    best = prefix if 0 < len(prefix) <= 2 else difflib.get_close_matches(typed, names, 1, 0.75)
+    error.possibilities = sorted(best, key=lambda n: abs(len(n) - len(typed)))
 
 
 def one_line(message: str) -> str:
@@ -127,6 +186,8 @@ def model_options(f: Callable) -> Callable:
 
 def check_device(ctx: click.Context, param: click.Parameter, value: str) -> str:
     """Refuse a device this machine lacks while the options are parsed: before any work."""
+    if value in ("auto", "cpu"):  # always valid: no torch import while arguments are parsed
+        return value
     from autoprompt_py.model import resolve_device
 
     resolve_device(value)

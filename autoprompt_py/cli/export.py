@@ -9,11 +9,11 @@ import click
 from autoprompt_py.cli.common import quiet_transformers
 from autoprompt_py.default_model import DEFAULT_MODEL
 from autoprompt_py.errors import AutopromptError
-from autoprompt_py.export import FORMATS, check_target, export_prompt, require_peft
-from autoprompt_py.model import load_model
-from autoprompt_py.prompt import TOKEN_CHOICES, FoundPrompt, read_result
-from autoprompt_py.resources import load_templates
 
+# export.py and prompt.py import torch: they are imported inside the command, so that --help
+# and a mistyped option answer at once; tests/test_newcomer.py checks these copies
+FORMATS = ("peft", "optiprompt", "embeddings")  # export.FORMATS
+TOKEN_CHOICES = ("auto", "triggers", "all")  # prompt.TOKEN_CHOICES
 
 @click.command()
 @click.argument("result", required=False, type=click.Path(path_type=Path))
@@ -54,6 +54,10 @@ from autoprompt_py.resources import load_templates
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 def export(result, template_spec, model_name, fmt, out, tokens, force) -> None:
     """Export a search RESULT (or --template) as a soft-prompt initialization."""
+    from autoprompt_py.export import check_target, export_prompt, require_peft
+    from autoprompt_py.model import load_model
+    from autoprompt_py.prompt import FoundPrompt, read_result
+
     if (result is None) == (template_spec is None):
         raise AutopromptError(
             "give a search result file (autoprompt export RESULT.json ...) or a hand-written "
@@ -89,6 +93,8 @@ def export(result, template_spec, model_name, fmt, out, tokens, force) -> None:
 
 
 def _one_template(spec: str):
+    from autoprompt_py.resources import load_templates
+
     named = load_templates(spec)
     if len(named) != 1:
         names = ", ".join(t.name for t in named[:6]) + (", ..." if len(named) > 6 else "")

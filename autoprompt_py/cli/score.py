@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import click
-import numpy as np
 
-from autoprompt_py.calibration import check_content_free
 from autoprompt_py.cli.common import model_options, parse_columns, quiet_transformers
-from autoprompt_py.data import check_fields, read_examples, read_facts
-from autoprompt_py.distributed import require_rows
-from autoprompt_py.ensemble import RULES, check_rule, parse_weights
 from autoprompt_py.errors import AutopromptError
-from autoprompt_py.evaluation import check_verbalizers, score_prompts
-from autoprompt_py.model import load_model
-from autoprompt_py.probing import KINDS, averages, probe_templates, templates_by_relation
-from autoprompt_py.resources import load_templates, load_verbalizer
-from autoprompt_py.results import check_output_path, provenance, write_json
-from autoprompt_py.verbalizer import AGGREGATIONS
-from autoprompt_py.vocab import read_vocab
+from autoprompt_py.resources import shipped_names
 
+# the model, data and scoring modules (torch, numpy) are imported inside the commands, so that
+# --help and a mistyped option answer at once; tests/test_newcomer.py checks these copies
+AGGREGATIONS = ("sum", "mean-logit", "mean-logprob")  # verbalizer.AGGREGATIONS
+RULES = ("mean-logprob", "mean-prob", "vote")  # ensemble.RULES
+
+
+def _shipped(kind: str) -> str:
+    """The shipped sets' names for a --help text: the same list the errors name."""
+    return ", ".join(shipped_names(kind)) or "none"
 
 def ensemble_options(weights: bool = True):
     """--ensemble, --ensemble-rule, --weights (score only), --calibrate, --content-free."""
@@ -77,16 +75,16 @@ def ensemble_options(weights: bool = True):
     "templates",
     multiple=True,
     required=True,
-    help="Template text, a shipped set (sst2, agnews), a .jsonl/.txt file or a search "
-    "result; repeat to score several in one run.",
+    help=f"Template text, a shipped set ({_shipped('templates')}), a .jsonl/.txt file or a "
+    "search result; repeat to score several in one run.",
 )
 @click.option(
     "--verbalizer",
     "verbalizers",
     multiple=True,
     required=True,
-    help="Label → words JSON file, a shipped name (sst2, agnews) or inline JSON; repeat to "
-    "score every template with each.",
+    help=f"Label → words JSON file, a shipped name ({_shipped('verbalizers')}) or inline JSON; "
+    "repeat to score every template with each.",
 )
 @click.option(
     "--aggregation",
@@ -141,6 +139,14 @@ def score(
     batch_size,
 ) -> None:
     """Score templates with a verbalizer on a labeled dataset; ensembles and calibration."""
+    from autoprompt_py.data import check_fields, read_examples
+    from autoprompt_py.distributed import require_rows
+    from autoprompt_py.ensemble import parse_weights
+    from autoprompt_py.evaluation import check_verbalizers, score_prompts
+    from autoprompt_py.model import load_model
+    from autoprompt_py.resources import load_templates, load_verbalizer
+    from autoprompt_py.results import check_output_path, provenance, write_json
+
     check_output_path(output)
     named = [t for spec in templates for t in load_templates(spec)]
     verbs = [(spec, load_verbalizer(spec)) for spec in verbalizers]
@@ -296,6 +302,14 @@ def probe(
     batch_size,
 ) -> None:
     """Probe relational knowledge: P@1, P@10 and MRR per relation and template."""
+    from autoprompt_py.data import read_facts
+    from autoprompt_py.distributed import require_rows
+    from autoprompt_py.model import load_model
+    from autoprompt_py.probing import KINDS, averages, probe_templates, templates_by_relation
+    from autoprompt_py.resources import load_templates
+    from autoprompt_py.results import check_output_path, provenance, write_json
+    from autoprompt_py.vocab import read_vocab
+
     check_output_path(output)
     per_relation = _per_relation(templates_per_relation)
     rule, cf_texts = _check_ensemble_options(ensemble, ensemble_rule, None, calibrate, content_free)
@@ -409,6 +423,8 @@ def _per_relation(value: str) -> int | None:
 
 
 def _probe_table(probes, calibrate: bool) -> None:
+    from autoprompt_py.probing import KINDS, averages
+
     header = ["relation", "template", "facts", "skipped", "P@1", "P@10", "MRR"]
     if calibrate:
         header += ["cal P@1", "cal P@10", "cal MRR"]
@@ -460,6 +476,8 @@ def _probe_table(probes, calibrate: bool) -> None:
 
 
 def _relation_json(p, primary: str, predictions: bool) -> dict:
+    import numpy as np
+
     def member(m) -> dict:
         out = {"name": m.name, "template": m.template, **p.metrics(m.ranks)}
         if len(p.dev):
@@ -535,6 +553,9 @@ def _check_ensemble_options(
     content_free: tuple[str, ...],
 ) -> tuple[str, tuple[str, ...] | None]:
     """Options that only make sense together, checked before the model loads."""
+    from autoprompt_py.calibration import check_content_free
+    from autoprompt_py.ensemble import check_rule
+
     rule = check_rule(rule)
     if weights is not None and not ensemble:
         raise AutopromptError("--weights weighs ensemble members: add --ensemble, or drop it")
