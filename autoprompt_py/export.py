@@ -79,6 +79,11 @@ def check_target(out: str | Path, force: bool, fmt: str) -> Path:
             raise AutopromptError(
                 f"--out {given} already exists; choose another path or pass --force to replace it"
             )
+    if not wants_folder and given.suffix.lower() != ".safetensors":  # not safetensors as e.npy
+        raise AutopromptError(
+            f"--out {given}: --format embeddings writes one safetensors file; name it "
+            f"{given.with_suffix('.safetensors').name}"
+        )
     return out
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.resources import RESULT_KIND
-from autoprompt_py.results import atomic_write, check_output_path
+from autoprompt_py.results import atomic_write, refuse_overwrite
 
 # --x choice → (index in a curve point, key in the result's "cost", axis label)
 X_AXES = {
@@ -60,12 +60,13 @@ def require_matplotlib() -> None:
         raise AutopromptError(MISSING_MATPLOTLIB) from None
 
 
-def check_plot_output(output: str | Path) -> str:
-    """Fail before any work when the figure cannot be written; returns the image format."""
+def check_plot_output(output: str | Path, force: bool = False) -> str:
+    """Fail before any work when the figure cannot be written, or exists and ``force`` is not
+    given; returns the image format."""
     path = Path(output).expanduser()
     if path.is_dir():
         raise AutopromptError(f"--output {output} is a folder; give a file name, e.g. curve.png")
-    check_output_path(path)
+    refuse_overwrite(path, "--output", force)
     require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -183,18 +184,21 @@ def plot_curves(
     output: str | Path | None = None,
     x: str = "seconds",
     title: str | None = None,
+    force: bool = True,
 ):
     """Draw each run's best dev metric so far against ``x`` (``seconds`` or ``passes``).
 
     ``results``: result file paths or ``RunCurve``s. Every file is checked before anything is
-    drawn; ``output`` (if given) is written atomically, in the format its suffix names.
+    drawn; ``output`` (if given) is written atomically, in the format its suffix names, and
+    replaces an existing file only with ``force`` (the default here, where the call names the
+    file; ``autoprompt plot`` needs ``--force``).
     Returns the matplotlib ``Figure`` (one line per run on its one axes).
     """
     if x not in X_AXES:
         raise AutopromptError(f"--x {x!r}: use one of {', '.join(X_AXES)}")
     if not results:
         raise AutopromptError("no search result files to plot")
-    fmt = check_plot_output(output) if output is not None else None
+    fmt = check_plot_output(output, force) if output is not None else None
     require_matplotlib()
     runs = [r if isinstance(r, RunCurve) else read_curve(r) for r in results]
 

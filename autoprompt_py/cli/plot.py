@@ -27,14 +27,17 @@ from autoprompt_py.plotting import X_AXES, check_plot_output, plot_curves, read_
     help="Against wall-clock seconds or model forward passes.",
 )
 @click.option("--title", default=None, help="Figure title [default: metric, model, relation].")
-def plot(results: tuple[Path, ...], output: Path, x_axis: str, title: str | None) -> None:
+@click.option("--force", is_flag=True, help="Replace --output if it exists.")
+def plot(
+    results: tuple[Path, ...], output: Path, x_axis: str, title: str | None, force: bool
+) -> None:
     """Draw the best dev metric so far of search RESULTS (.json) against cost, one line a run.
 
     Needs matplotlib: pip install autoprompt-py[plot].
     """
-    check_plot_output(output)
+    check_plot_output(output, force)
     runs = [read_curve(path) for path in results]  # every file checked before drawing
-    plot_curves(runs, output, x=x_axis, title=title)
+    plot_curves(runs, output, x=x_axis, title=title, force=force)
     metrics = " / ".join(dict.fromkeys(r.metric for r in runs))
     click.echo(
         f"wrote {output}: {len(runs)} run{'s' * (len(runs) != 1)}, best dev {metrics} "

@@ -112,6 +112,7 @@ def ensemble_options(weights: bool = True):
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--output", help="Write the results as JSON.")
+@click.option("--force", is_flag=True, help="Replace --output if it exists.")
 @click.option("--predictions", is_flag=True, help="Put per-example predictions in the JSON.")
 @ensemble_options()
 @model_options
@@ -127,6 +128,7 @@ def score(
     bootstrap,
     seed,
     output,
+    force,
     predictions,
     ensemble,
     ensemble_rule,
@@ -145,9 +147,9 @@ def score(
     from autoprompt_py.evaluation import check_verbalizers, score_prompts
     from autoprompt_py.model import load_model
     from autoprompt_py.resources import load_templates, load_verbalizer
-    from autoprompt_py.results import check_output_path, provenance, write_json
+    from autoprompt_py.results import provenance, refuse_overwrite, write_json
 
-    check_output_path(output)
+    refuse_overwrite(output, "--output", force)
     named = [t for spec in templates for t in load_templates(spec)]
     verbs = [(spec, load_verbalizer(spec)) for spec in verbalizers]
     n_members = len(named) * len(verbs)
@@ -278,6 +280,7 @@ def score(
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the dev split.")
 @click.option("--output", help="Write the results as JSON.")
+@click.option("--force", is_flag=True, help="Replace --output if it exists.")
 @click.option("--predictions", is_flag=True, help="Put per-fact ranks and top-10 in the JSON.")
 @ensemble_options(weights=False)
 @model_options
@@ -291,6 +294,7 @@ def probe(
     dev_fraction,
     seed,
     output,
+    force,
     predictions,
     ensemble,
     ensemble_rule,
@@ -307,10 +311,10 @@ def probe(
     from autoprompt_py.model import load_model
     from autoprompt_py.probing import KINDS, averages, probe_templates, templates_by_relation
     from autoprompt_py.resources import load_templates
-    from autoprompt_py.results import check_output_path, provenance, write_json
+    from autoprompt_py.results import provenance, refuse_overwrite, write_json
     from autoprompt_py.vocab import read_vocab
 
-    check_output_path(output)
+    refuse_overwrite(output, "--output", force)
     per_relation = _per_relation(templates_per_relation)
     rule, cf_texts = _check_ensemble_options(ensemble, ensemble_rule, None, calibrate, content_free)
     named = [t for spec in relation_templates for t in load_templates(spec, "--relations")]
