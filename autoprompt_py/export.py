@@ -287,6 +287,9 @@ def _staged_folder(target: Path, force: bool) -> Iterator[Path]:
     try:
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it private; an export is not
         yield tmp
+        for path in tmp.rglob("*"):  # safetensors writes 0600: every file as the umask says
+            if path.is_file() and not path.is_symlink():
+                os.chmod(path, 0o666 & ~current_umask())
         if target.exists() or target.is_symlink():
             if not force:
                 raise AutopromptError(

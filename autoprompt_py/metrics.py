@@ -26,10 +26,11 @@ def classification_metrics(
         prec = tp / claimed if claimed else 0.0
         recall[str(lab)] = r
         f1.append(2 * prec * r / (prec + r) if prec + r else 0.0)
-    low, high = bootstrap_interval(correct, bootstrap, seed)
+    # no resamples: no interval (null), rather than a made-up 0.000-0.000
+    interval = list(bootstrap_interval(correct, bootstrap, seed)) if bootstrap > 0 else None
     return {
         "accuracy": float(correct.mean()) if len(correct) else 0.0,
-        "accuracy_ci95": [low, high],
+        "accuracy_ci95": interval,
         "macro_f1": float(np.mean(f1)) if f1 else 0.0,
         "recall": recall,
         "n": int(len(correct)),

@@ -86,7 +86,7 @@ def test_every_format_from_a_result_file(family, results, tiny_model_dirs, tmp_p
     # --model defaults to the model the result names
     r = run(result_file, "--format", "embeddings", "--out", tmp_path / "seed.safetensors")
     assert r.exit_code == 0, r.output
-    assert r.stdout.startswith("wrote embeddings seed of 3 triggers tokens")
+    assert r.stdout.startswith("wrote embeddings seed of 3 trigger tokens")
     assert torch.equal(load_file(tmp_path / "seed.safetensors")["embeddings"], expected)
 
     r = run(

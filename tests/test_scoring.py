@@ -343,7 +343,7 @@ def test_classification_metrics_by_hand():
     f1 = {"a": 2 * 1 * (2 / 3) / (1 + 2 / 3), "b": 0.5, "c": 2 * 0.5 * 1 / 1.5, "d": 0.0}
     assert m["macro_f1"] == pytest.approx(sum(f1.values()) / 4)
     assert m["n"] == 6
-    assert m["accuracy_ci95"] == [0.0, 0.0]  # no resamples
+    assert m["accuracy_ci95"] is None  # no resamples, no interval
 
 
 def test_bootstrap_interval_is_seeded_and_sensible():

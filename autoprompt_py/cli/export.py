@@ -15,6 +15,7 @@ from autoprompt_py.errors import AutopromptError
 FORMATS = ("peft", "optiprompt", "embeddings")  # export.FORMATS
 TOKEN_CHOICES = ("auto", "triggers", "all")  # prompt.TOKEN_CHOICES
 
+
 @click.command()
 @click.argument("result", required=False, type=click.Path(path_type=Path))
 @click.option(
@@ -86,9 +87,21 @@ def export(result, template_spec, model_name, fmt, out, tokens, force) -> None:
         prompt = FoundPrompt.from_template(template, lm.tokenizer, tokens)
     prompt.check_model(lm)
     path = export_prompt(prompt, lm, fmt, out, force)
-    click.echo(
-        f"wrote {fmt} seed of {len(prompt)} {prompt.selection} tokens "
-        f"{' '.join(prompt.tokens)!r} ({prompt.text!r}) from {model_name} to {path}"
+    click.echo(export_message(fmt, prompt.selection, prompt.tokens, prompt.text, model_name, path))
+
+
+def export_message(
+    fmt: str, selection: str, tokens: list[str], text: str, model_name: str, path: object
+) -> str:
+    """``wrote peft seed of 3 trigger tokens 'royalty tear coe' from M to P``; the readable
+    text is added only where it differs from the tokens (``##ing`` pieces, ``Ġ`` marks)."""
+    kind = "trigger" if selection == "triggers" else "prompt"
+    shown = " ".join(tokens)
+    plural = "s" if len(tokens) != 1 else ""
+    read_as = f" (read as {text!r})" if text != shown else ""
+    return (
+        f"wrote {fmt} seed of {len(tokens)} {kind} token{plural} {shown!r}{read_as} "
+        f"from {model_name} to {path}"
     )
 
 

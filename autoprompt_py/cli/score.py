@@ -18,6 +18,7 @@ def _shipped(kind: str) -> str:
     """The shipped sets' names for a --help text: the same list the errors name."""
     return ", ".join(shipped_names(kind)) or "none"
 
+
 def ensemble_options(weights: bool = True):
     """--ensemble, --ensemble-rule, --weights (score only), --calibrate, --content-free."""
     options = [
@@ -536,17 +537,22 @@ def _score_row(rank: str, r, labels: list[str]) -> list[str]:
         rank,
         str(m["n"]),
         f"{m['accuracy']:.4f}",
-        "{:.3f}-{:.3f}".format(*m["accuracy_ci95"]),
+        _interval(m["accuracy_ci95"]),
         f"{m['macro_f1']:.4f}",
     ] + [f"{m['recall'][lab]:.3f}" for lab in labels]
     if r.calibrated is not None:
         c = r.calibrated.metrics
         row += [
             f"{c['accuracy']:.4f}",
-            "{:.3f}-{:.3f}".format(*c["accuracy_ci95"]),
+            _interval(c["accuracy_ci95"]),
             f"{c['macro_f1']:.4f}",
         ]
     return row + [r.name]
+
+
+def _interval(ci: list[float] | None) -> str:
+    """``--bootstrap 0`` computes no interval: the column says so rather than 0.000-0.000."""
+    return "-" if ci is None else "{:.3f}-{:.3f}".format(*ci)
 
 
 def _check_ensemble_options(
