@@ -36,7 +36,10 @@ def read_examples(
     """
     path = Path(path)
     if not path.exists():
-        raise AutopromptError(f"{path}: no such data file")
+        raise AutopromptError(
+            f"{path}: no such data file (relative to {Path.cwd()}); give the path of a "
+            ".tsv/.csv/.jsonl file, e.g. examples/sentiment/dev.tsv in a checkout"
+        )
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
         rows = _read_jsonl(path)
@@ -53,7 +56,12 @@ def read_examples(
             if label_field not in row or row[label_field] in (None, ""):
                 raise AutopromptError(
                     f"{path}:{line}: no label field {label_field!r} (fields: "
-                    f"{_names(row)}); choose it with --label-field"
+                    f"{_names(row)}); "
+                    + (
+                        _HEADERLESS
+                        if columns is None and _looks_like_data(row)
+                        else "choose it with --label-field"
+                    )
                 )
             label = _as_text(row[label_field])
         fields = {k: _as_text(v) for k, v in row.items() if k != label_field and v is not None}
@@ -110,11 +118,31 @@ def check_fields(examples: Sequence[Example], fields: Sequence[str], template: s
     for e in examples:
         for name in fields:
             if name not in e.fields:
+                fix = (
+                    _HEADERLESS
+                    if _looks_like_data(e.fields)
+                    else "rename the column or the template field, or name the columns with "
+                    "--columns"
+                )
                 raise AutopromptError(
                     f"{e.source}: no field {name!r} that template {shown(template)} needs "
-                    f"(fields: {_names(e.fields) or 'none'}); rename the column or the "
-                    "template field, or name the columns with --columns"
+                    f"(fields: {_names(e.fields) or 'none'}); {fix}"
                 )
+
+
+_HEADERLESS = (
+    "these field names look like a row of data, so the file seems to have no header row: "
+    "name its columns with --columns (e.g. --columns sentence,label)"
+)
+
+
+def _looks_like_data(row: dict) -> bool:
+    """Field names that read as data (a sentence, a number): a header-less file whose first
+    row was taken for the header."""
+    names = [str(k).strip() for k in row]
+    return any(
+        " " in n or len(n) > 40 or n.lstrip("-").replace(".", "", 1).isdigit() for n in names
+    )
 
 
 def _as_text(value: object) -> str:
@@ -153,14 +181,20 @@ def _read_delimited(
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
     rows = []
+    # csv refuses a cell over 128 KB; JSONL takes any length and the encoder cuts it to the
+    # model's length, so delimited files do the same (the limit is csv's process-wide one)
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, len(text) + 1))
     try:
         start = 1
         for row in reader:
             if any(c.strip() for c in row):
                 rows.append((start, row))  # the line the row starts on (quoted fields span)
             start = reader.line_num + 1
-    except csv.Error as e:  # a field over csv's size limit, an unclosed quote at the end
+    except csv.Error as e:  # an unclosed quote at the end
         raise AutopromptError(f"{path}:{reader.line_num}: not a valid row ({e})") from None
+    finally:
+        csv.field_size_limit(limit)
     if not rows:
         raise AutopromptError(f"{path}: no examples in the file (it is empty)")
     if columns:

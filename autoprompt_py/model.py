@@ -194,6 +194,8 @@ def load_model(
             raise AutopromptError(f"--model {name}: no such folder")
         if not local:
             cache_only = check_hub_model(name)
+        else:
+            _check_model_folder(Path(name).expanduser(), name)
     kwargs = {"local_files_only": True} if cache_only else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
@@ -217,6 +219,21 @@ def load_model(
             f"--model {name}: its tokenizer has no mask token; a masked LM is needed"
         )
     return MaskedLM(model.to(dev), tokenizer, name, autocast_dtype)
+
+
+def _check_model_folder(path: Path, name: str) -> None:
+    """A local --model must be a folder that save_pretrained wrote: say so in one line rather
+    than pass on the tokenizer's puzzle (``Couldn't instantiate the backend tokenizer``)."""
+    if not path.is_dir():
+        raise AutopromptError(
+            f"--model {name}: a file, not a model folder; give the folder save_pretrained "
+            "wrote (config.json, weights, tokenizer files) or a hub id"
+        )
+    if not (path / "config.json").is_file():
+        raise AutopromptError(
+            f"--model {name}: this folder is not a model (no config.json); give a folder "
+            "saved with save_pretrained (config.json, weights, tokenizer files) or a hub id"
+        )
 
 
 def _load_failure(name: str, local: bool, what: str, e: Exception) -> str:
