@@ -6,6 +6,7 @@ carries them as ``autoprompt_py/_resources/``.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -94,16 +95,59 @@ def load_verbalizer(spec: str) -> Verbalizer:
 
 
 def template_from_result(result: dict, source: str) -> Template:
-    """The searched template of a ``search`` result, with its trigger tokens fixed."""
+    """The searched template of a ``search`` result, with its trigger tokens fixed. A result
+    may have been edited by hand: the trigger's ids, tokens and words are checked (whole
+    numbers, one per [T] slot), and refused naming the field."""
     try:
         template = parse_template(result["template"])
         trigger = result["trigger"]
-        return template.with_triggers(trigger["ids"], trigger.get("tokens"))
+        ids = trigger["ids"]
     except (KeyError, TypeError):
         raise AutopromptError(
             f"{source}: not a search result (it needs 'template' and 'trigger': "
             "{'ids': [...]}); pass a template instead"
         ) from None
+    except AutopromptError as e:
+        raise AutopromptError(f"{source}: its 'template': {e}") from None
+    fix = "restore the file 'autoprompt search' wrote, or run the search again"
+    if not isinstance(ids, list) or not all(_whole(i) and i >= 0 for i in ids):
+        raise AutopromptError(
+            f"{source}: trigger.ids must be a list of token ids (whole numbers ≥ 0), not "
+            f"{shown(json.dumps(ids, allow_nan=True))}; {fix}"
+        )
+    if len(ids) != template.num_triggers:
+        raise AutopromptError(
+            f"{source}: trigger.ids holds {len(ids)} ids but its template has "
+            f"{template.num_triggers} trigger slots [T]; {fix}"
+        )
+    for key in ("tokens", "words"):
+        value = trigger.get(key)
+        if value is not None and (
+            not isinstance(value, list)
+            or len(value) != len(ids)
+            or not all(isinstance(v, str) for v in value)
+        ):
+            raise AutopromptError(
+                f"{source}: trigger.{key} must be a list of {len(ids)} strings, one per id of "
+                f"trigger.ids; {fix}"
+            )
+    return template.with_triggers(ids, trigger.get("tokens"))
+
+
+def check_trigger_ids(named: list[NamedTemplate], vocab_size: int, model: str) -> None:
+    """Refuse trigger ids a model does not have (a result of another model, or edited by
+    hand) before they reach its embedding lookup."""
+    for t in named:
+        bad = [i for i in t.template.trigger_ids if i is not None and not 0 <= i < vocab_size]
+        if bad:
+            raise AutopromptError(
+                f"template {t.name!r}: trigger.ids {bad[:5]} are outside the vocabulary of --model {model} "
+                f"({vocab_size} tokens); use the model the triggers were searched with"
+            )
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _templates_from_file(path: Path) -> list[NamedTemplate]:

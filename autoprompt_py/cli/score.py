@@ -147,7 +147,7 @@ def score(
     from autoprompt_py.ensemble import parse_weights
     from autoprompt_py.evaluation import check_verbalizers, score_prompts
     from autoprompt_py.model import load_model
-    from autoprompt_py.resources import load_templates, load_verbalizer
+    from autoprompt_py.resources import check_trigger_ids, load_templates, load_verbalizer
     from autoprompt_py.results import provenance, refuse_overwrite, write_json
 
     refuse_overwrite(output, "--output", force)
@@ -170,6 +170,7 @@ def score(
         )
     quiet_transformers()
     lm = load_model(model_name, device, dtype)
+    check_trigger_ids(named, lm.vocab_size, model_name)
     report = score_prompts(
         lm,
         named,
@@ -311,7 +312,7 @@ def probe(
     from autoprompt_py.distributed import require_rows
     from autoprompt_py.model import load_model
     from autoprompt_py.probing import KINDS, averages, probe_templates, templates_by_relation
-    from autoprompt_py.resources import load_templates
+    from autoprompt_py.resources import check_trigger_ids, load_templates
     from autoprompt_py.results import provenance, refuse_overwrite, write_json
     from autoprompt_py.vocab import read_vocab
 
@@ -334,6 +335,7 @@ def probe(
         )
     quiet_transformers()
     lm = load_model(model_name, device, dtype)
+    check_trigger_ids(named, lm.vocab_size, model_name)
     probes = probe_templates(
         lm,
         named,
