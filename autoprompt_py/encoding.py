@@ -153,6 +153,7 @@ class TemplateEncoder:
         # chunks: per segment, a list of [part, ids] that truncation may shorten in place
         triggers = iter(self._trigger_ids)
         segments: list[list[list]] = []
+        total = 0
         for seg in self.template.segments:
             chunks = []
             for p in seg:
@@ -169,8 +170,9 @@ class TemplateEncoder:
                 else:
                     ids = self._masks
                 chunks.append([p, ids])
+                total += len(ids)
             segments.append(chunks)
-        truncated = self._truncate(segments, example)
+        truncated = self._truncate(segments, example, total)
 
         types = self.layout.types
         input_ids, type_ids = list(self._prefix[0]), list(self._prefix[1])
@@ -191,9 +193,9 @@ class TemplateEncoder:
         type_ids += self._suffix[1]
         return EncodedExample(input_ids, type_ids, trigger_pos, mask_pos, truncated)
 
-    def _truncate(self, segments: list[list[list]], example: Example) -> int:
+    def _truncate(self, segments: list[list[list]], example: Example, total: int) -> int:
         budget = self.max_length - self.layout.count
-        excess = sum(len(ids) for chunks in segments for _, ids in chunks) - budget
+        excess = total - budget  # total: the tokens of every chunk
         if excess <= 0:
             return 0
         shortenable = [

@@ -64,9 +64,19 @@ def main() -> None:
         help="also time the original AutoPrompt's way on the last iteration's batches: the\n"
         "full MLM head at every position, weight gradients, one forward per candidate",
     )
+    p.add_argument(
+        "--startup",
+        action="store_true",
+        help="report where a search's start-up goes instead (imports, reading, model load,\n"
+        "encoding and the initial evaluation, and `autoprompt search --iters 0` as a process)\n"
+        "on all of --data's rows (the limits are ignored)",
+    )
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.startup:
+        startup_report(args)
+        return
 
     data = Path(args.data)
     lm = load_model(args.model, args.device)
@@ -305,6 +315,61 @@ def original_style(search: TriggerSearch, calls: dict[str, list]) -> float:
     finally:
         model.requires_grad_(False)
         model.zero_grad(set_to_none=True)
+
+
+def startup_report(args: argparse.Namespace) -> None:
+    """Where the seconds before the first iteration go, each phase timed on its own."""
+    import os
+    import subprocess
+
+    from autoprompt_py.data import read_examples
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    code = (
+        "import time; t = time.perf_counter(); import autoprompt_py.cli.search, "
+        "autoprompt_py.search, autoprompt_py.model; print(time.perf_counter() - t)"
+    )
+    imports = float(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                                   text=True, check=True).stdout)  # fmt: skip
+    data = Path(args.data)
+    rows = {}
+    t = time.perf_counter()
+    for split in ("train", "dev"):
+        rows[split] = len(read_examples(data / f"{split}.tsv"))
+    reading = time.perf_counter() - t
+    t = time.perf_counter()
+    lm = load_model(args.model, args.device)
+    loading = time.perf_counter() - t
+    t = time.perf_counter()
+    task = load_task(args.template, data / "train.tsv", data / "dev.tsv", args.verbalizer)
+    task_time = time.perf_counter() - t
+    t = time.perf_counter()
+    search = TriggerSearch(lm, task, SearchConfig(iters=0, seed=args.seed))
+    search.start()
+    setup = time.perf_counter() - t
+    out = Path(tempfile.mkdtemp()) / "startup.json"
+    command = [sys.executable, "-m", "autoprompt_py", "search", "--model", args.model,
+               "--train", str(data / "train.tsv"), "--dev", str(data / "dev.tsv"),
+               "--template", args.template, "--verbalizer", args.verbalizer, "--iters", "0",
+               "--seed", str(args.seed), "--output", str(out), "--quiet"]  # fmt: skip
+    t = time.perf_counter()
+    subprocess.run(command, env=env, capture_output=True, check=True)
+    whole = time.perf_counter() - t
+    with open("/proc/loadavg") if Path("/proc/loadavg").exists() else open(os.devnull) as f:
+        load = f.read().split()[:1] or ["?"]
+    print(f"start-up of a search on {data} ({rows['train']:,} train, {rows['dev']:,} dev rows), "
+          f"load average {load[0]}:")  # fmt: skip
+    for name, secs in [
+        ("imports (cold, a fresh process)", imports),
+        ("reading train + dev", reading),
+        ("model load", loading),
+        ("load_task (reading again, checks)", task_time),
+        ("encoding + initial evaluation (TriggerSearch.start)", setup),
+        ("`autoprompt search --iters 0`, whole process", whole),
+    ]:
+        print(f"  {name:<55} {secs:6.2f} s")
 
 
 if __name__ == "__main__":
