@@ -208,6 +208,14 @@ class FoundPrompt:
         )
         if rec:
             want_vocab, want_dim = rec.get("vocab_size"), rec.get("embedding_size")
+            for key, value in (("vocab_size", want_vocab), ("embedding_size", want_dim)):
+                if value is not None and (
+                    not isinstance(value, int) or isinstance(value, bool) or value < 1
+                ):  # a hand-edited record: NaN, 1e400, "30522"
+                    raise AutopromptError(
+                        f"{self.source}: model.{key} must be a whole number of at least 1, not "
+                        f"{shown(repr(value))}; restore the file 'autoprompt search' wrote"
+                    )
             vocab_ok = want_vocab is None or want_vocab in (vocab, len(lm.tokenizer))
             dim_ok = want_dim is None or want_dim == dim
             if not (vocab_ok and dim_ok):

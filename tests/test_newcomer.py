@@ -370,3 +370,15 @@ def test_sigterm_ends_a_long_command_cleanly(bert, tmp_path, command):
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "many.tsv" if command == "score" else "P19.jsonl"
     ]  # no output, no temporary file
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "30522", 0])
+def test_export_refuses_a_model_record_with_bad_numbers(bert, lm, tmp_path, bad):
+    result = result_file(tmp_path / "r.json", lm)
+    data = json.loads(result.read_text())
+    data["model"]["vocab_size"] = bad
+    result.write_text(json.dumps(data, allow_nan=True))
+    out = tmp_path / "e.safetensors"
+    r = invoke("export", result, "--model", bert, "--format", "embeddings", "--out", out)
+    refused(r, "model.vocab_size must be a whole number")
+    assert not out.exists()
