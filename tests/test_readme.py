@@ -7,8 +7,9 @@ file order in one temporary folder that holds copies of ``examples/``, ``verbali
 ``templates/``, with the hub disabled: a later block may read what an earlier one wrote (the
 export block exports the search block's results). ``autoprompt ...`` lines run in this
 process through click (with bash's quoting, ``\`` continuations, ``#`` comments and ``*``
-globs); ``pip install`` lines are set-up and not run (the test environment has every extra);
-any other command fails the test unless its block is marked. ``python`` blocks run with
+globs); ``python ...`` lines run as processes of this interpreter on this checkout;
+``pip install`` lines are set-up and not run (the test environment has every extra); any
+other command fails the test unless its block is marked. ``python`` blocks run with
 ``exec``.
 
 Marker convention (for every section, including those other engineers add): a block that
@@ -173,9 +174,16 @@ def test_readme_block_runs_as_written(name, language, code, reason, readme_folde
     for argv in _commands(code):
         if argv[:2] == ["pip", "install"]:
             continue  # set-up: the test environment has the extras
+        if argv[0] == "python":  # a script or -c: a process of this interpreter, this checkout
+            env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+            proc = subprocess.run(
+                [sys.executable, *argv[1:]], env=env, capture_output=True, text=True, timeout=300
+            )
+            assert proc.returncode == 0, f"{name}: {shlex.join(argv)[:200]}\n{proc.stderr[-3000:]}"
+            continue
         assert argv[0] == "autoprompt", (
-            f"{name}: {shlex.join(argv)[:80]} is not an autoprompt command; mark the block "
-            "<!-- readme-test: skip (REASON) --> if it cannot run here"
+            f"{name}: {shlex.join(argv)[:80]} is neither an autoprompt nor a python command; "
+            "mark the block <!-- readme-test: skip (REASON) --> if it cannot run here"
         )
         r = CliRunner().invoke(main, argv[1:])
         assert r.exit_code == 0, f"{name}: {shlex.join(argv)[:200]}\n{r.output[-3000:]}"
