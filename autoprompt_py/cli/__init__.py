@@ -19,9 +19,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from autoprompt_py.cli import export, info, plot, score, search
+    from autoprompt_py.cli import export, info, plot, predict, score, search
 
-    for module in (score, export, search, plot, info):
+    for module in (score, predict, export, search, plot, info):
         for command in module.COMMANDS:
             main.add_command(command)
 

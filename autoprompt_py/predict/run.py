@@ -1,0 +1,710 @@
+"""``predict``: label every row of a file with a prompt (or an ensemble), in a stream.
+
+The input is read in windows of ``window`` rows; each window is cut into length-sorted
+batches under ``max_batch_tokens`` (``prompts.BatchPlan``), scored with the same functions
+``score`` and ``probe`` use (verbalizer word scores, ``log_normalise``, ``calibrate``,
+``ensemble.combine``), and written back in input order, so memory stays bounded however long
+the file is. Under torchrun every process reads the input and scores its share of each
+window's batches; the shares are summed and rank 0 writes, so the file is the one a single
+process writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autoprompt_py import distributed
+from autoprompt_py.calibration import (
+    calibrate,
+    check_content_free,
+    content_free_examples,
+    mean_distribution,
+)
+from autoprompt_py.data import cell_text, iter_rows
+from autoprompt_py.ensemble import Combined, EnsembleAccumulator, check_rule, combine, log_normalise
+from autoprompt_py.errors import AutopromptError, shown
+from autoprompt_py.metrics import classification_metrics, rank_metrics
+from autoprompt_py.model import MaskedLM
+from autoprompt_py.predict.prompts import BatchPlan, Prompt, load_prompts
+from autoprompt_py.predict.reader import InputRow, RowReader
+from autoprompt_py.predict.writer import RESUMABLE, open_writer, output_format
+from autoprompt_py.probing import ranks_of
+from autoprompt_py.resources import load_verbalizer
+from autoprompt_py.results import check_output_path, output_lock, provenance, refuse_overwrite
+from autoprompt_py.verbalizer import AGGREGATIONS
+from autoprompt_py.vocab import read_vocab, single_token_id, vocab_token_ids
+
+RELATION_CELLS = 1 << 24  # candidate scores held per member and window in relation mode
+DIGITS = 6  # probabilities are written rounded, so that files compare byte for byte
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Everything that decides the predictions (and so a resumed run's identity)."""
+
+    templates: tuple[str, ...]
+    verbalizers: tuple[str, ...] = ()
+    aggregation: str = "sum"
+    ensemble: bool = False
+    ensemble_rule: str = "mean-logprob"
+    weights: tuple[float, ...] | None = None
+    calibrate: bool = False
+    content_free: tuple[str, ...] | None = None
+    relation: str | None = None
+    vocab: str | None = None
+    top_k: int = 10
+    with_labels: bool = False
+    label_field: str = "label"
+    keep_columns: tuple[str, ...] | str = ()
+    columns: tuple[str, ...] | None = None
+    input_format: str | None = None
+    on_error: str = "skip"
+    limit: int | None = None
+    window: int = 4096
+    batch_size: int = 32
+    max_batch_tokens: int | str = 65536
+    bootstrap: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.templates:
+            raise AutopromptError("--template: give at least one template")
+        if self.aggregation not in AGGREGATIONS:
+            raise AutopromptError(f"--aggregation {self.aggregation!r}: use {AGGREGATIONS}")
+        check_rule(self.ensemble_rule)
+        if self.weights is not None and not self.ensemble:
+            raise AutopromptError("--weights weighs ensemble members: add --ensemble, or drop it")
+        if self.content_free and not self.calibrate:
+            raise AutopromptError(
+                "--content-free texts are used by --calibrate: add --calibrate, or drop them"
+            )
+        if self.window < 1 or self.batch_size < 1 or self.top_k < 1:
+            raise AutopromptError("--window, --batch-size and --top-k must be at least 1")
+        mbt = self.max_batch_tokens
+        if not (mbt == "auto" or (isinstance(mbt, int) and mbt >= 1)):
+            raise AutopromptError(f"--max-batch-tokens {mbt!r}: give a number of tokens or auto")
+
+
+@dataclass
+class _Member:
+    prompt: Prompt
+    verbalizer: object = None  # ResolvedVerbalizer (classification)
+    order: list[int] = field(default_factory=list)
+    p_cf: np.ndarray | None = None
+
+
+class Predictor:
+    """The loaded prompts of a config on one model; ``window(rows)`` → output rows."""
+
+    def __init__(self, config: PredictConfig, lm: MaskedLM) -> None:
+        self.config = config
+        self.lm = lm
+        tokens = config.max_batch_tokens
+        if tokens == "auto":
+            from autoprompt_py.memory import auto_max_batch_tokens
+
+            tokens = distributed.agree_min(auto_max_batch_tokens(lm))
+        self.plan = BatchPlan(
+            config.batch_size, int(tokens), distributed.rank(), distributed.world_size()
+        )
+        prompts = select_prompts(config)
+        self.relational = prompts[0].is_relational
+        self.members: list[_Member] = []
+        if self.relational:
+            self._setup_relation(prompts)
+        else:
+            self._setup_classification(prompts)
+        if len(self.members) > 1 and not config.ensemble:
+            raise AutopromptError(
+                f"{len(self.members)} prompt members (templates × verbalizers); add --ensemble "
+                "to combine them, or give one --template and one --verbalizer"
+            )
+        n = len(self.members)
+        if config.weights is not None and len(config.weights) != n:
+            raise AutopromptError(
+                f"--weights gives {len(config.weights)} weights for {n} members (every "
+                "--template × every --verbalizer, in that order); give one weight per member"
+            )
+        self.cf_texts = check_content_free(config.content_free) if config.calibrate else None
+        if self.cf_texts is not None:
+            for m in self.members:
+                cf = content_free_examples(m.prompt, self.cf_texts, lm.tokenizer.mask_token)
+                p_cf = mean_distribution(self._member_scores(m, cf))
+                m.p_cf = p_cf if self.relational else p_cf[m.order]
+
+    # -- setup ----------------------------------------------------------------------------
+
+    def _setup_classification(self, prompts: list[Prompt]) -> None:
+        verbs = [load_verbalizer(v) for v in self.config.verbalizers]
+        if not verbs:
+            raise AutopromptError(
+                "--verbalizer: a classification template needs one (label → words), e.g. "
+                "--verbalizer sst2; relation templates ([X] ... [Y]) need none"
+            )
+        self.labels = verbs[0].labels
+        for v in verbs[1:]:
+            if set(v.labels) != set(self.labels):
+                raise AutopromptError(
+                    f"--verbalizer {v.source}: labels {v.labels} differ from "
+                    f"{verbs[0].source}'s {self.labels}; every verbalizer needs the same labels"
+                )
+        resolved: dict = {}
+        for p in prompts:
+            for vi, v in enumerate(verbs):
+                key = (vi, p.space_before)
+                if key not in resolved:
+                    resolved[key] = v.resolve(self.lm.tokenizer, self.config.aggregation, key[1])
+                r = resolved[key]
+                self.members.append(_Member(p, r, [r.labels.index(lab) for lab in self.labels]))
+
+    def _setup_relation(self, prompts: list[Prompt]) -> None:
+        if self.config.verbalizers:
+            raise AutopromptError(
+                "--verbalizer is for classification; a relation template ([X] ... [Y]) "
+                "predicts objects: drop --verbalizer"
+            )
+        tok = self.lm.tokenizer
+        spaces = {p.space_before for p in prompts}
+        if len(spaces) > 1:
+            raise AutopromptError(
+                "the templates disagree on the space before [Y], which changes the candidate "
+                "tokens; predict with them in separate runs"
+            )
+        self.space = spaces.pop()
+        words = read_vocab(self.config.vocab) if self.config.vocab else None
+        cand = vocab_token_ids(tok, words, self.space) if words is not None else None
+        if cand is not None and not cand:
+            raise AutopromptError(
+                f"--vocab {self.config.vocab}: no word of it is one token of this model"
+            )
+        self.cand = cand
+        self.cand_ids = np.arange(self.lm.vocab_size) if cand is None else np.array(cand)
+        self.column = {int(c): i for i, c in enumerate(self.cand_ids)}
+        width = len(self.cand_ids)
+        self.relation_window = min(self.config.window, max(16, RELATION_CELLS // width))
+        self.members = [_Member(p) for p in prompts]
+
+    @property
+    def window_rows(self) -> int:
+        return self.relation_window if self.relational else self.config.window
+
+    # -- scoring ----------------------------------------------------------------------------
+
+    def _member_scores(self, m: _Member, examples) -> np.ndarray:
+        """Relations: log-probabilities [rows, candidates], as ``probe``; classification: the
+        aggregated label scores [rows, verbalizer labels], as ``classify``."""
+        lm = self.lm
+        if self.relational:
+            width = len(self.cand_ids)
+            out = torch.zeros(len(examples), width, dtype=torch.float32)
+            cand = None if self.cand is None else torch.tensor(self.cand, device=lm.device)
+            for index, logits in m.prompt.mask_logits(lm, examples, 1, self.plan):
+                logits = logits[:, 0].float()
+                if cand is not None:
+                    logits = logits[:, cand]
+                out[torch.from_numpy(index)] = logits.log_softmax(-1).cpu()
+            distributed.all_reduce_(out)  # zeros where another process scored the batch
+            return out.numpy()
+        verb = m.verbalizer
+        word_scores = torch.zeros(len(examples), len(verb.words))
+        for k in verb.piece_counts:
+            for index, logits in m.prompt.mask_logits(lm, examples, k, self.plan):
+                idx, values = verb.word_scores(logits)
+                word_scores[torch.from_numpy(index)[:, None], idx] = values.float().cpu()
+        distributed.all_reduce_(word_scores)
+        return verb.aggregate(word_scores).numpy()
+
+    def window(self, rows: Sequence[InputRow]) -> list[dict]:
+        """Output rows for a window of input rows, in their order."""
+        examples = [r.example for r in rows]
+        if self.relational:
+            return self._relation_rows(rows, examples)
+        parts = []
+        for m in self.members:
+            lp = log_normalise(self._member_scores(m, examples))[:, m.order]
+            parts.append(calibrate(lp, m.p_cf) if m.p_cf is not None else lp)
+        if len(parts) == 1:
+            top, probs = parts[0].argmax(1), np.exp(parts[0])
+        else:
+            c = combine(parts, self.config.ensemble_rule, self.config.weights)
+            top = c.argmax()
+            probs = np.exp(c.scores) if c.tiebreak is None else c.scores  # vote: the shares
+        ordered = np.sort(probs, 1)
+        margin = ordered[:, -1] - (ordered[:, -2] if probs.shape[1] > 1 else 0.0)
+        probs = _rounded(probs)
+        margin = _rounded(margin)
+        out = []
+        for i, r in enumerate(rows):
+            row = self._head(r)
+            row["prediction"] = self.labels[top[i]]
+            row["margin"] = margin[i]
+            row.update({f"p_{lab}": p for lab, p in zip(self.labels, probs[i])})
+            out.append(row)
+        return out
+
+    def _relation_rows(self, rows, examples) -> list[dict]:
+        rule = self.config.ensemble_rule
+        acc = EnsembleAccumulator(rule) if len(self.members) > 1 else None
+        for wi, m in enumerate(self.members):
+            lp = self._member_scores(m, examples)
+            if m.p_cf is not None:
+                lp = calibrate(lp, m.p_cf).astype(np.float32)
+            if acc is None:
+                scores, tiebreak = lp, None
+            else:
+                acc.add(lp, 1.0 if self.config.weights is None else self.config.weights[wi])
+            del lp
+        if acc is not None:
+            c = acc.result()
+            scores, tiebreak = c.scores, c.tiebreak
+            if tiebreak is None:
+                scores = log_normalise(scores)
+        k = min(self.config.top_k, scores.shape[1])
+        # ties broken by the mean log-probability for vote, as Combined.ranks does
+        key = torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float64))
+        if tiebreak is not None:
+            key = key + torch.from_numpy(np.exp(tiebreak)) * 1e-9
+        top = key.topk(k, dim=1).indices.numpy()
+        top_scores = np.take_along_axis(scores, top, 1)
+        probs = top_scores if tiebreak is not None else np.exp(top_scores)
+        probs = _rounded(probs)
+        tokens = [self.lm.tokenizer.convert_ids_to_tokens(self.cand_ids[t].tolist()) for t in top]
+        ranks = None
+        if self.config.with_labels:
+            gold = [single_token_id(self.lm.tokenizer, e.label, self.space) for e in examples]
+            gold = np.array([self.column.get(-1 if g is None else g, -1) for g in gold])
+            ok = gold >= 0
+            ranks = np.zeros(len(gold), dtype=np.int64)
+            if ok.any():
+                if tiebreak is None:
+                    ranks[ok] = ranks_of(scores[ok], gold[ok])
+                else:
+                    ranks[ok] = Combined(scores[ok], tiebreak[ok]).ranks(gold[ok])
+        out = []
+        for i, r in enumerate(rows):
+            row = self._head(r)
+            row["prediction"] = tokens[i][0]
+            row["p"] = probs[i][0]
+            if ranks is not None:
+                row["rank"] = int(ranks[i]) if ranks[i] else None
+            for j in range(k):
+                row[f"top_{j + 1}"] = tokens[i][j]
+                row[f"p_{j + 1}"] = probs[i][j]
+            out.append(row)
+        return out
+
+    def _head(self, r: InputRow) -> dict:
+        row = {"id": r.id}
+        row.update(r.keep)
+        if self.config.with_labels:
+            row["gold"] = r.example.label
+        return row
+
+    def columns(self, keep: Sequence[str]) -> list[str]:
+        """The output columns, in order."""
+        head = ["id", *keep] + (["gold"] if self.config.with_labels else [])
+        if not self.relational:
+            return head + ["prediction", "margin"] + [f"p_{lab}" for lab in self.labels]
+        k = min(self.config.top_k, len(self.cand_ids))
+        rank = ["rank"] if self.config.with_labels else []
+        tops = [c for j in range(1, k + 1) for c in (f"top_{j}", f"p_{j}")]
+        return head + ["prediction", "p"] + rank + tops
+
+    def member_names(self) -> list[str]:
+        return [m.prompt.text for m in self.members]
+
+
+def _rounded(x: np.ndarray) -> list:
+    """Figures as written: float64 rounded (float32 would print 0.20973800122737885)."""
+    return np.asarray(x, dtype=np.float64).round(DIGITS).tolist()
+
+
+def select_prompts(config: PredictConfig) -> list[Prompt]:
+    """The prompts of ``--template`` (for relation sets: those of ``--relation``)."""
+    prompts = load_prompts(config.templates)
+    if config.relation is not None:
+        chosen = [p for p in prompts if p.relation in (config.relation, None)]
+        if not chosen:
+            have = sorted({p.relation for p in prompts if p.relation})
+            raise AutopromptError(
+                f"--relation {config.relation}: no template for it (relations: "
+                f"{', '.join(have[:10])}{', ...' if len(have) > 10 else ''})"
+            )
+        prompts = chosen
+    elif len({p.relation for p in prompts if p.relation}) > 1:
+        raise AutopromptError(
+            "--template holds templates of several relations; choose one with --relation "
+            f"(e.g. --relation {next(p.relation for p in prompts if p.relation)})"
+        )
+    kinds = {p.is_relational for p in prompts}
+    if len(kinds) > 1:
+        raise AutopromptError(
+            "--template mixes relation templates ([X] ... [Y]) and classification templates; "
+            "predict with them in separate runs"
+        )
+    return prompts
+
+
+def needed_fields(config: PredictConfig) -> list[str]:
+    """The input fields the prompts read (checked on the input before the model loads)."""
+    return list(dict.fromkeys(f for p in select_prompts(config) for f in p.fields))
+
+
+def open_reader(config: PredictConfig, data: str) -> RowReader:
+    return RowReader(
+        data,
+        needed_fields(config),
+        config.label_field if config.with_labels else None,
+        config.keep_columns,
+        config.columns,
+        config.input_format,
+        config.on_error,
+        config.limit,
+    )
+
+
+def predict(
+    config: PredictConfig,
+    data: str,
+    lm: MaskedLM,
+    skip: int = 0,
+    reader: RowReader | None = None,
+) -> Iterator[list[dict]]:
+    """Output rows of ``data``, one list per window, in input order (the API under
+    ``autoprompt predict``; ``write_predictions`` writes them)."""
+    predictor = Predictor(config, lm)
+    reader = reader or open_reader(config, data)
+    for rows in reader.windows(predictor.window_rows, skip):
+        yield predictor.window(rows)
+
+
+# -- writing, resumably ----------------------------------------------------------------------
+
+
+@dataclass
+class PredictSummary:
+    rows: int = 0  # rows written
+    skipped: int = 0
+    read: int = 0  # input rows consumed, skipped ones included
+    metrics: dict | None = None
+    truncated: int = 0
+    resumed_from: int = 0
+
+
+def run_identity(config: PredictConfig, data: str, model: str, dtype: str, fmt: str) -> dict:
+    """What a partial output must match to be resumed: the config, model and input."""
+    ident = {"config": asdict(config), "model": model, "dtype": dtype, "format": fmt}
+    if data != "-":
+        path = Path(data)
+        st = path.stat()
+        with open(path, "rb") as f:
+            head = hashlib.sha256(f.read(1 << 20)).hexdigest()
+        ident["input"] = {"path": str(path.resolve()), "bytes": st.st_size, "sha256_1mb": head}
+    return json.loads(json.dumps(ident))  # plain JSON: tuples as lists, as read back
+
+
+def _mismatch(saved: dict, now: dict) -> str | None:
+    for key, what in (("input", "input file"), ("model", "model"), ("dtype", "dtype")):
+        if saved.get(key) != now.get(key):
+            return f"it was made from another {what} ({shown(saved.get(key))})"
+    if saved.get("format") != now.get("format"):
+        return f"it is in another format ({saved.get('format')})"
+    old, new = saved.get("config", {}), now.get("config", {})
+    for key in new:
+        if old.get(key) != new.get(key):
+            return f"its {key} was {shown(old.get(key))}, now {shown(new.get(key))}"
+    return None
+
+
+def check_paths(data: str, output: str, force: bool, resume: bool, fmt: str) -> Path | None:
+    """Output checks before any work: its format, not the input, not an earlier result."""
+    if output == "-":
+        if resume:
+            raise AutopromptError("--resume continues an output file; it cannot with --output -")
+        if fmt == "parquet":
+            raise AutopromptError("--output -: Parquet cannot go to standard output; give a file")
+        return None
+    target = check_output_path(output)
+    assert target is not None
+    if data != "-" and Path(data).exists() and Path(os.path.realpath(data)) == target:
+        raise AutopromptError(
+            f"--output {output} is the input file; write the predictions to another file"
+        )
+    if resume and fmt not in RESUMABLE:
+        raise AutopromptError(
+            f"--resume: a {fmt} file cannot be continued; write .jsonl, .csv or .tsv to resume"
+        )
+    if resume and data == "-":
+        raise AutopromptError("--resume needs the same input again: give --data a file, not -")
+    partial = _partial(target)
+    if resume and target.exists():
+        raise AutopromptError(
+            f"--output {output} is already complete; nothing to resume (pass --force to redo it)"
+        )
+    if not resume and not force and partial.exists():
+        raise AutopromptError(
+            f"--output {output}: an interrupted run left {partial}; pass --resume to continue "
+            "it, or --force to start over"
+        )
+    refuse_overwrite(output, "--output", force or resume, resumable=True)
+    return target
+
+
+def _partial(target: Path) -> Path:
+    return target.with_name(target.name + ".partial")
+
+
+def _sidecar(target: Path) -> Path:
+    return target.with_name(target.name + ".partial.json")
+
+
+def write_predictions(
+    config: PredictConfig,
+    data: str,
+    output: str,
+    lm: MaskedLM,
+    model: str,
+    dtype: str = "float32",
+    output_format_: str | None = None,
+    force: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    on_window: Callable[[int], None] | None = None,
+    check_first: Callable[[RowReader], None] | None = None,
+) -> PredictSummary:
+    """Write the predictions of ``data`` to ``output`` (``-``: standard output).
+
+    A file is written to ``<output>.partial``, with ``<output>.partial.json`` saying how many
+    input rows and bytes it holds after each window; it is renamed to ``output`` when done.
+    ``resume`` continues such a partial file (same config, model and input, or refused with
+    the reason) and the finished file is byte for byte the uninterrupted run's.
+    ``on_window(n)`` is called after the n-th window is saved (tests interrupt there).
+    """
+    fmt = output_format(output, output_format_)
+    target = check_paths(data, output, force, resume, fmt)
+    identity = run_identity(config, data, model, dtype, fmt)
+    reader = open_reader(config, data)
+    main = distributed.is_main()
+    skip, offset, earlier = 0, 0, PredictSummary()
+    if target is not None and resume and _sidecar(target).exists():
+        saved = json.loads(_sidecar(target).read_text(encoding="utf-8"))
+        why = _mismatch(saved.get("identity", {}), identity)
+        if why:
+            raise AutopromptError(
+                f"--resume: {_partial(target)} is not this run's ({why}); pass --force to "
+                "start over, or rerun with the options it was made with"
+            )
+        skip, offset = saved["read"], saved["bytes"]
+        earlier = PredictSummary(saved["rows"], saved["skipped"], saved["read"])
+    predictor = Predictor(config, lm)
+    keep = _keep_names(config, data)
+    columns = predictor.columns(keep)
+    summary = PredictSummary(earlier.rows, earlier.skipped, earlier.read, resumed_from=skip)
+    gold: list = []
+    predicted: list = []
+    if config.with_labels and skip:
+        gold, predicted = _labels_written(target, fmt, config, predictor.relational)
+
+    from tqdm.auto import tqdm
+
+    lock = output_lock(output if target is not None else None)
+    with (
+        lock,
+        tqdm(
+            desc="predict",
+            unit="row",
+            initial=skip,
+            disable=not progress or not main,
+            file=sys.stderr,
+        ) as bar,
+    ):
+        stream = _open_stream(target, offset, main)
+        try:
+            writer = open_writer(fmt, stream, columns, header=offset == 0) if main else None
+            for n, out in enumerate(_windows(predictor, reader, skip), 1):
+                summary.rows += len(out)
+                summary.read = reader.rows_read
+                summary.skipped = earlier.skipped + reader.skipped
+                if config.with_labels:
+                    _collect(out, predictor.relational, gold, predicted)
+                if writer is not None:
+                    writer.write(out)
+                    stream.flush()
+                    if target is not None:
+                        os.fsync(stream.fileno())
+                        _save_sidecar(target, identity, summary, stream.tell())
+                bar.update(len(out))
+                if on_window is not None:
+                    on_window(n)
+            summary.read = max(summary.read, reader.rows_read)
+            summary.skipped = earlier.skipped + reader.skipped
+            if writer is not None:
+                writer.close()
+        finally:
+            if target is not None and main:
+                stream.close()
+        if target is not None and main:
+            if summary.rows == 0 and fmt != "parquet":
+                _partial(target).unlink(missing_ok=True)
+                _sidecar(target).unlink(missing_ok=True)
+                raise AutopromptError(
+                    f"--data {data}: no row to predict ({summary.skipped} skipped for a missing "
+                    "or empty field)"
+                )
+            _finish(target, identity, config, data, model, summary)
+    summary.truncated = sum(m.prompt.truncated for m in predictor.members)
+    if config.with_labels:
+        summary.metrics = _metrics(config, predictor, gold, predicted)
+    return summary
+
+
+def _windows(predictor: Predictor, reader: RowReader, skip: int) -> Iterator[list[dict]]:
+    for rows in reader.windows(predictor.window_rows, skip):
+        yield predictor.window(rows)
+
+
+def _keep_names(config: PredictConfig, data: str) -> list[str]:
+    if config.keep_columns != "all":
+        return list(config.keep_columns)
+    # the columns of the first row (a header), read before any work
+    probe = RowReader(data, [], None, "all", config.columns, config.input_format, "skip", 1)
+    if data == "-":
+        raise AutopromptError("--keep-columns all needs a file (the columns of its first row)")
+    for rows in probe.windows(1):
+        return [k for k in rows[0].keep]
+    return []
+
+
+def _open_stream(target: Path | None, offset: int, main: bool):
+    if target is None:
+        return sys.stdout.buffer
+    if not main:
+        return None
+    partial = _partial(target)
+    if offset:
+        stream = open(partial, "r+b")  # noqa: SIM115 - closed by the caller
+        stream.truncate(offset)  # drop a window written after the last saved count
+        stream.seek(offset)
+        return stream
+    return open(partial, "wb")  # noqa: SIM115
+
+
+def _save_sidecar(target: Path, identity: dict, summary: PredictSummary, offset: int) -> None:
+    state = {
+        "identity": identity,
+        "read": summary.read,
+        "rows": summary.rows,
+        "skipped": summary.skipped,
+        "bytes": offset,
+    }
+    tmp = _sidecar(target).with_suffix(".tmp")
+    tmp.write_text(json.dumps(state), encoding="utf-8")
+    os.replace(tmp, _sidecar(target))
+
+
+def _finish(target, identity, config, data, model, summary) -> None:
+    partial = _partial(target)
+    try:
+        mode = os.stat(target).st_mode & 0o777
+    except FileNotFoundError:
+        mask = os.umask(0)
+        os.umask(mask)
+        mode = 0o666 & ~mask
+    os.chmod(partial, mode)
+    os.replace(partial, target)
+    _sidecar(target).unlink(missing_ok=True)
+
+
+def _collect(out: list[dict], relational: bool, gold: list, predicted: list) -> None:
+    for r in out:
+        gold.append(r["gold"])
+        predicted.append(r.get("rank") if relational else r["prediction"])
+
+
+def _labels_written(target, fmt, config, relational) -> tuple[list, list]:
+    """Gold labels and predictions (or ranks) of a partial file, for a resumed run's metrics."""
+    gold: list = []
+    predicted: list = []
+    size = json.loads(_sidecar(target).read_text(encoding="utf-8"))["bytes"]
+    with open(_partial(target), "rb") as f:
+        body = io.BytesIO(f.read(size))  # the saved part only
+    for _, row in iter_rows(str(_partial(target)), fmt, None, body):
+        gold.append(cell_text(row["gold"]))
+        if relational:
+            rank = row.get("rank")
+            predicted.append(int(rank) if rank not in (None, "") else None)
+        else:
+            predicted.append(cell_text(row["prediction"]))
+    return gold, predicted
+
+
+def _metrics(config: PredictConfig, predictor: Predictor, gold: list, predicted: list) -> dict:
+    if predictor.relational:
+        ranks = np.array([r for r in predicted if r], dtype=np.int64)
+        out = rank_metrics(ranks)
+        out["skipped"] = len(predicted) - len(ranks)
+        return out
+    return classification_metrics(
+        [str(g) for g in gold], predicted, predictor.labels, config.bootstrap, config.seed
+    )
+
+
+def describe(config: PredictConfig, data: str, model: str) -> dict:
+    """The provenance of a run (printed with --with-labels metrics by the CLI)."""
+    return provenance("predict", {"data": data, "model": model, **asdict(config)})
+
+
+def preflight(
+    config: PredictConfig,
+    data: str,
+    output: str,
+    output_format_: str | None = None,
+    force: bool = False,
+    resume: bool = False,
+) -> None:
+    """Every check that needs no model: the output, the prompts, and the input's first row
+    (a column the template reads that the input lacks is a mistake, not a row to skip)."""
+    check_paths(data, output, force, resume, output_format(output, output_format_))
+    prompts = select_prompts(config)
+    if config.vocab:
+        read_vocab(config.vocab)
+    if not prompts[0].is_relational and not config.verbalizers:
+        raise AutopromptError(
+            "--verbalizer: a classification template needs one (label → words), e.g. "
+            "--verbalizer sst2; relation templates ([X] ... [Y]) need none"
+        )
+    if data == "-":
+        return
+    reader = RowReader(data, [], None, "all", config.columns, config.input_format, "skip", 1)
+    first = next(reader.windows(1), None)
+    if first is None:
+        raise AutopromptError(f"--data {data}: no rows in the file")
+    row = first[0]
+    have = set(row.keep) | {"id"}
+    needed = needed_fields(config)
+    if config.with_labels:
+        needed.append(config.label_field)
+    for name in needed:
+        if name not in have:
+            relational = prompts[0].is_relational and name == "sub_label"
+            fix = (
+                "relation rows need the subject of [X] in a 'sub_label' field"
+                if relational
+                else "rename the column or the template field, or name the columns with --columns"
+            )
+            if name == config.label_field and config.with_labels:
+                fix = "choose it with --label-field, or drop --with-labels"
+            raise AutopromptError(
+                f"{row.example.source}: no field {name!r} (fields: "
+                f"{', '.join(map(str, row.keep)) or 'none'}); {fix}"
+            )
