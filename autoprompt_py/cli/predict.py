@@ -64,7 +64,10 @@ def _tokens(value: str) -> int | str:
     is_flag=True,
     help="The input has gold labels (--label-field): copy them and print score's metrics.",
 )
-@click.option("--label-field", default="label", show_default=True)
+@click.option(
+    "--label-field",
+    help="The gold label column for --with-labels [default: label; relations: obj_label].",
+)
 @click.option("--relation", help="The relation of a template set to use (e.g. P19 of lama_trex).")
 @click.option(
     "--vocab",

@@ -64,7 +64,7 @@ class PredictConfig:
     vocab: str | None = None
     top_k: int = 10
     with_labels: bool = False
-    label_field: str = "label"
+    label_field: str | None = None  # default: label, or obj_label for relation facts
     keep_columns: tuple[str, ...] | str = ()
     columns: tuple[str, ...] | None = None
     input_format: str | None = None
@@ -360,11 +360,19 @@ def needed_fields(config: PredictConfig) -> list[str]:
     return list(dict.fromkeys(f for p in select_prompts(config) for f in p.fields))
 
 
+def gold_field(config: PredictConfig, relational: bool) -> str | None:
+    """The column of gold labels with --with-labels (LAMA facts hold them in obj_label)."""
+    if not config.with_labels:
+        return None
+    return config.label_field or ("obj_label" if relational else "label")
+
+
 def open_reader(config: PredictConfig, data: str) -> RowReader:
+    relational = select_prompts(config)[0].is_relational
     return RowReader(
         data,
         needed_fields(config),
-        config.label_field if config.with_labels else None,
+        gold_field(config, relational),
         config.keep_columns,
         config.columns,
         config.input_format,
@@ -692,8 +700,9 @@ def preflight(
     row = first[0]
     have = set(row.keep) | {"id"}
     needed = needed_fields(config)
-    if config.with_labels:
-        needed.append(config.label_field)
+    gold = gold_field(config, prompts[0].is_relational)
+    if gold is not None:
+        needed.append(gold)
     for name in needed:
         if name not in have:
             relational = prompts[0].is_relational and name == "sub_label"
@@ -702,7 +711,7 @@ def preflight(
                 if relational
                 else "rename the column or the template field, or name the columns with --columns"
             )
-            if name == config.label_field and config.with_labels:
+            if name == gold:
                 fix = "choose it with --label-field, or drop --with-labels"
             raise AutopromptError(
                 f"{row.example.source}: no field {name!r} (fields: "
