@@ -43,8 +43,14 @@ def tokenize_pieces(
     todo = [i for i, t in enumerate(stripped) if t]
     out: list[list[int]] = [[] for _ in texts]
     if todo:
-        enc = tokenizer([prefix + stripped[i] for i in todo], add_special_tokens=False)
-        for i, ids in zip(todo, enc["input_ids"]):
+        batch = [prefix + stripped[i] for i in todo]
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is not None:  # the Rust tokenizer itself: the same ids, without the
+            # per-row Python conversion of tokenizer(...) (most of the encoding time)
+            rows = [e.ids for e in backend.encode_batch(batch, add_special_tokens=False)]
+        else:
+            rows = tokenizer(batch, add_special_tokens=False)["input_ids"]
+        for i, ids in zip(todo, rows):
             out[i] = ids
     return out
 
