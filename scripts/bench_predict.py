@@ -58,7 +58,7 @@ def _load(model: str, threads: int):
 
 
 def worker_predict(args) -> dict:
-    from autoprompt_py.predict.run import PredictConfig, write_predictions
+    from autoprompt_py.prediction.run import PredictConfig, write_predictions
 
     lm = _load(args.model, args.threads)
     out = Path(args.out)

@@ -16,8 +16,8 @@ from autoprompt_py.data import read_examples
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.evaluation import score_prompts
 from autoprompt_py.model import load_model
-from autoprompt_py.predict.reader import RowReader
-from autoprompt_py.predict.run import PredictConfig, predict, write_predictions
+from autoprompt_py.prediction.reader import RowReader
+from autoprompt_py.prediction.run import PredictConfig, predict, write_predictions
 from autoprompt_py.probing import probe_templates
 from autoprompt_py.resources import load_templates, load_verbalizer
 
@@ -63,7 +63,7 @@ def facts(tmp_path_factory) -> Path:
 
 
 def rows_of(config: PredictConfig, data: Path, lm) -> list[dict]:
-    return [r for window in predict(config, str(data), lm) for r in window]
+    return list(predict(config, str(data), lm))
 
 
 @pytest.mark.parametrize(

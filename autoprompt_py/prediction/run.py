@@ -35,9 +35,9 @@ from autoprompt_py.ensemble import Combined, EnsembleAccumulator, check_rule, co
 from autoprompt_py.errors import AutopromptError, shown
 from autoprompt_py.metrics import classification_metrics, rank_metrics
 from autoprompt_py.model import MaskedLM
-from autoprompt_py.predict.prompts import BatchPlan, Prompt, load_prompts
-from autoprompt_py.predict.reader import InputRow, RowReader
-from autoprompt_py.predict.writer import RESUMABLE, open_writer, output_format
+from autoprompt_py.prediction.prompts import BatchPlan, Prompt, load_prompts
+from autoprompt_py.prediction.reader import InputRow, RowReader
+from autoprompt_py.prediction.writer import RESUMABLE, open_writer, output_format
 from autoprompt_py.probing import ranks_of
 from autoprompt_py.resources import load_verbalizer
 from autoprompt_py.results import check_output_path, output_lock, provenance, refuse_overwrite
@@ -381,19 +381,17 @@ def open_reader(config: PredictConfig, data: str) -> RowReader:
     )
 
 
-def predict(
-    config: PredictConfig,
-    data: str,
-    lm: MaskedLM,
-    skip: int = 0,
-    reader: RowReader | None = None,
-) -> Iterator[list[dict]]:
-    """Output rows of ``data``, one list per window, in input order (the API under
-    ``autoprompt predict``; ``write_predictions`` writes them)."""
+def predict(config: PredictConfig, data: str, lm: MaskedLM | None = None) -> Iterator[dict]:
+    """Output rows of ``data`` in input order, read and scored a window at a time (the API
+    under ``autoprompt predict``; ``write_predictions`` writes them to a file). Without
+    ``lm``, the bundled model."""
+    if lm is None:
+        from autoprompt_py.model import load_model
+
+        lm = load_model()
     predictor = Predictor(config, lm)
-    reader = reader or open_reader(config, data)
-    for rows in reader.windows(predictor.window_rows, skip):
-        yield predictor.window(rows)
+    for rows in open_reader(config, data).windows(predictor.window_rows):
+        yield from predictor.window(rows)
 
 
 # -- writing, resumably ----------------------------------------------------------------------
