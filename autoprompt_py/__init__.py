@@ -36,7 +36,7 @@ _EXPORTS = {
     "load_model": "autoprompt_py.model",
     "PredictConfig": "autoprompt_py.prediction.run",
     "predict": "autoprompt_py.prediction.run",
-    "write_predictions": "autoprompt_py.prediction.run",
+    "write_predictions": "autoprompt_py.prediction.output",
     "probe_templates": "autoprompt_py.probing",
     "FoundPrompt": "autoprompt_py.prompt",
     "NamedTemplate": "autoprompt_py.resources",

@@ -123,7 +123,8 @@ class TemplateEncoder:
         self.max_length = max_length
         self.n_masks = n_masks
         self.layout = _SpecialLayout.of(tokenizer, pair=len(template.segments) == 2)
-        fill = tokenizer.mask_token_id if trigger_fill_id is None else trigger_fill_id
+        self._mask_id = tokenizer.mask_token_id  # read once: the tokenizer's getattr is slow
+        fill = self._mask_id if trigger_fill_id is None else trigger_fill_id
         self._trigger_ids = [fill if t is None else t for t in template.trigger_ids]
         self._literal_ids = {
             id(p): tokenize_piece(tokenizer, p.text, p.space_before)
@@ -152,7 +153,7 @@ class TemplateEncoder:
                 elif isinstance(p, Trigger):
                     ids = [next(triggers)]
                 else:
-                    ids = [self.tokenizer.mask_token_id] * self.n_masks
+                    ids = [self._mask_id] * self.n_masks
                 chunks.append([p, ids])
             segments.append(chunks)
         truncated = self._truncate(segments, example)

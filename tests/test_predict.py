@@ -16,8 +16,9 @@ from autoprompt_py.data import read_examples
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.evaluation import score_prompts
 from autoprompt_py.model import load_model
+from autoprompt_py.prediction.output import write_predictions
 from autoprompt_py.prediction.reader import RowReader
-from autoprompt_py.prediction.run import PredictConfig, predict, write_predictions
+from autoprompt_py.prediction.run import PredictConfig, predict
 from autoprompt_py.probing import probe_templates
 from autoprompt_py.resources import load_templates, load_verbalizer
 
@@ -261,3 +262,27 @@ def test_torchrun_two_processes_write_the_same_file(data, tmp_path) -> None:
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     assert two.read_bytes() == one.read_bytes()
+
+
+def test_stdin_to_stdout_and_keep_all(data, tmp_path) -> None:
+    lines = data.read_text(encoding="utf-8").splitlines()[1:6]
+    jsonl = "".join(
+        json.dumps({"id": f"a{i}", "sentence": s.split("\t")[0], "extra": [i]}) + "\n"
+        for i, s in enumerate(lines)
+    )
+    r = CliRunner().invoke(
+        main,
+        ["predict", "--data", "-", "--template", "{sentence} It was [MASK] .", "--verbalizer",
+         "sst2", "--keep-columns", "extra"],
+        input=jsonl,
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert [row["id"] for row in rows] == [f"a{i}" for i in range(5)]
+    assert [row["extra"] for row in rows] == [[i] for i in range(5)]  # passed through as is
+    out = tmp_path / "all.csv"
+    r = invoke("--data", data, "--template", "{sentence} It was [MASK] .", "--verbalizer", "sst2",
+               "--output", out,
+               "--keep-columns", "all")  # fmt: skip
+    header = out.read_text(encoding="utf-8").splitlines()[0] if out.exists() else r.output
+    assert header.startswith("id,sentence,label,prediction,margin,p_0,p_1"), header

@@ -142,7 +142,8 @@ def predict(
     its margin; or, for relation templates, the top-k objects."""
     from autoprompt_py.ensemble import parse_weights
     from autoprompt_py.model import load_model
-    from autoprompt_py.prediction.run import PredictConfig, preflight, write_predictions
+    from autoprompt_py.prediction.output import preflight, write_predictions
+    from autoprompt_py.prediction.run import PredictConfig
 
     keep: tuple[str, ...] | str = ()
     if keep_columns == "all":
