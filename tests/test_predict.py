@@ -144,9 +144,9 @@ def test_reader_holds_a_bounded_number_of_rows(tmp_path, fmt) -> None:
 
 
 def test_resume_is_byte_identical(lm, data, tmp_path) -> None:
-    config = PredictConfig(("{sentence} It was [MASK] .",), ("sst2",), window=8)
+    config = PredictConfig(("{sentence} It was [MASK] .",), ("sst2",), window=8, with_labels=True)
     whole, part = tmp_path / "whole.csv", tmp_path / "part.csv"
-    write_predictions(config, str(data), str(whole), lm, "default", progress=False)
+    full = write_predictions(config, str(data), str(whole), lm, "default", progress=False)
 
     def stop(n: int) -> None:
         if n == 2:
@@ -162,11 +162,12 @@ def test_resume_is_byte_identical(lm, data, tmp_path) -> None:
         f.write(b"half a ro")
     with pytest.raises(AutopromptError, match="--resume"):
         write_predictions(config, str(data), str(part), lm, "default", progress=False)
-    other = PredictConfig(("{sentence} It was [MASK] !",), ("sst2",), window=8)
+    other = PredictConfig(("{sentence} It was [MASK] !",), ("sst2",), window=8, with_labels=True)
     with pytest.raises(AutopromptError, match="templates"):
         write_predictions(other, str(data), str(part), lm, "default", progress=False, resume=True)
     s = write_predictions(config, str(data), str(part), lm, "default", progress=False, resume=True)
     assert s.resumed_from == 16 and s.rows == 36
+    assert s.metrics == full.metrics  # the saved part's labels are read back for the metrics
     assert part.read_bytes() == whole.read_bytes()
     assert not (tmp_path / "part.csv.partial").exists()
     assert not (tmp_path / "part.csv.partial.json").exists()
