@@ -99,20 +99,29 @@ def test_classification_equals_score(lm, data, templates, ensemble, calibrate) -
     assert len(set(probs[:, 1])) > 20  # rows differ: equal constants would prove little
 
 
-@pytest.mark.parametrize("calibrate", [False, True])
-def test_relation_equals_probe(lm, facts, calibrate) -> None:
+@pytest.mark.parametrize("calibrate,ensemble", [(False, False), (True, False), (True, True)])
+def test_relation_equals_probe(lm, facts, tmp_path, calibrate, ensemble) -> None:
     template = "[X] was born in [Y] ."
+    if ensemble:  # two templates of the relation, combined
+        template = tmp_path / "two.jsonl"
+        template.write_text(
+            '{"relation": "P1", "template": ["[X] was born in [Y] .", "[X] is from [Y] ."]}\n',
+            encoding="utf-8",
+        )
     cf = ("N/A", "", "[MASK]") if calibrate else None
     probes = probe_templates(
-        lm, load_templates(template), {"P1": read_facts_list(facts)}, progress=False,
-        calibrate_with=cf,
+        lm, load_templates(str(template)), {"P1": read_facts_list(facts)}, progress=False,
+        calibrate_with=cf, dev_fraction=None, ensemble_rule="mean-logprob" if ensemble else None,
     )  # fmt: skip
-    member = probes[0].members[0]
+    member = probes[0].ensemble if ensemble else probes[0].members[0]
     want = member.cal_ranks if calibrate else member.ranks
-    config = PredictConfig((template,), calibrate=calibrate, with_labels=True, window=7)
+    config = PredictConfig(
+        (str(template),), calibrate=calibrate, ensemble=ensemble, with_labels=True, window=7
+    )
     rows = rows_of(config, facts, lm)
     got = [r["rank"] for r in rows if r["rank"] is not None]
     assert got == want.tolist()
+    assert len(set(got)) > 3
     if not calibrate:
         assert [r["top_1"] for r in rows] == [t[0] for t in member.top]
 
