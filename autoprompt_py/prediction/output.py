@@ -203,7 +203,15 @@ def write_predictions(
                 "start over, or rerun with the options it was made with"
             )
         skip, offset = saved["read"], saved["bytes"]
+        have = _partial(target).stat().st_size if _partial(target).exists() else 0
+        if have < offset:
+            raise AutopromptError(
+                f"--resume: {_partial(target)} holds {have} bytes, fewer than the {offset} its "
+                "record says were saved; pass --force to start over"
+            )
         earlier = PredictSummary(saved["rows"], saved["skipped"], saved["read"])
+    elif target is not None and main:
+        _sidecar(target).unlink(missing_ok=True)  # a fresh start: an old record is void
     predictor = Predictor(config, lm)
     keep = _keep_names(config, data)
     columns = predictor.columns(keep)
