@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from autoprompt_py.errors import AutopromptError, shown
 from autoprompt_py.template import OBJECT_FIELD, SUBJECT_FIELD
-from autoprompt_py.textfile import lines, parse_json, read_text
+from autoprompt_py.textfile import decode_utf8, lines, parse_json, read_text
 
 
 @dataclass(frozen=True)
@@ -211,3 +213,141 @@ def _read_delimited(
             )
         out.append((line, dict(zip(header, r))))
     return out
+
+
+# -- streaming: one row at a time, for files of any size (``autoprompt predict``) -------------
+
+ROW_FORMATS = ("tsv", "csv", "jsonl", "parquet")
+
+
+def row_format(path: str, given: str | None = None, option: str = "--data") -> str:
+    """The format of a data file from ``given`` or its suffix (``-``, standard input: jsonl)."""
+    if given:
+        if given not in ROW_FORMATS:
+            raise AutopromptError(f"--input-format {given!r}: use one of {', '.join(ROW_FORMATS)}")
+        return given
+    if path == "-":
+        return "jsonl"
+    suffix = Path(path).suffix.lower().lstrip(".")
+    fmt = {"json": "jsonl", "txt": "tsv"}.get(suffix, suffix)
+    if fmt not in ROW_FORMATS:
+        raise AutopromptError(
+            f"{option} {path}: unknown data format {suffix!r}; use .tsv, .csv, .jsonl or "
+            ".parquet, or name it with --input-format"
+        )
+    return fmt
+
+
+def iter_rows(
+    path: str | Path,
+    fmt: str,
+    columns: Sequence[str] | None = None,
+    stream: BinaryIO | None = None,
+) -> Iterator[tuple[int, dict]]:
+    """(line number, row) of a data file, read one row at a time (constant memory).
+
+    ``stream`` replaces opening ``path`` (standard input). Rows are checked as ``read_examples``
+    checks them: UTF-8, JSON objects, as many columns as the header.
+    """
+    if fmt == "parquet":
+        yield from _iter_parquet(Path(path))
+        return
+    if stream is None:
+        try:
+            stream = open(path, "rb")  # noqa: SIM115 - closed below, as the generator ends
+        except FileNotFoundError:
+            raise AutopromptError(f"{path}: no such data file") from None
+        except IsADirectoryError:
+            raise AutopromptError(f"{path}: a folder, not a data file") from None
+        except OSError as e:
+            raise AutopromptError(f"{path}: cannot read the data file ({e.strerror})") from None
+        owned = True
+    else:
+        owned = False
+    try:
+        text = _decoded_lines(stream, str(path))
+        if fmt == "jsonl":
+            for line_no, line in enumerate(text, 1):
+                if not line.strip():
+                    continue
+                row = parse_json(line, f"{path}:{line_no}", line=False)
+                if not isinstance(row, dict):
+                    raise AutopromptError(f"{path}:{line_no}: each line must be a JSON object")
+                yield line_no, row
+        else:
+            yield from _iter_delimited(text, str(path), "," if fmt == "csv" else "\t", columns)
+    finally:
+        if owned:
+            stream.close()
+
+
+def _decoded_lines(stream: BinaryIO, source: str) -> Iterator[str]:
+    """Lines of a byte stream as text (with their line end), refusing what is not UTF-8."""
+    for line_no, raw in enumerate(stream, 1):
+        if line_no == 1:
+            if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+                decode_utf8(raw, source)  # raises: UTF-16 (or UTF-32) text, save it as UTF-8
+            raw = raw.removeprefix(codecs.BOM_UTF8)
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise AutopromptError(
+                f"{source}:{line_no}: not UTF-8 text (byte 0x{raw[e.start]:02X} at column "
+                f"{e.start + 1}; Latin-1 or Windows-1252?); save it as UTF-8"
+            ) from None
+        yield line.removesuffix("\n").removesuffix("\r") + "\n"
+
+
+def _iter_delimited(
+    text: Iterator[str], path: str, delimiter: str, columns: Sequence[str] | None
+) -> Iterator[tuple[int, dict]]:
+    # QUOTE_NONE for TSV, as _read_delimited: bare quotes there are part of the text
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    reader = csv.reader(text, delimiter=delimiter, quoting=quoting)
+    header = list(columns) if columns else None
+    start = 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            raise AutopromptError(f"{path}:{reader.line_num}: not a valid row ({e})") from None
+        line, start = start, reader.line_num + 1
+        if not any(c.strip() for c in row):
+            continue
+        if header is None:
+            header = [c.strip() for c in row]
+            continue
+        if len(row) != len(header):
+            raise AutopromptError(
+                f"{path}:{line}: {len(row)} columns, but the header has {len(header)} "
+                f"({_names(dict.fromkeys(header))}); fix the row or name the columns with --columns"
+            )
+        yield line, dict(zip(header, row))
+
+
+def _iter_parquet(path: Path) -> Iterator[tuple[int, dict]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise AutopromptError(
+            f"{path}: reading Parquet needs pyarrow; pip install 'autoprompt_py[parquet]' "
+            "(or pip install pyarrow)"
+        ) from None
+    try:
+        file = pq.ParquetFile(path)
+    except FileNotFoundError:
+        raise AutopromptError(f"{path}: no such data file") from None
+    except Exception as e:  # pyarrow.ArrowInvalid and friends: not a Parquet file
+        raise AutopromptError(f"{path}: not a Parquet file ({str(e)[:200]})") from None
+    number = 0
+    for batch in file.iter_batches(batch_size=1024):
+        for row in batch.to_pylist():
+            number += 1
+            yield number, row
+
+
+def cell_text(value: object) -> str:
+    """A cell's value as text, as the readers turn cells into fields (1.0 → "1")."""
+    return _as_text(value)

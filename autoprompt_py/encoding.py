@@ -132,15 +132,16 @@ class TemplateEncoder:
         self.max_length = max_length
         self.n_masks = n_masks
         self.layout = _SpecialLayout.of(tokenizer, pair=len(template.segments) == 2)
-        fill = tokenizer.mask_token_id if trigger_fill_id is None else trigger_fill_id
+        # read once: a tokenizer attribute costs microseconds, which 67k rows make seconds
+        self._mask_id = tokenizer.mask_token_id
+        fill = self._mask_id if trigger_fill_id is None else trigger_fill_id
         self._trigger_ids = [fill if t is None else t for t in template.trigger_ids]
         self._literal_ids = {
             id(p): tokenize_piece(tokenizer, p.text, p.space_before)
             for p in template.parts
             if isinstance(p, Literal)
         }
-        # read once: a tokenizer attribute costs microseconds, which 67k rows make seconds
-        self._masks = [tokenizer.mask_token_id] * n_masks
+        self._masks = [self._mask_id] * n_masks
         layout = self.layout
         self._prefix = ([i for i, _ in layout.prefix], [t for _, t in layout.prefix])
         self._middle = ([i for i, _ in layout.middle], [t for _, t in layout.middle])

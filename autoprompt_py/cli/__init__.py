@@ -25,6 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "autoprompt_py.cli.score",
         "Probe relational knowledge: P@1, P@10 and MRR per relation and template.",
     ),
+    "predict": (
+        "autoprompt_py.cli.predict",
+        "Label new data with a prompt: label probabilities, or top-k objects for relations.",
+    ),
     "export": (
         "autoprompt_py.cli.export",
         "Export a search RESULT (or --template) as a soft-prompt initialization.",

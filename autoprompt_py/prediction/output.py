@@ -1,0 +1,365 @@
+"""Writing ``predict``'s rows to a file or standard output, resumably.
+
+A file is written to ``<output>.partial``; after every window ``<output>.partial.json``
+records the run's identity (config, model, input) and how many input rows and bytes the
+partial file holds. Complete, the partial file is renamed to the output. ``--resume`` cuts
+the partial file back to the recorded bytes and goes on after the recorded rows; the windows
+are the same as in an uninterrupted run, so the file is too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from autoprompt_py import distributed
+from autoprompt_py.data import cell_text, iter_rows
+from autoprompt_py.errors import AutopromptError, shown
+from autoprompt_py.metrics import classification_metrics, rank_metrics
+from autoprompt_py.model import MaskedLM
+from autoprompt_py.prediction.reader import RowReader
+from autoprompt_py.prediction.run import (
+    PredictConfig,
+    Predictor,
+    gold_field,
+    needed_fields,
+    open_reader,
+    select_prompts,
+)
+from autoprompt_py.prediction.writer import RESUMABLE, open_writer, output_format
+from autoprompt_py.results import check_output_path, output_lock, refuse_overwrite
+from autoprompt_py.vocab import read_vocab
+
+
+def preflight(
+    config: PredictConfig,
+    data: str,
+    output: str,
+    output_format_: str | None = None,
+    force: bool = False,
+    resume: bool = False,
+) -> None:
+    """Every check that needs no model: the output, the prompts, and the input's first row
+    (a column the template reads that the input lacks is a mistake, not a row to skip)."""
+    check_paths(data, output, force, resume, output_format(output, output_format_))
+    prompts = select_prompts(config)
+    if config.vocab:
+        read_vocab(config.vocab)
+    if not prompts[0].is_relational and not config.verbalizers:
+        raise AutopromptError(
+            "--verbalizer: a classification template needs one (label → words), e.g. "
+            "--verbalizer sst2; relation templates ([X] ... [Y]) need none"
+        )
+    if data == "-":
+        return
+    reader = RowReader(data, [], None, "all", config.columns, config.input_format, "skip", 1)
+    first = next(reader.windows(1), None)
+    if first is None:
+        raise AutopromptError(f"--data {data}: no rows in the file")
+    row = first[0]
+    have = set(row.keep) | {"id"}
+    needed = needed_fields(config)
+    gold = gold_field(config, prompts[0].is_relational)
+    if gold is not None:
+        needed.append(gold)
+    for name in needed:
+        if name not in have:
+            relational = prompts[0].is_relational and name == "sub_label"
+            fix = (
+                "relation rows need the subject of [X] in a 'sub_label' field"
+                if relational
+                else "rename the column or the template field, or name the columns with --columns"
+            )
+            if name == gold:
+                fix = "choose it with --label-field, or drop --with-labels"
+            raise AutopromptError(
+                f"{row.example.source}: no field {name!r} (fields: "
+                f"{', '.join(map(str, row.keep)) or 'none'}); {fix}"
+            )
+
+
+# -- writing, resumably ----------------------------------------------------------------------
+
+
+@dataclass
+class PredictSummary:
+    rows: int = 0  # rows written
+    skipped: int = 0
+    read: int = 0  # input rows consumed, skipped ones included
+    metrics: dict | None = None
+    truncated: int = 0
+    resumed_from: int = 0
+
+
+def run_identity(config: PredictConfig, data: str, model: str, dtype: str, fmt: str) -> dict:
+    """What a partial output must match to be resumed: the config, model and input."""
+    ident = {"config": asdict(config), "model": model, "dtype": dtype, "format": fmt}
+    if data != "-":
+        path = Path(data)
+        st = path.stat()
+        with open(path, "rb") as f:
+            head = hashlib.sha256(f.read(1 << 20)).hexdigest()
+        ident["input"] = {"path": str(path.resolve()), "bytes": st.st_size, "sha256_1mb": head}
+    return json.loads(json.dumps(ident))  # plain JSON: tuples as lists, as read back
+
+
+def _mismatch(saved: dict, now: dict) -> str | None:
+    for key, what in (("input", "input file"), ("model", "model"), ("dtype", "dtype")):
+        if saved.get(key) != now.get(key):
+            return f"it was made from another {what} ({shown(saved.get(key))})"
+    if saved.get("format") != now.get("format"):
+        return f"it is in another format ({saved.get('format')})"
+    old, new = saved.get("config", {}), now.get("config", {})
+    for key in new:
+        if old.get(key) != new.get(key):
+            return f"its {key} was {shown(old.get(key))}, now {shown(new.get(key))}"
+    return None
+
+
+def check_paths(data: str, output: str, force: bool, resume: bool, fmt: str) -> Path | None:
+    """Output checks before any work: its format, not the input, not an earlier result."""
+    if output == "-":
+        if resume:
+            raise AutopromptError("--resume continues an output file; it cannot with --output -")
+        if fmt == "parquet":
+            raise AutopromptError("--output -: Parquet cannot go to standard output; give a file")
+        return None
+    target = check_output_path(output)
+    assert target is not None
+    if data != "-" and Path(data).exists() and Path(os.path.realpath(data)) == target:
+        raise AutopromptError(
+            f"--output {output} is the input file; write the predictions to another file"
+        )
+    if resume and fmt not in RESUMABLE:
+        raise AutopromptError(
+            f"--resume: a {fmt} file cannot be continued; write .jsonl, .csv or .tsv to resume"
+        )
+    if resume and data == "-":
+        raise AutopromptError("--resume needs the same input again: give --data a file, not -")
+    partial = _partial(target)
+    if resume and target.exists():
+        raise AutopromptError(
+            f"--output {output} is already complete; nothing to resume (pass --force to redo it)"
+        )
+    if not resume and not force and partial.exists():
+        raise AutopromptError(
+            f"--output {output}: an interrupted run left {partial}; pass --resume to continue "
+            "it, or --force to start over"
+        )
+    refuse_overwrite(output, "--output", force or resume, resumable=True)
+    return target
+
+
+def _partial(target: Path) -> Path:
+    return target.with_name(target.name + ".partial")
+
+
+def _sidecar(target: Path) -> Path:
+    return target.with_name(target.name + ".partial.json")
+
+
+def write_predictions(
+    config: PredictConfig,
+    data: str,
+    output: str,
+    lm: MaskedLM,
+    model: str,
+    dtype: str = "float32",
+    output_format_: str | None = None,
+    force: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    on_window: Callable[[int], None] | None = None,
+    check_first: Callable[[RowReader], None] | None = None,
+) -> PredictSummary:
+    """Write the predictions of ``data`` to ``output`` (``-``: standard output).
+
+    A file is written to ``<output>.partial``, with ``<output>.partial.json`` saying how many
+    input rows and bytes it holds after each window; it is renamed to ``output`` when done.
+    ``resume`` continues such a partial file (same config, model and input, or refused with
+    the reason) and the finished file is byte for byte the uninterrupted run's.
+    ``on_window(n)`` is called after the n-th window is saved (tests interrupt there).
+    """
+    fmt = output_format(output, output_format_)
+    target = check_paths(data, output, force, resume, fmt)
+    identity = run_identity(config, data, model, dtype, fmt)
+    reader = open_reader(config, data)
+    main = distributed.is_main()
+    skip, offset, earlier = 0, 0, PredictSummary()
+    if target is not None and resume and _sidecar(target).exists():
+        saved = json.loads(_sidecar(target).read_text(encoding="utf-8"))
+        why = _mismatch(saved.get("identity", {}), identity)
+        if why:
+            raise AutopromptError(
+                f"--resume: {_partial(target)} is not this run's ({why}); pass --force to "
+                "start over, or rerun with the options it was made with"
+            )
+        skip, offset = saved["read"], saved["bytes"]
+        have = _partial(target).stat().st_size if _partial(target).exists() else 0
+        if have < offset:
+            raise AutopromptError(
+                f"--resume: {_partial(target)} holds {have} bytes, fewer than the {offset} its "
+                "record says were saved; pass --force to start over"
+            )
+        earlier = PredictSummary(saved["rows"], saved["skipped"], saved["read"])
+    elif target is not None and main:
+        _sidecar(target).unlink(missing_ok=True)  # a fresh start: an old record is void
+    predictor = Predictor(config, lm)
+    keep = _keep_names(config, data)
+    columns = predictor.columns(keep)
+    summary = PredictSummary(earlier.rows, earlier.skipped, earlier.read, resumed_from=skip)
+    gold: list = []
+    predicted: list = []
+    if config.with_labels and skip:
+        gold, predicted = _labels_written(target, fmt, config, predictor.relational)
+
+    from tqdm.auto import tqdm
+
+    lock = output_lock(output if target is not None else None)
+    with (
+        lock,
+        tqdm(
+            desc="predict",
+            unit="row",
+            initial=skip,
+            disable=not progress or not main,
+            file=sys.stderr,
+        ) as bar,
+    ):
+        stream = _open_stream(target, offset, main)
+        try:
+            writer = open_writer(fmt, stream, columns, header=offset == 0) if main else None
+            for n, out in enumerate(_windows(predictor, reader, skip), 1):
+                summary.rows += len(out)
+                summary.read = reader.rows_read
+                summary.skipped = earlier.skipped + reader.skipped
+                if config.with_labels:
+                    _collect(out, predictor.relational, gold, predicted)
+                if writer is not None:
+                    writer.write(out)
+                    stream.flush()
+                    if target is not None:
+                        os.fsync(stream.fileno())
+                        _save_sidecar(target, identity, summary, stream.tell())
+                bar.update(len(out))
+                if on_window is not None:
+                    on_window(n)
+            summary.read = max(summary.read, reader.rows_read)
+            summary.skipped = earlier.skipped + reader.skipped
+            if writer is not None:
+                writer.close()
+        finally:
+            if target is not None and main:
+                stream.close()
+        if target is not None and main:
+            if summary.rows == 0 and fmt != "parquet":
+                _partial(target).unlink(missing_ok=True)
+                _sidecar(target).unlink(missing_ok=True)
+                raise AutopromptError(
+                    f"--data {data}: no row to predict ({summary.skipped} skipped for a missing "
+                    "or empty field)"
+                )
+            _finish(target, identity, config, data, model, summary)
+    summary.truncated = sum(m.prompt.truncated for m in predictor.members)
+    if config.with_labels:
+        summary.metrics = _metrics(config, predictor, gold, predicted)
+    return summary
+
+
+def _windows(predictor: Predictor, reader: RowReader, skip: int) -> Iterator[list[dict]]:
+    for rows in reader.windows(predictor.window_rows, skip):
+        yield predictor.window(rows)
+
+
+def _keep_names(config: PredictConfig, data: str) -> list[str]:
+    if config.keep_columns != "all":
+        return list(config.keep_columns)
+    # the columns of the first row (a header), read before any work
+    probe = RowReader(data, [], None, "all", config.columns, config.input_format, "skip", 1)
+    if data == "-":
+        raise AutopromptError("--keep-columns all needs a file (the columns of its first row)")
+    for rows in probe.windows(1):
+        return [k for k in rows[0].keep]
+    return []
+
+
+def _open_stream(target: Path | None, offset: int, main: bool):
+    if target is None:
+        return sys.stdout.buffer
+    if not main:
+        return None
+    partial = _partial(target)
+    if offset:
+        stream = open(partial, "r+b")  # noqa: SIM115 - closed by the caller
+        stream.truncate(offset)  # drop a window written after the last saved count
+        stream.seek(offset)
+        return stream
+    return open(partial, "wb")  # noqa: SIM115
+
+
+def _save_sidecar(target: Path, identity: dict, summary: PredictSummary, offset: int) -> None:
+    state = {
+        "identity": identity,
+        "read": summary.read,
+        "rows": summary.rows,
+        "skipped": summary.skipped,
+        "bytes": offset,
+    }
+    tmp = _sidecar(target).with_suffix(".tmp")
+    tmp.write_text(json.dumps(state), encoding="utf-8")
+    os.replace(tmp, _sidecar(target))
+
+
+def _finish(target, identity, config, data, model, summary) -> None:
+    partial = _partial(target)
+    try:
+        mode = os.stat(target).st_mode & 0o777
+    except FileNotFoundError:
+        mask = os.umask(0)
+        os.umask(mask)
+        mode = 0o666 & ~mask
+    os.chmod(partial, mode)
+    os.replace(partial, target)
+    _sidecar(target).unlink(missing_ok=True)
+
+
+def _collect(out: list[dict], relational: bool, gold: list, predicted: list) -> None:
+    for r in out:
+        gold.append(r["gold"])
+        predicted.append(r.get("rank") if relational else r["prediction"])
+
+
+def _labels_written(target, fmt, config, relational) -> tuple[list, list]:
+    """Gold labels and predictions (or ranks) of a partial file, for a resumed run's metrics."""
+    gold: list = []
+    predicted: list = []
+    size = json.loads(_sidecar(target).read_text(encoding="utf-8"))["bytes"]
+    with open(_partial(target), "rb") as f:
+        body = io.BytesIO(f.read(size))  # the saved part only
+    for _, row in iter_rows(str(_partial(target)), fmt, None, body):
+        gold.append(cell_text(row["gold"]))
+        if relational:
+            rank = row.get("rank")
+            predicted.append(int(rank) if rank not in (None, "") else None)
+        else:
+            predicted.append(cell_text(row["prediction"]))
+    return gold, predicted
+
+
+def _metrics(config: PredictConfig, predictor: Predictor, gold: list, predicted: list) -> dict:
+    if predictor.relational:
+        ranks = np.array([r for r in predicted if r], dtype=np.int64)
+        out = rank_metrics(ranks)
+        out["skipped"] = len(predicted) - len(ranks)
+        return out
+    return classification_metrics(
+        [str(g) for g in gold], predicted, predictor.labels, config.bootstrap, config.seed
+    )

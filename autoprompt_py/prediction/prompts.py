@@ -1,0 +1,164 @@
+"""Where ``predict``'s prompts come from: a protocol, and one registry of prompt sources.
+
+A *source* turns a ``--template`` argument into prompts; a *prompt* gives mask logits for a
+batch of examples. ``predict`` only sees ``Prompt``: template text, shipped sets and search
+results are one source (``TemplateSource``, through ``resources.load_templates``); a tuned
+folder of a future ``autoprompt tune`` is one more module with a source whose prompts feed
+``inputs_embeds``, and one line in ``SOURCES``, without a change to ``predict``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from autoprompt_py.data import Example
+from autoprompt_py.encoding import EncodedDataset, TemplateEncoder
+from autoprompt_py.evaluation import require_closed
+from autoprompt_py.model import MaskedLM
+from autoprompt_py.resources import NamedTemplate, load_templates
+from autoprompt_py.template import Template
+
+
+@runtime_checkable
+class Prompt(Protocol):
+    """One prompt member: what it reads, and mask logits for examples in length buckets."""
+
+    name: str
+    text: str  # how results name it (the template with its trigger tokens)
+    relation: str | None
+
+    @property
+    def fields(self) -> list[str]: ...
+
+    @property
+    def is_relational(self) -> bool: ...
+
+    @property
+    def space_before(self) -> bool: ...  # a space before the prediction slot
+
+    def mask_logits(
+        self, lm: MaskedLM, examples: Sequence[Example], n_masks: int, plan: BatchPlan
+    ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """(row indices into ``examples``, logits [batch, n_masks, vocab]) for this process's
+        share of the batches (``plan``)."""
+        ...
+
+    @property
+    def truncated(self) -> int: ...  # inputs cut so far
+
+
+class PromptSource(Protocol):
+    """Turns one ``--template`` argument into prompts, or says it does not know it."""
+
+    def accepts(self, spec: str) -> bool: ...
+
+    def load(self, spec: str) -> list[Prompt]: ...
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How a window is cut into batches: length-sorted, at most ``max_rows`` rows and
+    ``max_tokens`` padded tokens each; under torchrun this process takes batches
+    ``rank, rank + world, ...``."""
+
+    max_rows: int
+    max_tokens: int
+    rank: int = 0
+    world: int = 1
+
+    def batches(self, lengths: np.ndarray) -> list[np.ndarray]:
+        """Row indices of every batch (all processes'), shortest rows first."""
+        order = np.argsort(lengths, kind="stable")
+        out, start = [], 0
+        while start < len(order):
+            end = start + 1
+            # sorted: the padded width of a batch is its last row's length
+            while (
+                end < len(order)
+                and end - start < self.max_rows
+                and (end - start + 1) * lengths[order[end]] <= self.max_tokens
+            ):
+                end += 1
+            out.append(order[start:end])
+            start = end
+        return out
+
+    def mine(self, lengths: np.ndarray) -> list[np.ndarray]:
+        return self.batches(lengths)[self.rank :: self.world]
+
+
+class TemplatePrompt:
+    """A closed template (text, a shipped set's line, a search result) on the model's input ids."""
+
+    def __init__(self, named: NamedTemplate) -> None:
+        require_closed(named.template, named.name)
+        self.name = named.name
+        self.template: Template = named.template
+        self.text = named.template.render("token")
+        self.relation = named.relation
+        self._truncated = 0
+
+    @property
+    def fields(self) -> list[str]:
+        return self.template.fields
+
+    @property
+    def is_relational(self) -> bool:
+        return self.template.is_relational
+
+    @property
+    def space_before(self) -> bool:
+        return self.template.predict.space_before
+
+    @property
+    def truncated(self) -> int:
+        return self._truncated
+
+    def mask_logits(
+        self, lm: MaskedLM, examples: Sequence[Example], n_masks: int, plan: BatchPlan
+    ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        encoder = TemplateEncoder(self.template, lm.tokenizer, lm.max_length, n_masks=n_masks)
+        dataset: EncodedDataset = encoder.encode_all(examples)
+        if n_masks == 1:
+            self._truncated += dataset.num_truncated
+        lengths = np.array([len(e.input_ids) for e in dataset.examples])
+        with torch.inference_mode():
+            for index in plan.mine(lengths):
+                b = dataset.collate(index.tolist()).to(lm.device)
+                yield (
+                    index,
+                    lm.mask_logits(
+                        b.mask_positions,
+                        b.attention_mask,
+                        input_ids=b.input_ids,
+                        token_type_ids=b.token_type_ids,
+                    ),
+                )
+
+
+class TemplateSource:
+    """Template text, a shipped set, a .jsonl/.txt set or a ``search`` result file."""
+
+    def accepts(self, spec: str) -> bool:
+        return True  # the last resort: load_templates names every form it takes
+
+    def load(self, spec: str) -> list[Prompt]:
+        return [TemplatePrompt(t) for t in load_templates(spec)]
+
+
+# The registry: the first source that accepts an argument loads it (a new one goes first).
+SOURCES: list[PromptSource] = [TemplateSource()]
+
+
+def load_prompts(specs: Sequence[str]) -> list[Prompt]:
+    """Every prompt of every ``--template`` argument, in order."""
+    out: list[Prompt] = []
+    for spec in specs:
+        source = next(s for s in SOURCES if s.accepts(spec))
+        out += source.load(spec)
+    return out

@@ -1,0 +1,384 @@
+"""``predict``: label every row of a file with a prompt (or an ensemble), in a stream.
+
+The input is read in windows of ``window`` rows; each window is cut into length-sorted
+batches under ``max_batch_tokens`` (``prompts.BatchPlan``), scored with the same functions
+``score`` and ``probe`` use (verbalizer word scores, ``log_normalise``, ``calibrate``,
+``ensemble.combine``), and written back in input order, so memory stays bounded however long
+the file is. Under torchrun every process reads the input and scores its share of each
+window's batches; the shares are summed and rank 0 writes, so the file is the one a single
+process writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from autoprompt_py import distributed
+from autoprompt_py.calibration import (
+    calibrate,
+    check_content_free,
+    content_free_examples,
+    mean_distribution,
+)
+from autoprompt_py.ensemble import Combined, EnsembleAccumulator, check_rule, combine, log_normalise
+from autoprompt_py.errors import AutopromptError
+from autoprompt_py.model import MaskedLM
+from autoprompt_py.prediction.prompts import BatchPlan, Prompt, load_prompts
+from autoprompt_py.prediction.reader import InputRow, RowReader
+from autoprompt_py.probing import ranks_of
+from autoprompt_py.resources import load_verbalizer
+from autoprompt_py.verbalizer import AGGREGATIONS
+from autoprompt_py.vocab import read_vocab, single_token_id, vocab_token_ids
+
+RELATION_CELLS = 1 << 24  # candidate scores held per member and window in relation mode
+DIGITS = 6  # probabilities are written rounded, so that files compare byte for byte
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Everything that decides the predictions (and so a resumed run's identity)."""
+
+    templates: tuple[str, ...]
+    verbalizers: tuple[str, ...] = ()
+    aggregation: str = "sum"
+    ensemble: bool = False
+    ensemble_rule: str = "mean-logprob"
+    weights: tuple[float, ...] | None = None
+    calibrate: bool = False
+    content_free: tuple[str, ...] | None = None
+    relation: str | None = None
+    vocab: str | None = None
+    top_k: int = 10
+    with_labels: bool = False
+    label_field: str | None = None  # default: label, or obj_label for relation facts
+    keep_columns: tuple[str, ...] | str = ()
+    columns: tuple[str, ...] | None = None
+    input_format: str | None = None
+    on_error: str = "skip"
+    limit: int | None = None
+    window: int = 4096
+    batch_size: int = 32
+    max_batch_tokens: int | str = 65536
+    bootstrap: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.templates:
+            raise AutopromptError("--template: give at least one template")
+        if self.aggregation not in AGGREGATIONS:
+            raise AutopromptError(f"--aggregation {self.aggregation!r}: use {AGGREGATIONS}")
+        check_rule(self.ensemble_rule)
+        if self.weights is not None and not self.ensemble:
+            raise AutopromptError("--weights weighs ensemble members: add --ensemble, or drop it")
+        if self.content_free and not self.calibrate:
+            raise AutopromptError(
+                "--content-free texts are used by --calibrate: add --calibrate, or drop them"
+            )
+        if self.window < 1 or self.batch_size < 1 or self.top_k < 1:
+            raise AutopromptError("--window, --batch-size and --top-k must be at least 1")
+        mbt = self.max_batch_tokens
+        if not (mbt == "auto" or (isinstance(mbt, int) and mbt >= 1)):
+            raise AutopromptError(f"--max-batch-tokens {mbt!r}: give a number of tokens or auto")
+
+
+@dataclass
+class _Member:
+    prompt: Prompt
+    verbalizer: object = None  # ResolvedVerbalizer (classification)
+    order: list[int] = field(default_factory=list)
+    p_cf: np.ndarray | None = None
+
+
+class Predictor:
+    """The loaded prompts of a config on one model; ``window(rows)`` → output rows."""
+
+    def __init__(self, config: PredictConfig, lm: MaskedLM) -> None:
+        self.config = config
+        self.lm = lm
+        tokens = config.max_batch_tokens
+        if tokens == "auto":
+            from autoprompt_py.memory import auto_max_batch_tokens
+
+            tokens = distributed.agree_min(auto_max_batch_tokens(lm))
+        self.plan = BatchPlan(
+            config.batch_size, int(tokens), distributed.rank(), distributed.world_size()
+        )
+        prompts = select_prompts(config)
+        self.relational = prompts[0].is_relational
+        self.members: list[_Member] = []
+        if self.relational:
+            self._setup_relation(prompts)
+        else:
+            self._setup_classification(prompts)
+        if len(self.members) > 1 and not config.ensemble:
+            raise AutopromptError(
+                f"{len(self.members)} prompt members (templates × verbalizers); add --ensemble "
+                "to combine them, or give one --template and one --verbalizer"
+            )
+        n = len(self.members)
+        if config.weights is not None and len(config.weights) != n:
+            raise AutopromptError(
+                f"--weights gives {len(config.weights)} weights for {n} members (every "
+                "--template × every --verbalizer, in that order); give one weight per member"
+            )
+        self.cf_texts = check_content_free(config.content_free) if config.calibrate else None
+        if self.cf_texts is not None:
+            for m in self.members:
+                cf = content_free_examples(m.prompt, self.cf_texts, lm.tokenizer.mask_token)
+                p_cf = mean_distribution(self._member_scores(m, cf))
+                m.p_cf = p_cf if self.relational else p_cf[m.order]
+
+    # -- setup ----------------------------------------------------------------------------
+
+    def _setup_classification(self, prompts: list[Prompt]) -> None:
+        verbs = [load_verbalizer(v) for v in self.config.verbalizers]
+        if not verbs:
+            raise AutopromptError(
+                "--verbalizer: a classification template needs one (label → words), e.g. "
+                "--verbalizer sst2; relation templates ([X] ... [Y]) need none"
+            )
+        self.labels = verbs[0].labels
+        for v in verbs[1:]:
+            if set(v.labels) != set(self.labels):
+                raise AutopromptError(
+                    f"--verbalizer {v.source}: labels {v.labels} differ from "
+                    f"{verbs[0].source}'s {self.labels}; every verbalizer needs the same labels"
+                )
+        resolved: dict = {}
+        for p in prompts:
+            for vi, v in enumerate(verbs):
+                key = (vi, p.space_before)
+                if key not in resolved:
+                    resolved[key] = v.resolve(self.lm.tokenizer, self.config.aggregation, key[1])
+                r = resolved[key]
+                self.members.append(_Member(p, r, [r.labels.index(lab) for lab in self.labels]))
+
+    def _setup_relation(self, prompts: list[Prompt]) -> None:
+        if self.config.verbalizers:
+            raise AutopromptError(
+                "--verbalizer is for classification; a relation template ([X] ... [Y]) "
+                "predicts objects: drop --verbalizer"
+            )
+        tok = self.lm.tokenizer
+        spaces = {p.space_before for p in prompts}
+        if len(spaces) > 1:
+            raise AutopromptError(
+                "the templates disagree on the space before [Y], which changes the candidate "
+                "tokens; predict with them in separate runs"
+            )
+        self.space = spaces.pop()
+        words = read_vocab(self.config.vocab) if self.config.vocab else None
+        cand = vocab_token_ids(tok, words, self.space) if words is not None else None
+        if cand is not None and not cand:
+            raise AutopromptError(
+                f"--vocab {self.config.vocab}: no word of it is one token of this model"
+            )
+        self.cand = cand
+        self.cand_ids = np.arange(self.lm.vocab_size) if cand is None else np.array(cand)
+        self.column = {int(c): i for i, c in enumerate(self.cand_ids)}
+        width = len(self.cand_ids)
+        self.relation_window = min(self.config.window, max(16, RELATION_CELLS // width))
+        self.members = [_Member(p) for p in prompts]
+
+    @property
+    def window_rows(self) -> int:
+        return self.relation_window if self.relational else self.config.window
+
+    # -- scoring ----------------------------------------------------------------------------
+
+    def _member_scores(self, m: _Member, examples) -> np.ndarray:
+        """Relations: log-probabilities [rows, candidates], as ``probe``; classification: the
+        aggregated label scores [rows, verbalizer labels], as ``classify``."""
+        lm = self.lm
+        if self.relational:
+            width = len(self.cand_ids)
+            out = torch.zeros(len(examples), width, dtype=torch.float32)
+            cand = None if self.cand is None else torch.tensor(self.cand, device=lm.device)
+            for index, logits in m.prompt.mask_logits(lm, examples, 1, self.plan):
+                logits = logits[:, 0].float()
+                if cand is not None:
+                    logits = logits[:, cand]
+                out[torch.from_numpy(index)] = logits.log_softmax(-1).cpu()
+            distributed.all_reduce_(out)  # zeros where another process scored the batch
+            return out.numpy()
+        verb = m.verbalizer
+        word_scores = torch.zeros(len(examples), len(verb.words))
+        for k in verb.piece_counts:
+            for index, logits in m.prompt.mask_logits(lm, examples, k, self.plan):
+                idx, values = verb.word_scores(logits)
+                word_scores[torch.from_numpy(index)[:, None], idx] = values.float().cpu()
+        distributed.all_reduce_(word_scores)
+        return verb.aggregate(word_scores).numpy()
+
+    def window(self, rows: Sequence[InputRow]) -> list[dict]:
+        """Output rows for a window of input rows, in their order."""
+        examples = [r.example for r in rows]
+        if self.relational:
+            return self._relation_rows(rows, examples)
+        parts = []
+        for m in self.members:
+            lp = log_normalise(self._member_scores(m, examples))[:, m.order]
+            parts.append(calibrate(lp, m.p_cf) if m.p_cf is not None else lp)
+        if len(parts) == 1:
+            top, probs = parts[0].argmax(1), np.exp(parts[0])
+        else:
+            c = combine(parts, self.config.ensemble_rule, self.config.weights)
+            top = c.argmax()
+            probs = np.exp(c.scores) if c.tiebreak is None else c.scores  # vote: the shares
+        ordered = np.sort(probs, 1)
+        margin = ordered[:, -1] - (ordered[:, -2] if probs.shape[1] > 1 else 0.0)
+        probs = _rounded(probs)
+        margin = _rounded(margin)
+        out = []
+        for i, r in enumerate(rows):
+            row = self._head(r)
+            row["prediction"] = self.labels[top[i]]
+            row["margin"] = margin[i]
+            row.update({f"p_{lab}": p for lab, p in zip(self.labels, probs[i])})
+            out.append(row)
+        return out
+
+    def _relation_rows(self, rows, examples) -> list[dict]:
+        rule = self.config.ensemble_rule
+        acc = EnsembleAccumulator(rule) if len(self.members) > 1 else None
+        for wi, m in enumerate(self.members):
+            lp = self._member_scores(m, examples)
+            if m.p_cf is not None:
+                lp = calibrate(lp, m.p_cf).astype(np.float32)
+            if acc is None:
+                scores, tiebreak = lp, None
+            else:
+                acc.add(lp, 1.0 if self.config.weights is None else self.config.weights[wi])
+            del lp
+        if acc is not None:
+            c = acc.result()
+            scores, tiebreak = c.scores, c.tiebreak
+            if tiebreak is None:
+                scores = log_normalise(scores)
+        k = min(self.config.top_k, scores.shape[1])
+        # ties broken by the mean log-probability for vote, as Combined.ranks does
+        key = torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float64))
+        if tiebreak is not None:
+            key = key + torch.from_numpy(np.exp(tiebreak)) * 1e-9
+        top = key.topk(k, dim=1).indices.numpy()
+        top_scores = np.take_along_axis(scores, top, 1)
+        probs = top_scores if tiebreak is not None else np.exp(top_scores)
+        probs = _rounded(probs)
+        tokens = [self.lm.tokenizer.convert_ids_to_tokens(self.cand_ids[t].tolist()) for t in top]
+        ranks = None
+        if self.config.with_labels:
+            gold = [single_token_id(self.lm.tokenizer, e.label, self.space) for e in examples]
+            gold = np.array([self.column.get(-1 if g is None else g, -1) for g in gold])
+            ok = gold >= 0
+            ranks = np.zeros(len(gold), dtype=np.int64)
+            if ok.any():
+                if tiebreak is None:
+                    ranks[ok] = ranks_of(scores[ok], gold[ok])
+                else:
+                    ranks[ok] = Combined(scores[ok], tiebreak[ok]).ranks(gold[ok])
+        out = []
+        for i, r in enumerate(rows):
+            row = self._head(r)
+            row["prediction"] = tokens[i][0]
+            row["p"] = probs[i][0]
+            if ranks is not None:
+                row["rank"] = int(ranks[i]) if ranks[i] else None
+            for j in range(k):
+                row[f"top_{j + 1}"] = tokens[i][j]
+                row[f"p_{j + 1}"] = probs[i][j]
+            out.append(row)
+        return out
+
+    def _head(self, r: InputRow) -> dict:
+        row = {"id": r.id}
+        row.update(r.keep)
+        if self.config.with_labels:
+            row["gold"] = r.example.label
+        return row
+
+    def columns(self, keep: Sequence[str]) -> list[str]:
+        """The output columns, in order."""
+        head = ["id", *keep] + (["gold"] if self.config.with_labels else [])
+        if not self.relational:
+            return head + ["prediction", "margin"] + [f"p_{lab}" for lab in self.labels]
+        k = min(self.config.top_k, len(self.cand_ids))
+        rank = ["rank"] if self.config.with_labels else []
+        tops = [c for j in range(1, k + 1) for c in (f"top_{j}", f"p_{j}")]
+        return head + ["prediction", "p"] + rank + tops
+
+    def member_names(self) -> list[str]:
+        return [m.prompt.text for m in self.members]
+
+
+def _rounded(x: np.ndarray) -> list:
+    """Figures as written: float64 rounded (float32 would print 0.20973800122737885)."""
+    return np.asarray(x, dtype=np.float64).round(DIGITS).tolist()
+
+
+def select_prompts(config: PredictConfig) -> list[Prompt]:
+    """The prompts of ``--template`` (for relation sets: those of ``--relation``)."""
+    prompts = load_prompts(config.templates)
+    if config.relation is not None:
+        chosen = [p for p in prompts if p.relation in (config.relation, None)]
+        if not chosen:
+            have = sorted({p.relation for p in prompts if p.relation})
+            raise AutopromptError(
+                f"--relation {config.relation}: no template for it (relations: "
+                f"{', '.join(have[:10])}{', ...' if len(have) > 10 else ''})"
+            )
+        prompts = chosen
+    elif len({p.relation for p in prompts if p.relation}) > 1:
+        raise AutopromptError(
+            "--template holds templates of several relations; choose one with --relation "
+            f"(e.g. --relation {next(p.relation for p in prompts if p.relation)})"
+        )
+    kinds = {p.is_relational for p in prompts}
+    if len(kinds) > 1:
+        raise AutopromptError(
+            "--template mixes relation templates ([X] ... [Y]) and classification templates; "
+            "predict with them in separate runs"
+        )
+    return prompts
+
+
+def needed_fields(config: PredictConfig) -> list[str]:
+    """The input fields the prompts read (checked on the input before the model loads)."""
+    return list(dict.fromkeys(f for p in select_prompts(config) for f in p.fields))
+
+
+def gold_field(config: PredictConfig, relational: bool) -> str | None:
+    """The column of gold labels with --with-labels (LAMA facts hold them in obj_label)."""
+    if not config.with_labels:
+        return None
+    return config.label_field or ("obj_label" if relational else "label")
+
+
+def open_reader(config: PredictConfig, data: str) -> RowReader:
+    relational = select_prompts(config)[0].is_relational
+    return RowReader(
+        data,
+        needed_fields(config),
+        gold_field(config, relational),
+        config.keep_columns,
+        config.columns,
+        config.input_format,
+        config.on_error,
+        config.limit,
+    )
+
+
+def predict(config: PredictConfig, data: str, lm: MaskedLM | None = None) -> Iterator[dict]:
+    """Output rows of ``data`` in input order, read and scored a window at a time (the API
+    under ``autoprompt predict``; ``write_predictions`` writes them to a file). Without
+    ``lm``, the bundled model."""
+    if lm is None:
+        from autoprompt_py.model import load_model
+
+        lm = load_model()
+    predictor = Predictor(config, lm)
+    for rows in open_reader(config, data).windows(predictor.window_rows):
+        yield from predictor.window(rows)
