@@ -5,9 +5,8 @@ from __future__ import annotations
 import click
 
 from autoprompt_py.cli.common import model_options, parse_columns, quiet_transformers
-from autoprompt_py.cli.score import ensemble_options
+from autoprompt_py.cli.score import AGGREGATIONS, ensemble_options
 from autoprompt_py.errors import AutopromptError
-from autoprompt_py.verbalizer import AGGREGATIONS
 
 
 def _tokens(value: str) -> int | str:
@@ -138,8 +137,10 @@ def predict(
     dtype,
     batch_size,
 ) -> None:
-    """Label every row of a file with a prompt: each label's probability, the prediction and
-    its margin; or, for relation templates, the top-k objects."""
+    """Label new data with a prompt: label probabilities, or top-k objects for relations.
+
+    Every row gets each label's probability, the predicted label and its margin; for relation
+    templates ([X] ... [Y]), the top-k objects with their probabilities."""
     from autoprompt_py.ensemble import parse_weights
     from autoprompt_py.model import load_model
     from autoprompt_py.prediction.output import preflight, write_predictions
