@@ -122,8 +122,8 @@ def test_gcg_buffer_steps_from_the_best_seen(lm, task, monkeypatch):
     for _ in range(3):
         search.step(state)
         # the buffer's best is still the start, so every step starts from it
-        assert state.trigger == start and state.buffer[0][1] == start
-        assert len(state.buffer) == 2
+        assert state.trigger == start and state.method_state["buffer"][0][1] == start
+        assert len(state.method_state["buffer"]) == 2
 
 
 def test_gcg_search_runs_and_records_its_cost(lm, task, tmp_path):

@@ -87,17 +87,39 @@ def _check_output(path: str) -> None:
     check_output_path(path)
 
 
+class _MethodChoice(click.Choice):
+    """The registered search methods (``search.method.METHODS``), read when needed: the
+    registry imports torch, which ``autoprompt --help`` must not wait for."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+
+    @property
+    def choices(self):  # noqa: D102
+        from autoprompt_py.search.method import METHODS
+
+        return list(METHODS)
+
+    @choices.setter
+    def choices(self, value) -> None:
+        pass
+
+
+class _MethodOption(click.Option):
+    """--method, its help written from the registry when help is shown."""
+
+    def get_help_record(self, ctx):
+        from autoprompt_py.search.method import METHODS
+
+        self.help = "; ".join(f"{m.name}: {m.help}" for m in METHODS.values()) + "."
+        return super().get_help_record(ctx)
+
+
 def _config_options(f: Callable) -> Callable:
     """The options that become the SearchConfig (collected as ``**settings``)."""
     options = [
         click.option(
-            "--method",
-            type=click.Choice(["gcg", "autoprompt"]),
-            default="gcg",
-            show_default=True,
-            help="gcg: many candidate triggers per step, changing several slots, moving to the "
-            "best even if worse (Zou et al., 2023); autoprompt: one slot's HotFlip flips, "
-            "taken only if better (Shin et al., 2020).",
+            "--method", cls=_MethodOption, type=_MethodChoice(), default="gcg", show_default=True
         ),
         click.option(
             "--iters",

@@ -11,21 +11,12 @@ import dataclasses
 from dataclasses import dataclass
 
 from autoprompt_py.errors import AutopromptError
+from autoprompt_py.search.method import METHODS, Method
 
-METHODS = ("gcg", "autoprompt")
 POSITIONS = ("random", "sweep", "all")
 SELECT = ("loss", "metric")
 INITIAL = ("random", "mask")
 OBJECTIVES = ("labels", "vocab")
-# batches for the gradient and for the candidates, by method and mode: AutoPrompt's 10 (few
-# candidates, many rows); GCG scores many candidates, each on fewer rows, and on relations (a few
-# hundred short facts) more, cheaper steps win (measured: see the README)
-DEFAULT_ACCUMULATION = {
-    ("autoprompt", "classification"): 10,
-    ("autoprompt", "relation"): 10,
-    ("gcg", "classification"): 6,
-    ("gcg", "relation"): 2,
-}
 
 
 def _at_least(option: str, value: float | None, low: float, what: str = "") -> None:
@@ -87,7 +78,7 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         for name, allowed in (
-            ("method", METHODS),
+            ("method", tuple(METHODS)),
             ("position", POSITIONS),
             ("select", SELECT),
             ("initial", INITIAL),
@@ -125,25 +116,23 @@ class SearchConfig:
         or ``relation``) filled in; the engine runs, checkpoints and records this one."""
         if self.accumulation_steps is not None:
             return self
-        steps = DEFAULT_ACCUMULATION[self.method, mode]
+        steps = self.search_method.accumulation[mode]
         return dataclasses.replace(self, accumulation_steps=steps)
 
+    @property
+    def search_method(self) -> Method:
+        """The registered method ``method`` names (``method.METHODS``)."""
+        return METHODS[self.method]
+
     def check_slots(self, slots: int) -> None:
-        """Checks that need the template's number of trigger slots."""
-        if self.method == "gcg" and self.n_replace > slots:
-            raise AutopromptError(
-                f"--n-replace {self.n_replace}: must be between 1 and the number of trigger "
-                f"slots ({slots})"
-            )
+        """Checks that need the template's number of trigger slots (the method's own)."""
+        self.search_method.check(self, slots)
 
     def identity(self) -> dict:
         """Settings a resumed run must share (iters, patience and the budgets may change: a run
         can be extended; memory budgets only split the same work differently)."""
         keys = ["method", "batch_size", "accumulation_steps", "restarts", "initial", "seed"]
         keys += ["dtype", "fluency", "select", "objective"]
-        if self.method == "autoprompt":
-            keys += ["num_cand", "position"]
-        else:
-            keys += ["search_width", "n_replace", "topk", "buffer_size"]
+        keys += self.search_method.options
         keys += ["calibrate"] if self.calibrate else []  # older checkpoints still resume
         return {k: getattr(self, k) for k in keys}

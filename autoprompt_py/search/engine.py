@@ -32,11 +32,10 @@ import torch
 from tqdm.auto import tqdm
 
 from autoprompt_py import distributed
-from autoprompt_py.errors import AutopromptError, warn
+from autoprompt_py.errors import AutopromptError
 from autoprompt_py.model import MaskedLM
 from autoprompt_py.resources import RESULT_KIND
 from autoprompt_py.results import provenance
-from autoprompt_py.search import autoprompt, gcg
 from autoprompt_py.search.calibrated import CalibratedObjective, search_p_cf
 from autoprompt_py.search.candidates import (
     TokenFilters,
@@ -46,7 +45,7 @@ from autoprompt_py.search.candidates import (
 )
 from autoprompt_py.search.config import SearchConfig
 from autoprompt_py.search.fluency import TriggerFluency
-from autoprompt_py.search.move import Move  # noqa: F401  (re-exported)
+from autoprompt_py.search.method import Method
 from autoprompt_py.search.objective import (
     ClassificationObjective,
     Cost,
@@ -60,8 +59,6 @@ from autoprompt_py.search.tensors import SplitTensors
 from autoprompt_py.vocab import single_token_id, vocab_token_ids
 
 log = logging.getLogger("autoprompt_py.search")
-
-METHODS = {"autoprompt": autoprompt.propose, "gcg": gcg.propose}
 
 
 @dataclass
@@ -93,11 +90,13 @@ class TriggerSearch:
         task: SearchTask,
         config: SearchConfig | None = None,
         filters: TokenFilters | None = None,
+        method: Method | None = None,
     ) -> None:
         filters = filters or TokenFilters()
         config = (config or SearchConfig()).for_mode(task.mode)
         config.check_slots(task.template.num_triggers)
         self.lm, self.task, self.config, self.filters = lm, task, config, filters
+        self.method = method or config.search_method
         tokenizer = lm.tokenizer
         template = task.template
         self.counts: dict[str, dict] = {}
@@ -140,18 +139,6 @@ class TriggerSearch:
             lm.device
         )
         self.special = special_tokens(tokenizer, self.vocab)
-        # hotflip_candidates proposes at most the allowed tokens, less the current one
-        left = int(self.allowed.sum())
-        option, wanted = (
-            ("--num-cand", config.num_cand)
-            if config.method == "autoprompt"
-            else ("--topk", config.topk)
-        )
-        if wanted > left - 1:
-            warn(
-                f"{option} {wanted} is more than the {left - 1} other tokens the filters leave "
-                f"in this model's vocabulary; using {max(1, left - 1)}"
-            )
         self.embeddings = lm.embeddings.detach()
         if self.embeddings.dtype != torch.float32:
             self.embeddings = self.embeddings.float()
@@ -159,6 +146,7 @@ class TriggerSearch:
         # pseudo-perplexity (one row per slot, in the template without its fields)
         self.fluency = TriggerFluency(lm, template)
         self._clock: tuple[float, float] | None = None  # (perf_counter, state.seconds) at start
+        self.method.prepare(self)
 
     def reconfigure(self, config: SearchConfig) -> TriggerSearch:
         """The same encoded task under other search settings (memory budgets must agree):
@@ -167,6 +155,7 @@ class TriggerSearch:
         config = config.for_mode(self.task.mode)
         config.check_slots(self.task.template.num_triggers)
         other.config = config
+        other.method = config.search_method
         if isinstance(self.objective, ClassificationObjective):
             other.objective = ClassificationObjective(
                 self.objective.verbalizer, config.objective == "labels"
@@ -247,7 +236,7 @@ class TriggerSearch:
             objective = CalibratedObjective(objective, search_p_cf(self, trigger))
             scorer = copy.copy(scorer)
             scorer.objective = objective
-        ev = scorer.evaluate(split, self._tensor(trigger), plan)
+        ev = scorer.evaluate(split, self.ids(trigger), plan)
         rows = torch.cat([idx for idx, _ in plan])
         gold = split.gold[rows]
         outcome, loss = ev.outcome[rows], ev.loss[rows]
@@ -281,7 +270,8 @@ class TriggerSearch:
             self.scorer.cost.forward_calls += self.fluency.forward_calls - before[1]
         return self.config.fluency * pll
 
-    def _tensor(self, ids: Sequence[int]) -> torch.Tensor:
+    def ids(self, ids: Sequence[int]) -> torch.Tensor:
+        """Token ids as a tensor on the model's device."""
         return torch.tensor(list(ids), dtype=torch.long, device=self.lm.device)
 
     def sample(self, rng: np.random.Generator) -> tuple[list[np.ndarray], np.ndarray]:
@@ -435,7 +425,7 @@ class TriggerSearch:
     def _step(self, state: SearchState) -> dict:
         rng = np.random.default_rng()
         rng.bit_generator.state = state.rng
-        move = METHODS[self.config.method](self, state, rng)
+        move = self.method.propose(self, state, rng)
         iteration = state.iteration + 1
         if move.moved:
             scored = self.evaluate(self.dev, move.trigger)
@@ -460,8 +450,8 @@ class TriggerSearch:
         }
         state.trigger = list(move.trigger)
         state.current_dev = dev
-        if move.buffer is not None:
-            state.buffer = move.buffer
+        if move.state is not None:
+            state.method_state = move.state
         state.rng = rng.bit_generator.state
         state.history.append(entry)
         self._commit_clock(state)
@@ -521,7 +511,7 @@ class TriggerSearch:
         state.restart_iteration = 0
         state.restart_best = None
         state.since_best = 0
-        state.buffer = []
+        state.method_state = {}
         state.trigger = initial
         state.current_dev = scored.metric
         state.restart_initial = self._trigger_record(initial)

@@ -92,7 +92,7 @@ def run_search(
     started = time.perf_counter()
     filters = filters or TokenFilters()
     config = config or SearchConfig()
-    search = TriggerSearch(lm, task, config, filters)
+    search = TriggerSearch(lm, task, config, filters, config.search_method)
     config = search.config  # with the mode's defaults filled in
     if checkpoint is None and output is not None:
         checkpoint = Path(str(output) + ".ckpt")
