@@ -9,7 +9,7 @@ from collections.abc import Callable
 import click
 
 from autoprompt_py.cli.common import model_options, parse_columns, quiet_transformers
-from autoprompt_py.results import check_output_path, output_lock, write_json
+from autoprompt_py.results import output_lock, refuse_overwrite, write_json
 
 
 def _filter_options(f: Callable) -> Callable:
@@ -81,10 +81,6 @@ def _require_rows(rows: list, source: str) -> None:
     from autoprompt_py.distributed import require_rows
 
     require_rows(len(rows), source)
-
-
-def _check_output(path: str) -> None:
-    check_output_path(path)
 
 
 class _MethodChoice(click.Choice):
@@ -341,6 +337,7 @@ def _config_options(f: Callable) -> Callable:
     "--checkpoint", default=None, help="State file, saved every iteration [default: <output>.ckpt]."
 )
 @click.option("--resume", is_flag=True, help="Continue the run saved in the checkpoint.")
+@click.option("--force", is_flag=True, help="Replace an existing result and checkpoint.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def search(
     model_name: str,
@@ -368,6 +365,7 @@ def search(
     output: str,
     checkpoint: str | None,
     resume: bool,
+    force: bool,
     quiet: bool,
     **settings,
 ) -> None:
@@ -377,9 +375,11 @@ def search(
     from autoprompt_py.search import SearchConfig, load_task, run_search
 
     quiet_transformers()
-    _check_output(output)
     ckpt = f"{output}.ckpt" if checkpoint is None else checkpoint  # run_search's default
-    if check_output_path(ckpt, "--checkpoint") == check_output_path(output):
+    # a finished search is hours of work: never replaced without --resume or --force
+    keep = force or resume
+    target = refuse_overwrite(output, "--output", keep, True)
+    if refuse_overwrite(ckpt, "--checkpoint", keep, True) == target:
         raise AutopromptError(f"--checkpoint {ckpt} is the --output file; give another name")
     click.get_current_context().with_resource(output_lock(output, ckpt))  # until the command ends
     filters = _filters(
@@ -504,6 +504,7 @@ def search(
 @click.option("--seed", type=int, default=0, show_default=True)
 @_filter_options
 @click.option("--output", required=True, help="Verbalizer JSON file to write.")
+@click.option("--force", is_flag=True, help="Replace an existing --output file.")
 def labels(
     model_name: str,
     device: str,
@@ -523,6 +524,7 @@ def labels(
     filter_capitalized: bool,
     stop_list: str | None,
     output: str,
+    force: bool,
 ) -> None:
     """Find label words for each class (AutoPrompt's label search); write a verbalizer."""
     from autoprompt_py.data import check_fields, read_examples
@@ -533,7 +535,7 @@ def labels(
     from autoprompt_py.search import trigger_ids_from_words
 
     quiet_transformers()
-    _check_output(output)
+    refuse_overwrite(output, "--output", force)
     named = load_templates(template)
     if len(named) != 1:
         raise AutopromptError(f"--template {template}: holds {len(named)} templates; give one")
