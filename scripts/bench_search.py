@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from autoprompt_py.model import load_model  # noqa: E402
 from autoprompt_py.search import SearchConfig, TriggerSearch, load_task, save_checkpoint  # noqa: E402
-from autoprompt_py.search.objective import write_triggers  # noqa: E402
+from autoprompt_py.search.scorer import write_triggers  # noqa: E402
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ from autoprompt_py.search import (
     run_search,
     trigger_ids_from_words,
 )
-from autoprompt_py.search.objective import write_triggers
+from autoprompt_py.search.scorer import write_triggers
 
 SST = [
     ("the movie was great , really", 1),

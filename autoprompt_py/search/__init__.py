@@ -25,7 +25,7 @@ from autoprompt_py.search.candidates import (
 )
 from autoprompt_py.search.config import SearchConfig
 from autoprompt_py.search.engine import TriggerSearch
-from autoprompt_py.search.objective import (
+from autoprompt_py.search.scorer import (
     ClassificationObjective,
     Objective,
     RelationObjective,

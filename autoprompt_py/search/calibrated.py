@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from autoprompt_py.calibration import DEFAULT_CONTENT_FREE, content_free_examples
-from autoprompt_py.search.objective import write_triggers
+from autoprompt_py.search.scorer import write_triggers
 from autoprompt_py.search.tensors import SplitTensors
 
 

@@ -11,7 +11,8 @@ import dataclasses
 from dataclasses import dataclass
 
 from autoprompt_py.errors import AutopromptError
-from autoprompt_py.search.method import METHODS, Method
+from autoprompt_py.search.method import METHODS
+from autoprompt_py.search.move import Method
 
 POSITIONS = ("random", "sweep", "all")
 SELECT = ("loss", "metric")

@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -36,6 +35,7 @@ from autoprompt_py.errors import AutopromptError
 from autoprompt_py.model import MaskedLM
 from autoprompt_py.resources import RESULT_KIND
 from autoprompt_py.results import provenance
+from autoprompt_py.search.budget import Budget, BudgetSpent
 from autoprompt_py.search.calibrated import CalibratedObjective, search_p_cf
 from autoprompt_py.search.candidates import (
     TokenFilters,
@@ -45,8 +45,8 @@ from autoprompt_py.search.candidates import (
 )
 from autoprompt_py.search.config import SearchConfig
 from autoprompt_py.search.fluency import TriggerFluency
-from autoprompt_py.search.method import Method
-from autoprompt_py.search.objective import (
+from autoprompt_py.search.move import Method
+from autoprompt_py.search.scorer import (
     ClassificationObjective,
     Cost,
     Objective,
@@ -59,6 +59,9 @@ from autoprompt_py.search.tensors import SplitTensors
 from autoprompt_py.vocab import single_token_id, vocab_token_ids
 
 log = logging.getLogger("autoprompt_py.search")
+# the result's warnings are logged for a notebook's logging setup, and never printed by
+# Python's last-resort handler: the CLI prints each once as "warning: ..."
+log.addHandler(logging.NullHandler())
 
 
 @dataclass
@@ -145,7 +148,7 @@ class TriggerSearch:
         # the trigger's pseudo-log-likelihood: --fluency's selection term, and the result's
         # pseudo-perplexity (one row per slot, in the template without its fields)
         self.fluency = TriggerFluency(lm, template)
-        self._clock: tuple[float, float] | None = None  # (perf_counter, state.seconds) at start
+        self.budget = Budget(config, self.scorer)
         self.method.prepare(self)
 
     def reconfigure(self, config: SearchConfig) -> TriggerSearch:
@@ -163,6 +166,7 @@ class TriggerSearch:
         other.scorer = TriggerScorer(
             self.lm, other.objective, config.max_batch_tokens, config.max_rows, config.dtype
         )
+        other.budget = Budget(config, other.scorer)
         return other
 
     def encode(self, examples: Sequence) -> SplitTensors:
@@ -287,39 +291,11 @@ class TriggerSearch:
             batches = [rng.choice(n, b, replace=False) for _ in range(2 * steps)]
         return batches[:steps], np.concatenate(batches[steps:])
 
-    # -- clock and cost -------------------------------------------------------------------------
+    # -- clock and cost (budget.py) -------------------------------------------------------------
 
     def seconds(self, state: SearchState) -> float:
         """Search seconds so far: the state's, plus the running iteration's."""
-        if self._clock is None:
-            return state.seconds
-        t0, base = self._clock
-        return base + time.perf_counter() - t0
-
-    def _begin(self, state: SearchState) -> None:
-        self._clock = (time.perf_counter(), state.seconds)
-        self.scorer.cost = Cost(**state.cost)
-        self._cost_base = dict(state.cost)
-
-    def _global_cost(self) -> dict:
-        """The cost so far over all ranks: under torch.distributed each rank counts the rows it
-        ran (its shard), so the sharded counters are summed since the last commit; candidate
-        counts are the same on every rank. Called at the same points on every rank."""
-        cost = self.scorer.cost.record()
-        if distributed.world_size() == 1:
-            return cost
-        keys = ("forward_passes", "forward_calls", "backward_passes")
-        base = self._cost_base
-        delta = torch.tensor([cost[k] - base.get(k, 0) for k in keys], dtype=torch.long)
-        distributed.all_reduce_(delta)
-        return {**cost, **{k: base.get(k, 0) + int(d) for k, d in zip(keys, delta)}}
-
-    def _commit_clock(self, state: SearchState) -> None:
-        state.seconds = self.seconds(state)
-        state.cost = self._global_cost()
-        self.scorer.cost = Cost(**state.cost)
-        self._cost_base = dict(state.cost)
-        self._clock = None
+        return self.budget.seconds(state)
 
     # -- best so far ----------------------------------------------------------------------------
 
@@ -360,7 +336,7 @@ class TriggerSearch:
         state.curve.append(
             [
                 round(self.seconds(state), 3),
-                self._global_cost()["forward_passes"],
+                self.budget.global_cost()["forward_passes"],
                 state.best_dev,
             ]
         )
@@ -401,7 +377,7 @@ class TriggerSearch:
             rng={},
             initial={},
         )
-        self._begin(state)
+        self.budget.begin(state)
         scored = self.evaluate(self.dev, initial)
         self._consider(state, initial, scored)
         state.current_dev = scored.metric
@@ -409,30 +385,39 @@ class TriggerSearch:
         if state.best_dev is None:  # shown, not reported as best: it holds special tokens
             state.best_dev_metrics = state.initial["dev"]
         state.rng = rng.bit_generator.state
-        self._commit_clock(state)
+        self.budget.commit(state)
         return state
 
-    def step(self, state: SearchState) -> dict:
+    def step(self, state: SearchState) -> dict | None:
         """One iteration of the configured method; updates ``state`` only once the iteration
-        is complete. Returns the history entry."""
-        if self._clock is None:
-            self._begin(state)
+        is complete. Returns the history entry, or None when the budget ran out inside the
+        iteration (then only the state's clock and cost moved)."""
+        if not self.budget.running:
+            self.budget.begin(state)
+        self.budget.enter(state)
         try:
-            return self._step(state)
+            entry = self._step(state)
+        except BudgetSpent:  # the budget ran out inside the iteration: it is dropped
+            self.budget.abandon(state)
+            return None
         finally:
-            self._clock = None
+            self.budget.leave()
+        return entry
 
     def _step(self, state: SearchState) -> dict:
         rng = np.random.default_rng()
         rng.bit_generator.state = state.rng
         move = self.method.propose(self, state, rng)
         iteration = state.iteration + 1
+        self.budget.check()  # the step's own passes (the fluency bonus) may have spent it
         if move.moved:
             scored = self.evaluate(self.dev, move.trigger)
             dev, dev_loss = scored.metric, scored.mean_loss
         else:
             dev, dev_loss = state.current_dev, None
-        # commit: nothing above touched the state
+        self.budget.check()
+        # commit: nothing above touched the state; no budget check from here on
+        self.budget.leave()
         state.iteration = iteration
         state.restart_iteration += 1
         improved = move.moved and self._consider(state, move.trigger, scored)
@@ -454,36 +439,8 @@ class TriggerSearch:
             state.method_state = move.state
         state.rng = rng.bit_generator.state
         state.history.append(entry)
-        self._commit_clock(state)
+        self.budget.commit(state)
         return entry
-
-    def _share(self, total: float | None, state: SearchState) -> float | None:
-        """The cumulative budget up to the end of the current restart."""
-        if total is None:
-            return None
-        return total * (state.restart + 1) / self.config.restarts
-
-    def _restart_over(self, state: SearchState) -> str | None:
-        """Why the current restart ends, or None; the same on every rank under
-        torch.distributed (a time budget is measured on each rank's clock)."""
-        reason = self._restart_reason(state)
-        if distributed.world_size() > 1 and distributed.agree_any(reason == "budget"):
-            return "budget"
-        return reason
-
-    def _restart_reason(self, state: SearchState) -> str | None:
-        c = self.config
-        if state.restart_iteration >= c.iters:
-            return "completed"
-        if c.patience is not None and state.since_best >= c.patience:
-            return "patience"
-        time_share = self._share(c.time_budget, state)
-        if time_share is not None and state.seconds >= time_share:
-            return "budget"
-        passes = self._share(c.max_forward_passes, state)
-        if passes is not None and state.cost.get("forward_passes", 0) >= passes:
-            return "budget"
-        return None
 
     def _restart_record(self, state: SearchState) -> dict:
         best = state.restart_best
@@ -501,7 +458,7 @@ class TriggerSearch:
         """Close the current restart and start the next from random allowed tokens."""
         rng = np.random.default_rng()
         rng.bit_generator.state = state.rng
-        self._begin(state)
+        self.budget.begin(state)
         record = self._restart_record(state)
         initial = self.initial_ids(rng, "random")
         scored = self.evaluate(self.dev, initial)
@@ -517,7 +474,7 @@ class TriggerSearch:
         state.restart_initial = self._trigger_record(initial)
         self._consider(state, initial, scored)
         state.rng = rng.bit_generator.state
-        self._commit_clock(state)
+        self.budget.commit(state)
 
     def run(
         self,
@@ -535,10 +492,10 @@ class TriggerSearch:
         if last_closed and state.stopped != "patience":
             # resumed with more iterations or budget: reopen the last restart
             state.stopped = None
-            if self._restart_over(state) is None:
+            if self.budget.restart_over(state) is None:
                 state.restarts.pop()
             else:
-                state.stopped = self._restart_over(state)
+                state.stopped = self.budget.restart_over(state)
         with tqdm(
             total=None if budgeted else c.iters * c.restarts,
             initial=state.iteration,
@@ -548,7 +505,7 @@ class TriggerSearch:
             dynamic_ncols=True,
         ) as bar:
             while state.stopped is None:
-                over = self._restart_over(state)
+                over = self.budget.restart_over(state)
                 if over is not None:
                     if state.restart + 1 >= c.restarts:
                         state.stopped = over
@@ -563,6 +520,8 @@ class TriggerSearch:
                 entry = self.step(state)
                 if checkpoint is not None:
                     checkpoint(state)
+                if entry is None:  # the budget ran out inside the iteration
+                    continue
                 best = "-" if state.best_dev is None else f"{state.best_dev:.3f}"
                 dev = "-" if entry["dev"] is None else f"{entry['dev']:.3f}"
                 bar.set_postfix_str(
@@ -604,8 +563,8 @@ class TriggerSearch:
             "embedding_size": int(self.lm.embeddings.shape[1]),
         }
 
-    def warnings(self, state: SearchState) -> list[str]:
-        """What a user must know about the result; each is also logged."""
+    def warnings(self, state: SearchState, interrupted: bool = False) -> list[str]:
+        """What a user must know about the result (``run_search`` warns each once)."""
         out = []
         unreplaced = self.special_slots(state.best_trigger)
         if unreplaced:
@@ -614,7 +573,11 @@ class TriggerSearch:
                 "(no iteration replaced them: budget or iterations too small, or no allowed "
                 "candidate); the result is the last trigger evaluated"
             )
-        elif state.iteration == 0:
+        elif state.iteration == 0 and interrupted:
+            out.append(
+                "interrupted before the first iteration ended; the result is the initial trigger"
+            )
+        elif state.iteration == 0 and state.stopped == "budget":
             out.append("the budget allowed no iteration; the result is the initial trigger")
         for w in out:
             log.warning(w)
@@ -665,11 +628,12 @@ class TriggerSearch:
             "stopped": stopped,
             "elapsed_s": None if elapsed is None else round(elapsed, 3),
             "cost": cost,
+            "budget_overshoot": self.budget.overshoot(state),
             "curve": state.curve,
             "restarts": restarts,
             "unreplaced_slots": self.special_slots(best),
             "pseudo_perplexity": self.fluency.perplexity(best),
-            "warnings": self.warnings(state),
+            "warnings": self.warnings(state, interrupted),
             **(extra or {}),
             "data": data,
             "filters": self.filters.describe(),

@@ -1,4 +1,4 @@
-"""The search methods: the ``Method`` protocol and the one registry of methods.
+"""The one registry of search methods (the ``Method`` protocol is in ``move.py``).
 
 A new method is one module beside ``gcg.py`` with a class that has the attributes and methods
 of ``Method`` (its ``propose`` reads the engine through ``move.SearchView`` and returns a
@@ -9,31 +9,9 @@ of ``Method`` (its ``propose`` reads the engine through ``move.SearchView`` and 
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from autoprompt_py.search.move import Method, Move, SearchView
 
-import numpy as np
-
-from autoprompt_py.search.move import Move, SearchView
-from autoprompt_py.search.state import SearchState
-
-
-class Method(Protocol):
-    """One search method: its name, its options, and its step."""
-
-    name: str  # the --method value
-    help: str  # one sentence for --method's help
-    options: tuple[str, ...]  # SearchConfig fields only this method reads: its identity keys
-    accumulation: dict[str, int]  # default accumulation_steps by mode (classification, relation)
-
-    def check(self, config: Any, slots: int) -> None:
-        """Refuse settings this method cannot run with ``slots`` trigger slots
-        (``AutopromptError``); runs before any model loads."""
-
-    def prepare(self, search: SearchView) -> None:
-        """Once the task is encoded: warn about settings the data makes moot."""
-
-    def propose(self, search: SearchView, state: SearchState, rng: np.random.Generator) -> Move:
-        """One step from ``state``; ``state.method_state`` holds what the method keeps."""
+__all__ = ["METHODS", "Method", "Move", "SearchView", "register"]
 
 
 METHODS: dict[str, Method] = {}

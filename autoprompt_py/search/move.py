@@ -1,6 +1,6 @@
-"""What a search method and the engine exchange: the ``Move`` a step returns, and the
-``SearchView``, the engine's public names a method may read (``method.py`` holds the
-``Method`` protocol and the registry).
+"""The boundary between the engine and a search method: the ``Method`` protocol, the ``Move``
+a step returns, and the ``SearchView``, the engine's public names a method may read
+(``method.py`` holds the registry).
 
 A method never writes the search state: it reads the state and the view, draws only from the
 generator it is given, and returns a ``Move``; the engine commits it.
@@ -14,6 +14,8 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+
+from autoprompt_py.search.state import SearchState
 
 
 @dataclass
@@ -48,3 +50,22 @@ class SearchView(Protocol):
 
     def fluency_bonus(self, triggers: torch.Tensor) -> torch.Tensor:
         """W × pseudo-log-likelihood of each trigger [C, L] → [C]."""
+
+
+class Method(Protocol):
+    """One search method: its name, its options, and its step."""
+
+    name: str  # the --method value
+    help: str  # one sentence for --method's help
+    options: tuple[str, ...]  # SearchConfig fields only this method reads: its identity keys
+    accumulation: dict[str, int]  # default accumulation_steps by mode (classification, relation)
+
+    def check(self, config: Any, slots: int) -> None:
+        """Refuse settings this method cannot run with ``slots`` trigger slots
+        (``AutopromptError``); runs before any model loads."""
+
+    def prepare(self, search: SearchView) -> None:
+        """Once the task is encoded: warn about settings the data makes moot."""
+
+    def propose(self, search: SearchView, state: SearchState, rng: np.random.Generator) -> Move:
+        """One step from ``state``; ``state.method_state`` holds what the method keeps."""

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -234,6 +234,12 @@ class TriggerScorer:
         # fp16 gradients of a mean loss underflow; the scale does not change the ranking
         self.grad_scale = 1024.0 if dtype == "float16" else 1.0
         self.cost = Cost()
+        # called after every model chunk: the search's budget check (budget.Budget.check)
+        self.on_chunk: Callable[[], None] | None = None
+
+    def _chunk_done(self) -> None:
+        if self.on_chunk is not None:
+            self.on_chunk()
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
@@ -293,6 +299,7 @@ class TriggerScorer:
                     self.logits(views, embeds=embeds), split.gold[views[self._k0].index]
                 )
                 (loss.sum() * scale).backward()
+                self._chunk_done()
         grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
         return distributed.all_reduce_(grad) / self.grad_scale
 
@@ -371,6 +378,7 @@ class TriggerScorer:
             else:
                 loss = self.objective.loss(logits, gold)
                 total[0] += loss.view(len(examples), per_example).sum(0)
+            self._chunk_done()
         distributed.all_reduce_(total)  # the sums over every rank's rows
         return total if count_hits else total[0]
 
@@ -415,6 +423,7 @@ class TriggerScorer:
             )
             loss[idx] = chunk_loss.float()
             outcome[idx] = chunk_outcome
+            self._chunk_done()
         distributed.all_reduce_(loss)
         distributed.all_reduce_(outcome)
         return Evaluation(loss, outcome)
