@@ -380,3 +380,15 @@ def test_an_existing_result_is_kept_unless_resume_or_force(files, tmp_path):
     assert invoke(*labels).exit_code == 0
     assert_user_error(invoke(*labels), "v.json already exists", "--force")
     assert invoke(*labels, "--force").exit_code == 0
+
+
+def test_each_warning_prints_once(files, tmp_path):
+    one_label = tmp_path / "ones.tsv"
+    one_label.write_text("sentence\tlabel\n" + "".join(f"{s}\t1\n" for s, y in SST if y == 1))
+    files = {**files, "ones.tsv": one_label}
+    out = tmp_path / "w.json"
+    r = invoke(*search_args(files, out, "--time-budget", "1e-9", train="ones.tsv"))
+    assert r.exit_code == 0, r.stderr
+    assert r.stderr.count("allowed no iteration") == 1, r.stderr
+    assert r.stderr.count("never occur in") == 1, r.stderr
+    assert all(line.startswith("warning: ") for line in r.stderr.splitlines()), r.stderr
