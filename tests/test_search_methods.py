@@ -184,7 +184,7 @@ def test_no_special_token_survives(lm, data, settings, mode):
     else:
         task = load_task(TEMPLATE, data["train"], data["dev"], "sst2")
     search = TriggerSearch(lm, task, SearchConfig(**{**settings, "iters": 3}))
-    state = search.run(search.start(mask_ids(lm)), progress=False)
+    state = search.run(search.start(mask_ids(lm)))
     assert search.special_slots(state.best_trigger) == []
     assert all(search.allowed[i] for i in state.best_trigger)
     assert state.curve[0][2] is None  # the [MASK] start is never a best
@@ -210,7 +210,7 @@ def test_accumulation_default_depends_on_method_and_mode(lm, data, task):
 
 def test_a_slot_never_replaced_is_reported(lm, task, caplog):
     search = TriggerSearch(lm, task, SearchConfig(**{**AUTOPROMPT, "iters": 2}))
-    state = search.run(search.start(mask_ids(lm)), progress=False)  # 2 flips for 3 masks
+    state = search.run(search.start(mask_ids(lm)))  # 2 flips for 3 masks
     result = search.result(state, {}, train=False)
     assert len(result["unreplaced_slots"]) == 1
     assert "still hold a special token" in result["warnings"][0]
@@ -238,7 +238,7 @@ def test_time_budget_stops_within_one_iteration(lm, task, monkeypatch):
         config = SearchConfig(**{**settings, "iters": 1000, "time_budget": 0.6, "restarts": 2})
         search = TriggerSearch(lm, task, config)
         ends: list[float] = []
-        state = search.run(search.start(), on_iteration=_record(ends, "seconds"), progress=False)
+        state = search.run(search.start(), on_iteration=_record(ends, "seconds"))
         # the iteration running when the budget ran out was dropped inside it (issue 20)
         assert state.stopped == "budget" and state.seconds >= 0.6 > ends[-1]
         assert [r["restart"] for r in state.restarts] == [0, 1]
@@ -250,7 +250,7 @@ def test_forward_pass_budget_and_too_small_a_budget(lm, task, tmp_path):
     config = SearchConfig(**{**GCG, "iters": 1000, "max_forward_passes": 200})
     search = TriggerSearch(lm, task, config)
     passes: list[int] = []
-    state = search.run(search.start(), on_iteration=_record(passes, "passes"), progress=False)
+    state = search.run(search.start(), on_iteration=_record(passes, "passes"))
     assert passes[-1] < 200 <= state.cost["forward_passes"]
 
     out = tmp_path / "tiny.json"

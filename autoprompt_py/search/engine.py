@@ -28,7 +28,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from autoprompt_py import distributed
 from autoprompt_py.errors import AutopromptError
@@ -481,13 +480,11 @@ class TriggerSearch:
         state: SearchState,
         checkpoint: Callable[[SearchState], None] | None = None,
         on_iteration: Callable[[SearchState, dict], None] | None = None,
-        progress: bool = True,
     ) -> SearchState:
         """Iterate until every restart has used its iterations or budget share (or patience);
-        ``checkpoint(state)`` after each iteration."""
-        metric = self.objective.metric
+        ``checkpoint(state)`` after each iteration (and restart), ``on_iteration(state,
+        entry)`` after each completed iteration (``run_search``'s progress bar)."""
         c = self.config
-        budgeted = c.time_budget is not None or c.max_forward_passes is not None
         last_closed = state.stopped is not None and len(state.restarts) == state.restart + 1
         if last_closed and state.stopped != "patience":
             # resumed with more iterations or budget: reopen the last restart
@@ -496,42 +493,24 @@ class TriggerSearch:
                 state.restarts.pop()
             else:
                 state.stopped = self.budget.restart_over(state)
-        with tqdm(
-            total=None if budgeted else c.iters * c.restarts,
-            initial=state.iteration,
-            desc=f"search ({c.method})",
-            unit="it",
-            disable=not progress,
-            dynamic_ncols=True,
-        ) as bar:
-            while state.stopped is None:
-                over = self.budget.restart_over(state)
-                if over is not None:
-                    if state.restart + 1 >= c.restarts:
-                        state.stopped = over
-                        state.restarts.append(self._restart_record(state))
-                        if checkpoint is not None:
-                            checkpoint(state)
-                        break
-                    self._next_restart(state)
+        while state.stopped is None:
+            over = self.budget.restart_over(state)
+            if over is not None:
+                if state.restart + 1 >= c.restarts:
+                    state.stopped = over
+                    state.restarts.append(self._restart_record(state))
                     if checkpoint is not None:
                         checkpoint(state)
-                    continue
-                entry = self.step(state)
+                    break
+                self._next_restart(state)
                 if checkpoint is not None:
                     checkpoint(state)
-                if entry is None:  # the budget ran out inside the iteration
-                    continue
-                best = "-" if state.best_dev is None else f"{state.best_dev:.3f}"
-                dev = "-" if entry["dev"] is None else f"{entry['dev']:.3f}"
-                bar.set_postfix_str(
-                    f"r{state.restart} dev {metric} {dev} best {best} | "
-                    + " ".join(self.words(state.trigger)),
-                    refresh=False,
-                )
-                bar.update(1)
-                if on_iteration is not None:
-                    on_iteration(state, entry)
+                continue
+            entry = self.step(state)
+            if checkpoint is not None:
+                checkpoint(state)
+            if entry is not None and on_iteration is not None:  # None: budget spent inside
+                on_iteration(state, entry)
         return state
 
     # -- records --------------------------------------------------------------------------------

@@ -7,9 +7,10 @@ in their modules; the settings in ``config.py``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,38 @@ def trigger_ids_from_words(
     return ids
 
 
+@contextlib.contextmanager
+def _progress_bar(
+    search: TriggerSearch, state: SearchState, enabled: bool
+) -> Iterator[Callable[[SearchState, dict], None]]:
+    """A tqdm bar on stderr (iterations, or open-ended under a budget); yields the function
+    that shows an iteration's entry."""
+    from tqdm.auto import tqdm
+
+    c, metric = search.config, search.objective.metric
+    budgeted = c.time_budget is not None or c.max_forward_passes is not None
+    with tqdm(
+        total=None if budgeted else c.iters * c.restarts,
+        initial=state.iteration,
+        desc=f"search ({c.method})",
+        unit="it",
+        disable=not enabled,
+        dynamic_ncols=True,
+    ) as bar:
+
+        def show(s: SearchState, entry: dict) -> None:
+            best = "-" if s.best_dev is None else f"{s.best_dev:.3f}"
+            dev = "-" if entry["dev"] is None else f"{entry['dev']:.3f}"
+            bar.set_postfix_str(
+                f"r{s.restart} dev {metric} {dev} best {best} | "
+                + " ".join(search.words(s.trigger)),
+                refresh=False,
+            )
+            bar.update(1)
+
+        yield show
+
+
 # -- the whole run --------------------------------------------------------------------------------
 
 
@@ -117,7 +150,14 @@ def run_search(
 
     interrupted = False
     try:
-        search.run(state, save, on_iteration, progress)
+        with _progress_bar(search, state, progress) as show:
+
+            def iteration_done(s: SearchState, entry: dict) -> None:
+                show(s, entry)
+                if on_iteration is not None:
+                    on_iteration(s, entry)
+
+            search.run(state, save, iteration_done)
     except KeyboardInterrupt:
         interrupted = True
     config_record = {**dataclasses.asdict(config), "filters": filters.describe(), **(record or {})}
