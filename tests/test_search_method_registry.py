@@ -72,3 +72,29 @@ def test_a_method_registered_from_outside_runs_end_to_end(toy, tmp_path, tiny_mo
 def test_an_unregistered_method_is_refused_with_the_registered_names():
     with pytest.raises(AutopromptError, match="use one of gcg, autoprompt"):
         SearchConfig(method="random-flips")
+
+
+def test_run_search_sizes_auto_batches_and_locks_its_files(tmp_path, tiny_model_dirs):
+    """What the CLI used to do itself is the API's: ``max_batch_tokens="auto"``, the
+    checkpoint default and the output lock."""
+    from autoprompt_py.memory import CPU_TOKENS
+    from autoprompt_py.search.run import default_checkpoint
+
+    train = tmp_path / "train.tsv"
+    train.write_text("sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in SST))
+    lm = load_model(str(tiny_model_dirs["bert"]), "cpu")
+    task = load_task(TEMPLATE, train, train, "sst2")
+    out = tmp_path / "r.json"
+    assert default_checkpoint(out) == tmp_path / "r.json.ckpt"
+    seen = []
+
+    def look(state, entry):
+        seen.append(sorted(p.name for p in tmp_path.glob("*.lock")))
+
+    config = SearchConfig(iters=1, batch_size=4, search_width=4, max_batch_tokens="auto")
+    result = run_search(lm, task, config, output=out, progress=False, on_iteration=look).result
+    assert result["config"]["max_batch_tokens"] == CPU_TOKENS
+    assert seen == [["r.json.ckpt.lock", "r.json.lock"]]
+    assert not list(tmp_path.glob("*.lock"))  # released at the end
+    with pytest.raises(AutopromptError, match="--max-batch-tokens 0"):
+        SearchConfig(max_batch_tokens=0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from collections.abc import Callable
 
@@ -373,27 +372,23 @@ def search(
     from autoprompt_py.errors import AutopromptError
     from autoprompt_py.model import load_model
     from autoprompt_py.search import SearchConfig, load_task, run_search
+    from autoprompt_py.search.run import default_checkpoint
 
     quiet_transformers()
-    ckpt = f"{output}.ckpt" if checkpoint is None else checkpoint  # run_search's default
+    ckpt = default_checkpoint(output, checkpoint)
     # a finished search is hours of work: never replaced without --resume or --force
     keep = force or resume
     target = refuse_overwrite(output, "--output", keep, True)
     if refuse_overwrite(ckpt, "--checkpoint", keep, True) == target:
         raise AutopromptError(f"--checkpoint {ckpt} is the --output file; give another name")
-    click.get_current_context().with_resource(output_lock(output, ckpt))  # until the command ends
+    # locked before the model loads (run_search holds the same locks, re-entrantly)
+    click.get_current_context().with_resource(output_lock(output, ckpt))
     filters = _filters(
         filter_labels, filter_subwords, filter_non_alpha, filter_capitalized, stop_list
     )
     # the search settings: every option of _config_options, checked before the model loads;
-    # --max-batch-tokens auto is sized once the model is on its device
-    max_batch_tokens = settings.pop("max_batch_tokens")
-    config = SearchConfig(
-        **settings,
-        batch_size=batch_size,
-        dtype=dtype,
-        max_batch_tokens=65536 if max_batch_tokens == "auto" else max_batch_tokens,
-    )
+    # --max-batch-tokens auto is sized by run_search once the model is on its device
+    config = SearchConfig(**settings, batch_size=batch_size, dtype=dtype)
     task = load_task(
         template,
         train,
@@ -414,13 +409,6 @@ def search(
     config.check_slots(task.template.num_triggers)
     # float32 weights; --dtype runs the passes under autocast
     lm = load_model(model_name, device, "float32")
-    if max_batch_tokens == "auto":
-        from autoprompt_py import distributed
-        from autoprompt_py.memory import auto_max_batch_tokens
-
-        # one budget for all ranks: the GPU with the least free memory decides
-        tokens = distributed.agree_min(auto_max_batch_tokens(lm, dtype))
-        config = dataclasses.replace(config, max_batch_tokens=tokens)
     record = {
         "model": model_name,
         "device": str(lm.device),
@@ -437,7 +425,7 @@ def search(
         "dev_limit": dev_limit,
         "initial_trigger": initial_trigger,
         "resume": resume,
-        "max_batch_tokens_option": max_batch_tokens,
+        "max_batch_tokens_option": config.max_batch_tokens,
     }
     outcome = run_search(
         lm,

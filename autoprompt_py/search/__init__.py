@@ -25,6 +25,7 @@ from autoprompt_py.search.candidates import (
 )
 from autoprompt_py.search.config import SearchConfig
 from autoprompt_py.search.engine import TriggerSearch
+from autoprompt_py.search.run import SearchOutcome, run_search, trigger_ids_from_words
 from autoprompt_py.search.scorer import (
     ClassificationObjective,
     Objective,
@@ -34,7 +35,6 @@ from autoprompt_py.search.scorer import (
 from autoprompt_py.search.state import SearchState, load_checkpoint, save_checkpoint
 from autoprompt_py.search.task import SearchTask, load_task
 from autoprompt_py.search.tensors import SplitTensors
-from autoprompt_py.search.trigger import SearchOutcome, run_search, trigger_ids_from_words
 
 __all__ = [
     "ClassificationObjective",

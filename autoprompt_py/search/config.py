@@ -72,7 +72,7 @@ class SearchConfig:
     calibrate: bool = False  # the dev metric on calibrated probabilities (Zhao et al. 2021)
     patience: int | None = None
     seed: int = 0
-    max_batch_tokens: int = 65536
+    max_batch_tokens: int | str = 65536  # "auto": from the free GPU memory (run_search)
     max_rows: int | None = None
     dtype: str = "float32"
     train_eval_limit: int | None = 2000
@@ -97,12 +97,13 @@ class SearchConfig:
             "n_replace",
             "topk",
             "restarts",
-            "max_batch_tokens",
             "max_rows",
             "patience",
             "max_forward_passes",
         ):
             _at_least(name.replace("_", "-"), getattr(self, name), 1, "a whole number ≥ 1")
+        if self.max_batch_tokens != "auto":
+            _at_least("max-batch-tokens", self.max_batch_tokens, 1, "a whole number ≥ 1")
         _at_least("iters", self.iters, 0, "a whole number ≥ 0")
         _at_least("buffer-size", self.buffer_size, 0, "a whole number ≥ 0 (0: no buffer)")
         if self.time_budget is not None and not self.time_budget > 0:

@@ -18,7 +18,7 @@ from typing import Any
 from autoprompt_py.encoding import tokenize_piece
 from autoprompt_py.errors import AutopromptError, shown
 from autoprompt_py.model import MaskedLM
-from autoprompt_py.results import write_json
+from autoprompt_py.results import output_lock, write_json
 from autoprompt_py.search.candidates import TokenFilters
 from autoprompt_py.search.config import SearchConfig
 from autoprompt_py.search.engine import TriggerSearch
@@ -118,17 +118,67 @@ def run_search(
 ) -> SearchOutcome:
     """Search, checkpointing every iteration; write the result to ``output`` at the end.
 
-    ``checkpoint`` defaults to ``<output>.ckpt``. Ctrl-C (KeyboardInterrupt) stops the search:
-    the best trigger so far is written and the outcome says ``interrupted``.
-    ``record`` is the configuration written into the result (the CLI passes its options).
+    ``checkpoint`` defaults to ``<output>.ckpt`` (``default_checkpoint``); both are locked
+    while the search runs (a second run on them is refused). ``config.max_batch_tokens="auto"``
+    is sized from the device's free memory. Ctrl-C (KeyboardInterrupt, or SIGTERM under the
+    CLI) stops the search: the best trigger so far is written and the outcome says
+    ``interrupted``. ``record`` is more configuration written into the result (the CLI passes
+    its options).
     """
     started = time.perf_counter()
     filters = filters or TokenFilters()
     config = config or SearchConfig()
+    if config.max_batch_tokens == "auto":
+        from autoprompt_py import distributed
+        from autoprompt_py.memory import auto_max_batch_tokens
+
+        # one budget for all ranks: the GPU with the least free memory decides
+        tokens = distributed.agree_min(auto_max_batch_tokens(lm, config.dtype))
+        config = dataclasses.replace(config, max_batch_tokens=tokens)
+    checkpoint = default_checkpoint(output, checkpoint)
+    with output_lock(output, checkpoint):
+        return _run(
+            lm,
+            task,
+            config,
+            filters,
+            output,
+            checkpoint,
+            resume,
+            initial_trigger,
+            progress,
+            record,
+            on_iteration,
+            started,
+        )
+
+
+def default_checkpoint(
+    output: str | Path | None, checkpoint: str | Path | None = None
+) -> str | Path | None:
+    """Where the search state is saved: ``checkpoint`` (as given, for its error messages),
+    else ``<output>.ckpt`` (None: nowhere)."""
+    if checkpoint is not None:
+        return checkpoint
+    return None if output is None else Path(str(output) + ".ckpt")
+
+
+def _run(
+    lm: MaskedLM,
+    task: SearchTask,
+    config: SearchConfig,
+    filters: TokenFilters,
+    output: str | Path | None,
+    checkpoint: str | Path | None,
+    resume: bool,
+    initial_trigger: str | Sequence[str] | None,
+    progress: bool,
+    record: dict | None,
+    on_iteration: Callable[[SearchState, dict], None] | None,
+    started: float,
+) -> SearchOutcome:
     search = TriggerSearch(lm, task, config, filters, config.search_method)
     config = search.config  # with the mode's defaults filled in
-    if checkpoint is None and output is not None:
-        checkpoint = Path(str(output) + ".ckpt")
     identity = search.identity()
     if resume:
         if checkpoint is None:
