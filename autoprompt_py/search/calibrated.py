@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from autoprompt_py.calibration import DEFAULT_CONTENT_FREE, content_free_examples
-from autoprompt_py.search.scorer import write_triggers
+from autoprompt_py.search.scorer import Objective, write_triggers
 from autoprompt_py.search.tensors import SplitTensors
 
 
@@ -24,30 +24,17 @@ class CalibratedObjective:
     dev evaluation that chooses the best trigger uses it.
     """
 
-    def __init__(self, base, p_cf: torch.Tensor) -> None:
+    def __init__(self, base: Objective, p_cf: torch.Tensor) -> None:
         self.base = base
         self.log_p_cf = p_cf.log()
         self.mask_counts = base.mask_counts
         self.metric = base.metric
 
-    def _log_probs(self, logits: dict[int, torch.Tensor]) -> torch.Tensor:
-        """Log-probabilities over the labels (or candidates) before calibration."""
-        if hasattr(self.base, "label_scores"):
-            return self.base.label_scores(logits).float().log_softmax(-1)
-        scores = logits[1][:, 0].float()
-        ids = self.base.eval_ids
-        return (scores if ids is None else scores[:, ids]).log_softmax(-1)
-
     def loss_and_outcome(
         self, logits: dict[int, torch.Tensor], gold: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        cal = (self._log_probs(logits) - self.log_p_cf).log_softmax(-1)
-        if hasattr(self.base, "label_scores"):
-            return -cal.gather(1, gold[:, None]).squeeze(1), cal.argmax(1)
-        ids = self.base.eval_ids
-        column = gold if ids is None else torch.searchsorted(ids, gold)
-        target = cal.gather(1, column[:, None])
-        return -target.squeeze(1), (cal > target).sum(1) + 1
+        cal = (self.base.answer_log_probs(logits) - self.log_p_cf).log_softmax(-1)
+        return self.base.judge(cal, gold)
 
     def hits(self, outcome: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
         return self.base.hits(outcome, gold)
@@ -76,5 +63,5 @@ def search_p_cf(search, trigger: Sequence[int], texts: Sequence[str] = DEFAULT_C
         logits = search.scorer.logits(
             views, ids={k: write_triggers(b, ids) for k, b in views.items()}
         )
-        log_probs = CalibratedObjective(search.objective, torch.ones(1))._log_probs(logits)
+        log_probs = search.objective.answer_log_probs(logits)
     return log_probs.exp().mean(0)

@@ -65,6 +65,18 @@ class Objective:
         """Full metrics of a split, from the outcomes of ``loss_and_outcome``."""
         raise NotImplementedError
 
+    def answer_log_probs(self, logits: Logits) -> torch.Tensor:
+        """Log-probabilities over the possible answers [rows, answers] (the labels, or the
+        evaluation vocabulary): what contextual calibration divides by p_cf."""
+        raise NotImplementedError
+
+    def judge(
+        self, log_probs: torch.Tensor, gold: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row loss and outcome from answer log-probabilities (``answer_log_probs``, or
+        calibrated ones), as ``loss_and_outcome`` reads them."""
+        raise NotImplementedError
+
 
 def consume_logsumexp(x: torch.Tensor) -> torch.Tensor:
     """``x.logsumexp(-1)`` computed in place, destroying ``x``: no [rows, vocab] temporary.
@@ -134,6 +146,14 @@ class ClassificationObjective(Objective):
     def hits(self, outcome: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
         return outcome == gold
 
+    def answer_log_probs(self, logits: Logits) -> torch.Tensor:
+        return self.label_scores(logits).float().log_softmax(-1)
+
+    def judge(
+        self, log_probs: torch.Tensor, gold: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return -log_probs.gather(1, gold[:, None]).squeeze(1), log_probs.argmax(1)
+
     def metrics(self, outcome: np.ndarray, gold: np.ndarray, loss: np.ndarray) -> dict:
         labels = self.verbalizer.labels
         out = classification_metrics(
@@ -167,6 +187,17 @@ class RelationObjective(Objective):
 
     def hits(self, outcome: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
         return outcome == 1
+
+    def answer_log_probs(self, logits: Logits) -> torch.Tensor:
+        scores = logits[1][:, 0].float()
+        return (scores if self.eval_ids is None else scores[:, self.eval_ids]).log_softmax(-1)
+
+    def judge(
+        self, log_probs: torch.Tensor, gold: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        column = gold if self.eval_ids is None else torch.searchsorted(self.eval_ids, gold)
+        target = log_probs.gather(1, column[:, None])
+        return -target.squeeze(1), (log_probs > target).sum(1) + 1
 
     def metrics(self, outcome: np.ndarray, gold: np.ndarray, loss: np.ndarray) -> dict:
         return {**rank_metrics(outcome), "loss": float(loss.mean()) if len(loss) else 0.0}
