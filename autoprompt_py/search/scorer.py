@@ -36,7 +36,7 @@ from autoprompt_py.encoding import Batch
 from autoprompt_py.metrics import classification_metrics, rank_metrics
 from autoprompt_py.model import DTYPES, MaskedLM
 from autoprompt_py.search.tensors import SplitTensors, length_chunks
-from autoprompt_py.verbalizer import ResolvedVerbalizer
+from autoprompt_py.verbalizer import ResolvedVerbalizer, consume_logsumexp
 
 Logits = dict[int, torch.Tensor]  # number of masks k → logits [rows, k, vocab]
 
@@ -78,16 +78,6 @@ class Objective:
         raise NotImplementedError
 
 
-def consume_logsumexp(x: torch.Tensor) -> torch.Tensor:
-    """``x.logsumexp(-1)`` computed in place, destroying ``x``: no [rows, vocab] temporary.
-
-    Without gradients this is the one pass over the vocabulary that normalizing needs;
-    ``log_softmax`` would also write a full [rows, vocab] result (memory-bound on CPUs).
-    """
-    top = x.amax(-1, keepdim=True)
-    return x.sub_(top).exp_().sum(-1).log_().add_(top.squeeze(-1))
-
-
 def _consumable(logits: torch.Tensor) -> torch.Tensor | None:
     """float32 logits that may be overwritten (no autograd through them), or None."""
     if logits.requires_grad:
@@ -104,30 +94,11 @@ class ClassificationObjective(Objective):
         # AutoPrompt's loss, the gold label's log-probability over the whole vocabulary
         self.among_labels = among_labels
         self.mask_counts = tuple(verbalizer.piece_counts)
-        self._pieces = {
-            k: (
-                [w for w, p in enumerate(verbalizer.pieces) if len(p) == k],
-                [p for p in verbalizer.pieces if len(p) == k],
-            )
-            for k in self.mask_counts
-        }
 
     def label_scores(self, logits: Logits) -> torch.Tensor:
-        """The verbalizer's label scores; without autograd, log-probabilities are read as
-        ``logit - logsumexp`` computed in place (the same numbers, up to rounding)."""
-        v = self.verbalizer
-        first = next(iter(logits.values()))
-        if v.aggregation == "mean-logit" or first.requires_grad:
-            return v.label_scores(logits)
-        scores = torch.empty(first.shape[0], len(v.words), device=first.device)
-        for k, raw in logits.items():
-            words, pieces = self._pieces[k]
-            x = _consumable(raw)
-            ids = torch.tensor(pieces, device=x.device).T  # [k, words]
-            picked = x.gather(2, ids[None].expand(len(x), -1, -1))  # [rows, k, words]
-            picked -= consume_logsumexp(x)[..., None]
-            scores[:, words] = picked.sum(1)
-        return v.aggregate(scores)
+        """The verbalizer's label scores; the logits are consumed (normalized in place) where
+        no gradient flows through them."""
+        return self.verbalizer.label_scores(logits, consume=True)
 
     def _nll(self, scores: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
         if self.among_labels:
