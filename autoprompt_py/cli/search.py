@@ -128,7 +128,7 @@ def _config_options(f: Callable) -> Callable:
             "--time-budget",
             type=float,
             default=None,
-            help="Seconds of search; stops at the first iteration boundary past it.",
+            help="Seconds of search; checked after every model chunk (see budget_overshoot).",
         ),
         click.option(
             "--max-forward-passes",

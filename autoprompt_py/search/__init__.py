@@ -8,12 +8,12 @@
     outcome = run_search(lm, task, SearchConfig(iters=100, seed=0), output="trigger.json")
     outcome.result["prompt"], outcome.result["dev"]["accuracy"]
 
-Rooms: ``task`` (reading and checking the problem), ``tensors`` (the data encoded once),
-``objective`` (losses and the model passes), ``candidates`` (HotFlip and token filters),
-``config`` (the settings), ``state`` (the search state and checkpoints), ``engine`` (what both
-methods share: evaluation, best so far, restarts, budgets, cost, the result), the methods
-``autoprompt`` and ``gcg`` (one step each), ``trigger`` (a whole run: resume, checkpoints,
-the result file).
+Modules: ``task`` (reading and checking the problem), ``tensors`` (the data encoded once),
+``scorer`` (losses and the model passes), ``candidates`` (HotFlip and token filters),
+``config`` (the settings), ``state`` (the search state and checkpoints), ``budget`` (clock,
+cost, stopping rules), ``move`` (the method boundary) and ``method`` (the registry), the
+methods ``gcg`` and ``autoprompt``, ``engine`` (evaluation, best so far, restarts, the loop,
+the result), ``run`` (a whole run: locks, resume, checkpoints, progress bar, the result file).
 """
 
 from autoprompt_py.search.candidates import (

@@ -1,7 +1,8 @@
-"""The engine both search methods share: the task encoded once, dev evaluation, best-so-far
-bookkeeping, restarts, budgets, cost accounting, the progress bar and the result file.
+"""The engine every search method shares: the task encoded once, dev evaluation, best-so-far
+bookkeeping, restarts, the loop and the result record (the clock, cost and stopping rules are
+``budget.py``'s; the progress bar and the result file ``run.py``'s).
 
-A method (``autoprompt.py``, ``gcg.py``) only proposes where the trigger goes next: its
+A method (``autoprompt.py``, ``gcg.py``, any registered in ``method.py``) only proposes where the trigger goes next: its
 ``propose(search, state, rng)`` returns a ``Move``. The engine then evaluates the new trigger
 on dev, updates the best so far and commits the state, so an interrupt inside an iteration
 leaves the state as after the previous one and ``resume`` redoes it exactly.
@@ -15,7 +16,8 @@ Rules the engine keeps for both methods:
   of the time and forward-pass budgets (a restart that stops early leaves its share to the
   next); restart 0 starts from ``--initial-trigger`` (or ``config.initial``), later ones from
   random allowed tokens;
-* budgets are checked at iteration boundaries: a search stops at the first boundary past them.
+* budgets are checked after every model chunk (``budget.py``): the iteration running when
+  one runs out is dropped, so a search stops at most one chunk past it.
 """
 
 from __future__ import annotations
