@@ -34,6 +34,7 @@ import torch
 from autoprompt_py import distributed
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.model import MaskedLM
+from autoprompt_py.prompt import model_record
 from autoprompt_py.resources import RESULT_KIND
 from autoprompt_py.results import provenance
 from autoprompt_py.search.budget import Budget, BudgetSpent
@@ -536,14 +537,6 @@ class TriggerSearch:
             "config": self.config.identity(),
         }
 
-    def model_record(self) -> dict:
-        return {
-            "name": self.lm.name,
-            "model_type": getattr(self.lm.model.config, "model_type", None),
-            "vocab_size": self.lm.vocab_size,
-            "embedding_size": int(self.lm.embeddings.shape[1]),
-        }
-
     def warnings(self, state: SearchState, interrupted: bool = False) -> list[str]:
         """What a user must know about the result (``run_search`` warns each once)."""
         out = []
@@ -598,7 +591,7 @@ class TriggerSearch:
             "relation": task.relation,
             "verbalizer": task.verbalizer.words if task.verbalizer else None,
             "aggregation": task.aggregation if task.verbalizer else None,
-            "model": self.model_record(),
+            "model": model_record(self.lm),
             "method": self.config.method,
             "metric": self.objective.metric,
             "train": self.train_metrics(best) if train else None,
