@@ -18,7 +18,7 @@ import torch
 
 from autoprompt_py import distributed
 from autoprompt_py.calibration import calibrate, content_free_examples, mean_distribution
-from autoprompt_py.data import Example
+from autoprompt_py.data import Example, split_dev
 from autoprompt_py.encoding import TemplateEncoder
 from autoprompt_py.ensemble import EnsembleAccumulator, log_normalise
 from autoprompt_py.errors import AutopromptError
@@ -130,13 +130,14 @@ def templates_by_relation(
     return out
 
 
-def split_dev(n: int, fraction: float, seed: int, relation: str) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded dev/test split of n facts; the seed mixes in the relation id, so adding a
-    relation does not move the split of another."""
-    rng = np.random.default_rng([seed, zlib.crc32(relation.encode())])
-    order = rng.permutation(n)
+def relation_split(
+    n: int, fraction: float, seed: int, relation: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded dev/test split of n facts (``data.split_dev``); the seed mixes in the relation
+    id, so adding a relation does not move the split of another."""
     n_dev = min(max(1, round(fraction * n)), n - 1) if n >= 2 else 0
-    return np.sort(order[:n_dev]), np.sort(order[n_dev:])
+    dev, test = split_dev(n, n_dev, [seed, zlib.crc32(relation.encode())])
+    return np.asarray(dev, dtype=np.int64), np.asarray(test, dtype=np.int64)
 
 
 def probe_templates(
@@ -211,7 +212,7 @@ def _probe_relation(
     if dev_fraction is None:
         dev, test = np.array([], dtype=np.int64), np.arange(n)
     else:
-        dev, test = split_dev(n, dev_fraction, seed, relation)
+        dev, test = relation_split(n, dev_fraction, seed, relation)
     names = _unique_names(relation, members)
     results: list[MemberProbe] = []
     raw_acc = EnsembleAccumulator(rule) if rule and len(members) > 1 else None
