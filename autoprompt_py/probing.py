@@ -111,6 +111,66 @@ class RelationProbe:
             return None
         return m.cal_ranks if calibrated else m.ranks
 
+    def to_json(self, reported: str, predictions: bool = False) -> dict:
+        """The relation as the probe result file records it: the ``reported`` member's
+        metrics (``kind``), every template's, and with ``predictions`` each fact's rank."""
+        p = self
+
+        def member(m) -> dict:
+            out = {"name": m.name, "template": m.template, **p.metrics(m.ranks)}
+            if len(p.dev):
+                out["dev"] = p.metrics(m.ranks, "dev")
+            if m.cal_ranks is not None:
+                out["calibrated"] = p.metrics(m.cal_ranks)
+                if len(p.dev):
+                    out["calibrated"]["dev"] = p.metrics(m.cal_ranks, "dev")
+            if m.p_cf_top is not None:
+                out["p_cf_top5"] = m.p_cf_top
+            return out
+
+        main = p.kind(reported) or p.members[0]
+        out = {
+            "relation": p.relation,
+            "template": main.template,
+            "reported": main.name,
+            "facts": len(p.facts),
+            "skipped": p.skipped,
+            "dev": len(p.dev),
+            **p.metrics(main.ranks),
+            "truncated": p.truncated,
+            "templates": [member(m) for m in p.members],
+        }
+        if main.cal_ranks is not None:
+            out["calibrated"] = p.metrics(main.cal_ranks)
+        if len(p.dev):
+            out["best"] = p.members[p.best].name
+            if p.best_cal is not None:
+                out["best_calibrated"] = p.members[p.best_cal].name
+        if p.ensemble is not None:
+            out["ensemble"] = member(p.ensemble)
+        if predictions:
+            position = np.cumsum(p.scored) - 1
+            dev = set(p.dev.tolist())
+            out["predictions"] = [
+                {
+                    "sub_label": f.fields.get("sub_label"),
+                    "obj_label": f.label,
+                    "rank": int(main.ranks[position[i]]) if s else None,
+                    "split": ("dev" if position[i] in dev else "test") if s else None,
+                    "top": main.top[position[i]] if s else [],
+                }
+                for i, (f, s) in enumerate(zip(p.facts, p.scored))
+            ]
+        return out
+
+
+def reported_kind(probes: Sequence[RelationProbe]) -> str:
+    """Which member a probe reports: the ensemble when there is one, else the best on dev
+    when relations were split, else the first template."""
+    if any(p.ensemble for p in probes):
+        return "ensemble"
+    return "best-dev" if any(len(p.dev) for p in probes) else "first"
+
 
 def templates_by_relation(
     templates: Sequence[NamedTemplate], relations: Sequence[str], per_relation: int | None
