@@ -358,3 +358,59 @@ def averages(probes: Sequence[RelationProbe], kind: str, calibrated: bool = Fals
     macro = {k: float(np.mean([m[k] for m in metrics])) for k in ("p@1", "p@10", "mrr")}
     macro["relations"] = len(per)
     return {"micro": micro, "macro": macro}
+
+
+@dataclass
+class RelationScore:
+    """One relation probed with one template (``probe_relations``)."""
+
+    relation: str
+    template: str
+    facts: int
+    skipped: int
+    metrics: dict
+    truncated: int
+    examples: list[dict] | None = field(default=None, repr=False)
+
+
+def probe_relations(
+    lm: MaskedLM,
+    templates: Sequence[NamedTemplate],
+    facts: Mapping[str, Sequence[Example]],
+    vocab: Sequence[str] | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+    keep_predictions: bool = False,
+) -> tuple[list[RelationScore], dict]:
+    """P@1, P@10 and MRR per relation with its first template, and their micro and macro
+    averages: ``probe_templates`` with one template per relation, in a flat record.
+
+    A template applies to the relation it names; a template without one applies to every
+    relation that has no template of its own.
+    """
+    probes = probe_templates(lm, templates, facts, vocab, batch_size, 1, progress=progress)
+    scored = []
+    for p in probes:
+        main = p.members[0]
+        examples = None
+        if keep_predictions:
+            position = np.cumsum(p.scored) - 1
+            examples = [
+                {
+                    "sub_label": f.fields.get("sub_label"),
+                    "obj_label": f.label,
+                    "rank": int(main.ranks[position[i]]) if s else None,
+                    "top": main.top[position[i]] if s else [],
+                }
+                for i, (f, s) in enumerate(zip(p.facts, p.scored))
+            ]
+        metrics = p.metrics(main.ranks)
+        scored.append(
+            RelationScore(
+                p.relation, main.template, len(p.facts), p.skipped, metrics, p.truncated, examples
+            )
+        )
+    micro = rank_metrics(np.concatenate([p.members[0].ranks[p.test] for p in probes]))
+    macro = {k: float(np.mean([s.metrics[k] for s in scored])) for k in ("p@1", "p@10", "mrr")}
+    macro["relations"] = len(scored)
+    return scored, {"micro": micro, "macro": macro}
