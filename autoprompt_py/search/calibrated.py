@@ -43,12 +43,11 @@ class CalibratedObjective:
         return self.base.metrics(outcome, gold, loss)
 
 
-def search_p_cf(search, trigger: Sequence[int], texts: Sequence[str] = DEFAULT_CONTENT_FREE):
-    """p_cf of a trigger search's template with ``trigger`` written in: one content-free row
-    per text through the search's own scorer (a trivial cost next to the dev set)."""
+def content_free_split(search, texts: Sequence[str] = DEFAULT_CONTENT_FREE) -> SplitTensors:
+    """The content-free rows of a search's template (one per text), encoded once."""
     lm, template = search.lm, search.task.template
     rows = content_free_examples(template, texts, lm.tokenizer.mask_token)
-    split = SplitTensors(
+    return SplitTensors(
         template,
         lm.tokenizer,
         lm.max_length,
@@ -57,8 +56,15 @@ def search_p_cf(search, trigger: Sequence[int], texts: Sequence[str] = DEFAULT_C
         search.objective.mask_counts,
         lm.device,
     )
-    views = split.batch(np.arange(len(rows)))
-    ids = torch.as_tensor(list(trigger), dtype=torch.long, device=lm.device)
+
+
+def search_p_cf(search, trigger: Sequence[int], split: SplitTensors | None = None):
+    """p_cf of a trigger search's template with ``trigger`` written in: the content-free rows
+    (``split``, default: encoded now) through the search's own scorer (a trivial cost next
+    to the dev set)."""
+    split = split if split is not None else content_free_split(search)
+    views = split.batch(np.arange(len(split)))
+    ids = torch.as_tensor(list(trigger), dtype=torch.long, device=search.lm.device)
     with torch.inference_mode():
         logits = search.scorer.logits(
             views, ids={k: write_triggers(b, ids) for k, b in views.items()}

@@ -38,7 +38,11 @@ from autoprompt_py.prompt import model_record
 from autoprompt_py.resources import RESULT_KIND
 from autoprompt_py.results import provenance
 from autoprompt_py.search.budget import Budget, BudgetSpent
-from autoprompt_py.search.calibrated import CalibratedObjective, search_p_cf
+from autoprompt_py.search.calibrated import (
+    CalibratedObjective,
+    content_free_split,
+    search_p_cf,
+)
 from autoprompt_py.search.candidates import (
     TokenFilters,
     VocabStrings,
@@ -151,6 +155,7 @@ class TriggerSearch:
         # pseudo-perplexity (one row per slot, in the template without its fields)
         self.fluency = TriggerFluency(lm, template)
         self.budget = Budget(config, self.scorer)
+        self._content_free: SplitTensors | None = None  # --calibrate's rows
         self.method.prepare(self)
 
     def reconfigure(self, config: SearchConfig) -> TriggerSearch:
@@ -239,7 +244,10 @@ class TriggerSearch:
         scorer, objective = self.scorer, self.objective
         if self.config.calibrate and split is self.dev:
             # the dev metric that picks the best trigger, on calibrated probabilities
-            objective = CalibratedObjective(objective, search_p_cf(self, trigger))
+            if self._content_free is None:  # encoded once, at the first calibrated evaluation
+                self._content_free = content_free_split(self)
+            p_cf = search_p_cf(self, trigger, self._content_free)
+            objective = CalibratedObjective(objective, p_cf)
             scorer = copy.copy(scorer)
             scorer.objective = objective
         ev = scorer.evaluate(split, self.ids(trigger), plan)
