@@ -114,7 +114,9 @@ def main() -> None:
     scorer.candidate_losses = timed("cand", scorer.candidate_losses)
     scorer.evaluate = timed("dev", scorer.evaluate)
     ckpt = Path(tempfile.mkdtemp()) / "bench.ckpt"
-    identity = search.identity()
+    from autoprompt_py.search.record import identity as search_identity
+
+    identity = search_identity(search)
 
     rows = []
     for it in range(args.warmup + args.iters):

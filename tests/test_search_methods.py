@@ -23,6 +23,7 @@ from autoprompt_py.search import (
     TriggerScorer,
     TriggerSearch,
     load_task,
+    record,
     run_search,
 )
 from autoprompt_py.search.fluency import TriggerFluency
@@ -188,7 +189,7 @@ def test_no_special_token_survives(lm, data, settings, mode):
     assert search.special_slots(state.best_trigger) == []
     assert all(search.allowed[i] for i in state.best_trigger)
     assert state.curve[0][2] is None  # the [MASK] start is never a best
-    result = search.result(state, {}, train=False)
+    result = record.result(search, state, {}, train=False)
     assert result["unreplaced_slots"] == [] and "[MASK]" not in result["prompt"]
 
 
@@ -211,7 +212,7 @@ def test_accumulation_default_depends_on_method_and_mode(lm, data, task):
 def test_a_slot_never_replaced_is_reported(lm, task, caplog):
     search = TriggerSearch(lm, task, SearchConfig(**{**AUTOPROMPT, "iters": 2}))
     state = search.run(search.start(mask_ids(lm)))  # 2 flips for 3 masks
-    result = search.result(state, {}, train=False)
+    result = record.result(search, state, {}, train=False)
     assert len(result["unreplaced_slots"]) == 1
     assert "still hold a special token" in result["warnings"][0]
     assert "still hold a special token" in caplog.text

@@ -23,8 +23,6 @@ Rules the engine keeps for both methods:
 from __future__ import annotations
 
 import copy
-import hashlib
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -34,9 +32,6 @@ import torch
 from autoprompt_py import distributed
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.model import MaskedLM
-from autoprompt_py.prompt import model_record
-from autoprompt_py.resources import RESULT_KIND
-from autoprompt_py.results import provenance
 from autoprompt_py.search.budget import Budget, BudgetSpent
 from autoprompt_py.search.calibrated import (
     CalibratedObjective,
@@ -54,7 +49,6 @@ from autoprompt_py.search.fluency import TriggerFluency
 from autoprompt_py.search.move import Method
 from autoprompt_py.search.scorer import (
     ClassificationObjective,
-    Cost,
     Objective,
     RelationObjective,
     TriggerScorer,
@@ -63,11 +57,6 @@ from autoprompt_py.search.state import SearchState
 from autoprompt_py.search.task import SearchTask
 from autoprompt_py.search.tensors import SplitTensors
 from autoprompt_py.vocab import single_token_id, vocab_token_ids
-
-log = logging.getLogger("autoprompt_py.search")
-# the result's warnings are logged for a notebook's logging setup, and never printed by
-# Python's last-resort handler: the CLI prints each once as "warning: ..."
-log.addHandler(logging.NullHandler())
 
 
 @dataclass
@@ -391,7 +380,7 @@ class TriggerSearch:
         scored = self.evaluate(self.dev, initial)
         self._consider(state, initial, scored)
         state.current_dev = scored.metric
-        state.initial = {"trigger": self._trigger_record(initial), "dev": scored.full()}
+        state.initial = {"trigger": self.trigger_record(initial), "dev": scored.full()}
         if state.best_dev is None:  # shown, not reported as best: it holds special tokens
             state.best_dev_metrics = state.initial["dev"]
         state.rng = rng.bit_generator.state
@@ -452,14 +441,14 @@ class TriggerSearch:
         self.budget.commit(state)
         return entry
 
-    def _restart_record(self, state: SearchState) -> dict:
+    def restart_record(self, state: SearchState) -> dict:
         best = state.restart_best
         ids = best["trigger"] if best else state.trigger
         start = state.initial["trigger"] if state.restart == 0 else state.restart_initial
         return {
             "restart": state.restart,
             "initial": start["words"],
-            "trigger": self._trigger_record(ids),
+            "trigger": self.trigger_record(ids),
             "dev": best["dev"] if best else None,
             "iterations": state.restart_iteration,
         }
@@ -469,7 +458,7 @@ class TriggerSearch:
         rng = np.random.default_rng()
         rng.bit_generator.state = state.rng
         self.budget.begin(state)
-        record = self._restart_record(state)
+        record = self.restart_record(state)
         initial = self.initial_ids(rng, "random")
         scored = self.evaluate(self.dev, initial)
         # commit: nothing above touched the state (Ctrl-C in the evaluation redoes it)
@@ -481,7 +470,7 @@ class TriggerSearch:
         state.method_state = {}
         state.trigger = initial
         state.current_dev = scored.metric
-        state.restart_initial = self._trigger_record(initial)
+        state.restart_initial = self.trigger_record(initial)
         self._consider(state, initial, scored)
         state.rng = rng.bit_generator.state
         self.budget.commit(state)
@@ -509,7 +498,7 @@ class TriggerSearch:
             if over is not None:
                 if state.restart + 1 >= c.restarts:
                     state.stopped = over
-                    state.restarts.append(self._restart_record(state))
+                    state.restarts.append(self.restart_record(state))
                     if checkpoint is not None:
                         checkpoint(state)
                     break
@@ -526,99 +515,5 @@ class TriggerSearch:
 
     # -- records --------------------------------------------------------------------------------
 
-    def _trigger_record(self, ids: Sequence[int]) -> dict:
+    def trigger_record(self, ids: Sequence[int]) -> dict:
         return {"ids": list(ids), "tokens": self.tokens(ids), "words": self.words(ids)}
-
-    def identity(self) -> dict:
-        """What a checkpoint must match to be resumed: model, data, task and key settings."""
-        emb = self.lm.embeddings.detach()
-        stride = max(1, len(emb) // 512)  # a sample of rows tells models apart cheaply
-        sample = emb[::stride].float().cpu().contiguous().numpy().tobytes()
-        return {
-            "model": {
-                "vocab_size": self.lm.vocab_size,
-                "embedding_size": int(emb.shape[1]),
-                "weights_sha256": hashlib.sha256(sample).hexdigest(),
-            },
-            **self.task.identity,
-            "filters": self.filters.describe(),
-            "config": self.config.identity(),
-        }
-
-    def warnings(self, state: SearchState, interrupted: bool = False) -> list[str]:
-        """What a user must know about the result (``run_search`` warns each once)."""
-        out = []
-        unreplaced = self.special_slots(state.best_trigger)
-        if unreplaced:
-            out.append(
-                f"trigger slot(s) {', '.join(map(str, unreplaced))} still hold a special token "
-                "(no iteration replaced them: budget or iterations too small, or no allowed "
-                "candidate); the result is the last trigger evaluated"
-            )
-        elif state.iteration == 0 and interrupted:
-            out.append(
-                "interrupted before the first iteration ended; the result is the initial trigger"
-            )
-        elif state.iteration == 0 and state.stopped == "budget":
-            out.append("the budget allowed no iteration; the result is the initial trigger")
-        for w in out:
-            log.warning(w)
-        return out
-
-    def result(
-        self,
-        state: SearchState,
-        config: dict,
-        interrupted: bool = False,
-        elapsed: float | None = None,
-        train: bool = True,
-        extra: dict | None = None,
-    ) -> dict:
-        """The result file's content for the best trigger so far."""
-        task = self.task
-        best = state.best_trigger
-        words = self.words(best)
-        prompt = task.template.with_triggers(best, words).render("token")
-        stopped = "interrupted" if interrupted else (state.stopped or "completed")
-        data = {
-            split: {"source": task.sources.get(split), **self.counts.get(split, {})}
-            for split in ("train", "dev")
-        }
-        if "vocab" in task.sources:
-            data["vocab"] = task.sources["vocab"]
-        restarts = list(state.restarts)
-        if len(restarts) <= state.restart:  # interrupted inside a restart
-            restarts.append(self._restart_record(state))
-        cost = {"seconds": round(state.seconds, 3), **Cost(**state.cost).record()}
-        return {
-            "kind": RESULT_KIND,
-            "template": task.template.source,
-            "prompt": prompt,
-            "trigger": self._trigger_record(best),
-            "mode": task.mode,
-            "relation": task.relation,
-            "verbalizer": task.verbalizer.words if task.verbalizer else None,
-            "aggregation": task.aggregation if task.verbalizer else None,
-            "model": model_record(self.lm),
-            "method": self.config.method,
-            "metric": self.objective.metric,
-            "train": self.train_metrics(best) if train else None,
-            "dev": state.best_dev_metrics,
-            "initial": state.initial,
-            "best_iteration": state.best_iteration,
-            "iterations": state.iteration,
-            "stopped": stopped,
-            "elapsed_s": None if elapsed is None else round(elapsed, 3),
-            "cost": cost,
-            "budget_overshoot": self.budget.overshoot(state),
-            "curve": state.curve,
-            "restarts": restarts,
-            "unreplaced_slots": self.special_slots(best),
-            "pseudo_perplexity": self.fluency.perplexity(best),
-            "warnings": self.warnings(state, interrupted),
-            **(extra or {}),
-            "data": data,
-            "filters": self.filters.describe(),
-            "history": state.history,
-            **provenance("search", config),
-        }

@@ -19,6 +19,7 @@ from autoprompt_py.encoding import tokenize_piece
 from autoprompt_py.errors import AutopromptError, shown
 from autoprompt_py.model import MaskedLM
 from autoprompt_py.results import output_lock, write_json
+from autoprompt_py.search import record as record_of
 from autoprompt_py.search.candidates import TokenFilters
 from autoprompt_py.search.config import SearchConfig
 from autoprompt_py.search.engine import TriggerSearch
@@ -179,7 +180,7 @@ def _run(
 ) -> SearchOutcome:
     search = TriggerSearch(lm, task, config, filters, config.search_method)
     config = search.config  # with the mode's defaults filled in
-    identity = search.identity()
+    identity = record_of.identity(search)
     if resume:
         if checkpoint is None:
             raise AutopromptError("--resume needs --output or --checkpoint to find the state")
@@ -212,13 +213,18 @@ def _run(
         interrupted = True
     config_record = {**dataclasses.asdict(config), "filters": filters.describe(), **(record or {})}
     try:
-        result = search.result(
-            state, config_record, interrupted, time.perf_counter() - started, train=not interrupted
+        result = record_of.result(
+            search,
+            state,
+            config_record,
+            interrupted,
+            time.perf_counter() - started,
+            train=not interrupted,
         )
     except KeyboardInterrupt:  # during the final train evaluation: write without it
         interrupted = True
-        result = search.result(
-            state, config_record, True, time.perf_counter() - started, train=False
+        result = record_of.result(
+            search, state, config_record, True, time.perf_counter() - started, train=False
         )
     if output is not None:
         write_json(output, result)
