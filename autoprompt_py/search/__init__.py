@@ -12,8 +12,9 @@ Modules: ``task`` (reading and checking the problem), ``tensors`` (the data enco
 ``scorer`` (losses and the model passes), ``candidates`` (HotFlip and token filters),
 ``config`` (the settings), ``state`` (the search state and checkpoints), ``budget`` (clock,
 cost, stopping rules), ``move`` (the method boundary) and ``method`` (the registry), the
-methods ``gcg`` and ``autoprompt``, ``engine`` (evaluation, best so far, restarts, the loop,
-the result), ``run`` (a whole run: locks, resume, checkpoints, progress bar, the result file).
+methods ``gcg`` and ``autoprompt``, ``engine`` (evaluation, best so far, restarts, the loop),
+``record`` (identity, warnings, the result), ``run`` (a whole run: locks, resume,
+checkpoints, progress bar, the result file).
 """
 
 from autoprompt_py.search.candidates import (
@@ -25,6 +26,8 @@ from autoprompt_py.search.candidates import (
 )
 from autoprompt_py.search.config import SearchConfig
 from autoprompt_py.search.engine import TriggerSearch
+from autoprompt_py.search.method import METHODS, register
+from autoprompt_py.search.move import Method, Move
 from autoprompt_py.search.run import SearchOutcome, run_search, trigger_ids_from_words
 from autoprompt_py.search.scorer import (
     ClassificationObjective,
@@ -37,7 +40,10 @@ from autoprompt_py.search.task import SearchTask, load_task
 from autoprompt_py.search.tensors import SplitTensors
 
 __all__ = [
+    "METHODS",
     "ClassificationObjective",
+    "Method",
+    "Move",
     "Objective",
     "RelationObjective",
     "SearchConfig",
@@ -54,6 +60,7 @@ __all__ = [
     "load_checkpoint",
     "load_task",
     "read_stop_list",
+    "register",
     "run_search",
     "save_checkpoint",
     "trigger_ids_from_words",
