@@ -359,6 +359,8 @@ def test_cli_defaults_are_the_config_defaults():
         if f.name in params and f.name not in ("accumulation_steps", "batch_size"):
             assert params[f.name].default == getattr(defaults, f.name), f.name
     assert params["accumulation_steps"].default is None
+    # every setting is a search option (max_rows only in the API)
+    assert {f.name for f in dataclasses.fields(SearchConfig)} - set(params) == {"max_rows"}
 
 
 @pytest.mark.parametrize(
