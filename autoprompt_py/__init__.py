@@ -27,7 +27,7 @@ _EXPORTS = {
     "read_facts": "autoprompt_py.data",
     "combine": "autoprompt_py.ensemble",
     "AutopromptError": "autoprompt_py.errors",
-    "probe_relations": "autoprompt_py.evaluation",
+    "probe_relations": "autoprompt_py.probing",
     "score_prompts": "autoprompt_py.evaluation",
     "score_templates": "autoprompt_py.evaluation",
     "export_prompt": "autoprompt_py.export",

@@ -351,3 +351,13 @@ def _iter_parquet(path: Path) -> Iterator[tuple[int, dict]]:
 def cell_text(value: object) -> str:
     """A cell's value as text, as the readers turn cells into fields (1.0 → "1")."""
     return _as_text(value)
+
+
+def split_dev(n: int, n_dev: int, seed: int | Sequence[int]) -> tuple[list[int], list[int]]:
+    """A seeded split of ``n`` rows into (dev, rest) row indices, each in the file's order:
+    the first ``n_dev`` of a permutation drawn from ``numpy.random.default_rng(seed)``. The
+    one dev split of the package (search: ``--dev-fraction`` of --train; probe: per relation)."""
+    import numpy as np
+
+    order = np.random.default_rng(seed).permutation(n)
+    return sorted(order[:n_dev].tolist()), sorted(order[n_dev:].tolist())

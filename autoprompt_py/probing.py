@@ -18,7 +18,7 @@ import torch
 
 from autoprompt_py import distributed
 from autoprompt_py.calibration import calibrate, content_free_examples, mean_distribution
-from autoprompt_py.data import Example
+from autoprompt_py.data import Example, split_dev
 from autoprompt_py.encoding import TemplateEncoder
 from autoprompt_py.ensemble import EnsembleAccumulator, log_normalise
 from autoprompt_py.errors import AutopromptError
@@ -111,6 +111,66 @@ class RelationProbe:
             return None
         return m.cal_ranks if calibrated else m.ranks
 
+    def to_json(self, reported: str, predictions: bool = False) -> dict:
+        """The relation as the probe result file records it: the ``reported`` member's
+        metrics (``kind``), every template's, and with ``predictions`` each fact's rank."""
+        p = self
+
+        def member(m) -> dict:
+            out = {"name": m.name, "template": m.template, **p.metrics(m.ranks)}
+            if len(p.dev):
+                out["dev"] = p.metrics(m.ranks, "dev")
+            if m.cal_ranks is not None:
+                out["calibrated"] = p.metrics(m.cal_ranks)
+                if len(p.dev):
+                    out["calibrated"]["dev"] = p.metrics(m.cal_ranks, "dev")
+            if m.p_cf_top is not None:
+                out["p_cf_top5"] = m.p_cf_top
+            return out
+
+        main = p.kind(reported) or p.members[0]
+        out = {
+            "relation": p.relation,
+            "template": main.template,
+            "reported": main.name,
+            "facts": len(p.facts),
+            "skipped": p.skipped,
+            "dev": len(p.dev),
+            **p.metrics(main.ranks),
+            "truncated": p.truncated,
+            "templates": [member(m) for m in p.members],
+        }
+        if main.cal_ranks is not None:
+            out["calibrated"] = p.metrics(main.cal_ranks)
+        if len(p.dev):
+            out["best"] = p.members[p.best].name
+            if p.best_cal is not None:
+                out["best_calibrated"] = p.members[p.best_cal].name
+        if p.ensemble is not None:
+            out["ensemble"] = member(p.ensemble)
+        if predictions:
+            position = np.cumsum(p.scored) - 1
+            dev = set(p.dev.tolist())
+            out["predictions"] = [
+                {
+                    "sub_label": f.fields.get("sub_label"),
+                    "obj_label": f.label,
+                    "rank": int(main.ranks[position[i]]) if s else None,
+                    "split": ("dev" if position[i] in dev else "test") if s else None,
+                    "top": main.top[position[i]] if s else [],
+                }
+                for i, (f, s) in enumerate(zip(p.facts, p.scored))
+            ]
+        return out
+
+
+def reported_kind(probes: Sequence[RelationProbe]) -> str:
+    """Which member a probe reports: the ensemble when there is one, else the best on dev
+    when relations were split, else the first template."""
+    if any(p.ensemble for p in probes):
+        return "ensemble"
+    return "best-dev" if any(len(p.dev) for p in probes) else "first"
+
 
 def templates_by_relation(
     templates: Sequence[NamedTemplate], relations: Sequence[str], per_relation: int | None
@@ -130,13 +190,14 @@ def templates_by_relation(
     return out
 
 
-def split_dev(n: int, fraction: float, seed: int, relation: str) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded dev/test split of n facts; the seed mixes in the relation id, so adding a
-    relation does not move the split of another."""
-    rng = np.random.default_rng([seed, zlib.crc32(relation.encode())])
-    order = rng.permutation(n)
+def relation_split(
+    n: int, fraction: float, seed: int, relation: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded dev/test split of n facts (``data.split_dev``); the seed mixes in the relation
+    id, so adding a relation does not move the split of another."""
     n_dev = min(max(1, round(fraction * n)), n - 1) if n >= 2 else 0
-    return np.sort(order[:n_dev]), np.sort(order[n_dev:])
+    dev, test = split_dev(n, n_dev, [seed, zlib.crc32(relation.encode())])
+    return np.asarray(dev, dtype=np.int64), np.asarray(test, dtype=np.int64)
 
 
 def probe_templates(
@@ -211,7 +272,7 @@ def _probe_relation(
     if dev_fraction is None:
         dev, test = np.array([], dtype=np.int64), np.arange(n)
     else:
-        dev, test = split_dev(n, dev_fraction, seed, relation)
+        dev, test = relation_split(n, dev_fraction, seed, relation)
     names = _unique_names(relation, members)
     results: list[MemberProbe] = []
     raw_acc = EnsembleAccumulator(rule) if rule and len(members) > 1 else None
@@ -297,3 +358,59 @@ def averages(probes: Sequence[RelationProbe], kind: str, calibrated: bool = Fals
     macro = {k: float(np.mean([m[k] for m in metrics])) for k in ("p@1", "p@10", "mrr")}
     macro["relations"] = len(per)
     return {"micro": micro, "macro": macro}
+
+
+@dataclass
+class RelationScore:
+    """One relation probed with one template (``probe_relations``)."""
+
+    relation: str
+    template: str
+    facts: int
+    skipped: int
+    metrics: dict
+    truncated: int
+    examples: list[dict] | None = field(default=None, repr=False)
+
+
+def probe_relations(
+    lm: MaskedLM,
+    templates: Sequence[NamedTemplate],
+    facts: Mapping[str, Sequence[Example]],
+    vocab: Sequence[str] | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+    keep_predictions: bool = False,
+) -> tuple[list[RelationScore], dict]:
+    """P@1, P@10 and MRR per relation with its first template, and their micro and macro
+    averages: ``probe_templates`` with one template per relation, in a flat record.
+
+    A template applies to the relation it names; a template without one applies to every
+    relation that has no template of its own.
+    """
+    probes = probe_templates(lm, templates, facts, vocab, batch_size, 1, progress=progress)
+    scored = []
+    for p in probes:
+        main = p.members[0]
+        examples = None
+        if keep_predictions:
+            position = np.cumsum(p.scored) - 1
+            examples = [
+                {
+                    "sub_label": f.fields.get("sub_label"),
+                    "obj_label": f.label,
+                    "rank": int(main.ranks[position[i]]) if s else None,
+                    "top": main.top[position[i]] if s else [],
+                }
+                for i, (f, s) in enumerate(zip(p.facts, p.scored))
+            ]
+        metrics = p.metrics(main.ranks)
+        scored.append(
+            RelationScore(
+                p.relation, main.template, len(p.facts), p.skipped, metrics, p.truncated, examples
+            )
+        )
+    micro = rank_metrics(np.concatenate([p.members[0].ranks[p.test] for p in probes]))
+    macro = {k: float(np.mean([s.metrics[k] for s in scored])) for k in ("p@1", "p@10", "mrr")}
+    macro["relations"] = len(scored)
+    return scored, {"micro": micro, "macro": macro}

@@ -169,7 +169,9 @@ def output_lock(*paths: str | Path | None) -> Iterator[None]:
         if not is_main():  # under torch.distributed rank 0 writes, so rank 0 holds the locks
             targets = []
         for target in dict.fromkeys(t for t in targets if t is not None):
-            held.append(_take_lock(target))
+            lock = _take_lock(target)
+            if lock is not None:
+                held.append(lock)
         yield
     finally:
         for lock in reversed(held):
@@ -177,7 +179,9 @@ def output_lock(*paths: str | Path | None) -> Iterator[None]:
                 lock.unlink(missing_ok=True)
 
 
-def _take_lock(target: Path) -> Path:
+def _take_lock(target: Path) -> Path | None:
+    """The lock taken, or None when this process holds it already (the CLI locks before the
+    model loads, ``run_search`` again)."""
     lock = target.with_name(target.name + ".lock")
     me = {
         "pid": os.getpid(),
@@ -189,6 +193,8 @@ def _take_lock(target: Path) -> Path:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             owner = _lock_owner(lock)
+            if owner and (owner.get("pid"), owner.get("host")) == (me["pid"], me["host"]):
+                return None
             if _holder_alive(lock, owner):
                 who = (
                     f"pid {owner['pid']} on {owner.get('host', '?')}, since "

@@ -132,6 +132,16 @@ def _refuse_shared_words(words: dict[str, list[str]], source: str) -> None:
                 )
 
 
+def consume_logsumexp(x: torch.Tensor) -> torch.Tensor:
+    """``x.logsumexp(-1)`` computed in place, destroying ``x``: no [rows, vocab] temporary.
+
+    Without gradients this is the one pass over the vocabulary that normalizing needs;
+    ``log_softmax`` would also write a full [rows, vocab] result (memory-bound on CPUs).
+    """
+    top = x.amax(-1, keepdim=True)
+    return x.sub_(top).exp_().sum(-1).log_().add_(top.squeeze(-1))
+
+
 @dataclass
 class ResolvedVerbalizer:
     labels: list[str]
@@ -154,11 +164,15 @@ class ResolvedVerbalizer:
         """Every token id used by a label word."""
         return sorted({t for p in self.pieces for t in p})
 
-    def word_scores(self, logits: torch.Tensor) -> tuple[list[int], torch.Tensor]:
+    def word_scores(
+        self, logits: torch.Tensor, consume: bool = False
+    ) -> tuple[list[int], torch.Tensor]:
         """Scores of the words with k pieces from logits [batch, k, vocab] at their k masks.
 
         Returns the word indices and [batch, words]: the mean piece logit (mean-logit) or the
-        summed piece log-probabilities (otherwise).
+        summed piece log-probabilities (otherwise). ``consume``: without autograd, the
+        normalizer is computed in place, overwriting float32 ``logits`` (the search's hot path:
+        the same numbers, no [batch, k, vocab] temporary).
         """
         batch, k, _ = logits.shape
         idx = [w for w, p in enumerate(self.pieces) if len(p) == k]
@@ -166,7 +180,10 @@ class ResolvedVerbalizer:
             return idx, logits.new_zeros(batch, 0)
         ids = torch.tensor([self.pieces[w] for w in idx], device=logits.device)  # [words, k]
         picked = logits.gather(2, ids.T.unsqueeze(0).expand(batch, -1, -1)).float()
-        if self.aggregation != "mean-logit":
+        if self.aggregation != "mean-logit" and consume and not logits.requires_grad:
+            x = logits if logits.dtype == torch.float32 else logits.float()
+            picked -= consume_logsumexp(x)[..., None]
+        elif self.aggregation != "mean-logit":
             # log-probabilities of the picked tokens only: no [batch, k, vocab] log_softmax copy
             picked = picked - logits.float().logsumexp(-1, keepdim=True)
         return idx, picked.mean(1) if self.aggregation == "mean-logit" else picked.sum(1)
@@ -182,12 +199,15 @@ class ResolvedVerbalizer:
         weights = member.float() / member.sum(1, keepdim=True)
         return word_scores @ weights.T
 
-    def label_scores(self, logits_by_masks: dict[int, torch.Tensor]) -> torch.Tensor:
-        """Label scores [batch, labels] from mask logits {k: [batch, k, vocab]} of one batch."""
+    def label_scores(
+        self, logits_by_masks: dict[int, torch.Tensor], consume: bool = False
+    ) -> torch.Tensor:
+        """Label scores [batch, labels] from mask logits {k: [batch, k, vocab]} of one batch
+        (``consume``: see ``word_scores``)."""
         first = next(iter(logits_by_masks.values()))
         scores = first.new_empty(first.shape[0], len(self.words), dtype=torch.float32)
         for logits in logits_by_masks.values():
-            idx, values = self.word_scores(logits)
+            idx, values = self.word_scores(logits, consume)
             scores[:, idx] = values
         return self.aggregate(scores)
 

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from autoprompt_py.model import load_model  # noqa: E402
 from autoprompt_py.search import SearchConfig, TriggerSearch, load_task, save_checkpoint  # noqa: E402
-from autoprompt_py.search.objective import write_triggers  # noqa: E402
+from autoprompt_py.search.scorer import write_triggers  # noqa: E402
 
 
 def main() -> None:
@@ -124,7 +124,9 @@ def main() -> None:
     scorer.candidate_losses = timed("cand", scorer.candidate_losses)
     scorer.evaluate = timed("dev", scorer.evaluate)
     ckpt = Path(tempfile.mkdtemp()) / "bench.ckpt"
-    identity = search.identity()
+    from autoprompt_py.search.record import identity as search_identity
+
+    identity = search_identity(search)
 
     rows = []
     for it in range(args.warmup + args.iters):

@@ -212,7 +212,7 @@ def main() -> None:
                     )
                     search = base.reconfigure(config)
                     started = time.perf_counter()
-                    state = search.run(search.start(initial), progress=False)
+                    state = search.run(search.start(initial))
                     wall = time.perf_counter() - started
                     best = state.best_trigger
                     run = {

@@ -39,9 +39,8 @@ def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
         is_package = path.name == "__init__.py"
         targets: set[str] = set()
         tree = ast.parse(path.read_text(encoding="utf-8"))
-        for node in ast.walk(tree):  # imports under `if TYPE_CHECKING:` never run: no edge
-            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-                node.body = []
+        # every import counts, those under `if TYPE_CHECKING:` too: a type-only import is a
+        # dependency of the design even if it never runs
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 targets.update(a.name for a in node.names)
@@ -108,6 +107,18 @@ def test_the_graph_sees_lazy_and_relative_imports(tmp_path):
     assert graph[f"{ROOT}.sub"] == {f"{ROOT}.sub.leaf"}
     assert graph[f"{ROOT}.top"] == {f"{ROOT}.sub", f"{ROOT}.sub.leaf"}
     assert find_cycle(graph) is not None
+
+
+def test_type_only_imports_count(tmp_path):
+    pkg = tmp_path / ROOT
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from autoprompt_py import b\n")
+    (pkg / "b.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from autoprompt_py.a import x\n"
+    )
+    modules = {f"{ROOT}.{p.stem}": p for p in pkg.glob("[ab].py")}
+    assert find_cycle(import_graph(modules)) is not None
 
 
 def test_no_import_cycles_in_the_package():

@@ -17,9 +17,10 @@ from tiny_models import FAMILIES, MULTI_PIECE_WORDS
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from autoprompt_py.data import Example
-from autoprompt_py.evaluation import probe_relations, score_templates
+from autoprompt_py.evaluation import score_templates
 from autoprompt_py.metrics import bootstrap_interval, classification_metrics, rank_metrics
 from autoprompt_py.model import load_model
+from autoprompt_py.probing import probe_relations
 from autoprompt_py.resources import NamedTemplate
 from autoprompt_py.scoring import classify, probe_facts
 from autoprompt_py.template import parse_template

@@ -28,7 +28,7 @@ from autoprompt_py.search import (
     run_search,
     trigger_ids_from_words,
 )
-from autoprompt_py.search.objective import write_triggers
+from autoprompt_py.search.scorer import write_triggers
 
 SST = [
     ("the movie was great , really", 1),
@@ -445,12 +445,12 @@ def test_patience_positions_and_selection(lms, data):
     search = TriggerSearch(
         lm, task_of(data), SearchConfig(**{**CONFIG, "iters": 50, "patience": 3})
     )
-    state = search.run(search.start(), progress=False)
+    state = search.run(search.start())
     assert state.stopped == "patience" and state.iteration < 50
     assert state.since_best == 3 and state.iteration - state.best_iteration == 3
 
     sweep = TriggerSearch(lm, task_of(data), SearchConfig(**{**CONFIG, "position": "sweep"}))
-    state = sweep.run(sweep.start(), progress=False)
+    state = sweep.run(sweep.start())
     assert [h["position"] for h in state.history if not h["accepted"]] == [
         (h["iteration"] - 1) % 3 for h in state.history if not h["accepted"]
     ]
@@ -459,7 +459,7 @@ def test_patience_positions_and_selection(lms, data):
         s = TriggerSearch(
             lm, task_of(data), SearchConfig(**{**CONFIG, "position": position, "select": select})
         )
-        state = s.run(s.start(), progress=False)
+        state = s.run(s.start())
         assert state.iteration == 6
         assert any(h["accepted"] for h in state.history) or select == "metric"
         assert all(h["train_loss"] > 0 for h in state.history)

@@ -357,3 +357,38 @@ def test_labels_errors(files, tmp_path):
     assert_user_error(r, "--trigger", "1 token for the 2 trigger slots", absent=[out])
     r = invoke(*base, "--template", TEMPLATE, "--label-field", "nope")
     assert_user_error(r, "no label field 'nope'", absent=[out])
+
+
+def test_an_existing_result_is_kept_unless_resume_or_force(files, tmp_path):
+    out = tmp_path / "r.json"
+    assert invoke(*search_args(files, out, "--iters", "1")).exit_code == 0
+    before = out.read_bytes(), Path(f"{out}.ckpt").read_bytes()
+    r = invoke(*search_args(files, out, "--iters", "1"))
+    assert_user_error(r, f"--output {out} already exists", "--resume", "--force")
+    assert (out.read_bytes(), Path(f"{out}.ckpt").read_bytes()) == before
+    out.unlink()  # a checkpoint alone is kept too
+    r = invoke(*search_args(files, out, "--iters", "1"))
+    assert_user_error(r, f"--checkpoint {out}.ckpt already exists", "--resume", "--force")
+    r = invoke(*search_args(files, out, "--iters", "2", "--resume"))
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(out.read_text())["iterations"] == 2
+    r = invoke(*search_args(files, out, "--iters", "1", "--force"))
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(out.read_text())["iterations"] == 1
+    labels = ["labels", "--model", files["bert"], "--device", "cpu", "--train", files["train.tsv"]]
+    labels += ["--template", TEMPLATE, "--per-class", "1", "--output", tmp_path / "v.json"]
+    assert invoke(*labels).exit_code == 0
+    assert_user_error(invoke(*labels), "v.json already exists", "--force")
+    assert invoke(*labels, "--force").exit_code == 0
+
+
+def test_each_warning_prints_once(files, tmp_path):
+    one_label = tmp_path / "ones.tsv"
+    one_label.write_text("sentence\tlabel\n" + "".join(f"{s}\t1\n" for s, y in SST if y == 1))
+    files = {**files, "ones.tsv": one_label}
+    out = tmp_path / "w.json"
+    r = invoke(*search_args(files, out, "--time-budget", "1e-9", train="ones.tsv"))
+    assert r.exit_code == 0, r.stderr
+    assert r.stderr.count("allowed no iteration") == 1, r.stderr
+    assert r.stderr.count("never occur in") == 1, r.stderr
+    assert all(line.startswith("warning: ") for line in r.stderr.splitlines()), r.stderr

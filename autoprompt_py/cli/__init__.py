@@ -38,7 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Search trigger tokens for the [T] slots of a template (GCG or AutoPrompt).",
     ),
     "labels": (
-        "autoprompt_py.cli.search",
+        "autoprompt_py.cli.labels",
         "Find label words for each class (AutoPrompt's label search); write a verbalizer.",
     ),
     "plot": (

@@ -311,7 +311,13 @@ def probe(
     from autoprompt_py.data import read_facts
     from autoprompt_py.distributed import require_rows
     from autoprompt_py.model import load_model
-    from autoprompt_py.probing import KINDS, averages, probe_templates, templates_by_relation
+    from autoprompt_py.probing import (
+        KINDS,
+        averages,
+        probe_templates,
+        reported_kind,
+        templates_by_relation,
+    )
     from autoprompt_py.resources import check_trigger_ids, load_templates
     from autoprompt_py.results import provenance, refuse_overwrite, write_json
     from autoprompt_py.vocab import read_vocab
@@ -358,9 +364,7 @@ def probe(
                 "were cut from their shortenable field",
                 err=True,
             )
-    primary = "ensemble" if ensemble and any(p.ensemble for p in probes) else "first"
-    if primary == "first" and any(len(p.dev) for p in probes):
-        primary = "best-dev"
+    primary = reported_kind(probes)
     split = any(len(p.dev) for p in probes)
     if split:
         click.echo(
@@ -407,7 +411,7 @@ def probe(
                     },
                 ),
                 "reported": primary,
-                "relations": [_relation_json(p, primary, predictions) for p in probes],
+                "relations": [p.to_json(primary, predictions) for p in probes],
                 **summary[primary],
                 "averages": summary,
             },
@@ -480,57 +484,6 @@ def _probe_table(probes, calibrate: bool) -> None:
                 row += cells(cal[avg] if cal else None)
             rows.append(row + [""])
     _table(header + ["template text"], rows)
-
-
-def _relation_json(p, primary: str, predictions: bool) -> dict:
-    import numpy as np
-
-    def member(m) -> dict:
-        out = {"name": m.name, "template": m.template, **p.metrics(m.ranks)}
-        if len(p.dev):
-            out["dev"] = p.metrics(m.ranks, "dev")
-        if m.cal_ranks is not None:
-            out["calibrated"] = p.metrics(m.cal_ranks)
-            if len(p.dev):
-                out["calibrated"]["dev"] = p.metrics(m.cal_ranks, "dev")
-        if m.p_cf_top is not None:
-            out["p_cf_top5"] = m.p_cf_top
-        return out
-
-    main = p.kind(primary) or p.members[0]
-    out = {
-        "relation": p.relation,
-        "template": main.template,
-        "reported": main.name,
-        "facts": len(p.facts),
-        "skipped": p.skipped,
-        "dev": len(p.dev),
-        **p.metrics(main.ranks),
-        "truncated": p.truncated,
-        "templates": [member(m) for m in p.members],
-    }
-    if main.cal_ranks is not None:
-        out["calibrated"] = p.metrics(main.cal_ranks)
-    if len(p.dev):
-        out["best"] = p.members[p.best].name
-        if p.best_cal is not None:
-            out["best_calibrated"] = p.members[p.best_cal].name
-    if p.ensemble is not None:
-        out["ensemble"] = member(p.ensemble)
-    if predictions:
-        position = np.cumsum(p.scored) - 1
-        dev = set(p.dev.tolist())
-        out["predictions"] = [
-            {
-                "sub_label": f.fields.get("sub_label"),
-                "obj_label": f.label,
-                "rank": int(main.ranks[position[i]]) if s else None,
-                "split": ("dev" if position[i] in dev else "test") if s else None,
-                "top": main.top[position[i]] if s else [],
-            }
-            for i, (f, s) in enumerate(zip(p.facts, p.scored))
-        ]
-    return out
 
 
 def _score_row(rank: str, r, labels: list[str]) -> list[str]:

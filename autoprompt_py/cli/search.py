@@ -1,18 +1,18 @@
-"""``autoprompt search`` (trigger tokens) and ``autoprompt labels`` (label words)."""
+"""``autoprompt search``: trigger tokens for a template's [T] slots (``search.run_search``);
+the token filter options are shared with ``autoprompt labels``."""
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from collections.abc import Callable
 
 import click
 
 from autoprompt_py.cli.common import model_options, parse_columns, quiet_transformers
-from autoprompt_py.results import check_output_path, output_lock, write_json
+from autoprompt_py.results import output_lock, refuse_overwrite
 
 
-def _filter_options(f: Callable) -> Callable:
+def filter_options(f: Callable) -> Callable:
     options = [
         click.option(
             "--filter-subwords/--no-filter-subwords",
@@ -45,7 +45,7 @@ def _filter_options(f: Callable) -> Callable:
     return f
 
 
-def _filters(
+def token_filters(
     label_words: bool, subwords: bool, non_alpha: bool, capitalized: bool, stop_list: str | None
 ):
     from autoprompt_py.search import TokenFilters, read_stop_list
@@ -76,28 +76,46 @@ class BatchTokens(click.ParamType):
         return tokens
 
 
-def _require_rows(rows: list, source: str) -> None:
+def require_rows(rows: list, source: str) -> None:
     """Under torchrun: at least one row per process."""
-    from autoprompt_py.distributed import require_rows
+    from autoprompt_py import distributed
 
-    require_rows(len(rows), source)
+    distributed.require_rows(len(rows), source)
 
 
-def _check_output(path: str) -> None:
-    check_output_path(path)
+class _MethodChoice(click.Choice):
+    """The registered search methods (``search.method.METHODS``), read when needed: the
+    registry imports torch, which ``autoprompt --help`` must not wait for."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+
+    @property
+    def choices(self):  # noqa: D102
+        from autoprompt_py.search.method import METHODS
+
+        return list(METHODS)
+
+    @choices.setter
+    def choices(self, value) -> None:
+        pass
+
+
+class _MethodOption(click.Option):
+    """--method, its help written from the registry when help is shown."""
+
+    def get_help_record(self, ctx):
+        from autoprompt_py.search.method import METHODS
+
+        self.help = "; ".join(f"{m.name}: {m.help}" for m in METHODS.values()) + "."
+        return super().get_help_record(ctx)
 
 
 def _config_options(f: Callable) -> Callable:
     """The options that become the SearchConfig (collected as ``**settings``)."""
     options = [
         click.option(
-            "--method",
-            type=click.Choice(["gcg", "autoprompt"]),
-            default="gcg",
-            show_default=True,
-            help="gcg: many candidate triggers per step, changing several slots, moving to the "
-            "best even if worse (Zou et al., 2023); autoprompt: one slot's HotFlip flips, "
-            "taken only if better (Shin et al., 2020).",
+            "--method", cls=_MethodOption, type=_MethodChoice(), default="gcg", show_default=True
         ),
         click.option(
             "--iters",
@@ -110,7 +128,7 @@ def _config_options(f: Callable) -> Callable:
             "--time-budget",
             type=float,
             default=None,
-            help="Seconds of search; stops at the first iteration boundary past it.",
+            help="Seconds of search; checked after every model chunk (see budget_overshoot).",
         ),
         click.option(
             "--max-forward-passes",
@@ -313,12 +331,13 @@ def _config_options(f: Callable) -> Callable:
     show_default=True,
     help="Exclude the label words (relation mode: the training objects).",
 )
-@_filter_options
+@filter_options
 @click.option("--output", required=True, help="Result JSON file.")
 @click.option(
     "--checkpoint", default=None, help="State file, saved every iteration [default: <output>.ckpt]."
 )
 @click.option("--resume", is_flag=True, help="Continue the run saved in the checkpoint.")
+@click.option("--force", is_flag=True, help="Replace an existing result and checkpoint.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def search(
     model_name: str,
@@ -346,6 +365,7 @@ def search(
     output: str,
     checkpoint: str | None,
     resume: bool,
+    force: bool,
     quiet: bool,
     **settings,
 ) -> None:
@@ -353,25 +373,23 @@ def search(
     from autoprompt_py.errors import AutopromptError
     from autoprompt_py.model import load_model
     from autoprompt_py.search import SearchConfig, load_task, run_search
+    from autoprompt_py.search.run import default_checkpoint
 
     quiet_transformers()
-    _check_output(output)
-    ckpt = f"{output}.ckpt" if checkpoint is None else checkpoint  # run_search's default
-    if check_output_path(ckpt, "--checkpoint") == check_output_path(output):
+    ckpt = default_checkpoint(output, checkpoint)
+    # a finished search is hours of work: never replaced without --resume or --force
+    keep = force or resume
+    target = refuse_overwrite(output, "--output", keep, True)
+    if refuse_overwrite(ckpt, "--checkpoint", keep, True) == target:
         raise AutopromptError(f"--checkpoint {ckpt} is the --output file; give another name")
-    click.get_current_context().with_resource(output_lock(output, ckpt))  # until the command ends
-    filters = _filters(
+    # locked before the model loads (run_search holds the same locks, re-entrantly)
+    click.get_current_context().with_resource(output_lock(output, ckpt))
+    filters = token_filters(
         filter_labels, filter_subwords, filter_non_alpha, filter_capitalized, stop_list
     )
     # the search settings: every option of _config_options, checked before the model loads;
-    # --max-batch-tokens auto is sized once the model is on its device
-    max_batch_tokens = settings.pop("max_batch_tokens")
-    config = SearchConfig(
-        **settings,
-        batch_size=batch_size,
-        dtype=dtype,
-        max_batch_tokens=65536 if max_batch_tokens == "auto" else max_batch_tokens,
-    )
+    # --max-batch-tokens auto is sized by run_search once the model is on its device
+    config = SearchConfig(**settings, batch_size=batch_size, dtype=dtype)
     task = load_task(
         template,
         train,
@@ -387,18 +405,11 @@ def search(
         dev_fraction,
         config.seed,
     )
-    _require_rows(task.train, train)
-    _require_rows(task.dev, dev or f"{train} (dev share)")
+    require_rows(task.train, train)
+    require_rows(task.dev, dev or f"{train} (dev share)")
     config.check_slots(task.template.num_triggers)
     # float32 weights; --dtype runs the passes under autocast
     lm = load_model(model_name, device, "float32")
-    if max_batch_tokens == "auto":
-        from autoprompt_py import distributed
-        from autoprompt_py.memory import auto_max_batch_tokens
-
-        # one budget for all ranks: the GPU with the least free memory decides
-        tokens = distributed.agree_min(auto_max_batch_tokens(lm, dtype))
-        config = dataclasses.replace(config, max_batch_tokens=tokens)
     record = {
         "model": model_name,
         "device": str(lm.device),
@@ -415,7 +426,7 @@ def search(
         "dev_limit": dev_limit,
         "initial_trigger": initial_trigger,
         "resume": resume,
-        "max_batch_tokens_option": max_batch_tokens,
+        "max_batch_tokens_option": config.max_batch_tokens,
     }
     outcome = run_search(
         lm,
@@ -445,92 +456,4 @@ def search(
         sys.exit(130)
 
 
-@click.command("labels")
-@model_options
-@click.option("--train", required=True, help="Labeled examples (.tsv/.csv/.jsonl).")
-@click.option(
-    "--template",
-    required=True,
-    help="Template text with [P] (and [T] slots), a template file, or a search result.",
-)
-@click.option(
-    "--trigger", default=None, help="Words for the [T] slots, one each (default: the mask token)."
-)
-@click.option("--label-field", default="label", show_default=True)
-@click.option(
-    "--columns",
-    default=None,
-    help="Comma-separated column names for a delimited file without a header.",
-)
-@click.option(
-    "--train-limit", type=click.IntRange(min=1), default=None, help="Use only the first N examples."
-)
-@click.option(
-    "--per-class",
-    type=click.IntRange(min=1),
-    default=3,
-    show_default=True,
-    help="Label words to keep per class.",
-)
-@click.option(
-    "--l2",
-    type=click.FloatRange(min=0),
-    default=1.0,
-    show_default=True,
-    help="L2 penalty of the logistic regression (stronger: steadier words).",
-)
-@click.option("--seed", type=int, default=0, show_default=True)
-@_filter_options
-@click.option("--output", required=True, help="Verbalizer JSON file to write.")
-def labels(
-    model_name: str,
-    device: str,
-    dtype: str,
-    batch_size: int,
-    train: str,
-    template: str,
-    trigger: str | None,
-    label_field: str,
-    columns: str | None,
-    train_limit: int | None,
-    per_class: int,
-    l2: float,
-    seed: int,
-    filter_subwords: bool,
-    filter_non_alpha: bool,
-    filter_capitalized: bool,
-    stop_list: str | None,
-    output: str,
-) -> None:
-    """Find label words for each class (AutoPrompt's label search); write a verbalizer."""
-    from autoprompt_py.data import check_fields, read_examples
-    from autoprompt_py.errors import AutopromptError
-    from autoprompt_py.labels import search_labels
-    from autoprompt_py.model import load_model
-    from autoprompt_py.resources import load_templates
-    from autoprompt_py.search import trigger_ids_from_words
-
-    quiet_transformers()
-    _check_output(output)
-    named = load_templates(template)
-    if len(named) != 1:
-        raise AutopromptError(f"--template {template}: holds {len(named)} templates; give one")
-    tpl = named[0].template
-    examples = read_examples(train, label_field, parse_columns(columns), train_limit)
-    check_fields(examples, tpl.fields, tpl.source)
-    _require_rows(examples, train)
-    filters = _filters(False, filter_subwords, filter_non_alpha, filter_capitalized, stop_list)
-    lm = load_model(model_name, device, dtype)
-    if trigger is not None:
-        tpl = tpl.with_triggers(trigger_ids_from_words(lm.tokenizer, tpl, trigger, "--trigger"))
-    found = search_labels(lm, tpl, examples, per_class, filters, batch_size, l2, seed)
-    write_json(output, found.verbalizer)
-    for label, words in found.scores.items():
-        click.echo(f"{label}: " + ", ".join(f"{w} ({s:+.3f})" for w, s in words))
-    click.echo(
-        f"classifier train accuracy {found.train_accuracy:.3f} on {found.n} examples; "
-        f"wrote {output}"
-    )
-
-
-COMMANDS = [search, labels]
+COMMANDS = [search]

@@ -8,12 +8,13 @@
     outcome = run_search(lm, task, SearchConfig(iters=100, seed=0), output="trigger.json")
     outcome.result["prompt"], outcome.result["dev"]["accuracy"]
 
-Rooms: ``task`` (reading and checking the problem), ``tensors`` (the data encoded once),
-``objective`` (losses and the model passes), ``candidates`` (HotFlip and token filters),
-``config`` (the settings), ``state`` (the search state and checkpoints), ``engine`` (what both
-methods share: evaluation, best so far, restarts, budgets, cost, the result), the methods
-``autoprompt`` and ``gcg`` (one step each), ``trigger`` (a whole run: resume, checkpoints,
-the result file).
+Modules: ``task`` (reading and checking the problem), ``tensors`` (the data encoded once),
+``scorer`` (losses and the model passes), ``candidates`` (HotFlip and token filters),
+``config`` (the settings), ``state`` (the search state and checkpoints), ``budget`` (clock,
+cost, stopping rules), ``move`` (the method boundary) and ``method`` (the registry), the
+methods ``gcg`` and ``autoprompt``, ``engine`` (evaluation, best so far, restarts, the loop),
+``record`` (identity, warnings, the result), ``run`` (a whole run: locks, resume,
+checkpoints, progress bar, the result file).
 """
 
 from autoprompt_py.search.candidates import (
@@ -25,7 +26,10 @@ from autoprompt_py.search.candidates import (
 )
 from autoprompt_py.search.config import SearchConfig
 from autoprompt_py.search.engine import TriggerSearch
-from autoprompt_py.search.objective import (
+from autoprompt_py.search.method import METHODS, register
+from autoprompt_py.search.move import Method, Move
+from autoprompt_py.search.run import SearchOutcome, run_search, trigger_ids_from_words
+from autoprompt_py.search.scorer import (
     ClassificationObjective,
     Objective,
     RelationObjective,
@@ -34,10 +38,12 @@ from autoprompt_py.search.objective import (
 from autoprompt_py.search.state import SearchState, load_checkpoint, save_checkpoint
 from autoprompt_py.search.task import SearchTask, load_task
 from autoprompt_py.search.tensors import SplitTensors
-from autoprompt_py.search.trigger import SearchOutcome, run_search, trigger_ids_from_words
 
 __all__ = [
+    "METHODS",
     "ClassificationObjective",
+    "Method",
+    "Move",
     "Objective",
     "RelationObjective",
     "SearchConfig",
@@ -54,6 +60,7 @@ __all__ = [
     "load_checkpoint",
     "load_task",
     "read_stop_list",
+    "register",
     "run_search",
     "save_checkpoint",
     "trigger_ids_from_words",

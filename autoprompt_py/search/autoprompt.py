@@ -16,19 +16,35 @@ flip is always taken: the original keeps a [MASK] whenever no flip of it beats i
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
-from autoprompt_py.search.candidates import hotflip_candidates
-from autoprompt_py.search.move import Move
-
-if TYPE_CHECKING:
-    from autoprompt_py.search.engine import TriggerSearch
-    from autoprompt_py.search.state import SearchState
+from autoprompt_py.search.candidates import hotflip_candidates, warn_candidates
+from autoprompt_py.search.move import Move, SearchView
+from autoprompt_py.search.state import SearchState
 
 
-def _slots(search: TriggerSearch, state: SearchState, rng: np.random.Generator) -> list[int]:
+class AutoPrompt:
+    """The AutoPrompt method (``method.Method``); it keeps no state of its own."""
+
+    name = "autoprompt"
+    help = "one slot's HotFlip flips, taken only if better (Shin et al., 2020)"
+    options = ("num_cand", "position")
+    # AutoPrompt's 10 (few candidates, many rows)
+    accumulation = {"classification": 10, "relation": 10}
+
+    def check(self, config: Any, slots: int) -> None:
+        pass  # --position, --num-cand: checked by SearchConfig (any slot count works)
+
+    def prepare(self, search: SearchView) -> None:
+        warn_candidates(search.allowed, "--num-cand", search.config.num_cand)
+
+    def propose(self, search: SearchView, state: SearchState, rng: np.random.Generator) -> Move:
+        return propose(search, state, rng)
+
+
+def _slots(search: SearchView, state: SearchState, rng: np.random.Generator) -> list[int]:
     n_slots = len(state.trigger)
     special = search.special_slots(state.trigger)
     position = search.config.position
@@ -43,15 +59,15 @@ def _slots(search: TriggerSearch, state: SearchState, rng: np.random.Generator) 
     return special or list(range(n_slots))
 
 
-def propose(search: TriggerSearch, state: SearchState, rng: np.random.Generator) -> Move:
+def propose(search: SearchView, state: SearchState, rng: np.random.Generator) -> Move:
     config = search.config
     grad_batches, candidate_rows = search.sample(rng)
     slots = _slots(search, state, rng)
     forced = bool(search.special_slots(state.trigger))
 
-    trigger = search._tensor(state.trigger)
+    trigger = search.ids(state.trigger)
     grad = search.scorer.gradient(search.train, grad_batches, trigger)
-    slot_tensor = search._tensor(slots)
+    slot_tensor = search.ids(slots)
     candidates = hotflip_candidates(
         grad[slot_tensor], search.embeddings, search.allowed, config.num_cand, trigger[slot_tensor]
     )

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from autoprompt_py.calibration import DEFAULT_CONTENT_FREE, content_free_examples
-from autoprompt_py.search.objective import write_triggers
+from autoprompt_py.search.scorer import Objective, write_triggers
 from autoprompt_py.search.tensors import SplitTensors
 
 
@@ -24,30 +24,17 @@ class CalibratedObjective:
     dev evaluation that chooses the best trigger uses it.
     """
 
-    def __init__(self, base, p_cf: torch.Tensor) -> None:
+    def __init__(self, base: Objective, p_cf: torch.Tensor) -> None:
         self.base = base
         self.log_p_cf = p_cf.log()
         self.mask_counts = base.mask_counts
         self.metric = base.metric
 
-    def _log_probs(self, logits: dict[int, torch.Tensor]) -> torch.Tensor:
-        """Log-probabilities over the labels (or candidates) before calibration."""
-        if hasattr(self.base, "label_scores"):
-            return self.base.label_scores(logits).float().log_softmax(-1)
-        scores = logits[1][:, 0].float()
-        ids = self.base.eval_ids
-        return (scores if ids is None else scores[:, ids]).log_softmax(-1)
-
     def loss_and_outcome(
         self, logits: dict[int, torch.Tensor], gold: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        cal = (self._log_probs(logits) - self.log_p_cf).log_softmax(-1)
-        if hasattr(self.base, "label_scores"):
-            return -cal.gather(1, gold[:, None]).squeeze(1), cal.argmax(1)
-        ids = self.base.eval_ids
-        column = gold if ids is None else torch.searchsorted(ids, gold)
-        target = cal.gather(1, column[:, None])
-        return -target.squeeze(1), (cal > target).sum(1) + 1
+        cal = (self.base.answer_log_probs(logits) - self.log_p_cf).log_softmax(-1)
+        return self.base.judge(cal, gold)
 
     def hits(self, outcome: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
         return self.base.hits(outcome, gold)
@@ -56,12 +43,11 @@ class CalibratedObjective:
         return self.base.metrics(outcome, gold, loss)
 
 
-def search_p_cf(search, trigger: Sequence[int], texts: Sequence[str] = DEFAULT_CONTENT_FREE):
-    """p_cf of a trigger search's template with ``trigger`` written in: one content-free row
-    per text through the search's own scorer (a trivial cost next to the dev set)."""
+def content_free_split(search, texts: Sequence[str] = DEFAULT_CONTENT_FREE) -> SplitTensors:
+    """The content-free rows of a search's template (one per text), encoded once."""
     lm, template = search.lm, search.task.template
     rows = content_free_examples(template, texts, lm.tokenizer.mask_token)
-    split = SplitTensors(
+    return SplitTensors(
         template,
         lm.tokenizer,
         lm.max_length,
@@ -70,11 +56,18 @@ def search_p_cf(search, trigger: Sequence[int], texts: Sequence[str] = DEFAULT_C
         search.objective.mask_counts,
         lm.device,
     )
-    views = split.batch(np.arange(len(rows)))
-    ids = torch.as_tensor(list(trigger), dtype=torch.long, device=lm.device)
+
+
+def search_p_cf(search, trigger: Sequence[int], split: SplitTensors | None = None):
+    """p_cf of a trigger search's template with ``trigger`` written in: the content-free rows
+    (``split``, default: encoded now) through the search's own scorer (a trivial cost next
+    to the dev set)."""
+    split = split if split is not None else content_free_split(search)
+    views = split.batch(np.arange(len(split)))
+    ids = torch.as_tensor(list(trigger), dtype=torch.long, device=search.lm.device)
     with torch.inference_mode():
         logits = search.scorer.logits(
             views, ids={k: write_triggers(b, ids) for k, b in views.items()}
         )
-        log_probs = CalibratedObjective(search.objective, torch.ones(1))._log_probs(logits)
+        log_probs = search.objective.answer_log_probs(logits)
     return log_probs.exp().mean(0)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from autoprompt_py.errors import AutopromptError
+from autoprompt_py.errors import AutopromptError, warn
 from autoprompt_py.textfile import read_text
 
 
@@ -193,3 +193,14 @@ def hotflip_candidates(
     available = int(torch.isfinite(scores).sum(1).min())
     k = max(1, min(num_candidates, available))
     return scores.topk(k, dim=1).indices
+
+
+def warn_candidates(allowed: torch.Tensor, option: str, wanted: int) -> None:
+    """Warn when a method asks for more candidates per slot than the filters leave
+    (``allowed``): ``hotflip_candidates`` proposes at most those, less the current token."""
+    left = int(allowed.sum())
+    if wanted > left - 1:
+        warn(
+            f"{option} {wanted} is more than the {left - 1} other tokens the filters leave "
+            f"in this model's vocabulary; using {max(1, left - 1)}"
+        )

@@ -11,21 +11,13 @@ import dataclasses
 from dataclasses import dataclass
 
 from autoprompt_py.errors import AutopromptError
+from autoprompt_py.search.method import METHODS
+from autoprompt_py.search.move import Method
 
-METHODS = ("gcg", "autoprompt")
 POSITIONS = ("random", "sweep", "all")
 SELECT = ("loss", "metric")
 INITIAL = ("random", "mask")
 OBJECTIVES = ("labels", "vocab")
-# batches for the gradient and for the candidates, by method and mode: AutoPrompt's 10 (few
-# candidates, many rows); GCG scores many candidates, each on fewer rows, and on relations (a few
-# hundred short facts) more, cheaper steps win (measured: see the README)
-DEFAULT_ACCUMULATION = {
-    ("autoprompt", "classification"): 10,
-    ("autoprompt", "relation"): 10,
-    ("gcg", "classification"): 6,
-    ("gcg", "relation"): 2,
-}
 
 
 def _at_least(option: str, value: float | None, low: float, what: str = "") -> None:
@@ -80,14 +72,14 @@ class SearchConfig:
     calibrate: bool = False  # the dev metric on calibrated probabilities (Zhao et al. 2021)
     patience: int | None = None
     seed: int = 0
-    max_batch_tokens: int = 65536
+    max_batch_tokens: int | str = 65536  # "auto": from the free GPU memory (run_search)
     max_rows: int | None = None
     dtype: str = "float32"
     train_eval_limit: int | None = 2000
 
     def __post_init__(self) -> None:
         for name, allowed in (
-            ("method", METHODS),
+            ("method", tuple(METHODS)),
             ("position", POSITIONS),
             ("select", SELECT),
             ("initial", INITIAL),
@@ -105,12 +97,13 @@ class SearchConfig:
             "n_replace",
             "topk",
             "restarts",
-            "max_batch_tokens",
             "max_rows",
             "patience",
             "max_forward_passes",
         ):
             _at_least(name.replace("_", "-"), getattr(self, name), 1, "a whole number ≥ 1")
+        if self.max_batch_tokens != "auto":
+            _at_least("max-batch-tokens", self.max_batch_tokens, 1, "a whole number ≥ 1")
         _at_least("iters", self.iters, 0, "a whole number ≥ 0")
         _at_least("buffer-size", self.buffer_size, 0, "a whole number ≥ 0 (0: no buffer)")
         if self.time_budget is not None and not self.time_budget > 0:
@@ -125,25 +118,23 @@ class SearchConfig:
         or ``relation``) filled in; the engine runs, checkpoints and records this one."""
         if self.accumulation_steps is not None:
             return self
-        steps = DEFAULT_ACCUMULATION[self.method, mode]
+        steps = self.search_method.accumulation[mode]
         return dataclasses.replace(self, accumulation_steps=steps)
 
+    @property
+    def search_method(self) -> Method:
+        """The registered method ``method`` names (``method.METHODS``)."""
+        return METHODS[self.method]
+
     def check_slots(self, slots: int) -> None:
-        """Checks that need the template's number of trigger slots."""
-        if self.method == "gcg" and self.n_replace > slots:
-            raise AutopromptError(
-                f"--n-replace {self.n_replace}: must be between 1 and the number of trigger "
-                f"slots ({slots})"
-            )
+        """Checks that need the template's number of trigger slots (the method's own)."""
+        self.search_method.check(self, slots)
 
     def identity(self) -> dict:
         """Settings a resumed run must share (iters, patience and the budgets may change: a run
         can be extended; memory budgets only split the same work differently)."""
         keys = ["method", "batch_size", "accumulation_steps", "restarts", "initial", "seed"]
         keys += ["dtype", "fluency", "select", "objective"]
-        if self.method == "autoprompt":
-            keys += ["num_cand", "position"]
-        else:
-            keys += ["search_width", "n_replace", "topk", "buffer_size"]
+        keys += self.search_method.options
         keys += ["calibrate"] if self.calibrate else []  # older checkpoints still resume
         return {k: getattr(self, k) for k in keys}

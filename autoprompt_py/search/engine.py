@@ -1,7 +1,8 @@
-"""The engine both search methods share: the task encoded once, dev evaluation, best-so-far
-bookkeeping, restarts, budgets, cost accounting, the progress bar and the result file.
+"""The engine every search method shares: the task encoded once, dev evaluation, best-so-far
+bookkeeping, restarts, the loop and the result record (the clock, cost and stopping rules are
+``budget.py``'s; the progress bar and the result file ``run.py``'s).
 
-A method (``autoprompt.py``, ``gcg.py``) only proposes where the trigger goes next: its
+A method (``autoprompt.py``, ``gcg.py``, any registered in ``method.py``) only proposes where the trigger goes next: its
 ``propose(search, state, rng)`` returns a ``Move``. The engine then evaluates the new trigger
 on dev, updates the best so far and commits the state, so an interrupt inside an iteration
 leaves the state as after the previous one and ``resume`` redoes it exactly.
@@ -15,29 +16,28 @@ Rules the engine keeps for both methods:
   of the time and forward-pass budgets (a restart that stops early leaves its share to the
   next); restart 0 starts from ``--initial-trigger`` (or ``config.initial``), later ones from
   random allowed tokens;
-* budgets are checked at iteration boundaries: a search stops at the first boundary past them.
+* budgets are checked after every model chunk (``budget.py``): the iteration running when
+  one runs out is dropped, so a search stops at most one chunk past it.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
-import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from autoprompt_py import distributed
-from autoprompt_py.errors import AutopromptError, warn
+from autoprompt_py.errors import AutopromptError
 from autoprompt_py.model import MaskedLM
-from autoprompt_py.resources import RESULT_KIND
-from autoprompt_py.results import provenance
-from autoprompt_py.search import autoprompt, gcg
-from autoprompt_py.search.calibrated import CalibratedObjective, search_p_cf
+from autoprompt_py.search.budget import Budget, BudgetSpent
+from autoprompt_py.search.calibrated import (
+    CalibratedObjective,
+    content_free_split,
+    search_p_cf,
+)
 from autoprompt_py.search.candidates import (
     TokenFilters,
     VocabStrings,
@@ -46,10 +46,9 @@ from autoprompt_py.search.candidates import (
 )
 from autoprompt_py.search.config import SearchConfig
 from autoprompt_py.search.fluency import TriggerFluency
-from autoprompt_py.search.move import Move  # noqa: F401  (re-exported)
-from autoprompt_py.search.objective import (
+from autoprompt_py.search.move import Method
+from autoprompt_py.search.scorer import (
     ClassificationObjective,
-    Cost,
     Objective,
     RelationObjective,
     TriggerScorer,
@@ -58,10 +57,6 @@ from autoprompt_py.search.state import SearchState
 from autoprompt_py.search.task import SearchTask
 from autoprompt_py.search.tensors import SplitTensors
 from autoprompt_py.vocab import single_token_id, vocab_token_ids
-
-log = logging.getLogger("autoprompt_py.search")
-
-METHODS = {"autoprompt": autoprompt.propose, "gcg": gcg.propose}
 
 
 @dataclass
@@ -93,11 +88,13 @@ class TriggerSearch:
         task: SearchTask,
         config: SearchConfig | None = None,
         filters: TokenFilters | None = None,
+        method: Method | None = None,
     ) -> None:
         filters = filters or TokenFilters()
         config = (config or SearchConfig()).for_mode(task.mode)
         config.check_slots(task.template.num_triggers)
         self.lm, self.task, self.config, self.filters = lm, task, config, filters
+        self.method = method or config.search_method
         tokenizer = lm.tokenizer
         template = task.template
         self.counts: dict[str, dict] = {}
@@ -140,25 +137,15 @@ class TriggerSearch:
             lm.device
         )
         self.special = special_tokens(tokenizer, self.vocab)
-        # hotflip_candidates proposes at most the allowed tokens, less the current one
-        left = int(self.allowed.sum())
-        option, wanted = (
-            ("--num-cand", config.num_cand)
-            if config.method == "autoprompt"
-            else ("--topk", config.topk)
-        )
-        if wanted > left - 1:
-            warn(
-                f"{option} {wanted} is more than the {left - 1} other tokens the filters leave "
-                f"in this model's vocabulary; using {max(1, left - 1)}"
-            )
         self.embeddings = lm.embeddings.detach()
         if self.embeddings.dtype != torch.float32:
             self.embeddings = self.embeddings.float()
         # the trigger's pseudo-log-likelihood: --fluency's selection term, and the result's
         # pseudo-perplexity (one row per slot, in the template without its fields)
         self.fluency = TriggerFluency(lm, template)
-        self._clock: tuple[float, float] | None = None  # (perf_counter, state.seconds) at start
+        self.budget = Budget(config, self.scorer)
+        self._content_free: SplitTensors | None = None  # --calibrate's rows
+        self.method.prepare(self)
 
     def reconfigure(self, config: SearchConfig) -> TriggerSearch:
         """The same encoded task under other search settings (memory budgets must agree):
@@ -167,6 +154,7 @@ class TriggerSearch:
         config = config.for_mode(self.task.mode)
         config.check_slots(self.task.template.num_triggers)
         other.config = config
+        other.method = config.search_method
         if isinstance(self.objective, ClassificationObjective):
             other.objective = ClassificationObjective(
                 self.objective.verbalizer, config.objective == "labels"
@@ -174,6 +162,7 @@ class TriggerSearch:
         other.scorer = TriggerScorer(
             self.lm, other.objective, config.max_batch_tokens, config.max_rows, config.dtype
         )
+        other.budget = Budget(config, other.scorer)
         return other
 
     def encode(self, examples: Sequence) -> SplitTensors:
@@ -244,10 +233,13 @@ class TriggerSearch:
         scorer, objective = self.scorer, self.objective
         if self.config.calibrate and split is self.dev:
             # the dev metric that picks the best trigger, on calibrated probabilities
-            objective = CalibratedObjective(objective, search_p_cf(self, trigger))
+            if self._content_free is None:  # encoded once, at the first calibrated evaluation
+                self._content_free = content_free_split(self)
+            p_cf = search_p_cf(self, trigger, self._content_free)
+            objective = CalibratedObjective(objective, p_cf)
             scorer = copy.copy(scorer)
             scorer.objective = objective
-        ev = scorer.evaluate(split, self._tensor(trigger), plan)
+        ev = scorer.evaluate(split, self.ids(trigger), plan)
         rows = torch.cat([idx for idx, _ in plan])
         gold = split.gold[rows]
         outcome, loss = ev.outcome[rows], ev.loss[rows]
@@ -281,7 +273,8 @@ class TriggerSearch:
             self.scorer.cost.forward_calls += self.fluency.forward_calls - before[1]
         return self.config.fluency * pll
 
-    def _tensor(self, ids: Sequence[int]) -> torch.Tensor:
+    def ids(self, ids: Sequence[int]) -> torch.Tensor:
+        """Token ids as a tensor on the model's device."""
         return torch.tensor(list(ids), dtype=torch.long, device=self.lm.device)
 
     def sample(self, rng: np.random.Generator) -> tuple[list[np.ndarray], np.ndarray]:
@@ -297,39 +290,11 @@ class TriggerSearch:
             batches = [rng.choice(n, b, replace=False) for _ in range(2 * steps)]
         return batches[:steps], np.concatenate(batches[steps:])
 
-    # -- clock and cost -------------------------------------------------------------------------
+    # -- clock and cost (budget.py) -------------------------------------------------------------
 
     def seconds(self, state: SearchState) -> float:
         """Search seconds so far: the state's, plus the running iteration's."""
-        if self._clock is None:
-            return state.seconds
-        t0, base = self._clock
-        return base + time.perf_counter() - t0
-
-    def _begin(self, state: SearchState) -> None:
-        self._clock = (time.perf_counter(), state.seconds)
-        self.scorer.cost = Cost(**state.cost)
-        self._cost_base = dict(state.cost)
-
-    def _global_cost(self) -> dict:
-        """The cost so far over all ranks: under torch.distributed each rank counts the rows it
-        ran (its shard), so the sharded counters are summed since the last commit; candidate
-        counts are the same on every rank. Called at the same points on every rank."""
-        cost = self.scorer.cost.record()
-        if distributed.world_size() == 1:
-            return cost
-        keys = ("forward_passes", "forward_calls", "backward_passes")
-        base = self._cost_base
-        delta = torch.tensor([cost[k] - base.get(k, 0) for k in keys], dtype=torch.long)
-        distributed.all_reduce_(delta)
-        return {**cost, **{k: base.get(k, 0) + int(d) for k, d in zip(keys, delta)}}
-
-    def _commit_clock(self, state: SearchState) -> None:
-        state.seconds = self.seconds(state)
-        state.cost = self._global_cost()
-        self.scorer.cost = Cost(**state.cost)
-        self._cost_base = dict(state.cost)
-        self._clock = None
+        return self.budget.seconds(state)
 
     # -- best so far ----------------------------------------------------------------------------
 
@@ -370,7 +335,7 @@ class TriggerSearch:
         state.curve.append(
             [
                 round(self.seconds(state), 3),
-                self._global_cost()["forward_passes"],
+                self.budget.global_cost()["forward_passes"],
                 state.best_dev,
             ]
         )
@@ -411,38 +376,47 @@ class TriggerSearch:
             rng={},
             initial={},
         )
-        self._begin(state)
+        self.budget.begin(state)
         scored = self.evaluate(self.dev, initial)
         self._consider(state, initial, scored)
         state.current_dev = scored.metric
-        state.initial = {"trigger": self._trigger_record(initial), "dev": scored.full()}
+        state.initial = {"trigger": self.trigger_record(initial), "dev": scored.full()}
         if state.best_dev is None:  # shown, not reported as best: it holds special tokens
             state.best_dev_metrics = state.initial["dev"]
         state.rng = rng.bit_generator.state
-        self._commit_clock(state)
+        self.budget.commit(state)
         return state
 
-    def step(self, state: SearchState) -> dict:
+    def step(self, state: SearchState) -> dict | None:
         """One iteration of the configured method; updates ``state`` only once the iteration
-        is complete. Returns the history entry."""
-        if self._clock is None:
-            self._begin(state)
+        is complete. Returns the history entry, or None when the budget ran out inside the
+        iteration (then only the state's clock and cost moved)."""
+        if not self.budget.running:
+            self.budget.begin(state)
+        self.budget.enter(state)
         try:
-            return self._step(state)
+            entry = self._step(state)
+        except BudgetSpent:  # the budget ran out inside the iteration: it is dropped
+            self.budget.abandon(state)
+            return None
         finally:
-            self._clock = None
+            self.budget.leave()
+        return entry
 
     def _step(self, state: SearchState) -> dict:
         rng = np.random.default_rng()
         rng.bit_generator.state = state.rng
-        move = METHODS[self.config.method](self, state, rng)
+        move = self.method.propose(self, state, rng)
         iteration = state.iteration + 1
+        self.budget.check()  # the step's own passes (the fluency bonus) may have spent it
         if move.moved:
             scored = self.evaluate(self.dev, move.trigger)
             dev, dev_loss = scored.metric, scored.mean_loss
         else:
             dev, dev_loss = state.current_dev, None
-        # commit: nothing above touched the state
+        self.budget.check()
+        # commit: nothing above touched the state; no budget check from here on
+        self.budget.leave()
         state.iteration = iteration
         state.restart_iteration += 1
         improved = move.moved and self._consider(state, move.trigger, scored)
@@ -460,49 +434,21 @@ class TriggerSearch:
         }
         state.trigger = list(move.trigger)
         state.current_dev = dev
-        if move.buffer is not None:
-            state.buffer = move.buffer
+        if move.state is not None:
+            state.method_state = move.state
         state.rng = rng.bit_generator.state
         state.history.append(entry)
-        self._commit_clock(state)
+        self.budget.commit(state)
         return entry
 
-    def _share(self, total: float | None, state: SearchState) -> float | None:
-        """The cumulative budget up to the end of the current restart."""
-        if total is None:
-            return None
-        return total * (state.restart + 1) / self.config.restarts
-
-    def _restart_over(self, state: SearchState) -> str | None:
-        """Why the current restart ends, or None; the same on every rank under
-        torch.distributed (a time budget is measured on each rank's clock)."""
-        reason = self._restart_reason(state)
-        if distributed.world_size() > 1 and distributed.agree_any(reason == "budget"):
-            return "budget"
-        return reason
-
-    def _restart_reason(self, state: SearchState) -> str | None:
-        c = self.config
-        if state.restart_iteration >= c.iters:
-            return "completed"
-        if c.patience is not None and state.since_best >= c.patience:
-            return "patience"
-        time_share = self._share(c.time_budget, state)
-        if time_share is not None and state.seconds >= time_share:
-            return "budget"
-        passes = self._share(c.max_forward_passes, state)
-        if passes is not None and state.cost.get("forward_passes", 0) >= passes:
-            return "budget"
-        return None
-
-    def _restart_record(self, state: SearchState) -> dict:
+    def restart_record(self, state: SearchState) -> dict:
         best = state.restart_best
         ids = best["trigger"] if best else state.trigger
         start = state.initial["trigger"] if state.restart == 0 else state.restart_initial
         return {
             "restart": state.restart,
             "initial": start["words"],
-            "trigger": self._trigger_record(ids),
+            "trigger": self.trigger_record(ids),
             "dev": best["dev"] if best else None,
             "iterations": state.restart_iteration,
         }
@@ -511,8 +457,8 @@ class TriggerSearch:
         """Close the current restart and start the next from random allowed tokens."""
         rng = np.random.default_rng()
         rng.bit_generator.state = state.rng
-        self._begin(state)
-        record = self._restart_record(state)
+        self.budget.begin(state)
+        record = self.restart_record(state)
         initial = self.initial_ids(rng, "random")
         scored = self.evaluate(self.dev, initial)
         # commit: nothing above touched the state (Ctrl-C in the evaluation redoes it)
@@ -521,168 +467,53 @@ class TriggerSearch:
         state.restart_iteration = 0
         state.restart_best = None
         state.since_best = 0
-        state.buffer = []
+        state.method_state = {}
         state.trigger = initial
         state.current_dev = scored.metric
-        state.restart_initial = self._trigger_record(initial)
+        state.restart_initial = self.trigger_record(initial)
         self._consider(state, initial, scored)
         state.rng = rng.bit_generator.state
-        self._commit_clock(state)
+        self.budget.commit(state)
 
     def run(
         self,
         state: SearchState,
         checkpoint: Callable[[SearchState], None] | None = None,
         on_iteration: Callable[[SearchState, dict], None] | None = None,
-        progress: bool = True,
     ) -> SearchState:
         """Iterate until every restart has used its iterations or budget share (or patience);
-        ``checkpoint(state)`` after each iteration."""
-        metric = self.objective.metric
+        ``checkpoint(state)`` after each iteration (and restart), ``on_iteration(state,
+        entry)`` after each completed iteration (``run_search``'s progress bar)."""
         c = self.config
-        budgeted = c.time_budget is not None or c.max_forward_passes is not None
         last_closed = state.stopped is not None and len(state.restarts) == state.restart + 1
         if last_closed and state.stopped != "patience":
             # resumed with more iterations or budget: reopen the last restart
             state.stopped = None
-            if self._restart_over(state) is None:
+            if self.budget.restart_over(state) is None:
                 state.restarts.pop()
             else:
-                state.stopped = self._restart_over(state)
-        with tqdm(
-            total=None if budgeted else c.iters * c.restarts,
-            initial=state.iteration,
-            desc=f"search ({c.method})",
-            unit="it",
-            disable=not progress,
-            dynamic_ncols=True,
-        ) as bar:
-            while state.stopped is None:
-                over = self._restart_over(state)
-                if over is not None:
-                    if state.restart + 1 >= c.restarts:
-                        state.stopped = over
-                        state.restarts.append(self._restart_record(state))
-                        if checkpoint is not None:
-                            checkpoint(state)
-                        break
-                    self._next_restart(state)
+                state.stopped = self.budget.restart_over(state)
+        while state.stopped is None:
+            over = self.budget.restart_over(state)
+            if over is not None:
+                if state.restart + 1 >= c.restarts:
+                    state.stopped = over
+                    state.restarts.append(self.restart_record(state))
                     if checkpoint is not None:
                         checkpoint(state)
-                    continue
-                entry = self.step(state)
+                    break
+                self._next_restart(state)
                 if checkpoint is not None:
                     checkpoint(state)
-                best = "-" if state.best_dev is None else f"{state.best_dev:.3f}"
-                dev = "-" if entry["dev"] is None else f"{entry['dev']:.3f}"
-                bar.set_postfix_str(
-                    f"r{state.restart} dev {metric} {dev} best {best} | "
-                    + " ".join(self.words(state.trigger)),
-                    refresh=False,
-                )
-                bar.update(1)
-                if on_iteration is not None:
-                    on_iteration(state, entry)
+                continue
+            entry = self.step(state)
+            if checkpoint is not None:
+                checkpoint(state)
+            if entry is not None and on_iteration is not None:  # None: budget spent inside
+                on_iteration(state, entry)
         return state
 
     # -- records --------------------------------------------------------------------------------
 
-    def _trigger_record(self, ids: Sequence[int]) -> dict:
+    def trigger_record(self, ids: Sequence[int]) -> dict:
         return {"ids": list(ids), "tokens": self.tokens(ids), "words": self.words(ids)}
-
-    def identity(self) -> dict:
-        """What a checkpoint must match to be resumed: model, data, task and key settings."""
-        emb = self.lm.embeddings.detach()
-        stride = max(1, len(emb) // 512)  # a sample of rows tells models apart cheaply
-        sample = emb[::stride].float().cpu().contiguous().numpy().tobytes()
-        return {
-            "model": {
-                "vocab_size": self.lm.vocab_size,
-                "embedding_size": int(emb.shape[1]),
-                "weights_sha256": hashlib.sha256(sample).hexdigest(),
-            },
-            **self.task.identity,
-            "filters": self.filters.describe(),
-            "config": self.config.identity(),
-        }
-
-    def model_record(self) -> dict:
-        return {
-            "name": self.lm.name,
-            "model_type": getattr(self.lm.model.config, "model_type", None),
-            "vocab_size": self.lm.vocab_size,
-            "embedding_size": int(self.lm.embeddings.shape[1]),
-        }
-
-    def warnings(self, state: SearchState) -> list[str]:
-        """What a user must know about the result; each is also logged."""
-        out = []
-        unreplaced = self.special_slots(state.best_trigger)
-        if unreplaced:
-            out.append(
-                f"trigger slot(s) {', '.join(map(str, unreplaced))} still hold a special token "
-                "(no iteration replaced them: budget or iterations too small, or no allowed "
-                "candidate); the result is the last trigger evaluated"
-            )
-        elif state.iteration == 0:
-            out.append("the budget allowed no iteration; the result is the initial trigger")
-        for w in out:
-            log.warning(w)
-        return out
-
-    def result(
-        self,
-        state: SearchState,
-        config: dict,
-        interrupted: bool = False,
-        elapsed: float | None = None,
-        train: bool = True,
-        extra: dict | None = None,
-    ) -> dict:
-        """The result file's content for the best trigger so far."""
-        task = self.task
-        best = state.best_trigger
-        words = self.words(best)
-        prompt = task.template.with_triggers(best, words).render("token")
-        stopped = "interrupted" if interrupted else (state.stopped or "completed")
-        data = {
-            split: {"source": task.sources.get(split), **self.counts.get(split, {})}
-            for split in ("train", "dev")
-        }
-        if "vocab" in task.sources:
-            data["vocab"] = task.sources["vocab"]
-        restarts = list(state.restarts)
-        if len(restarts) <= state.restart:  # interrupted inside a restart
-            restarts.append(self._restart_record(state))
-        cost = {"seconds": round(state.seconds, 3), **Cost(**state.cost).record()}
-        return {
-            "kind": RESULT_KIND,
-            "template": task.template.source,
-            "prompt": prompt,
-            "trigger": self._trigger_record(best),
-            "mode": task.mode,
-            "relation": task.relation,
-            "verbalizer": task.verbalizer.words if task.verbalizer else None,
-            "aggregation": task.aggregation if task.verbalizer else None,
-            "model": self.model_record(),
-            "method": self.config.method,
-            "metric": self.objective.metric,
-            "train": self.train_metrics(best) if train else None,
-            "dev": state.best_dev_metrics,
-            "initial": state.initial,
-            "best_iteration": state.best_iteration,
-            "iterations": state.iteration,
-            "stopped": stopped,
-            "elapsed_s": None if elapsed is None else round(elapsed, 3),
-            "cost": cost,
-            "curve": state.curve,
-            "restarts": restarts,
-            "unreplaced_slots": self.special_slots(best),
-            "pseudo_perplexity": self.fluency.perplexity(best),
-            "warnings": self.warnings(state),
-            **(extra or {}),
-            "data": data,
-            "filters": self.filters.describe(),
-            "history": state.history,
-            **provenance("search", config),
-        }

@@ -18,17 +18,15 @@ All random draws come from the search state's one seeded generator.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import torch
 
-from autoprompt_py.search.candidates import hotflip_candidates
-from autoprompt_py.search.move import Move
-
-if TYPE_CHECKING:
-    from autoprompt_py.search.engine import TriggerSearch
-    from autoprompt_py.search.state import SearchState
+from autoprompt_py.errors import AutopromptError
+from autoprompt_py.search.candidates import hotflip_candidates, warn_candidates
+from autoprompt_py.search.move import Move, SearchView
+from autoprompt_py.search.state import SearchState
 
 
 def sample_candidates(
@@ -56,11 +54,40 @@ def sample_candidates(
     return out[(out != current[None, :]).any(1)]
 
 
-def propose(search: TriggerSearch, state: SearchState, rng: np.random.Generator) -> Move:
+class GCG:
+    """The GCG method (``method.Method``); its state: ``{"buffer": [[loss, trigger], …]}``,
+    best first, with ``buffer_size`` > 0."""
+
+    name = "gcg"
+    help = (
+        "many candidate triggers per step, changing several slots, moving to the best even "
+        "if worse (Zou et al., 2023)"
+    )
+    options = ("search_width", "n_replace", "topk", "buffer_size")
+    # GCG scores many candidates, each on fewer rows, and on relations (a few hundred short
+    # facts) more, cheaper steps win (measured: see the README)
+    accumulation = {"classification": 6, "relation": 2}
+
+    def check(self, config: Any, slots: int) -> None:
+        if config.n_replace > slots:
+            raise AutopromptError(
+                f"--n-replace {config.n_replace}: must be between 1 and the number of trigger "
+                f"slots ({slots})"
+            )
+
+    def prepare(self, search: SearchView) -> None:
+        warn_candidates(search.allowed, "--topk", search.config.topk)
+
+    def propose(self, search: SearchView, state: SearchState, rng: np.random.Generator) -> Move:
+        return propose(search, state, rng)
+
+
+def propose(search: SearchView, state: SearchState, rng: np.random.Generator) -> Move:
     config = search.config
-    start = state.buffer[0][1] if state.buffer else state.trigger
+    buffer_in = state.method_state.get("buffer", [])
+    start = buffer_in[0][1] if buffer_in else state.trigger
     grad_batches, candidate_rows = search.sample(rng)
-    trigger = search._tensor(start)
+    trigger = search.ids(start)
     grad = search.scorer.gradient(search.train, grad_batches, trigger)
     top = hotflip_candidates(grad, search.embeddings, search.allowed, config.topk, trigger)
     current = np.asarray(start, dtype=np.int64)
@@ -90,10 +117,10 @@ def propose(search: TriggerSearch, state: SearchState, rng: np.random.Generator)
         "moved": True,
         "worse": bool(losses[best] - bonus[best] > losses[0] - bonus[0]),
     }
-    buffer = None
+    method_state = None
     if config.buffer_size > 0:
         selection = float(losses[best] - bonus[best])
-        buffer = [list(b) for b in state.buffer]
+        buffer = [list(b) for b in buffer_in]
         if not buffer and not special:
             buffer.append([float(losses[0] - bonus[0]), list(start)])
         if len(buffer) < config.buffer_size:
@@ -103,4 +130,5 @@ def propose(search: TriggerSearch, state: SearchState, rng: np.random.Generator)
         buffer.sort(key=lambda b: b[0])
         chosen = list(buffer[0][1])
         detail["moved"] = chosen != list(state.trigger)
-    return Move(chosen, detail["moved"], float(losses[best]), detail, buffer)
+        method_state = {"buffer": buffer}
+    return Move(chosen, detail["moved"], float(losses[best]), detail, method_state)

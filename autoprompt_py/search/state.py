@@ -19,7 +19,7 @@ from autoprompt_py.errors import AutopromptError
 from autoprompt_py.results import read_json, write_json
 
 CHECKPOINT_KIND = "autoprompt-search-checkpoint"
-CHECKPOINT_FORMAT = 2  # 1: no format or version recorded
+CHECKPOINT_FORMAT = 3  # 1: no format or version recorded; 2: gcg's "buffer" in the state
 
 
 @dataclass
@@ -43,7 +43,7 @@ class SearchState:
     restart_best: dict | None = None  # this restart's best: trigger, dev, dev_loss, iteration
     restart_initial: dict | None = None  # the current restart's initial trigger record
     restarts: list[dict] = field(default_factory=list)  # records of the finished restarts
-    buffer: list[list] = field(default_factory=list)  # gcg: [train loss, trigger] best first
+    method_state: dict = field(default_factory=dict)  # the method's own (gcg: its buffer)
     seconds: float = 0.0  # search time spent (start and iterations, over resumes)
     cost: dict = field(default_factory=dict)  # objective.Cost as a dict
     curve: list[list] = field(default_factory=list)  # [seconds, forward passes, best dev]

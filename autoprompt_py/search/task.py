@@ -16,9 +16,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from autoprompt_py.data import Example, check_fields, labels_of, read_examples, read_facts
+from autoprompt_py.data import (
+    Example,
+    check_fields,
+    labels_of,
+    read_examples,
+    read_facts,
+    split_dev,
+)
 from autoprompt_py.errors import AutopromptError, shown
 from autoprompt_py.resources import load_templates, load_verbalizer
 from autoprompt_py.template import Template
@@ -123,7 +128,7 @@ def load_task(
         identity["dev"] = {"sha256": file_sha256(dev), "limit": dev_limit}
         sources["dev"] = str(dev)
     else:
-        train_examples, dev_examples = split_dev(train_examples, dev_fraction, seed, str(train))
+        train_examples, dev_examples = split_off_dev(train_examples, dev_fraction, seed, str(train))
         identity["dev"] = {"split_of_train": dev_fraction, "seed": seed}
         sources["dev"] = f"{dev_fraction:g} of {train} (seed {seed})"
     check_fields(train_examples, tpl.fields, tpl.source)
@@ -173,10 +178,10 @@ def load_task(
     )
 
 
-def split_dev(
+def split_off_dev(
     examples: list[Example], fraction: float, seed: int, source: str
 ) -> tuple[list[Example], list[Example]]:
-    """A seeded split of ``examples`` into (train, dev), each in the file's order."""
+    """``--dev-fraction`` of ``examples`` held out (``data.split_dev``): (train, dev)."""
     if not 0 < fraction < 1:
         raise AutopromptError(f"--dev-fraction {fraction}: give a fraction between 0 and 1")
     n_dev = int(round(fraction * len(examples)))
@@ -185,13 +190,8 @@ def split_dev(
             f"{source}: {len(examples)} examples are too few to split off a dev set of "
             f"{fraction:g}; give --dev or more training examples"
         )
-    perm = np.random.default_rng(seed).permutation(len(examples))
-    dev_rows = np.zeros(len(examples), dtype=bool)
-    dev_rows[perm[:n_dev]] = True
-    return (
-        [e for e, d in zip(examples, dev_rows) if not d],
-        [e for e, d in zip(examples, dev_rows) if d],
-    )
+    dev, rest = split_dev(len(examples), n_dev, seed)
+    return [examples[i] for i in rest], [examples[i] for i in dev]
 
 
 def relation_id(path: str | Path) -> str:

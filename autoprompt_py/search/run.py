@@ -7,9 +7,10 @@ in their modules; the settings in ``config.py``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ from typing import Any
 from autoprompt_py.encoding import tokenize_piece
 from autoprompt_py.errors import AutopromptError, shown
 from autoprompt_py.model import MaskedLM
-from autoprompt_py.results import write_json
+from autoprompt_py.results import output_lock, write_json
+from autoprompt_py.search import record as record_of
 from autoprompt_py.search.candidates import TokenFilters
 from autoprompt_py.search.config import SearchConfig
 from autoprompt_py.search.engine import TriggerSearch
@@ -67,6 +69,38 @@ def trigger_ids_from_words(
     return ids
 
 
+@contextlib.contextmanager
+def _progress_bar(
+    search: TriggerSearch, state: SearchState, enabled: bool
+) -> Iterator[Callable[[SearchState, dict], None]]:
+    """A tqdm bar on stderr (iterations, or open-ended under a budget); yields the function
+    that shows an iteration's entry."""
+    from tqdm.auto import tqdm
+
+    c, metric = search.config, search.objective.metric
+    budgeted = c.time_budget is not None or c.max_forward_passes is not None
+    with tqdm(
+        total=None if budgeted else c.iters * c.restarts,
+        initial=state.iteration,
+        desc=f"search ({c.method})",
+        unit="it",
+        disable=not enabled,
+        dynamic_ncols=True,
+    ) as bar:
+
+        def show(s: SearchState, entry: dict) -> None:
+            best = "-" if s.best_dev is None else f"{s.best_dev:.3f}"
+            dev = "-" if entry["dev"] is None else f"{entry['dev']:.3f}"
+            bar.set_postfix_str(
+                f"r{s.restart} dev {metric} {dev} best {best} | "
+                + " ".join(search.words(s.trigger)),
+                refresh=False,
+            )
+            bar.update(1)
+
+        yield show
+
+
 # -- the whole run --------------------------------------------------------------------------------
 
 
@@ -85,18 +119,68 @@ def run_search(
 ) -> SearchOutcome:
     """Search, checkpointing every iteration; write the result to ``output`` at the end.
 
-    ``checkpoint`` defaults to ``<output>.ckpt``. Ctrl-C (KeyboardInterrupt) stops the search:
-    the best trigger so far is written and the outcome says ``interrupted``.
-    ``record`` is the configuration written into the result (the CLI passes its options).
+    ``checkpoint`` defaults to ``<output>.ckpt`` (``default_checkpoint``); both are locked
+    while the search runs (a second run on them is refused). ``config.max_batch_tokens="auto"``
+    is sized from the device's free memory. Ctrl-C (KeyboardInterrupt, or SIGTERM under the
+    CLI) stops the search: the best trigger so far is written and the outcome says
+    ``interrupted``. ``record`` is more configuration written into the result (the CLI passes
+    its options).
     """
     started = time.perf_counter()
     filters = filters or TokenFilters()
     config = config or SearchConfig()
-    search = TriggerSearch(lm, task, config, filters)
+    if config.max_batch_tokens == "auto":
+        from autoprompt_py import distributed
+        from autoprompt_py.memory import auto_max_batch_tokens
+
+        # one budget for all ranks: the GPU with the least free memory decides
+        tokens = distributed.agree_min(auto_max_batch_tokens(lm, config.dtype))
+        config = dataclasses.replace(config, max_batch_tokens=tokens)
+    checkpoint = default_checkpoint(output, checkpoint)
+    with output_lock(output, checkpoint):
+        return _run(
+            lm,
+            task,
+            config,
+            filters,
+            output,
+            checkpoint,
+            resume,
+            initial_trigger,
+            progress,
+            record,
+            on_iteration,
+            started,
+        )
+
+
+def default_checkpoint(
+    output: str | Path | None, checkpoint: str | Path | None = None
+) -> str | Path | None:
+    """Where the search state is saved: ``checkpoint`` (as given, for its error messages),
+    else ``<output>.ckpt`` (None: nowhere)."""
+    if checkpoint is not None:
+        return checkpoint
+    return None if output is None else Path(str(output) + ".ckpt")
+
+
+def _run(
+    lm: MaskedLM,
+    task: SearchTask,
+    config: SearchConfig,
+    filters: TokenFilters,
+    output: str | Path | None,
+    checkpoint: str | Path | None,
+    resume: bool,
+    initial_trigger: str | Sequence[str] | None,
+    progress: bool,
+    record: dict | None,
+    on_iteration: Callable[[SearchState, dict], None] | None,
+    started: float,
+) -> SearchOutcome:
+    search = TriggerSearch(lm, task, config, filters, config.search_method)
     config = search.config  # with the mode's defaults filled in
-    if checkpoint is None and output is not None:
-        checkpoint = Path(str(output) + ".ckpt")
-    identity = search.identity()
+    identity = record_of.identity(search)
     if resume:
         if checkpoint is None:
             raise AutopromptError("--resume needs --output or --checkpoint to find the state")
@@ -117,18 +201,30 @@ def run_search(
 
     interrupted = False
     try:
-        search.run(state, save, on_iteration, progress)
+        with _progress_bar(search, state, progress) as show:
+
+            def iteration_done(s: SearchState, entry: dict) -> None:
+                show(s, entry)
+                if on_iteration is not None:
+                    on_iteration(s, entry)
+
+            search.run(state, save, iteration_done)
     except KeyboardInterrupt:
         interrupted = True
     config_record = {**dataclasses.asdict(config), "filters": filters.describe(), **(record or {})}
     try:
-        result = search.result(
-            state, config_record, interrupted, time.perf_counter() - started, train=not interrupted
+        result = record_of.result(
+            search,
+            state,
+            config_record,
+            interrupted,
+            time.perf_counter() - started,
+            train=not interrupted,
         )
     except KeyboardInterrupt:  # during the final train evaluation: write without it
         interrupted = True
-        result = search.result(
-            state, config_record, True, time.perf_counter() - started, train=False
+        result = record_of.result(
+            search, state, config_record, True, time.perf_counter() - started, train=False
         )
     if output is not None:
         write_json(output, result)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,7 +36,7 @@ from autoprompt_py.encoding import Batch
 from autoprompt_py.metrics import classification_metrics, rank_metrics
 from autoprompt_py.model import DTYPES, MaskedLM
 from autoprompt_py.search.tensors import SplitTensors, length_chunks
-from autoprompt_py.verbalizer import ResolvedVerbalizer
+from autoprompt_py.verbalizer import ResolvedVerbalizer, consume_logsumexp
 
 Logits = dict[int, torch.Tensor]  # number of masks k → logits [rows, k, vocab]
 
@@ -65,15 +65,17 @@ class Objective:
         """Full metrics of a split, from the outcomes of ``loss_and_outcome``."""
         raise NotImplementedError
 
+    def answer_log_probs(self, logits: Logits) -> torch.Tensor:
+        """Log-probabilities over the possible answers [rows, answers] (the labels, or the
+        evaluation vocabulary): what contextual calibration divides by p_cf."""
+        raise NotImplementedError
 
-def consume_logsumexp(x: torch.Tensor) -> torch.Tensor:
-    """``x.logsumexp(-1)`` computed in place, destroying ``x``: no [rows, vocab] temporary.
-
-    Without gradients this is the one pass over the vocabulary that normalizing needs;
-    ``log_softmax`` would also write a full [rows, vocab] result (memory-bound on CPUs).
-    """
-    top = x.amax(-1, keepdim=True)
-    return x.sub_(top).exp_().sum(-1).log_().add_(top.squeeze(-1))
+    def judge(
+        self, log_probs: torch.Tensor, gold: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row loss and outcome from answer log-probabilities (``answer_log_probs``, or
+        calibrated ones), as ``loss_and_outcome`` reads them."""
+        raise NotImplementedError
 
 
 def _consumable(logits: torch.Tensor) -> torch.Tensor | None:
@@ -92,30 +94,11 @@ class ClassificationObjective(Objective):
         # AutoPrompt's loss, the gold label's log-probability over the whole vocabulary
         self.among_labels = among_labels
         self.mask_counts = tuple(verbalizer.piece_counts)
-        self._pieces = {
-            k: (
-                [w for w, p in enumerate(verbalizer.pieces) if len(p) == k],
-                [p for p in verbalizer.pieces if len(p) == k],
-            )
-            for k in self.mask_counts
-        }
 
     def label_scores(self, logits: Logits) -> torch.Tensor:
-        """The verbalizer's label scores; without autograd, log-probabilities are read as
-        ``logit - logsumexp`` computed in place (the same numbers, up to rounding)."""
-        v = self.verbalizer
-        first = next(iter(logits.values()))
-        if v.aggregation == "mean-logit" or first.requires_grad:
-            return v.label_scores(logits)
-        scores = torch.empty(first.shape[0], len(v.words), device=first.device)
-        for k, raw in logits.items():
-            words, pieces = self._pieces[k]
-            x = _consumable(raw)
-            ids = torch.tensor(pieces, device=x.device).T  # [k, words]
-            picked = x.gather(2, ids[None].expand(len(x), -1, -1))  # [rows, k, words]
-            picked -= consume_logsumexp(x)[..., None]
-            scores[:, words] = picked.sum(1)
-        return v.aggregate(scores)
+        """The verbalizer's label scores; the logits are consumed (normalized in place) where
+        no gradient flows through them."""
+        return self.verbalizer.label_scores(logits, consume=True)
 
     def _nll(self, scores: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
         if self.among_labels:
@@ -133,6 +116,14 @@ class ClassificationObjective(Objective):
 
     def hits(self, outcome: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
         return outcome == gold
+
+    def answer_log_probs(self, logits: Logits) -> torch.Tensor:
+        return self.label_scores(logits).float().log_softmax(-1)
+
+    def judge(
+        self, log_probs: torch.Tensor, gold: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return -log_probs.gather(1, gold[:, None]).squeeze(1), log_probs.argmax(1)
 
     def metrics(self, outcome: np.ndarray, gold: np.ndarray, loss: np.ndarray) -> dict:
         labels = self.verbalizer.labels
@@ -167,6 +158,17 @@ class RelationObjective(Objective):
 
     def hits(self, outcome: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
         return outcome == 1
+
+    def answer_log_probs(self, logits: Logits) -> torch.Tensor:
+        scores = logits[1][:, 0].float()
+        return (scores if self.eval_ids is None else scores[:, self.eval_ids]).log_softmax(-1)
+
+    def judge(
+        self, log_probs: torch.Tensor, gold: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        column = gold if self.eval_ids is None else torch.searchsorted(self.eval_ids, gold)
+        target = log_probs.gather(1, column[:, None])
+        return -target.squeeze(1), (log_probs > target).sum(1) + 1
 
     def metrics(self, outcome: np.ndarray, gold: np.ndarray, loss: np.ndarray) -> dict:
         return {**rank_metrics(outcome), "loss": float(loss.mean()) if len(loss) else 0.0}
@@ -234,6 +236,12 @@ class TriggerScorer:
         # fp16 gradients of a mean loss underflow; the scale does not change the ranking
         self.grad_scale = 1024.0 if dtype == "float16" else 1.0
         self.cost = Cost()
+        # called after every model chunk: the search's budget check (budget.Budget.check)
+        self.on_chunk: Callable[[], None] | None = None
+
+    def _chunk_done(self) -> None:
+        if self.on_chunk is not None:
+            self.on_chunk()
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
@@ -293,6 +301,7 @@ class TriggerScorer:
                     self.logits(views, embeds=embeds), split.gold[views[self._k0].index]
                 )
                 (loss.sum() * scale).backward()
+                self._chunk_done()
         grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
         return distributed.all_reduce_(grad) / self.grad_scale
 
@@ -371,6 +380,7 @@ class TriggerScorer:
             else:
                 loss = self.objective.loss(logits, gold)
                 total[0] += loss.view(len(examples), per_example).sum(0)
+            self._chunk_done()
         distributed.all_reduce_(total)  # the sums over every rank's rows
         return total if count_hits else total[0]
 
@@ -415,6 +425,7 @@ class TriggerScorer:
             )
             loss[idx] = chunk_loss.float()
             outcome[idx] = chunk_outcome
+            self._chunk_done()
         distributed.all_reduce_(loss)
         distributed.all_reduce_(outcome)
         return Evaluation(loss, outcome)

@@ -1,0 +1,103 @@
+"""``autoprompt labels``: label words for each class (AutoPrompt's label search,
+``labels.search_labels``), written as a verbalizer."""
+
+from __future__ import annotations
+
+import click
+
+from autoprompt_py.cli.common import model_options, parse_columns, quiet_transformers
+from autoprompt_py.cli.search import filter_options, require_rows, token_filters
+from autoprompt_py.results import refuse_overwrite, write_json
+
+
+@click.command("labels")
+@model_options
+@click.option("--train", required=True, help="Labeled examples (.tsv/.csv/.jsonl).")
+@click.option(
+    "--template",
+    required=True,
+    help="Template text with [P] (and [T] slots), a template file, or a search result.",
+)
+@click.option(
+    "--trigger", default=None, help="Words for the [T] slots, one each (default: the mask token)."
+)
+@click.option("--label-field", default="label", show_default=True)
+@click.option(
+    "--columns",
+    default=None,
+    help="Comma-separated column names for a delimited file without a header.",
+)
+@click.option(
+    "--train-limit", type=click.IntRange(min=1), default=None, help="Use only the first N examples."
+)
+@click.option(
+    "--per-class",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Label words to keep per class.",
+)
+@click.option(
+    "--l2",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="L2 penalty of the logistic regression (stronger: steadier words).",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@filter_options
+@click.option("--output", required=True, help="Verbalizer JSON file to write.")
+@click.option("--force", is_flag=True, help="Replace an existing --output file.")
+def labels(
+    model_name: str,
+    device: str,
+    dtype: str,
+    batch_size: int,
+    train: str,
+    template: str,
+    trigger: str | None,
+    label_field: str,
+    columns: str | None,
+    train_limit: int | None,
+    per_class: int,
+    l2: float,
+    seed: int,
+    filter_subwords: bool,
+    filter_non_alpha: bool,
+    filter_capitalized: bool,
+    stop_list: str | None,
+    output: str,
+    force: bool,
+) -> None:
+    """Find label words for each class (AutoPrompt's label search); write a verbalizer."""
+    from autoprompt_py.data import check_fields, read_examples
+    from autoprompt_py.errors import AutopromptError
+    from autoprompt_py.labels import search_labels
+    from autoprompt_py.model import load_model
+    from autoprompt_py.resources import load_templates
+    from autoprompt_py.search import trigger_ids_from_words
+
+    quiet_transformers()
+    refuse_overwrite(output, "--output", force)
+    named = load_templates(template)
+    if len(named) != 1:
+        raise AutopromptError(f"--template {template}: holds {len(named)} templates; give one")
+    tpl = named[0].template
+    examples = read_examples(train, label_field, parse_columns(columns), train_limit)
+    check_fields(examples, tpl.fields, tpl.source)
+    require_rows(examples, train)
+    filters = token_filters(False, filter_subwords, filter_non_alpha, filter_capitalized, stop_list)
+    lm = load_model(model_name, device, dtype)
+    if trigger is not None:
+        tpl = tpl.with_triggers(trigger_ids_from_words(lm.tokenizer, tpl, trigger, "--trigger"))
+    found = search_labels(lm, tpl, examples, per_class, filters, batch_size, l2, seed)
+    write_json(output, found.verbalizer)
+    for label, words in found.scores.items():
+        click.echo(f"{label}: " + ", ".join(f"{w} ({s:+.3f})" for w, s in words))
+    click.echo(
+        f"classifier train accuracy {found.train_accuracy:.3f} on {found.n} examples; "
+        f"wrote {output}"
+    )
+
+
+COMMANDS = [labels]
