@@ -1,0 +1,156 @@
+"""A whole ``tune`` run: build the part, train, score dev/test, project soft vectors back to
+tokens, write the folder (also on Ctrl-C: the best so far)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from autoprompt_py.model import MaskedLM
+from autoprompt_py.prompt import model_record
+from autoprompt_py.results import provenance
+from autoprompt_py.tune.config import TuneConfig
+from autoprompt_py.tune.folder import TUNE_KIND, check_output_folder, write_folder
+from autoprompt_py.tune.loop import Trainer, evaluate
+from autoprompt_py.tune.methods import build_part, count_parameters
+from autoprompt_py.tune.objective import Objective
+from autoprompt_py.tune.task import TuneTask
+
+
+@dataclass
+class TuneOutcome:
+    result: dict
+    part: object
+    interrupted: bool = False
+
+
+def make_objective(lm: MaskedLM, task: TuneTask, config: TuneConfig) -> Objective:
+    verbalizer = (
+        task.verbalizer.resolve(lm.tokenizer, task.aggregation, task.template.predict.space_before)
+        if task.verbalizer is not None
+        else None
+    )
+    return Objective(
+        task.template,
+        lm.tokenizer,
+        lm.max_length,
+        lm.vocab_size,
+        verbalizer,
+        task.vocab,
+        head=config.method == "head",
+    )
+
+
+def nearest_tokens(lm: MaskedLM, vectors: torch.Tensor, k: int = 5) -> list[list[int]]:
+    """Per vector, the ids of the k vocabulary tokens nearest by cosine."""
+    emb = torch.nn.functional.normalize(lm.embeddings.detach().float(), dim=1)
+    v = torch.nn.functional.normalize(vectors.detach().float().to(emb.device), dim=1)
+    return (v @ emb.T).topk(k, dim=1).indices.tolist()
+
+
+def tune(
+    lm: MaskedLM,
+    task: TuneTask,
+    config: TuneConfig | None = None,
+    output: str | Path | None = None,
+    force: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    record: dict | None = None,
+) -> TuneOutcome:
+    """Train ``config.method`` on ``task``; the best on dev is kept, scored on test, written.
+
+    ``output`` is a folder (``folder.py``); its checkpoint is ``<output>.ckpt``, which
+    ``resume`` continues. Ctrl-C (KeyboardInterrupt) stops the run with the best so far.
+    """
+    started = time.perf_counter()
+    config = config or TuneConfig()
+    config.check_task(task.template.num_triggers, task.open_triggers, task.template.is_relational)
+    target = None
+    if output is not None:
+        target = check_output_folder(output, force or resume)
+    objective = make_objective(lm, task, config)
+    part = build_part(lm, task, config, objective)
+    train = objective.encode(task.train, part.template)
+    dev = objective.encode(task.dev, part.template)
+    identity = {**task.identity, "model": lm.name, "config": config.identity()}
+    checkpoint = Path(str(target) + ".ckpt") if target is not None else None
+    trainer = Trainer(part, objective, train, dev, config, lm.device, identity, checkpoint)
+    state = trainer.run(resume=resume, progress=progress)
+    metric = objective.metric
+    test = None
+    if task.test is not None and not trainer.interrupted:
+        test_data = objective.encode(task.test, part.template)
+        value, _ = evaluate(part, objective, test_data, config.eval_batch_size, lm.device)
+        test = {metric: value, "n": len(test_data), "skipped": len(task.test) - len(test_data)}
+    trainable, total = count_parameters(part)
+    result = {
+        "kind": TUNE_KIND,
+        **provenance(
+            "tune", {**dataclasses.asdict(config), "lr": config.learning_rate, **(record or {})}
+        ),
+        "method": config.method,
+        "mode": task.mode,
+        "relation": task.relation,
+        "model": model_record(lm),
+        "template": task.template.render(),
+        "trigger_ids": task.template.trigger_ids,
+        "trigger_tokens": [p.token for p in task.template.parts if hasattr(p, "token_id")],
+        "verbalizer": task.verbalizer.words if task.verbalizer is not None else None,
+        "aggregation": task.aggregation if task.verbalizer is not None else None,
+        "data": {
+            **task.sources,
+            "shots": config.shots,
+            "dev_shots": config.dev_shots,
+            "data_seed": config.data_seed,
+            "train_rows": [e.source for e in task.train],
+            "n_train": len(train),
+            "n_dev": len(dev),
+            "skipped_train": len(task.train) - len(train),
+            "skipped_dev": len(task.dev) - len(dev),
+        },
+        "metric": metric,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "steps": state.step,
+        "total_steps": trainer.total,
+        "best_step": state.best_step,
+        "start": {metric: state.start_dev},
+        "dev": {metric: state.best_dev, "n": len(dev)},
+        "test": test,
+        "curve": state.curve,
+        "seconds": round(time.perf_counter() - started, 3),
+        "train_seconds": round(state.seconds, 3),
+        "interrupted": trainer.interrupted,
+    }
+    if config.method == "soft":
+        result["projection"] = project(lm, task, part, objective, dev, config)
+    if target is not None:
+        write_folder(target, True, part, result)
+    return TuneOutcome(result, part, trainer.interrupted)
+
+
+def project(lm, task, part, objective, dev, config) -> dict:
+    """Back to discrete: each vector's nearest tokens (cosine) and the dev metric of the
+    template with the nearest token in each slot."""
+    from autoprompt_py.tune.methods.soft import SoftPart
+
+    assert isinstance(part, SoftPart)
+    near = nearest_tokens(lm, part.vectors)
+    ids = [n[0] for n in near]
+    discrete = task.template.with_triggers(ids, lm.tokenizer.convert_ids_to_tokens(ids))
+    saved = part.state()
+    with torch.no_grad():
+        part.vectors.copy_(lm.embeddings.detach()[torch.tensor(ids, device=lm.device)].float())
+    value, _ = evaluate(part, objective, dev, config.eval_batch_size, lm.device)
+    part.load_state(saved)
+    return {
+        "nearest": [lm.tokenizer.convert_ids_to_tokens(n) for n in near],
+        "prompt": discrete.render(triggers="token"),
+        "trigger_ids": ids,
+        "dev": {objective.metric: value},
+    }
