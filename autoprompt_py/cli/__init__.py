@@ -19,9 +19,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from autoprompt_py.cli import export, info, plot, score, search
+    from autoprompt_py.cli import export, info, plot, score, search, tune
 
-    for module in (score, export, search, plot, info):
+    for module in (score, export, search, tune, plot, info):
         for command in module.COMMANDS:
             main.add_command(command)
 

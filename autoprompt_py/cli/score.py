@@ -16,6 +16,7 @@ from autoprompt_py.model import load_model
 from autoprompt_py.probing import KINDS, averages, probe_templates, templates_by_relation
 from autoprompt_py.resources import load_templates, load_verbalizer
 from autoprompt_py.results import check_output_path, provenance, write_json
+from autoprompt_py.tune.folder import attach_tuned, load_templates_or_tuned
 from autoprompt_py.verbalizer import AGGREGATIONS
 from autoprompt_py.vocab import read_vocab
 
@@ -142,7 +143,7 @@ def score(
 ) -> None:
     """Score templates with a verbalizer on a labeled dataset; ensembles and calibration."""
     check_output_path(output)
-    named = [t for spec in templates for t in load_templates(spec)]
+    named = [t for spec in templates for t in load_templates_or_tuned(spec)]
     verbs = [(spec, load_verbalizer(spec)) for spec in verbalizers]
     n_members = len(named) * len(verbs)
     rule, cf_texts = _check_ensemble_options(
@@ -160,7 +161,7 @@ def score(
             err=True,
         )
     quiet_transformers()
-    lm = load_model(model_name, device, dtype)
+    lm = attach_tuned(load_model(model_name, device, dtype), templates)  # a tuned soft prompt
     report = score_prompts(
         lm,
         named,
@@ -299,9 +300,9 @@ def probe(
     check_output_path(output)
     per_relation = _per_relation(templates_per_relation)
     rule, cf_texts = _check_ensemble_options(ensemble, ensemble_rule, None, calibrate, content_free)
-    named = [t for spec in relation_templates for t in load_templates(spec, "--relations")]
+    named = [t for spec in relation_templates for t in load_templates_or_tuned(spec, "--relations")]
     if template:
-        named += [t.__class__(t.name, t.template, None) for t in load_templates(template)]
+        named += [t.__class__(t.name, t.template, None) for t in load_templates_or_tuned(template)]
     if not named:
         named = load_templates("lama_trex")
     fact_sets = read_facts(facts)
@@ -314,7 +315,7 @@ def probe(
             err=True,
         )
     quiet_transformers()
-    lm = load_model(model_name, device, dtype)
+    lm = attach_tuned(load_model(model_name, device, dtype), [*relation_templates, template or ""])
     probes = probe_templates(
         lm,
         named,

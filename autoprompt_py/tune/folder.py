@@ -104,6 +104,13 @@ def tuned_templates(spec: str):
     return [NamedTemplate(Path(spec).name, template, result.get("relation"))]
 
 
+def load_templates_or_tuned(spec: str, option: str = "--template"):
+    """``resources.load_templates``, or a tuned folder's template."""
+    from autoprompt_py.resources import load_templates
+
+    return tuned_templates(spec) or load_templates(spec, option)
+
+
 def attach_tuned(lm, specs):
     """The model to score ``specs`` (``--template`` values) with: for a ``soft`` folder, ``lm``
     with its vectors; a folder of another model is refused."""

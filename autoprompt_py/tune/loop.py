@@ -108,6 +108,7 @@ class Trainer:
         self.state = TrainState()
         self.best: dict[str, torch.Tensor] | None = None
         self.interrupted = False
+        self.interruption: KeyboardInterrupt | None = None
 
     # -- checkpoint ------------------------------------------------------------------------
 
@@ -216,8 +217,8 @@ class Trainer:
                         loss=f"{s.curve[-1]['train_loss'] or 0:.3f}",
                         dev=f"{s.curve[-1]['dev']:.3f}",
                     )
-        except KeyboardInterrupt:
-            self.interrupted = True
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (errors.Terminated)
+            self.interrupted, self.interruption = True, e
             if self.best is None:
                 raise
         finally:

@@ -1,8 +1,8 @@
 """How a trained model is read and judged: the same label scores ``score`` uses.
 
 Classification: the verbalizer's label scores from the mask logits (``verbalizer.py``: one
-forward per number of label-word pieces), loss the verbalizer's NLL of the gold label (the
-cross-entropy over the labels' scores), metric accuracy (argmax). Relation mode: the object
+forward per number of label-word pieces), loss the cross-entropy over the labels' scores
+(PET's), metric accuracy (argmax). Relation mode: the object
 token's logit over the vocabulary (or ``--vocab``), loss the cross-entropy over those
 candidates, metric P@1 as ``probe`` ranks (no candidate scoring above the gold one).
 Examples are encoded once (``encoding.py``), never inside the loop.
@@ -119,10 +119,9 @@ class Objective:
         return self.verbalizer.label_scores(logits)
 
     def loss(self, scores: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
-        """Mean loss over the batch."""
-        if self.relational or self.head:
-            return F.cross_entropy(scores, gold)
-        return self.verbalizer.nll(scores, gold).mean()
+        """Mean cross-entropy over the batch: over the labels' scores (as search's ``labels``
+        objective and PET), the head's logits, or the candidate tokens."""
+        return F.cross_entropy(scores, gold)
 
     def hits(self, scores: torch.Tensor, gold: torch.Tensor) -> np.ndarray:
         """1 where the gold class is predicted: argmax (classification) or rank 1 (relation)."""

@@ -26,6 +26,7 @@ class TuneOutcome:
     result: dict
     part: object
     interrupted: bool = False
+    interruption: KeyboardInterrupt | None = None  # to re-raise once the folder is written
 
 
 def make_objective(lm: MaskedLM, task: TuneTask, config: TuneConfig) -> Objective:
@@ -131,7 +132,7 @@ def tune(
         result["projection"] = project(lm, task, part, objective, dev, config)
     if target is not None:
         write_folder(target, True, part, result)
-    return TuneOutcome(result, part, trainer.interrupted)
+    return TuneOutcome(result, part, trainer.interrupted, trainer.interruption)
 
 
 def project(lm, task, part, objective, dev, config) -> dict:
