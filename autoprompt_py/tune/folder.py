@@ -119,9 +119,9 @@ def attach_tuned(lm, specs):
     tuned = [(s, r) for s in specs if (r := read_tuned(s)) is not None]
     if not tuned:
         return lm
-    soft = [(s, r) for s, r in tuned if r["method"] == "soft"]
-    if len(soft) > 1:
-        raise AutopromptError("--template: give one tuned soft-prompt folder per run")
+    changing = [(s, r) for s, r in tuned if r["method"] != "full"]
+    if len(changing) > 1:
+        raise AutopromptError("--template: give one tuned prompt folder per run")
     for spec, result in tuned:
         want, have = result["model"], model_record(lm)
         if result["method"] == "full":
@@ -140,11 +140,22 @@ def attach_tuned(lm, specs):
                 f"{want['vocab_size']}, embeddings {want['embedding_size']}), not {lm.name}; "
                 f"pass --model {want['name']}"
             )
-    if not soft:
+    if not changing:
+        return lm
+    spec, result = changing[0]
+    if result["method"] == "lora":
+        from autoprompt_py.tune.methods.peft_methods import require_peft
+
+        peft = require_peft("lora")
+        peft.PeftModel.from_pretrained(lm.model, spec)  # the LoRA layers go into lm.model
         return lm
     from safetensors.torch import load_file
 
-    from autoprompt_py.tune.methods.soft import SoftPromptLM
+    vectors = load_file(str(Path(spec) / EMBEDDINGS_FILE))["embeddings"].to(lm.device)
+    if result["method"] == "soft":
+        from autoprompt_py.tune.methods.soft import SoftPromptLM
 
-    vectors = load_file(str(Path(soft[0][0]) / EMBEDDINGS_FILE))["embeddings"]
-    return SoftPromptLM(lm, vectors.to(lm.device))
+        return SoftPromptLM(lm, vectors)
+    from autoprompt_py.tune.methods.peft_methods import PrependLM
+
+    return PrependLM(lm, vectors)
