@@ -1,3 +1,4 @@
+# ruff: noqa: B023  (the closures run inside their loop iteration)
 """Speed of `autoprompt tune`: seconds per training step and per dev evaluation, against a
 plain PyTorch loop doing the same computation in the same process (the floor: the same
 batches, already collated; the same forward, MLM head at the masks only, label scores,

@@ -9,15 +9,13 @@ metadata). It is written in a temporary folder and renamed into place: never hal
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.results import check_output_path
+from autoprompt_py.tune.vectors import EMBEDDINGS_FILE, TUNE_KIND
 
 RESULT_FILE = "result.json"
-EMBEDDINGS_FILE = "embeddings.safetensors"
-TUNE_KIND = "autoprompt-tune"
 
 
 def check_output_folder(output: str | Path, force: bool = False) -> Path:
@@ -42,28 +40,6 @@ def write_folder(target: Path, force: bool, part, result: dict) -> Path:
         result["files"] = {**files, RESULT_FILE: "this record"}
         write_json(tmp / RESULT_FILE, result)
     return target
-
-
-def write_embeddings(folder: Path, lm, template, vectors) -> dict[str, str]:
-    """``embeddings.safetensors`` as ``export --format embeddings`` lays it out."""
-    from safetensors.torch import save_file
-
-    from autoprompt_py.prompt import model_record
-    from autoprompt_py.results import provenance
-
-    head = provenance("tune", {"format": "embeddings", "model": lm.name})
-    metadata = {
-        "kind": TUNE_KIND,
-        "format": "embeddings",
-        "template": template.render(),
-        "model": lm.name,
-        "model_record": json.dumps(model_record(lm)),
-        "created": head["created"],
-        "versions": json.dumps(head["versions"]),
-    }
-    tensors = {"embeddings": vectors.to(lm.dtype).cpu().contiguous()}
-    save_file(tensors, str(folder / EMBEDDINGS_FILE), metadata=metadata)
-    return {EMBEDDINGS_FILE: "the trained vectors [n, E], one per [T] slot, template in metadata"}
 
 
 def read_tuned(folder: str | Path) -> dict | None:

@@ -120,7 +120,7 @@ class PromptPart(_PeftPart):
         return {k: prepend_logits(self.lm, prompts, b) for k, b in batches.items()}
 
     def save(self, folder: Path) -> dict[str, str]:
-        from autoprompt_py.tune.folder import write_embeddings
+        from autoprompt_py.tune.vectors import write_embeddings
 
         files = super().save(folder)
         self.peft_model.eval()

@@ -101,7 +101,7 @@ class SoftPart:
             self.vectors.copy_(state["vectors"])
 
     def save(self, folder: Path) -> dict[str, str]:
-        from autoprompt_py.tune.folder import write_embeddings
+        from autoprompt_py.tune.vectors import write_embeddings
 
         return write_embeddings(folder, self.lm, self.source_template, self.vectors.detach())
 
