@@ -10,7 +10,9 @@ test: the 872 GLUE dev sentences), ``agnews`` (test.tsv split 60/20/20 with seed
 class from the 60%, dev K per class from the 20%, test the last 20%), and LAMA relations
 ``P19``, ``P36``, ... (each relation's facts split 60/20/20 with seed 0; ``--shots`` K facts, or
 all with ``--shots 0``). ``untrained`` is the prompt scored as it is. A method is written
-``soft:vocab`` for an init, ``head@1e-3`` for a learning rate. ``--quick`` runs a reduced
+``soft:vocab`` for an init, ``head@1e-3`` for a learning rate. Relations: ``searched`` is the
+trigger a ``--search-seconds`` GCG search finds (scored as it is), ``soft:found`` the soft
+prompt trained from it (OptiPrompt). ``--quick`` runs a reduced
 setting on the files under ``examples/`` (CI runs it, so the script cannot rot).
 """
 
@@ -80,6 +82,27 @@ def load_data(name: str, quick: bool):
     return train, dev, test, None, template, soft, False
 
 
+_SEARCHED: dict = {}
+
+
+def searched_template(lm, data, seed: int, args):
+    """The trigger a ``--search-seconds`` GCG search finds on train (best on dev), once per
+    task and seed: ``searched`` scores it as it is, ``soft:found`` starts from it."""
+    from autoprompt_py.resources import template_from_result
+    from autoprompt_py.search import SearchConfig, run_search
+    from autoprompt_py.search.task import SearchTask
+    from autoprompt_py.template import parse_template
+
+    key = (id(data), seed)
+    if key not in _SEARCHED:
+        train, dev, _, verb, _, soft_template, _ = data
+        task = SearchTask(parse_template(soft_template), train, dev)
+        config = SearchConfig(time_budget=args.search_seconds, iters=100_000, seed=seed)
+        result = run_search(lm, task, config, progress=False).result
+        _SEARCHED[key] = template_from_result(result, "search")
+    return _SEARCHED[key]
+
+
 def run_one(lm_factory, data, method: str, shots, seed: int, args) -> dict:
     from autoprompt_py.tune import TuneConfig, load_tune_task, tune
     from autoprompt_py.tune.loop import evaluate
@@ -90,6 +113,8 @@ def run_one(lm_factory, data, method: str, shots, seed: int, args) -> dict:
     name, _, lr = method.partition("@")
     name, _, init = name.partition(":")
     tpl = soft_template if name == "soft" else template
+    if name in ("searched", "soft") and (init == "found" or name == "searched"):
+        tpl = searched_template(lm_factory(), data, seed, args)
     k = shots or None
     task = load_tune_task(
         tpl, train, dev, test, verbalizer=verb, shots=k, dev_shots=k and args.dev_shots,
@@ -97,7 +122,7 @@ def run_one(lm_factory, data, method: str, shots, seed: int, args) -> dict:
     )  # fmt: skip
     lm = lm_factory()
     started = time.perf_counter()
-    if name == "untrained":
+    if name in ("untrained", "searched"):
         config = TuneConfig(method="full", eval_batch_size=64)
         objective = make_objective(lm, task, config)
         part = build_part(lm, task, config, objective)
@@ -134,6 +159,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--eval-every", type=int, default=25)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--search-seconds", type=float, default=60.0,
+        help="relations: the GCG search that 'searched' and 'soft:found' start from",
+    )  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="a reduced setting on examples/ (CI)")
     ap.add_argument("--output", default=None, help="write every run as JSON")
     args = ap.parse_args(argv)
