@@ -262,3 +262,17 @@ def test_compare_tuning_quick_runs(capsys):
     assert len(table) == 3
     runs = [json.loads(x) for x in err.splitlines() if x.startswith("{")]
     assert {r["method"] for r in runs} == {"untrained", "full", "soft:vocab"}
+
+
+def test_plot_draws_a_tuning_curve(tiny_model_dirs, tmp_path):
+    pytest.importorskip("matplotlib")
+    from autoprompt_py.plotting import plot_curves, read_curve
+
+    lm = load_model(tiny_model_dirs["bert"], device="cpu")
+    task = load_tune_task(fixed_trigger_template(lm), rows(), rows(), verbalizer=VERB)
+    tune(lm, task, TuneConfig(method="soft", init="vocab", steps=4, eval_every=2),
+         output=tmp_path / "t", progress=False)  # fmt: skip
+    curve = read_curve(tmp_path / "t" / "result.json")
+    assert [p[1] for p in curve.points] == [0, 2, 4] and curve.method == "tune soft"
+    plot_curves([tmp_path / "t" / "result.json"], tmp_path / "c.png", x="passes")
+    assert (tmp_path / "c.png").stat().st_size > 0
