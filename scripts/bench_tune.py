@@ -57,6 +57,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--methods", default="full,soft,head,prompt,lora")
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--evals", type=int, default=10, help="dev evaluations timed")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
@@ -102,7 +103,7 @@ def main() -> None:
             return (time.perf_counter() - t) / n
 
         ours = timed(trainer.step, args.steps)
-        ours_eval = timed(lambda: evaluate(part, objective, dev, 64, lm.device), 3)
+        ours_eval = timed(lambda: evaluate(part, objective, dev, 64, lm.device), args.evals)
         floor = floor_eval = None
         if method in ("full", "soft", "head"):
             word_ids = torch.tensor([p[0] for p in objective.verbalizer.pieces], device=lm.device)
@@ -128,7 +129,7 @@ def main() -> None:
                     for bs, gold in dev_pre:
                         floor_step(lm, method, part, next(iter(bs.values())), gold, word_ids, None)
 
-            floor_eval = timed(plain_eval, 3)
+            floor_eval = timed(plain_eval, args.evals)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         fmt = lambda x: "—" if x is None else f"{x:.4f}"  # noqa: E731
         ratio = lambda a, b: "—" if b is None else f"{a / b:.2f}×"  # noqa: E731
