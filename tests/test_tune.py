@@ -213,7 +213,7 @@ BASE = ["tune", "--train", REPO / "examples/sentiment/train.tsv", "--verbalizer"
         (["--template", "{sentence} It was [P] .", "--steps", "0"], "--steps 0"),
         (["--template", "{sentence} It was [P] .", "--shots", "1000"], "has only"),
         (["--template", "{sentence} It was [P] .", "--batch-size", "0"], "--batch-size"),
-        (["--template", "{sentence} [T] It was [P] ."], "--init found"),
+        (["--template", "{sentence} [T] It was [P] .", "--init", "found"], "--init found"),
         (["--template", "{sentence} It was [P] .", "--method", "soft"], "has none"),
         (["--template", "[X] was born in [Y] .", "--method", "head"], "--method head"),
         (["--template", "{sentence} It was [P] .", "--method", "lora"], "PEFT"),

@@ -8,7 +8,7 @@ import click
 from autoprompt_py.cli.common import model_options, parse_columns, quiet_transformers
 
 METHODS = ("soft", "prompt", "ptuning", "prefix", "lora", "full", "head")
-INITS = ("found", "text", "vocab", "random")
+INITS = ("auto", "found", "text", "vocab", "random")
 
 
 @click.command("tune")
@@ -44,7 +44,13 @@ INITS = ("found", "text", "vocab", "random")
     help="What trains: soft ([T] slots as vectors), full (every weight, PET), head "
     "(classification head, no prompt); prompt, ptuning, prefix, lora need PEFT.",
 )
-@click.option("--init", type=click.Choice(INITS), default="found", show_default=True)
+@click.option(
+    "--init",
+    type=click.Choice(INITS),
+    default="auto",
+    show_default=True,
+    help="Where trained vectors start; auto: a search result's triggers (found), else vocab.",
+)
 @click.option("--init-text", default=None, help="Words the vectors start from (--init text).")
 @click.option("--lr", type=float, default=None, help="Learning rate [default: by method].")
 @click.option("--steps", type=int, default=None, help="Optimizer steps [default: 200].")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from autoprompt_py.errors import AutopromptError
 
 METHODS = ("soft", "prompt", "ptuning", "prefix", "lora", "full", "head")
-INITS = ("found", "text", "vocab", "random")
+INITS = ("auto", "found", "text", "vocab", "random")
 ENCODERS = ("mlp", "lstm")
 PEFT_METHODS = ("prompt", "ptuning", "prefix", "lora")
 # methods whose trainable part is a few vectors in the input: they take --init
@@ -52,7 +52,7 @@ class TuneConfig:
     """
 
     method: str = "soft"
-    init: str = "found"
+    init: str = "auto"  # found where there is a found prompt (search triggers), else vocab
     init_text: str | None = None
     lr: float | None = None  # None: DEFAULT_LR[method]
     steps: int | None = None  # None: from epochs, else 200

@@ -150,12 +150,13 @@ def build(lm: MaskedLM, task, config, objective):
         part = LoraPart(lm, task.template, model, peft)
         return part
     found = None
-    if config.init == "found":
+    init = config.init if config.init != "auto" else ("found" if task.found else "vocab")
+    if init == "found":
         from autoprompt_py.prompt import FoundPrompt
 
         found = list(FoundPrompt.from_template(task.template, lm.tokenizer).token_ids)
     n = config.num_virtual_tokens or (len(found) if found else 8)
-    vectors, _ = init_vectors(lm, n, config.init, config.seed, found, config.init_text)
+    vectors, _ = init_vectors(lm, n, init, config.seed, found, config.init_text)
     common = dict(
         task_type=peft.TaskType.FEATURE_EXTRACTION, num_virtual_tokens=n,
         token_dim=int(vectors.shape[1]), num_transformer_submodules=1,

@@ -109,5 +109,6 @@ class SoftPart:
 def build(lm: MaskedLM, task, config, objective) -> SoftPart:
     n = task.template.num_triggers
     found = task.template.trigger_ids if task.open_triggers == 0 else None
-    vectors, ids = init_vectors(lm, n, config.init, config.seed, found, config.init_text)
+    init = config.init if config.init != "auto" else ("found" if found else "vocab")
+    vectors, ids = init_vectors(lm, n, init, config.seed, found, config.init_text)
     return SoftPart(lm, task.template, vectors, ids)
