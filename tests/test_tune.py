@@ -185,7 +185,7 @@ def test_a_short_run_on_the_bundled_model_improves_dev(tmp_path):
         "{sentence} It was [MASK] .", REPO / "examples/sentiment/train.tsv",
         REPO / "examples/sentiment/dev.tsv", verbalizer="sst2",
     )  # fmt: skip
-    out = tune(lm, task, TuneConfig(method="full", steps=20, eval_every=10, lr=1e-4, batch_size=16),
+    out = tune(lm, task, TuneConfig(method="full", steps=10, eval_every=10, lr=1e-4, batch_size=16),
                progress=False)  # fmt: skip
     assert out.result["dev"]["accuracy"] > out.result["start"]["accuracy"]
 
@@ -276,3 +276,23 @@ def test_plot_draws_a_tuning_curve(tiny_model_dirs, tmp_path):
     assert [p[1] for p in curve.points] == [0, 2, 4] and curve.method == "tune soft"
     plot_curves([tmp_path / "t" / "result.json"], tmp_path / "c.png", x="passes")
     assert (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_two_torchrun_processes_equal_one(tiny_model_dirs, tmp_path):
+    """Data parallel on distributed.py: the same global batch gives the same run."""
+    from test_distributed import invoke, torchrun
+
+    args = ["tune", "--model", tiny_model_dirs["bert"], "--train", REPO / "examples/sst2_mini.tsv",
+            "--template", "{sentence} [T] [T] It was [MASK] .", "--verbalizer", "sst2",
+            "--method", "soft", "--init", "vocab", "--steps", "4", "--eval-every", "2",
+            "--batch-size", "8", "--lr", "0.1", "--no-dropout", "--quiet", "--device", "cpu"]  # fmt: skip
+    r = invoke(*args, "--output", tmp_path / "one")
+    assert r.exit_code == 0, r.output
+    p = torchrun(*args, "--output", tmp_path / "two")
+    assert p.returncode == 0, p.stderr[-2000:]
+    one, two = (json.loads((tmp_path / d / "result.json").read_text()) for d in ("one", "two"))
+    assert two["world_size"] == 2
+    assert [c["dev"] for c in one["curve"]] == [c["dev"] for c in two["curve"]]
+    assert [c["train_loss"] or 0 for c in one["curve"]] == pytest.approx(
+        [c["train_loss"] or 0 for c in two["curve"]], rel=1e-5
+    )

@@ -66,6 +66,12 @@ INITS = ("auto", "found", "text", "vocab", "random")
 @click.option("--dev-shots", type=int, default=None, help="K dev examples per class.")
 @click.option("--data-seed", type=int, default=0, show_default=True, help="Seeds --shots.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--dropout/--no-dropout",
+    default=True,
+    show_default=True,
+    help="The model's own dropout while training (off: torchrun runs equal one process).",
+)
 @click.option("--output", required=True, help="Output folder (weights and result.json).")
 @click.option("--force", is_flag=True, help="Replace an existing --output folder.")
 @click.option("--resume", is_flag=True, help="Continue the run in <output>.ckpt.")
@@ -74,7 +80,7 @@ def tune(
     model_name, device, dtype, batch_size, train, dev, dev_fraction, test, template, verbalizer,
     aggregation, vocab, label_field, columns, method, init, init_text, lr, steps, epochs, warmup,
     weight_decay, max_grad_norm, eval_every, time_budget, shots, dev_shots, data_seed, seed,
-    output, force, resume, quiet,
+    dropout, output, force, resume, quiet,
 ) -> None:  # fmt: skip
     """Train a prompt (soft vectors) or the model with it, on labeled data or facts."""
     from autoprompt_py.model import load_model
@@ -87,7 +93,7 @@ def tune(
         method=method, init=init, init_text=init_text, lr=lr, steps=steps, epochs=epochs,
         batch_size=batch_size, warmup=warmup, weight_decay=weight_decay,
         max_grad_norm=max_grad_norm, eval_every=eval_every, time_budget=time_budget, seed=seed,
-        shots=shots, dev_shots=dev_shots, data_seed=data_seed, dtype=dtype,
+        shots=shots, dev_shots=dev_shots, data_seed=data_seed, dtype=dtype, dropout=dropout,
     )  # fmt: skip
     check_output_folder(output, force or resume)
     if config.method in ("prompt", "ptuning", "prefix", "lora"):

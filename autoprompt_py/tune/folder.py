@@ -32,8 +32,12 @@ def check_output_folder(output: str | Path, force: bool = False) -> Path:
 
 
 def write_folder(target: Path, force: bool, part, result: dict) -> Path:
+    from autoprompt_py.distributed import is_main
     from autoprompt_py.export import _staged_folder
     from autoprompt_py.results import write_json
+
+    if not is_main():  # under torchrun rank 0 writes; the others hold the same weights
+        return target
 
     with _staged_folder(target, force) as tmp:
         files = part.save(tmp)

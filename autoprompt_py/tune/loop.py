@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from autoprompt_py import distributed
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.results import atomic_write, read_json, write_json
 from autoprompt_py.tune.config import TuneConfig
@@ -57,13 +58,17 @@ def evaluate(
     part: TrainablePart, objective: Objective, data: Encoded, batch_size: int, device
 ) -> tuple[float, np.ndarray]:
     """The metric on ``data`` (accuracy, or P@1), and per row 1 for a hit."""
-    hits = np.zeros(len(data))
+    hits = torch.zeros(len(data), dtype=torch.float64)
     part.train_mode(False)
+    world, rank = distributed.world_size(), distributed.rank()
     with torch.inference_mode():
-        for rows in data.eval_orders(batch_size):
+        for i, rows in enumerate(data.eval_orders(batch_size)):
+            if i % world != rank:  # under torchrun each rank scores every world-th batch
+                continue
             scores = objective.scores(part.logits(data.batch(rows, device)))
-            hits[rows] = objective.hits(scores, data.gold[rows].to(device))
-    return float(hits.mean()), hits
+            hits[rows] = torch.from_numpy(objective.hits(scores, data.gold[rows].to(device)))
+    distributed.all_reduce_(hits)
+    return float(hits.mean()), hits.numpy()
 
 
 def make_optimizer(part: TrainablePart, config: TuneConfig, total: int):
@@ -202,7 +207,8 @@ class Trainer:
                 self._eval(started, base)
                 self.save()
             while s.step < self.total:
-                if budget is not None and base + time.perf_counter() - started >= budget:
+                over = budget is not None and base + time.perf_counter() - started >= budget
+                if distributed.agree_any(over):  # every rank stops at the same step
                     break
                 loss = self.step()
                 s.step += 1
@@ -237,13 +243,21 @@ class Trainer:
         rows = batch_indices(
             len(self.train), self.config.batch_size, self.config.seed, self.state.step
         )
-        batches = self.train.batch(rows, self.device)
-        gold = self.train.gold[rows].to(self.device)
+        # data parallel under torchrun: each rank takes every world-th row of the global
+        # batch; the summed gradients are those of the mean loss over the whole batch
+        mine = rows[distributed.rank() :: distributed.world_size()]
+        batches = self.train.batch(mine, self.device)
+        gold = self.train.gold[mine].to(self.device)
         self.part.train_mode(self.config.dropout)
         scores = self.objective.scores(self.part.logits(batches))
-        loss = self.objective.loss(scores, gold)
+        loss = self.objective.loss(scores, gold) * (len(mine) / len(rows))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if distributed.active():
+            for p in self.part.trainable():
+                if p.grad is not None:
+                    distributed.all_reduce_(p.grad)
+            loss = distributed.all_reduce_(loss.detach().clone())
         if self.config.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.part.trainable(), self.config.max_grad_norm)
         self.optimizer.step()

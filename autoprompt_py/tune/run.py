@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from autoprompt_py.errors import AutopromptError
 from autoprompt_py.model import MaskedLM
 from autoprompt_py.prompt import model_record
 from autoprompt_py.results import provenance
@@ -71,6 +72,14 @@ def tune(
     started = time.perf_counter()
     config = config or TuneConfig()
     config.check_task(task.template.num_triggers, task.open_triggers, task.template.is_relational)
+    from autoprompt_py import distributed
+
+    if distributed.world_size() > config.batch_size:
+        raise AutopromptError(
+            f"--batch-size {config.batch_size}: under torchrun each of the "
+            f"{distributed.world_size()} processes needs a row of every batch; use a batch "
+            "size of at least the number of processes"
+        )
     target = None
     if output is not None:
         target = check_output_folder(output, force or resume)
