@@ -47,9 +47,10 @@ INITS = ("auto", "found", "text", "vocab", "random")
 @click.option(
     "--init",
     type=click.Choice(INITS),
-    default="auto",
+    default="vocab",
     show_default=True,
-    help="Where trained vectors start; auto: a search result's triggers (found), else vocab.",
+    help="Where trained vectors start (vocab won on dev, see the README); auto: a search "
+    "result's triggers (found), else vocab.",
 )
 @click.option("--init-text", default=None, help="Words the vectors start from (--init text).")
 @click.option("--lr", type=float, default=None, help="Learning rate [default: by method].")

@@ -52,7 +52,7 @@ class TuneConfig:
     """
 
     method: str = "soft"
-    init: str = "auto"  # found where there is a found prompt (search triggers), else vocab
+    init: str = "vocab"  # won on dev in scripts/compare_tuning.py (README); auto: found if any
     init_text: str | None = None
     lr: float | None = None  # None: DEFAULT_LR[method]
     steps: int | None = None  # None: from epochs, else 200
