@@ -53,7 +53,7 @@ def floor_step(lm, method, part, batches, gold, word_ids, opt):
     return loss
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--methods", default="full,soft,head,prompt,lora")
     ap.add_argument("--steps", type=int, default=20)
@@ -61,7 +61,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from autoprompt_py.cli.common import quiet_transformers
     from autoprompt_py.model import load_model

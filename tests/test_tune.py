@@ -296,3 +296,14 @@ def test_two_torchrun_processes_equal_one(tiny_model_dirs, tmp_path):
     assert [c["train_loss"] or 0 for c in one["curve"]] == pytest.approx(
         [c["train_loss"] or 0 for c in two["curve"]], rel=1e-5
     )
+
+
+def test_bench_tune_runs(capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_tune", REPO / "scripts/bench_tune.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--methods", "soft", "--steps", "2", "--evals", "1"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| soft")]
+    assert len(rows) == 1 and "×" in rows[0]
