@@ -315,7 +315,10 @@ def probe(
             err=True,
         )
     quiet_transformers()
-    lm = attach_tuned(load_model(model_name, device, dtype), [*relation_templates, template or ""])
+    lm = attach_tuned(
+        load_model(model_name, device, dtype),
+        [*relation_templates, *([template] if template else [])],
+    )
     probes = probe_templates(
         lm,
         named,
