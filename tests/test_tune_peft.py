@@ -23,7 +23,7 @@ TEMPLATE = "{sentence} It was [P] ."
 @pytest.mark.parametrize(
     "family, method",
     [(f, m) for f in ("bert", "roberta", "albert", "deberta-v2") for m in ("prompt", "lora")]
-    + [("bert", "ptuning")],
+    + [("bert", "ptuning"), ("bert", "prefix"), ("roberta", "prefix")],
 )
 def test_forward_equals_peft_and_base_stays(tiny_model_dirs, family, method):
     lm = load_model(tiny_model_dirs[family], device="cpu")
@@ -46,13 +46,18 @@ def test_forward_equals_peft_and_base_stays(tiny_model_dirs, family, method):
         if method == "lora" and lm.uses_token_type_ids:
             kwargs["token_type_ids"] = b.token_type_ids
         full = part.peft_model(**kwargs).logits  # PEFT's own forward (token types all 0)
-        if method != "lora" and lm.uses_token_type_ids and b.token_type_ids.any():
+        if method in ("prompt", "ptuning") and lm.uses_token_type_ids and b.token_type_ids.any():
             pytest.skip("PEFT's forward cannot pass token types with virtual tokens")
-        shift = 0 if method == "lora" else 3
+        shift = 0 if method in ("lora", "prefix") else 3
         want = full[torch.arange(len(b.index))[:, None], b.mask_positions + shift]
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     for name, p in part.peft_model.named_parameters():
         assert p.requires_grad == ("lora_" in name or "prompt_encoder" in name), name
+    if method == "prefix":  # the prefixes change the masks' logits
+        with torch.no_grad():
+            plain = lm.mask_logits(b.mask_positions, b.attention_mask, b.input_ids,
+                                   token_type_ids=b.token_type_ids)  # fmt: skip
+        assert not torch.allclose(plain, got)
     tune_part_steps = tune(
         load_model(tiny_model_dirs[family], device="cpu"), task,
         TuneConfig(method=method, init="vocab", num_virtual_tokens=3, steps=2, lr=0.05),
@@ -67,7 +72,7 @@ def test_forward_equals_peft_and_base_stays(tiny_model_dirs, family, method):
     assert before.keys() <= fresh.keys()
 
 
-@pytest.mark.parametrize("method", ["prompt", "lora"])
+@pytest.mark.parametrize("method", ["prompt", "lora", "prefix"])
 def test_saved_adapter_scores_as_measured(tiny_model_dirs, tmp_path, method):
     path = tiny_model_dirs["bert"]
     task = load_tune_task(TEMPLATE, rows(), rows(), verbalizer=VERB)

@@ -123,6 +123,11 @@ def attach_tuned(lm, specs):
     if not changing:
         return lm
     spec, result = changing[0]
+    if result["method"] == "prefix":
+        from autoprompt_py.tune.methods.peft_methods import PrefixLM, require_peft
+
+        peft = require_peft("prefix")
+        return PrefixLM(lm, peft.PeftModel.from_pretrained(lm.model, spec))
     if result["method"] == "lora":
         from autoprompt_py.tune.methods.peft_methods import require_peft
 

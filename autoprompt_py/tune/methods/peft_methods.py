@@ -1,6 +1,6 @@
-"""``prompt``, ``ptuning``, ``lora``: PEFT adapters (prompt tuning, Lester et al. 2021;
-P-tuning, Liu et al. 2021; LoRA, Hu et al. 2021), saved so ``PeftModel.from_pretrained`` loads
-them. ``prefix`` (deep prompts) is not built: see the README.
+"""``prompt``, ``ptuning``, ``prefix``, ``lora``: PEFT adapters (prompt tuning, Lester et al.
+2021; P-tuning, Liu et al. 2021; prefix tuning / P-tuning v2, key/value prefixes in every
+layer; LoRA, Hu et al. 2021), saved so ``PeftModel.from_pretrained`` loads them.
 
 Prompt tuning and P-tuning take their virtual tokens from PEFT's prompt encoder
 (``get_prompt``) and prepend them to the input embeddings, as PEFT's own forward does, but
@@ -69,6 +69,31 @@ class PrependLM:
         return prepend_logits(self.lm, self.vectors[None], b)
 
 
+def prefix_logits(lm: MaskedLM, peft_model, b: Batch) -> torch.Tensor:
+    """Mask logits through PEFT's prefix-tuning forward (the prefixes are past keys and
+    values of every layer, so positions do not move); the MLM head at the masks only."""
+    # PEFT's prompt-learning forward drops token types (one-segment templates: all zero)
+    with lm._gather(b.mask_positions):
+        return peft_model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
+
+
+class PrefixLM:
+    """A ``MaskedLM`` read through a prefix-tuning PEFT model (``score`` / ``probe``)."""
+
+    def __init__(self, lm: MaskedLM, peft_model) -> None:
+        self.lm, self.peft_model = lm, peft_model.eval()
+
+    def __getattr__(self, name: str):
+        return getattr(self.lm, name)
+
+    def mask_logits(self, mask_positions, attention_mask, input_ids=None, inputs_embeds=None,
+                    token_type_ids=None) -> torch.Tensor:  # fmt: skip
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(attention_mask)
+        b = Batch(input_ids, attention_mask, token_type_ids, mask_positions, mask_positions, None)
+        return prefix_logits(self.lm, self.peft_model, b)
+
+
 class _PeftPart:
     def __init__(self, lm: MaskedLM, template, peft_model, peft) -> None:
         self.lm, self.template, self.peft_model, self.peft = lm, template, peft_model, peft
@@ -109,6 +134,13 @@ class LoraPart(_PeftPart):
         }
 
 
+class PrefixPart(_PeftPart):
+    method = "prefix"
+
+    def logits(self, batches: dict[int, Batch]) -> dict[int, torch.Tensor]:
+        return {k: prefix_logits(self.lm, self.peft_model, b) for k, b in batches.items()}
+
+
 class PromptPart(_PeftPart):
     method = "prompt"
 
@@ -131,11 +163,6 @@ class PromptPart(_PeftPart):
 
 def build(lm: MaskedLM, task, config, objective):
     peft = require_peft(config.method)
-    if config.method == "prefix":
-        raise AutopromptError(
-            "--method prefix is not available in this version (see the README); use "
-            "--method prompt, ptuning or lora"
-        )
     torch.manual_seed(config.seed)
     if config.method == "lora":
         kwargs = dict(r=config.lora_r, lora_alpha=config.lora_alpha,
@@ -149,6 +176,16 @@ def build(lm: MaskedLM, task, config, objective):
             )
         part = LoraPart(lm, task.template, model, peft)
         return part
+    layers = _config_value(lm.model.config, "num_hidden_layers", "n_layers")
+    heads = _config_value(lm.model.config, "num_attention_heads", "n_heads")
+    if config.method == "prefix":  # PEFT's own start (the prefixes are not token embeddings)
+        cfg = peft.PrefixTuningConfig(
+            task_type=peft.TaskType.FEATURE_EXTRACTION,
+            num_virtual_tokens=config.num_virtual_tokens or 8,
+            token_dim=int(lm.model.config.hidden_size), num_transformer_submodules=1,
+            num_layers=layers, num_attention_heads=heads,
+        )  # fmt: skip
+        return PrefixPart(lm, task.template, peft.get_peft_model(lm.model, cfg), peft)
     found = None
     init = config.init if config.init != "auto" else ("found" if task.found else "vocab")
     if init == "found":
