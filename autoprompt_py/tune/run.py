@@ -66,6 +66,8 @@ def tune(
 ) -> TuneOutcome:
     """Train ``config.method`` on ``task``; the best on dev is kept, scored on test, written.
 
+    The model is trained in place (``full``, ``head`` aside; PEFT methods add their adapter
+    to ``lm.model``): load a fresh one for another run.
     ``output`` is a folder (``folder.py``); its checkpoint is ``<output>.ckpt``, which
     ``resume`` continues. Ctrl-C (KeyboardInterrupt) stops the run with the best so far.
     """
@@ -137,7 +139,7 @@ def tune(
         "train_seconds": round(state.seconds, 3),
         "interrupted": trainer.interrupted,
     }
-    if config.method == "soft":
+    if config.method in ("soft", "prompt"):
         result["projection"] = project(lm, task, part, objective, dev, config)
     if target is not None:
         write_folder(target, True, part, result)
@@ -145,22 +147,29 @@ def tune(
 
 
 def project(lm, task, part, objective, dev, config) -> dict:
-    """Back to discrete: each vector's nearest tokens (cosine) and the dev metric of the
-    template with the nearest token in each slot."""
-    from autoprompt_py.tune.methods.soft import SoftPart
-
-    assert isinstance(part, SoftPart)
-    near = nearest_tokens(lm, part.vectors)
+    """Back to discrete: each trained vector's nearest tokens (cosine) and the dev metric with
+    the nearest token's embedding in its place (soft: in each slot; prompt: each virtual
+    token)."""
+    if config.method == "soft":
+        weight = part.vectors
+    else:  # PEFT prompt tuning: the virtual tokens are the rows of its embedding
+        weight = part.peft_model.prompt_encoder["default"].embedding.weight
+    near = nearest_tokens(lm, weight)
     ids = [n[0] for n in near]
-    discrete = task.template.with_triggers(ids, lm.tokenizer.convert_ids_to_tokens(ids))
-    saved = part.state()
+    saved = weight.detach().clone()
     with torch.no_grad():
-        part.vectors.copy_(lm.embeddings.detach()[torch.tensor(ids, device=lm.device)].float())
+        weight.copy_(lm.embeddings.detach()[torch.tensor(ids, device=lm.device)].float())
     value, _ = evaluate(part, objective, dev, config.eval_batch_size, lm.device)
-    part.load_state(saved)
+    with torch.no_grad():
+        weight.copy_(saved)
+    tokens = lm.tokenizer.convert_ids_to_tokens(ids)
+    if config.method == "soft":
+        prompt = task.template.with_triggers(ids, tokens).render(triggers="token")
+    else:
+        prompt = " ".join(tokens) + " | " + task.template.render()
     return {
         "nearest": [lm.tokenizer.convert_ids_to_tokens(n) for n in near],
-        "prompt": discrete.render(triggers="token"),
+        "prompt": prompt,
         "trigger_ids": ids,
         "dev": {objective.metric: value},
     }
