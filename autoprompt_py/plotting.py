@@ -30,6 +30,7 @@ X_AXES = {
     "seconds": (0, "seconds", "wall-clock seconds"),
     "passes": (1, "forward_passes", "model forward passes"),
 }
+TUNE_KIND = "autoprompt-tune"  # tune/vectors.py's: an ``autoprompt tune`` result.json
 MISSING_MATPLOTLIB = "autoprompt plot needs matplotlib: pip install autoprompt-py[plot]"
 
 
@@ -99,6 +100,8 @@ def read_curve(path: str | Path) -> RunCurve:
         raise AutopromptError(
             f"{path}{where}: not valid JSON; give the .json files written by autoprompt search"
         ) from None
+    if isinstance(data, dict) and data.get("kind") == TUNE_KIND:
+        return _tuning_curve(path, data)
     if not isinstance(data, dict) or data.get("kind") != RESULT_KIND:
         raise AutopromptError(
             f'{path}: not a search result (no "kind": "{RESULT_KIND}"); give the .json files '
@@ -137,6 +140,37 @@ def read_curve(path: str | Path) -> RunCurve:
         points=points,
         metric=str(data.get("metric") or "dev metric"),
         method=str(data.get("method") or config.get("method") or "") or None,
+        seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+        cost={k: float(v) for k, v in cost.items() if _number(v)},
+        model=Path(str(model["name"])).name if model.get("name") else None,
+        relation=data.get("relation") if isinstance(data.get("relation"), str) else None,
+        settings=json.dumps(
+            [data.get("method"), {k: v for k, v in config.items() if k != "seed"}],
+            sort_keys=True,
+            default=str,
+        ),
+    )
+
+
+def _tuning_curve(path: Path, data: dict) -> RunCurve:
+    """An ``autoprompt tune`` result's curve: the best dev metric so far at each evaluation
+    (``passes`` counts training steps)."""
+    best, points = None, []
+    for c in data.get("curve") if isinstance(data.get("curve"), list) else []:
+        if isinstance(c, dict) and all(_number(c.get(k)) for k in ("seconds", "step", "dev")):
+            best = c["dev"] if best is None else max(best, c["dev"])
+            points.append((float(c["seconds"]), float(c["step"]), float(best)))
+    if not points:
+        raise AutopromptError(f'{path}: its "curve" has no point with a dev metric to draw')
+    config = data.get("config") if isinstance(data.get("config"), dict) else {}
+    model = data.get("model") if isinstance(data.get("model"), dict) else {}
+    seed = config.get("seed")
+    cost = {"seconds": data.get("train_seconds"), "forward_passes": data.get("steps")}
+    return RunCurve(
+        source=str(path),
+        points=points,
+        metric=str(data.get("metric") or "dev metric"),
+        method=f"tune {data.get('method')}",
         seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
         cost={k: float(v) for k, v in cost.items() if _number(v)},
         model=Path(str(model["name"])).name if model.get("name") else None,

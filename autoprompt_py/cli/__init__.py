@@ -29,6 +29,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "autoprompt_py.cli.predict",
         "Label new data with a prompt: label probabilities, or top-k objects for relations.",
     ),
+    "tune": (
+        "autoprompt_py.cli.tune",
+        "Train a prompt (soft vectors) or the model with it, on labeled data or facts.",
+    ),
     "export": (
         "autoprompt_py.cli.export",
         "Export a search RESULT (or --template) as a soft-prompt initialization.",

@@ -149,9 +149,10 @@ def score(
     from autoprompt_py.model import load_model
     from autoprompt_py.resources import check_trigger_ids, load_templates, load_verbalizer
     from autoprompt_py.results import provenance, refuse_overwrite, write_json
+    from autoprompt_py.tune.folder import attach_tuned, load_templates_or_tuned, read_tuned
 
     refuse_overwrite(output, "--output", force)
-    named = [t for spec in templates for t in load_templates(spec)]
+    named = [t for spec in templates for t in load_templates_or_tuned(spec)]
     verbs = [(spec, load_verbalizer(spec)) for spec in verbalizers]
     n_members = len(named) * len(verbs)
     rule, cf_texts = _check_ensemble_options(
@@ -169,8 +170,13 @@ def score(
             err=True,
         )
     quiet_transformers()
-    lm = load_model(model_name, device, dtype)
-    check_trigger_ids(named, lm.vocab_size, model_name)
+    base = load_model(model_name, device, dtype)
+    check_trigger_ids(
+        [t for spec in templates if read_tuned(spec) is None for t in load_templates(spec)],
+        base.vocab_size,
+        model_name,
+    )  # a tuned soft prompt's slots are ids past the vocabulary, on purpose
+    lm = attach_tuned(base, templates)
     report = score_prompts(
         lm,
         named,
@@ -320,14 +326,15 @@ def probe(
     )
     from autoprompt_py.resources import check_trigger_ids, load_templates
     from autoprompt_py.results import provenance, refuse_overwrite, write_json
+    from autoprompt_py.tune.folder import attach_tuned, load_templates_or_tuned, read_tuned
     from autoprompt_py.vocab import read_vocab
 
     refuse_overwrite(output, "--output", force)
     per_relation = _per_relation(templates_per_relation)
     rule, cf_texts = _check_ensemble_options(ensemble, ensemble_rule, None, calibrate, content_free)
-    named = [t for spec in relation_templates for t in load_templates(spec, "--relations")]
+    named = [t for spec in relation_templates for t in load_templates_or_tuned(spec, "--relations")]
     if template:
-        named += [t.__class__(t.name, t.template, None) for t in load_templates(template)]
+        named += [t.__class__(t.name, t.template, None) for t in load_templates_or_tuned(template)]
     if not named:
         named = load_templates("lama_trex")
     fact_sets = read_facts(facts)
@@ -340,8 +347,14 @@ def probe(
             err=True,
         )
     quiet_transformers()
-    lm = load_model(model_name, device, dtype)
-    check_trigger_ids(named, lm.vocab_size, model_name)
+    base = load_model(model_name, device, dtype)
+    specs = [*relation_templates, *([template] if template else [])]
+    check_trigger_ids(
+        [t for spec in specs if read_tuned(spec) is None for t in load_templates(spec)],
+        base.vocab_size,
+        model_name,
+    )
+    lm = attach_tuned(base, specs)
     probes = probe_templates(
         lm,
         named,

@@ -1,0 +1,129 @@
+"""``autoprompt tune``: train soft prompts, or fine-tune the model with a prompt (thin layer over
+``autoprompt_py.tune``)."""
+
+from __future__ import annotations
+
+import click
+
+from autoprompt_py.cli.common import model_options, parse_columns, quiet_transformers
+
+METHODS = ("soft", "prompt", "ptuning", "prefix", "lora", "full", "head")
+INITS = ("auto", "found", "text", "vocab", "random")
+
+
+@click.command("tune")
+@model_options
+@click.option(
+    "--train",
+    required=True,
+    help="Training examples (.tsv/.csv/.jsonl), or LAMA facts (.jsonl) for a relation template.",
+)
+@click.option("--dev", default=None, help="Dev examples; default: --dev-fraction of --train.")
+@click.option("--dev-fraction", type=float, default=0.2, show_default=True)
+@click.option("--test", default=None, help="Test examples, scored once with the best checkpoint.")
+@click.option(
+    "--template",
+    required=True,
+    help="Template text, a shipped set's one template, or a search result (.json).",
+)
+@click.option("--verbalizer", default=None, help="Label words: file, shipped name or inline JSON.")
+@click.option(
+    "--aggregation",
+    type=click.Choice(["sum", "mean-logit", "mean-logprob"]),
+    default="sum",
+    show_default=True,
+)
+@click.option("--vocab", default=None, help="Relation mode: predict over these words only.")
+@click.option("--label-field", default="label", show_default=True)
+@click.option("--columns", default=None, help="Column names of a header-less .tsv/.csv.")
+@click.option(
+    "--method",
+    type=click.Choice(METHODS),
+    default="soft",
+    show_default=True,
+    help="What trains: soft ([T] slots as vectors), full (every weight, PET), head "
+    "(classification head, no prompt); prompt, ptuning, prefix, lora need PEFT.",
+)
+@click.option(
+    "--init",
+    type=click.Choice(INITS),
+    default="vocab",
+    show_default=True,
+    help="Where trained vectors start (vocab won on dev, see the README); auto: a search "
+    "result's triggers (found), else vocab.",
+)
+@click.option("--init-text", default=None, help="Words the vectors start from (--init text).")
+@click.option("--lr", type=float, default=None, help="Learning rate [default: by method].")
+@click.option("--steps", type=int, default=None, help="Optimizer steps [default: 200].")
+@click.option(
+    "--epochs", type=float, default=None, help="Passes over --train (instead of --steps)."
+)
+@click.option("--warmup", type=float, default=0.1, show_default=True, help="Share of the steps.")
+@click.option("--weight-decay", type=float, default=0.0, show_default=True)
+@click.option("--max-grad-norm", type=float, default=1.0, show_default=True)
+@click.option("--eval-every", type=int, default=50, show_default=True)
+@click.option("--time-budget", type=float, default=None, help="Stop after this many seconds.")
+@click.option("--shots", type=int, default=None, help="K training examples per class (facts: K).")
+@click.option("--dev-shots", type=int, default=None, help="K dev examples per class.")
+@click.option("--data-seed", type=int, default=0, show_default=True, help="Seeds --shots.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--dropout/--no-dropout",
+    default=True,
+    show_default=True,
+    help="The model's own dropout while training (off: torchrun runs equal one process).",
+)
+@click.option("--output", required=True, help="Output folder (weights and result.json).")
+@click.option("--force", is_flag=True, help="Replace an existing --output folder.")
+@click.option("--resume", is_flag=True, help="Continue the run in <output>.ckpt.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def tune(
+    model_name, device, dtype, batch_size, train, dev, dev_fraction, test, template, verbalizer,
+    aggregation, vocab, label_field, columns, method, init, init_text, lr, steps, epochs, warmup,
+    weight_decay, max_grad_norm, eval_every, time_budget, shots, dev_shots, data_seed, seed,
+    dropout, output, force, resume, quiet,
+) -> None:  # fmt: skip
+    """Train a prompt (soft vectors) or the model with it, on labeled data or facts."""
+    from autoprompt_py.model import load_model
+    from autoprompt_py.results import output_lock
+    from autoprompt_py.tune import TuneConfig, load_tune_task
+    from autoprompt_py.tune import tune as run_tune
+    from autoprompt_py.tune.folder import check_output_folder
+
+    config = TuneConfig(
+        method=method, init=init, init_text=init_text, lr=lr, steps=steps, epochs=epochs,
+        batch_size=batch_size, warmup=warmup, weight_decay=weight_decay,
+        max_grad_norm=max_grad_norm, eval_every=eval_every, time_budget=time_budget, seed=seed,
+        shots=shots, dev_shots=dev_shots, data_seed=data_seed, dtype=dtype, dropout=dropout,
+    )  # fmt: skip
+    check_output_folder(output, force or resume)
+    if config.method in ("prompt", "ptuning", "prefix", "lora"):
+        from autoprompt_py.tune.methods.peft_methods import require_peft
+
+        require_peft(config.method)
+    task = load_tune_task(
+        template, train, dev, test, verbalizer, aggregation, vocab, label_field,
+        parse_columns(columns), dev_fraction, seed, shots, dev_shots, data_seed,
+    )  # fmt: skip
+    config.check_task(task.template.num_triggers, task.open_triggers, task.template.is_relational)
+    click.get_current_context().with_resource(output_lock(output))
+    quiet_transformers()
+    lm = load_model(model_name, device, dtype)
+    outcome = run_tune(lm, task, config, output, force, resume, progress=not quiet)
+    r = outcome.result
+    m = r["metric"]
+    line = f"dev {m} {r['start'][m]:.4f} → {r['dev'][m]:.4f} (best at step {r['best_step']})"
+    if r["test"] is not None:
+        line += f"; test {m} {r['test'][m]:.4f}"
+    click.echo(line)
+    if "projection" in r:
+        p = r["projection"]
+        click.echo(f"nearest tokens: {p['prompt']} (dev {m} {p['dev'][m]:.4f})")
+    click.echo(
+        f"wrote {output} ({r['trainable_parameters']} trainable parameters, {r['seconds']:.1f} s)"
+    )
+    if outcome.interruption is not None:
+        raise outcome.interruption
+
+
+COMMANDS = [tune]

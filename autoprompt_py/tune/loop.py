@@ -1,0 +1,265 @@
+"""The training loop: AdamW with warmup and linear decay, gradient clipping, dev every
+``eval_every`` steps with the best kept, a time budget, a tqdm bar, Ctrl-C / SIGTERM keep the
+best so far, and a checkpoint (plain JSON beside the tensors) that a resumed run continues
+exactly: the batches are a function of (seed, step), and the optimizer, schedule and torch
+random state (dropout) are saved with the weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from autoprompt_py import distributed
+from autoprompt_py.errors import AutopromptError
+from autoprompt_py.results import atomic_write, read_json, write_json
+from autoprompt_py.tune.config import TuneConfig
+from autoprompt_py.tune.methods import TrainablePart
+from autoprompt_py.tune.objective import Encoded, Objective
+
+CHECKPOINT_KIND = "autoprompt-tune-checkpoint"
+
+
+@dataclass
+class TrainState:
+    """Where a run stands; plain JSON (the tensors live beside it)."""
+
+    step: int = 0
+    seconds: float = 0.0
+    curve: list[dict] = field(default_factory=list)  # {step, seconds, train_loss, dev}
+    best_step: int = 0
+    best_dev: float | None = None
+    start_dev: float | None = None
+    loss_sum: float = 0.0
+    loss_count: int = 0
+    finished: bool = False
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int) -> list[int]:
+    """The rows of a step: epoch after epoch of seeded permutations, cut into batches."""
+    out: list[int] = []
+    start = step * batch_size
+    while len(out) < batch_size:
+        epoch, offset = divmod(start + len(out), n)
+        perm = np.random.default_rng([seed, epoch]).permutation(n)
+        out += perm[offset : offset + batch_size - len(out)].tolist()
+    return out
+
+
+def evaluate(
+    part: TrainablePart, objective: Objective, data: Encoded, batch_size: int, device
+) -> tuple[float, np.ndarray]:
+    """The metric on ``data`` (accuracy, or P@1), and per row 1 for a hit."""
+    hits = torch.zeros(len(data), dtype=torch.float64)
+    part.train_mode(False)
+    world, rank = distributed.world_size(), distributed.rank()
+    with torch.inference_mode():
+        for i, rows in enumerate(data.eval_orders(batch_size)):
+            if i % world != rank:  # under torchrun each rank scores every world-th batch
+                continue
+            scores = objective.scores(part.logits(data.batch(rows, device)))
+            hits[rows] = torch.from_numpy(objective.hits(scores, data.gold[rows].to(device)))
+    distributed.all_reduce_(hits)
+    return float(hits.mean()), hits.numpy()
+
+
+def make_optimizer(part: TrainablePart, config: TuneConfig, total: int):
+    params = part.trainable()
+    decay = [p for p in params if p.ndim >= 2]  # no decay on biases and norms (as HF trains)
+    rest = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}]
+    if rest:
+        groups.append({"params": rest, "weight_decay": 0.0})
+    opt = torch.optim.AdamW(groups, lr=config.learning_rate)
+    warm = int(config.warmup * total)
+
+    def factor(s: int) -> float:
+        if s < warm:
+            return (s + 1) / warm
+        return max(0.0, (total - s) / max(1, total - warm))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+class Trainer:
+    """One run: ``run()`` trains from the start or a checkpoint; ``best`` holds the best
+    trainable tensors (on dev), loaded into the part when it ends."""
+
+    def __init__(
+        self,
+        part: TrainablePart,
+        objective: Objective,
+        train: Encoded,
+        dev: Encoded,
+        config: TuneConfig,
+        device: torch.device,
+        identity: dict,
+        checkpoint: Path | None = None,
+    ) -> None:
+        self.part, self.objective, self.train, self.dev = part, objective, train, dev
+        self.config, self.device = config, device
+        self.total = config.total_steps(len(train))
+        self.identity = identity
+        self.checkpoint = checkpoint
+        self.optimizer, self.schedule = make_optimizer(part, config, self.total)
+        self.state = TrainState()
+        self.best: dict[str, torch.Tensor] | None = None
+        self.interrupted = False
+        self.interruption: KeyboardInterrupt | None = None
+
+    # -- checkpoint ------------------------------------------------------------------------
+
+    def save(self) -> None:
+        if self.checkpoint is None:
+            return
+        self.checkpoint.mkdir(parents=True, exist_ok=True)
+        tensors = {
+            "step": self.state.step,
+            "current": self.part.state(),
+            "best": self.best,
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+        atomic_write(self.checkpoint / "tensors.pt", lambda tmp: torch.save(tensors, tmp))
+        record = {
+            "kind": CHECKPOINT_KIND,
+            "identity": self.identity,
+            "state": dataclasses.asdict(self.state),
+        }
+        write_json(self.checkpoint / "state.json", record)
+
+    def load(self) -> None:
+        where = self.checkpoint
+        if where is None or not (where / "state.json").is_file():
+            raise AutopromptError(
+                f"--resume: no checkpoint at {where}; run without --resume to start"
+            )
+        record = read_json(where / "state.json", "checkpoint")
+        if not isinstance(record, dict) or record.get("kind") != CHECKPOINT_KIND:
+            raise AutopromptError(f"{where}/state.json: not a tune checkpoint")
+        saved = json.loads(json.dumps(record.get("identity")))
+        if saved != json.loads(json.dumps(self.identity)):
+            diff = sorted(
+                k for k in set(saved) | set(self.identity) if saved.get(k) != self.identity.get(k)
+            )
+            raise AutopromptError(
+                f"--resume: the checkpoint {where} is of another run (differs in "
+                f"{', '.join(map(str, diff[:5]))}); give the same options, or --force to start over"
+            )
+        tensors = torch.load(where / "tensors.pt", weights_only=False)
+        self.state = TrainState(**record["state"])
+        if tensors["step"] != self.state.step:
+            raise AutopromptError(f"{where}: state.json and tensors.pt disagree; start over")
+        self.part.load_state(tensors["current"])
+        self.best = tensors["best"]
+        self.optimizer.load_state_dict(tensors["optimizer"])
+        self.schedule.load_state_dict(tensors["schedule"])
+        torch.set_rng_state(tensors["rng"])
+        if tensors.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(tensors["cuda_rng"])
+
+    # -- the run ---------------------------------------------------------------------------
+
+    def _eval(self, started: float, base: float) -> None:
+        s = self.state
+        dev, _ = evaluate(
+            self.part, self.objective, self.dev, self.config.eval_batch_size, self.device
+        )
+        loss = s.loss_sum / s.loss_count if s.loss_count else None
+        s.seconds = base + time.perf_counter() - started
+        s.curve.append(
+            {"step": s.step, "seconds": round(s.seconds, 3), "train_loss": loss, "dev": dev}
+        )
+        s.loss_sum, s.loss_count = 0.0, 0
+        if s.start_dev is None:
+            s.start_dev = dev
+        if s.best_dev is None or dev > s.best_dev:
+            s.best_dev, s.best_step = dev, s.step
+            self.best = self.part.state()
+
+    def run(self, resume: bool = False, progress: bool = True) -> TrainState:
+        torch.manual_seed(self.config.seed)
+        if resume:
+            self.load()
+        s = self.state
+        started, base = time.perf_counter(), s.seconds
+        budget = self.config.time_budget
+        bar = tqdm(
+            total=self.total,
+            initial=s.step,
+            desc=f"tune {self.config.method}",
+            unit="step",
+            disable=not progress,
+            leave=False,
+        )
+        try:
+            if not s.curve:
+                self._eval(started, base)
+                self.save()
+            while s.step < self.total:
+                over = budget is not None and base + time.perf_counter() - started >= budget
+                if distributed.agree_any(over):  # every rank stops at the same step
+                    break
+                loss = self.step()
+                s.step += 1
+                if math.isfinite(loss):
+                    s.loss_sum += loss
+                    s.loss_count += 1
+                bar.update(1)
+                if s.step % self.config.eval_every == 0 or s.step == self.total:
+                    self._eval(started, base)
+                    self.save()
+                    bar.set_postfix(
+                        loss=f"{s.curve[-1]['train_loss'] or 0:.3f}",
+                        dev=f"{s.curve[-1]['dev']:.3f}",
+                    )
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (errors.Terminated)
+            self.interrupted, self.interruption = True, e
+            if self.best is None:
+                raise
+        finally:
+            bar.close()
+        if not self.interrupted and s.curve[-1]["step"] != s.step:
+            self._eval(started, base)  # stopped by the budget between two evaluations
+        s.seconds = base + time.perf_counter() - started
+        s.finished = not self.interrupted
+        if not self.interrupted:  # an interrupt may fall mid-step: keep the last whole one
+            self.save()
+        if self.best is not None:
+            self.part.load_state(self.best)
+        return s
+
+    def step(self) -> float:
+        rows = batch_indices(
+            len(self.train), self.config.batch_size, self.config.seed, self.state.step
+        )
+        # data parallel under torchrun: each rank takes every world-th row of the global
+        # batch; the summed gradients are those of the mean loss over the whole batch
+        mine = rows[distributed.rank() :: distributed.world_size()]
+        batches = self.train.batch(mine, self.device)
+        gold = self.train.gold[mine].to(self.device)
+        self.part.train_mode(self.config.dropout)
+        scores = self.objective.scores(self.part.logits(batches))
+        loss = self.objective.loss(scores, gold) * (len(mine) / len(rows))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if distributed.active():
+            for p in self.part.trainable():
+                if p.grad is not None:
+                    distributed.all_reduce_(p.grad)
+            loss = distributed.all_reduce_(loss.detach().clone())
+        if self.config.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.part.trainable(), self.config.max_grad_norm)
+        self.optimizer.step()
+        self.schedule.step()
+        return float(loss.detach())

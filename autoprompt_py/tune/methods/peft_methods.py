@@ -1,0 +1,216 @@
+"""``prompt``, ``ptuning``, ``prefix``, ``lora``: PEFT adapters (prompt tuning, Lester et al.
+2021; P-tuning, Liu et al. 2021; prefix tuning / P-tuning v2, key/value prefixes in every
+layer; LoRA, Hu et al. 2021), saved so ``PeftModel.from_pretrained`` loads them.
+
+Prompt tuning and P-tuning take their virtual tokens from PEFT's prompt encoder
+(``get_prompt``) and prepend them to the input embeddings, as PEFT's own forward does, but
+here with the token types and mask positions shifted too (PEFT's feature-extraction forward
+leaves BERT's ``token_type_ids`` one prompt short) and the MLM head at the masks only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from autoprompt_py.encoding import Batch
+from autoprompt_py.errors import AutopromptError
+from autoprompt_py.export import PEFT_INSTALL, _config_value
+from autoprompt_py.model import MaskedLM
+from autoprompt_py.tune.init import init_vectors
+
+
+def require_peft(method: str):
+    try:
+        import peft
+    except ImportError:
+        raise AutopromptError(
+            f"--method {method} needs the PEFT library, which is not installed: {PEFT_INSTALL}"
+        ) from None
+    return peft
+
+
+def prepend_logits(lm: MaskedLM, prompts: torch.Tensor, b: Batch) -> torch.Tensor:
+    """Mask logits with ``prompts`` [batch or 1, n, E] before every input."""
+    embeds = lm.word_embeddings(b.input_ids)
+    n = prompts.shape[1]
+    prompts = prompts.to(embeds.dtype).expand(len(embeds), -1, -1)
+    ones = b.attention_mask.new_ones(len(embeds), n)
+    zeros = b.token_type_ids.new_zeros(len(embeds), n)
+    return lm.mask_logits(
+        b.mask_positions + n,
+        torch.cat([ones, b.attention_mask], 1),
+        inputs_embeds=torch.cat([prompts, embeds], 1),
+        token_type_ids=torch.cat([zeros, b.token_type_ids], 1),
+    )
+
+
+class PrependLM:
+    """A ``MaskedLM`` that reads fixed virtual-token vectors [n, E] before every input, for
+    ``score`` / ``probe`` of a tuned ``prompt`` or ``ptuning`` folder."""
+
+    def __init__(self, lm: MaskedLM, vectors: torch.Tensor) -> None:
+        self.lm, self.vectors = lm, vectors
+
+    def __getattr__(self, name: str):
+        return getattr(self.lm, name)
+
+    @property
+    def max_length(self) -> int:
+        return self.lm.max_length - len(self.vectors)
+
+    def mask_logits(self, mask_positions, attention_mask, input_ids=None, inputs_embeds=None,
+                    token_type_ids=None) -> torch.Tensor:  # fmt: skip
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(attention_mask)
+        b = Batch(input_ids, attention_mask, token_type_ids, mask_positions, mask_positions, None)
+        return prepend_logits(self.lm, self.vectors[None], b)
+
+
+def prefix_logits(lm: MaskedLM, peft_model, b: Batch) -> torch.Tensor:
+    """Mask logits through PEFT's prefix-tuning forward (the prefixes are past keys and
+    values of every layer, so positions do not move); the MLM head at the masks only."""
+    # PEFT's prompt-learning forward drops token types (one-segment templates: all zero)
+    with lm._gather(b.mask_positions):
+        return peft_model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
+
+
+class PrefixLM:
+    """A ``MaskedLM`` read through a prefix-tuning PEFT model (``score`` / ``probe``)."""
+
+    def __init__(self, lm: MaskedLM, peft_model) -> None:
+        self.lm, self.peft_model = lm, peft_model.eval()
+
+    def __getattr__(self, name: str):
+        return getattr(self.lm, name)
+
+    def mask_logits(self, mask_positions, attention_mask, input_ids=None, inputs_embeds=None,
+                    token_type_ids=None) -> torch.Tensor:  # fmt: skip
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(attention_mask)
+        b = Batch(input_ids, attention_mask, token_type_ids, mask_positions, mask_positions, None)
+        return prefix_logits(self.lm, self.peft_model, b)
+
+
+class _PeftPart:
+    def __init__(self, lm: MaskedLM, template, peft_model, peft) -> None:
+        self.lm, self.template, self.peft_model, self.peft = lm, template, peft_model, peft
+
+    def trainable(self) -> list[nn.Parameter]:
+        return [p for p in self.peft_model.parameters() if p.requires_grad]
+
+    def modules(self) -> list[nn.Module]:
+        return [self.peft_model]
+
+    def train_mode(self, on: bool) -> None:
+        self.peft_model.train(on)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        sd = self.peft.get_peft_model_state_dict(self.peft_model)
+        return {k: v.detach().cpu().clone() for k, v in sd.items()}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.peft.set_peft_model_state_dict(self.peft_model, state)
+
+    def save(self, folder: Path) -> dict[str, str]:
+        self.peft_model.save_pretrained(str(folder))
+        return {
+            "adapter_config.json": "PEFT config: PeftModel.from_pretrained(base, folder)",
+            "adapter_model.safetensors": "PEFT adapter weights",
+        }
+
+
+class LoraPart(_PeftPart):
+    method = "lora"
+
+    def logits(self, batches: dict[int, Batch]) -> dict[int, torch.Tensor]:
+        return {  # the LoRA layers sit inside lm.model: its own forward, masks only
+            k: self.lm.mask_logits(
+                b.mask_positions, b.attention_mask, b.input_ids, token_type_ids=b.token_type_ids
+            )
+            for k, b in batches.items()
+        }
+
+
+class PrefixPart(_PeftPart):
+    method = "prefix"
+
+    def logits(self, batches: dict[int, Batch]) -> dict[int, torch.Tensor]:
+        return {k: prefix_logits(self.lm, self.peft_model, b) for k, b in batches.items()}
+
+
+class PromptPart(_PeftPart):
+    method = "prompt"
+
+    def prompts(self, batch: int = 1) -> torch.Tensor:
+        return self.peft_model.get_prompt(batch_size=batch)
+
+    def logits(self, batches: dict[int, Batch]) -> dict[int, torch.Tensor]:
+        prompts = self.prompts(1)
+        return {k: prepend_logits(self.lm, prompts, b) for k, b in batches.items()}
+
+    def save(self, folder: Path) -> dict[str, str]:
+        from autoprompt_py.tune.vectors import write_embeddings
+
+        files = super().save(folder)
+        self.peft_model.eval()
+        with torch.no_grad():
+            vectors = self.prompts(1)[0]
+        return {**files, **write_embeddings(folder, self.lm, self.template, vectors)}
+
+
+def build(lm: MaskedLM, task, config, objective):
+    peft = require_peft(config.method)
+    torch.manual_seed(config.seed)
+    if config.method == "lora":
+        kwargs = dict(r=config.lora_r, lora_alpha=config.lora_alpha,
+                      lora_dropout=config.lora_dropout)  # fmt: skip
+        try:
+            cfg = peft.LoraConfig(**kwargs)
+            model = peft.get_peft_model(lm.model, cfg)
+        except ValueError:  # a family PEFT has no default target modules for
+            model = peft.get_peft_model(
+                lm.model, peft.LoraConfig(target_modules="all-linear", **kwargs)
+            )
+        part = LoraPart(lm, task.template, model, peft)
+        return part
+    layers = _config_value(lm.model.config, "num_hidden_layers", "n_layers")
+    heads = _config_value(lm.model.config, "num_attention_heads", "n_heads")
+    if config.method == "prefix":  # PEFT's own start (the prefixes are not token embeddings)
+        cfg = peft.PrefixTuningConfig(
+            task_type=peft.TaskType.FEATURE_EXTRACTION,
+            num_virtual_tokens=config.num_virtual_tokens or 8,
+            token_dim=int(lm.model.config.hidden_size), num_transformer_submodules=1,
+            num_layers=layers, num_attention_heads=heads,
+        )  # fmt: skip
+        return PrefixPart(lm, task.template, peft.get_peft_model(lm.model, cfg), peft)
+    found = None
+    init = config.init if config.init != "auto" else ("found" if task.found else "vocab")
+    if init == "found":
+        from autoprompt_py.prompt import FoundPrompt
+
+        found = list(FoundPrompt.from_template(task.template, lm.tokenizer).token_ids)
+    n = config.num_virtual_tokens or (len(found) if found else 8)
+    vectors, _ = init_vectors(lm, n, init, config.seed, found, config.init_text)
+    common = dict(
+        task_type=peft.TaskType.FEATURE_EXTRACTION, num_virtual_tokens=n,
+        token_dim=int(vectors.shape[1]), num_transformer_submodules=1,
+        num_layers=_config_value(lm.model.config, "num_hidden_layers", "n_layers"),
+        num_attention_heads=_config_value(lm.model.config, "num_attention_heads", "n_heads"),
+    )  # fmt: skip
+    if config.method == "prompt":
+        cfg = peft.PromptTuningConfig(**common)
+    else:
+        cfg = peft.PromptEncoderConfig(
+            **common, encoder_hidden_size=config.encoder_hidden,
+            encoder_reparameterization_type=config.encoder.upper(),
+        )  # fmt: skip
+    model = peft.get_peft_model(lm.model, cfg)
+    with torch.no_grad():
+        model.prompt_encoder["default"].embedding.weight.copy_(vectors)
+    objective.max_length = lm.max_length - n  # room for the virtual tokens
+    part = PromptPart(lm, task.template, model, peft)
+    part.method = config.method
+    return part

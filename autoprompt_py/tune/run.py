@@ -1,0 +1,175 @@
+"""A whole ``tune`` run: build the part, train, score dev/test, project soft vectors back to
+tokens, write the folder (also on Ctrl-C: the best so far)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from autoprompt_py.errors import AutopromptError
+from autoprompt_py.model import MaskedLM
+from autoprompt_py.prompt import model_record
+from autoprompt_py.results import provenance
+from autoprompt_py.tune.config import TuneConfig
+from autoprompt_py.tune.folder import TUNE_KIND, check_output_folder, write_folder
+from autoprompt_py.tune.loop import Trainer, evaluate
+from autoprompt_py.tune.methods import build_part, count_parameters
+from autoprompt_py.tune.objective import Objective
+from autoprompt_py.tune.task import TuneTask
+
+
+@dataclass
+class TuneOutcome:
+    result: dict
+    part: object
+    interrupted: bool = False
+    interruption: KeyboardInterrupt | None = None  # to re-raise once the folder is written
+
+
+def make_objective(lm: MaskedLM, task: TuneTask, config: TuneConfig) -> Objective:
+    verbalizer = (
+        task.verbalizer.resolve(lm.tokenizer, task.aggregation, task.template.predict.space_before)
+        if task.verbalizer is not None
+        else None
+    )
+    return Objective(
+        task.template,
+        lm.tokenizer,
+        lm.max_length,
+        lm.vocab_size,
+        verbalizer,
+        task.vocab,
+        head=config.method == "head",
+    )
+
+
+def nearest_tokens(lm: MaskedLM, vectors: torch.Tensor, k: int = 5) -> list[list[int]]:
+    """Per vector, the ids of the k vocabulary tokens nearest by cosine."""
+    emb = torch.nn.functional.normalize(lm.embeddings.detach().float(), dim=1)
+    v = torch.nn.functional.normalize(vectors.detach().float().to(emb.device), dim=1)
+    return (v @ emb.T).topk(k, dim=1).indices.tolist()
+
+
+def tune(
+    lm: MaskedLM,
+    task: TuneTask,
+    config: TuneConfig | None = None,
+    output: str | Path | None = None,
+    force: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    record: dict | None = None,
+) -> TuneOutcome:
+    """Train ``config.method`` on ``task``; the best on dev is kept, scored on test, written.
+
+    The model is trained in place (``full``, ``head`` aside; PEFT methods add their adapter
+    to ``lm.model``): load a fresh one for another run.
+    ``output`` is a folder (``folder.py``); its checkpoint is ``<output>.ckpt``, which
+    ``resume`` continues. Ctrl-C (KeyboardInterrupt) stops the run with the best so far.
+    """
+    started = time.perf_counter()
+    config = config or TuneConfig()
+    config.check_task(task.template.num_triggers, task.open_triggers, task.template.is_relational)
+    from autoprompt_py import distributed
+
+    if distributed.world_size() > config.batch_size:
+        raise AutopromptError(
+            f"--batch-size {config.batch_size}: under torchrun each of the "
+            f"{distributed.world_size()} processes needs a row of every batch; use a batch "
+            "size of at least the number of processes"
+        )
+    target = None
+    if output is not None:
+        target = check_output_folder(output, force or resume)
+    objective = make_objective(lm, task, config)
+    part = build_part(lm, task, config, objective)
+    train = objective.encode(task.train, part.template)
+    dev = objective.encode(task.dev, part.template)
+    identity = {**task.identity, "model": lm.name, "config": config.identity()}
+    checkpoint = Path(str(target) + ".ckpt") if target is not None else None
+    trainer = Trainer(part, objective, train, dev, config, lm.device, identity, checkpoint)
+    state = trainer.run(resume=resume, progress=progress)
+    metric = objective.metric
+    test = None
+    if task.test is not None and not trainer.interrupted:
+        test_data = objective.encode(task.test, part.template)
+        value, _ = evaluate(part, objective, test_data, config.eval_batch_size, lm.device)
+        test = {metric: value, "n": len(test_data), "skipped": len(task.test) - len(test_data)}
+    trainable, total = count_parameters(part)
+    result = {
+        "kind": TUNE_KIND,
+        **provenance(
+            "tune", {**dataclasses.asdict(config), "lr": config.learning_rate, **(record or {})}
+        ),
+        "method": config.method,
+        "mode": task.mode,
+        "relation": task.relation,
+        "model": model_record(lm),
+        "template": task.template.render(),
+        "trigger_ids": task.template.trigger_ids,
+        "trigger_tokens": [p.token for p in task.template.parts if hasattr(p, "token_id")],
+        "verbalizer": task.verbalizer.words if task.verbalizer is not None else None,
+        "aggregation": task.aggregation if task.verbalizer is not None else None,
+        "data": {
+            **task.sources,
+            "shots": config.shots,
+            "dev_shots": config.dev_shots,
+            "data_seed": config.data_seed,
+            "train_rows": [e.source for e in task.train],
+            "n_train": len(train),
+            "n_dev": len(dev),
+            "skipped_train": len(task.train) - len(train),
+            "skipped_dev": len(task.dev) - len(dev),
+        },
+        "metric": metric,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "steps": state.step,
+        "total_steps": trainer.total,
+        "best_step": state.best_step,
+        "start": {metric: state.start_dev},
+        "dev": {metric: state.best_dev, "n": len(dev)},
+        "test": test,
+        "curve": state.curve,
+        "seconds": round(time.perf_counter() - started, 3),
+        "train_seconds": round(state.seconds, 3),
+        "interrupted": trainer.interrupted,
+    }
+    if config.method in ("soft", "prompt"):
+        result["projection"] = project(lm, task, part, objective, dev, config)
+    if target is not None:
+        write_folder(target, True, part, result)
+    return TuneOutcome(result, part, trainer.interrupted, trainer.interruption)
+
+
+def project(lm, task, part, objective, dev, config) -> dict:
+    """Back to discrete: each trained vector's nearest tokens (cosine) and the dev metric with
+    the nearest token's embedding in its place (soft: in each slot; prompt: each virtual
+    token)."""
+    if config.method == "soft":
+        weight = part.vectors
+    else:  # PEFT prompt tuning: the virtual tokens are the rows of its embedding
+        weight = part.peft_model.prompt_encoder["default"].embedding.weight
+    near = nearest_tokens(lm, weight)
+    ids = [n[0] for n in near]
+    saved = weight.detach().clone()
+    with torch.no_grad():
+        weight.copy_(lm.embeddings.detach()[torch.tensor(ids, device=lm.device)].float())
+    value, _ = evaluate(part, objective, dev, config.eval_batch_size, lm.device)
+    with torch.no_grad():
+        weight.copy_(saved)
+    tokens = lm.tokenizer.convert_ids_to_tokens(ids)
+    if config.method == "soft":
+        prompt = task.template.with_triggers(ids, tokens).render(triggers="token")
+    else:
+        prompt = " ".join(tokens) + " | " + task.template.render()
+    return {
+        "nearest": [lm.tokenizer.convert_ids_to_tokens(n) for n in near],
+        "prompt": prompt,
+        "trigger_ids": ids,
+        "dev": {objective.metric: value},
+    }
