@@ -455,7 +455,7 @@ BAD_SCORE = {
     "empty data file": (dict(data="empty.tsv"), ["{empty.tsv}: no examples in the file"]),
     "empty model folder": (
         dict(model="empty_model"),
-        ["--model {empty_model}: this folder does not hold a"],
+        ["--model {empty_model}: this folder is not a model"],
     ),
     "bare encoder without an MLM head": (
         dict(model="bare_encoder"),

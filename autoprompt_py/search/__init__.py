@@ -17,29 +17,52 @@ methods ``gcg`` and ``autoprompt``, ``engine`` (evaluation, best so far, restart
 checkpoints, progress bar, the result file).
 """
 
-from autoprompt_py.search.candidates import (
-    TokenFilters,
-    VocabStrings,
-    allowed_tokens,
-    hotflip_candidates,
-    read_stop_list,
-)
-from autoprompt_py.search.config import SearchConfig
-from autoprompt_py.search.engine import TriggerSearch
-from autoprompt_py.search.method import METHODS, register
-from autoprompt_py.search.move import Method, Move
-from autoprompt_py.search.run import SearchOutcome, run_search, trigger_ids_from_words
-from autoprompt_py.search.scorer import (
-    ClassificationObjective,
-    Objective,
-    RelationObjective,
-    TriggerScorer,
-)
-from autoprompt_py.search.state import SearchState, load_checkpoint, save_checkpoint
-from autoprompt_py.search.task import SearchTask, load_task
-from autoprompt_py.search.tensors import SplitTensors
+# imported on first use (PEP 562), as the top-level package: the method registry and
+# SearchConfig (the CLI's --method help) load without the engine, and so without torch
+_EXPORTS = {
+    "TokenFilters": "autoprompt_py.search.candidates",
+    "VocabStrings": "autoprompt_py.search.candidates",
+    "allowed_tokens": "autoprompt_py.search.candidates",
+    "hotflip_candidates": "autoprompt_py.search.candidates",
+    "read_stop_list": "autoprompt_py.search.candidates",
+    "SearchConfig": "autoprompt_py.search.config",
+    "TriggerSearch": "autoprompt_py.search.engine",
+    "METHODS": "autoprompt_py.search.method",
+    "register": "autoprompt_py.search.method",
+    "Method": "autoprompt_py.search.move",
+    "Move": "autoprompt_py.search.move",
+    "SearchOutcome": "autoprompt_py.search.run",
+    "run_search": "autoprompt_py.search.run",
+    "trigger_ids_from_words": "autoprompt_py.search.run",
+    "ClassificationObjective": "autoprompt_py.search.scorer",
+    "Objective": "autoprompt_py.search.scorer",
+    "RelationObjective": "autoprompt_py.search.scorer",
+    "TriggerScorer": "autoprompt_py.search.scorer",
+    "SearchState": "autoprompt_py.search.state",
+    "load_checkpoint": "autoprompt_py.search.state",
+    "save_checkpoint": "autoprompt_py.search.state",
+    "SearchTask": "autoprompt_py.search.task",
+    "load_task": "autoprompt_py.search.task",
+    "SplitTensors": "autoprompt_py.search.tensors",
+}
 
-__all__ = [
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'autoprompt_py.search' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+__all__ = [  # noqa: F822 (resolved lazily by __getattr__)
     "METHODS",
     "ClassificationObjective",
     "Method",

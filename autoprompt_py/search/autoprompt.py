@@ -16,13 +16,18 @@ flip is always taken: the original keeps a [MASK] whenever no flip of it beats i
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+from autoprompt_py.search.move import Move
 
-from autoprompt_py.search.candidates import hotflip_candidates, warn_candidates
-from autoprompt_py.search.move import Move, SearchView
-from autoprompt_py.search.state import SearchState
+if TYPE_CHECKING:
+    import numpy as np
+
+    from autoprompt_py.search.move import SearchView
+    from autoprompt_py.search.state import SearchState
+
+# numpy, torch and the candidate code load when a search runs, not when the registry (and
+# with it the CLI's --method help) reads this class
 
 
 class AutoPrompt:
@@ -38,6 +43,8 @@ class AutoPrompt:
         pass  # --position, --num-cand: checked by SearchConfig (any slot count works)
 
     def prepare(self, search: SearchView) -> None:
+        from autoprompt_py.search.candidates import warn_candidates
+
         warn_candidates(search.allowed, "--num-cand", search.config.num_cand)
 
     def propose(self, search: SearchView, state: SearchState, rng: np.random.Generator) -> Move:
@@ -60,6 +67,10 @@ def _slots(search: SearchView, state: SearchState, rng: np.random.Generator) -> 
 
 
 def propose(search: SearchView, state: SearchState, rng: np.random.Generator) -> Move:
+    import numpy as np
+
+    from autoprompt_py.search.candidates import hotflip_candidates
+
     config = search.config
     grad_batches, candidate_rows = search.sample(rng)
     slots = _slots(search, state, rng)

@@ -18,15 +18,19 @@ All random draws come from the search state's one seeded generator.
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any
 
 from autoprompt_py.errors import AutopromptError
-from autoprompt_py.search.candidates import hotflip_candidates, warn_candidates
-from autoprompt_py.search.move import Move, SearchView
-from autoprompt_py.search.state import SearchState
+from autoprompt_py.search.move import Move
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from autoprompt_py.search.move import SearchView
+    from autoprompt_py.search.state import SearchState
+
+# numpy, torch and the candidate code load when a search runs, not when the registry (and
+# with it the CLI's --method help) reads this class
 
 
 def sample_candidates(
@@ -40,6 +44,8 @@ def sample_candidates(
     """``width`` triggers [width, L] from ``current`` [L], each with ``n_replace`` distinct
     random slots (and every slot in ``always``) set to a random one of that slot's ``top``
     [L, k] tokens; duplicates and the current trigger dropped, first occurrences kept."""
+    import numpy as np
+
     n_slots, k = top.shape
     slots = rng.random((width, n_slots)).argsort(1)[:, :n_replace]
     picks = rng.integers(k, size=(width, n_replace))
@@ -76,6 +82,8 @@ class GCG:
             )
 
     def prepare(self, search: SearchView) -> None:
+        from autoprompt_py.search.candidates import warn_candidates
+
         warn_candidates(search.allowed, "--topk", search.config.topk)
 
     def propose(self, search: SearchView, state: SearchState, rng: np.random.Generator) -> Move:
@@ -83,6 +91,11 @@ class GCG:
 
 
 def propose(search: SearchView, state: SearchState, rng: np.random.Generator) -> Move:
+    import numpy as np
+    import torch
+
+    from autoprompt_py.search.candidates import hotflip_candidates
+
     config = search.config
     buffer_in = state.method_state.get("buffer", [])
     start = buffer_in[0][1] if buffer_in else state.trigger

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
-import torch
+if TYPE_CHECKING:  # annotations only: the registry reads methods without loading torch
+    import numpy as np
+    import torch
 
-from autoprompt_py.search.state import SearchState
+    from autoprompt_py.search.state import SearchState
 
 
 @dataclass
