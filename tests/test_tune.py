@@ -307,3 +307,26 @@ def test_bench_tune_runs(capsys):
     module.main(["--methods", "soft", "--steps", "2", "--evals", "1"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| soft")]
     assert len(rows) == 1 and "×" in rows[0]
+
+
+def test_predict_runs_a_tuned_folder_as_score_does(tiny_model_dirs, tmp_path):
+    """predict --template TUNED_FOLDER: the folder's prompt source plugs into predict, and its
+    predictions are those of the tuned prompt scored directly."""
+    from autoprompt_py.prediction.run import PredictConfig, predict
+
+    path = tiny_model_dirs["bert"]
+    lm = load_model(path, device="cpu")
+    task = load_tune_task("{sentence} [T] [T] It was [P] .", rows(), rows(), verbalizer=VERB)
+    folder = tmp_path / "soft"
+    tune(lm, task, TuneConfig(method="soft", init="random", steps=4, eval_every=2, lr=0.1),
+         output=folder, progress=False)  # fmt: skip
+    data = tmp_path / "new.tsv"
+    data.write_text("sentence\n" + "".join(f"{s}\n" for s, _ in SENTENCES), encoding="utf-8")
+    verbalizer = tmp_path / "v.json"
+    verbalizer.write_text(json.dumps({"0": ["terrible", "bad"], "1": ["great"]}), "utf-8")
+    config = PredictConfig(templates=(str(folder),), verbalizers=(str(verbalizer),))
+    got = [r["prediction"] for r in predict(config, str(data), load_model(path, device="cpu"))]
+    named = tuned_templates(str(folder))
+    scorer = attach_tuned(load_model(path, device="cpu"), [str(folder)])
+    want = classify(scorer, named[0].template, rows(), VERB.resolve(lm.tokenizer)).predictions
+    assert got == list(want)

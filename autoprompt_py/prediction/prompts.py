@@ -3,8 +3,8 @@
 A *source* turns a ``--template`` argument into prompts; a *prompt* gives mask logits for a
 batch of examples. ``predict`` only sees ``Prompt``: template text, shipped sets and search
 results are one source (``TemplateSource``, through ``resources.load_templates``); a tuned
-folder of a future ``autoprompt tune`` is one more module with a source whose prompts feed
-``inputs_embeds``, and one line in ``SOURCES``, without a change to ``predict``.
+folder of ``autoprompt tune`` is another (``TunedSource``): one class and one line in
+``SOURCES``, without a change to ``predict``.
 """
 
 from __future__ import annotations
@@ -151,8 +151,41 @@ class TemplateSource:
         return [TemplatePrompt(t) for t in load_templates(spec)]
 
 
+class TunedPrompt(TemplatePrompt):
+    """The prompt of an ``autoprompt tune`` folder: its template, run on the model with the
+    folder's trained part attached (soft vectors, a PEFT adapter, deep prompts)."""
+
+    def __init__(self, named: NamedTemplate, folder: str) -> None:
+        super().__init__(named)
+        self.folder = folder
+        self._attached: tuple[MaskedLM, MaskedLM] | None = None  # (base, with the part)
+
+    def mask_logits(
+        self, lm: MaskedLM, examples: Sequence[Example], n_masks: int, plan: BatchPlan
+    ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        from autoprompt_py.tune.folder import attach_tuned
+
+        if self._attached is None or self._attached[0] is not lm:  # attached once per model
+            self._attached = (lm, attach_tuned(lm, [self.folder]))
+        yield from super().mask_logits(self._attached[1], examples, n_masks, plan)
+
+
+class TunedSource:
+    """A folder written by ``autoprompt tune`` (its ``result.json`` says so)."""
+
+    def accepts(self, spec: str) -> bool:
+        from autoprompt_py.tune.folder import read_tuned
+
+        return read_tuned(spec) is not None
+
+    def load(self, spec: str) -> list[Prompt]:
+        from autoprompt_py.tune.folder import tuned_templates
+
+        return [TunedPrompt(t, spec) for t in tuned_templates(spec)]
+
+
 # The registry: the first source that accepts an argument loads it (a new one goes first).
-SOURCES: list[PromptSource] = [TemplateSource()]
+SOURCES: list[PromptSource] = [TunedSource(), TemplateSource()]
 
 
 def load_prompts(specs: Sequence[str]) -> list[Prompt]:
