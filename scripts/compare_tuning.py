@@ -54,7 +54,7 @@ def split3(rows: list, seed: int = 0) -> tuple[list, list, list]:
 def load_data(name: str, quick: bool):
     """(train, dev, test, verbalizer, template, soft template, per_class) for a task."""
     from autoprompt_py.data import read_examples, read_facts
-    from autoprompt_py.search.task import split_dev
+    from autoprompt_py.search.task import split_off_dev as split_dev
     from autoprompt_py.textfile import parse_json, read_text
 
     if quick:

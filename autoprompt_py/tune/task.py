@@ -16,7 +16,7 @@ import numpy as np
 from autoprompt_py.data import Example, check_fields, labels_of, read_examples, read_facts
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.resources import load_templates, load_verbalizer
-from autoprompt_py.search.task import file_sha256, relation_id, split_dev
+from autoprompt_py.search.task import file_sha256, relation_id, split_off_dev
 from autoprompt_py.template import Template, Trigger
 from autoprompt_py.verbalizer import AGGREGATIONS, Verbalizer
 from autoprompt_py.vocab import read_vocab
@@ -139,7 +139,7 @@ def load_tune_task(
     if dev is not None:
         dev_rows = load(dev, "dev")
     else:
-        train_rows, dev_rows = split_dev(train_rows, dev_fraction, split_seed, sources["train"])
+        train_rows, dev_rows = split_off_dev(train_rows, dev_fraction, split_seed, sources["train"])
         sources["dev"] = f"{dev_fraction:g} of {sources['train']} (seed {split_seed})"
         identity["dev"] = {"split_of_train": dev_fraction, "seed": split_seed}
     test_rows = load(test, "test") if test is not None else None
