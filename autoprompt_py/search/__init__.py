@@ -8,7 +8,8 @@
     outcome = run_search(lm, task, SearchConfig(iters=100, seed=0), output="trigger.json")
     outcome.result["prompt"], outcome.result["dev"]["accuracy"]
 
-Modules: ``task`` (reading and checking the problem), ``tensors`` (the data encoded once),
+Modules: ``task`` (reading and checking the problem), ``tensors`` (a split as tensors),
+``encoded`` (the task's objective and splits, encoded once),
 ``scorer`` (losses and the model passes), ``candidates`` (HotFlip and token filters),
 ``config`` (the settings), ``state`` (the search state and checkpoints), ``budget`` (clock,
 cost, stopping rules), ``move`` (the method boundary) and ``method`` (the registry), the

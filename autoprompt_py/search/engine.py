@@ -45,18 +45,17 @@ from autoprompt_py.search.candidates import (
     special_tokens,
 )
 from autoprompt_py.search.config import SearchConfig
+from autoprompt_py.search.encoded import EncodedTask
 from autoprompt_py.search.fluency import TriggerFluency
 from autoprompt_py.search.move import Method
 from autoprompt_py.search.scorer import (
     ClassificationObjective,
     Objective,
-    RelationObjective,
     TriggerScorer,
 )
 from autoprompt_py.search.state import SearchState
 from autoprompt_py.search.task import SearchTask
 from autoprompt_py.search.tensors import SplitTensors
-from autoprompt_py.vocab import single_token_id, vocab_token_ids
 
 
 @dataclass
@@ -95,42 +94,16 @@ class TriggerSearch:
         config.check_slots(task.template.num_triggers)
         self.lm, self.task, self.config, self.filters = lm, task, config, filters
         self.method = method or config.search_method
-        tokenizer = lm.tokenizer
         template = task.template
-        self.counts: dict[str, dict] = {}
-        if task.mode == "classification":
-            assert task.verbalizer is not None
-            resolved = task.verbalizer.resolve(
-                tokenizer, task.aggregation, template.predict.space_before
-            )
-            objective: Objective = ClassificationObjective(resolved, config.objective == "labels")
-            index = {lab: i for i, lab in enumerate(resolved.labels)}
-            train, dev = task.train, task.dev
-            train_gold = [index[e.label] for e in train]
-            dev_gold = [index[e.label] for e in dev]
-            label_ids = resolved.token_ids
-        else:
-            space = template.predict.space_before
-            eval_ids = (
-                vocab_token_ids(tokenizer, task.vocab, space) if task.vocab is not None else None
-            )
-            objective = RelationObjective(eval_ids, lm.device)
-            train, train_gold = self._single_token_facts(task.train, "train", space, None)
-            dev, dev_gold = self._single_token_facts(task.dev, "dev", space, eval_ids)
-            label_ids = sorted(set(train_gold))  # as AutoPrompt: no trigger may be an answer
-        self.objective = objective
+        self.encoded = EncodedTask.build(lm, task, config)
+        self.objective = self.encoded.objective
+        self.train, self.dev = self.encoded.train, self.encoded.dev
+        self.counts = self.encoded.counts
+        label_ids = self.encoded.label_ids
+        tokenizer = lm.tokenizer
         self.scorer = TriggerScorer(
-            lm, objective, config.max_batch_tokens, config.max_rows, config.dtype
+            lm, self.objective, config.max_batch_tokens, config.max_rows, config.dtype
         )
-        mask_counts = objective.mask_counts
-        self.train = SplitTensors(
-            template, tokenizer, lm.max_length, train, train_gold, mask_counts, lm.device
-        )
-        self.dev = SplitTensors(
-            template, tokenizer, lm.max_length, dev, dev_gold, mask_counts, lm.device
-        )
-        self.counts.setdefault("train", {}).update(n=len(train), truncated=self.train.truncated)
-        self.counts.setdefault("dev", {}).update(n=len(dev), truncated=self.dev.truncated)
         self.dev_plan = self.scorer.plan(self.dev)
         self.vocab = VocabStrings.of(tokenizer, lm.vocab_size)
         self.allowed = allowed_tokens(tokenizer, lm.vocab_size, filters, label_ids, self.vocab).to(
@@ -167,47 +140,7 @@ class TriggerSearch:
 
     def encode(self, examples: Sequence) -> SplitTensors:
         """Another split (a test set), encoded and judged as dev is."""
-        template, tokenizer = self.task.template, self.lm.tokenizer
-        if self.task.mode == "classification":
-            labels = self.objective.verbalizer.labels
-            gold = [labels.index(e.label) for e in examples]
-        else:
-            eval_ids = self.objective.eval_ids
-            allowed = None if eval_ids is None else eval_ids.tolist()
-            space = template.predict.space_before
-            counts = dict(self.counts)
-            examples, gold = self._single_token_facts(examples, "test", space, allowed)
-            self.counts = counts
-        return SplitTensors(
-            template,
-            tokenizer,
-            self.lm.max_length,
-            examples,
-            gold,
-            self.objective.mask_counts,
-            self.lm.device,
-        )
-
-    def _single_token_facts(
-        self, facts: list, split: str, space: bool, eval_ids: Sequence[int] | None
-    ) -> tuple[list, list[int]]:
-        """Facts whose object is one token (and in the evaluation vocabulary, for dev)."""
-        allowed = set(eval_ids) if eval_ids is not None else None
-        kept, gold = [], []
-        for f in facts:
-            token = single_token_id(self.lm.tokenizer, f.label, space)
-            if token is not None and (allowed is None or token in allowed):
-                kept.append(f)
-                gold.append(token)
-        self.counts[split] = {"skipped": len(facts) - len(kept)}
-        if not kept:
-            raise AutopromptError(
-                f"{self.task.sources.get(split, split)}: none of its {len(facts)} facts has an "
-                "object that is one token of this model's vocabulary"
-                + (" and in --vocab" if allowed is not None else "")
-                + "; relation search predicts single-token objects"
-            )
-        return kept, gold
+        return self.encoded.encode(examples, self.objective)
 
     # -- words ----------------------------------------------------------------------------------
 

@@ -1,0 +1,118 @@
+"""A search task as the model reads it, built once: the objective (label words or relation
+objects), the train and dev splits as tensors, and what was counted on the way."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from autoprompt_py.errors import AutopromptError
+from autoprompt_py.model import MaskedLM
+from autoprompt_py.search.config import SearchConfig
+from autoprompt_py.search.scorer import ClassificationObjective, Objective, RelationObjective
+from autoprompt_py.search.task import SearchTask
+from autoprompt_py.search.tensors import SplitTensors
+from autoprompt_py.vocab import single_token_id, vocab_token_ids
+
+
+@dataclass
+class EncodedTask:
+    """``objective`` judges outcomes; ``train``/``dev`` are encoded once; ``label_ids`` are the
+    tokens no trigger may be (label words, or every training object as AutoPrompt does);
+    ``counts`` holds rows, truncations and skipped facts per split, for the result."""
+
+    lm: MaskedLM
+    task: SearchTask
+    objective: Objective
+    train: SplitTensors
+    dev: SplitTensors
+    label_ids: list[int]
+    counts: dict[str, dict]
+
+    @classmethod
+    def build(cls, lm: MaskedLM, task: SearchTask, config: SearchConfig) -> EncodedTask:
+        counts: dict[str, dict] = {}
+        if task.mode == "classification":
+            assert task.verbalizer is not None
+            resolved = task.verbalizer.resolve(
+                lm.tokenizer, task.aggregation, task.template.predict.space_before
+            )
+            objective: Objective = ClassificationObjective(resolved, config.objective == "labels")
+            index = {lab: i for i, lab in enumerate(resolved.labels)}
+            train, dev = task.train, task.dev
+            train_gold = [index[e.label] for e in train]
+            dev_gold = [index[e.label] for e in dev]
+            label_ids = list(resolved.token_ids)
+        else:
+            space = task.template.predict.space_before
+            eval_ids = (
+                vocab_token_ids(lm.tokenizer, task.vocab, space) if task.vocab is not None else None
+            )
+            objective = RelationObjective(eval_ids, lm.device)
+            train, train_gold = single_token_facts(lm, task, task.train, "train", None, counts)
+            dev, dev_gold = single_token_facts(lm, task, task.dev, "dev", eval_ids, counts)
+            label_ids = sorted(set(train_gold))  # as AutoPrompt: no trigger may be an answer
+        tensors = [
+            SplitTensors(
+                task.template,
+                lm.tokenizer,
+                lm.max_length,
+                rows,
+                gold,
+                objective.mask_counts,
+                lm.device,
+            )
+            for rows, gold in ((train, train_gold), (dev, dev_gold))
+        ]
+        for split, rows, t in (("train", train, tensors[0]), ("dev", dev, tensors[1])):
+            counts.setdefault(split, {}).update(n=len(rows), truncated=t.truncated)
+        return cls(lm, task, objective, tensors[0], tensors[1], label_ids, counts)
+
+    def encode(self, examples: Sequence, objective: Objective | None = None) -> SplitTensors:
+        """Another split (a test set), encoded and judged as dev is (``counts`` unchanged)."""
+        objective = objective or self.objective
+        if self.task.mode == "classification":
+            labels = objective.verbalizer.labels
+            gold = [labels.index(e.label) for e in examples]
+        else:
+            eval_ids = objective.eval_ids
+            allowed = None if eval_ids is None else eval_ids.tolist()
+            examples, gold = single_token_facts(self.lm, self.task, examples, "test", allowed, {})
+        return SplitTensors(
+            self.task.template,
+            self.lm.tokenizer,
+            self.lm.max_length,
+            examples,
+            gold,
+            objective.mask_counts,
+            self.lm.device,
+        )
+
+
+def single_token_facts(
+    lm: MaskedLM,
+    task: SearchTask,
+    facts: list,
+    split: str,
+    eval_ids: Sequence[int] | None,
+    counts: dict[str, dict],
+) -> tuple[list, list[int]]:
+    """Facts whose object is one token (and in the evaluation vocabulary, for dev), with their
+    object ids; the skipped are counted in ``counts[split]``."""
+    space = task.template.predict.space_before
+    allowed = set(eval_ids) if eval_ids is not None else None
+    kept, gold = [], []
+    for f in facts:
+        token = single_token_id(lm.tokenizer, f.label, space)
+        if token is not None and (allowed is None or token in allowed):
+            kept.append(f)
+            gold.append(token)
+    counts[split] = {"skipped": len(facts) - len(kept)}
+    if not kept:
+        raise AutopromptError(
+            f"{task.sources.get(split, split)}: none of its {len(facts)} facts has an "
+            "object that is one token of this model's vocabulary"
+            + (" and in --vocab" if allowed is not None else "")
+            + "; relation search predicts single-token objects"
+        )
+    return kept, gold
