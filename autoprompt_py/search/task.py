@@ -134,32 +134,16 @@ def load_task(
     check_fields(train_examples, tpl.fields, tpl.source)
     check_fields(dev_examples, tpl.fields, tpl.source)
 
+    verb, vocab_words = read_answers(
+        tpl, verbalizer, vocab, (train_examples, str(train)), [(dev_examples, sources["dev"])]
+    )
     if tpl.is_relational:
-        if verbalizer is not None:
-            raise AutopromptError(
-                "--verbalizer is for classification templates; a relation template ([X] … [Y]) "
-                "predicts the object token itself"
-            )
         relation = relation or template_relation or relation_id(train)
         if vocab is not None:
-            vocab_words = read_vocab(vocab)
             identity["vocab"] = {"sha256": file_sha256(vocab)}
             sources["vocab"] = str(vocab)
     else:
-        if verbalizer is None:
-            raise AutopromptError(
-                "a classification template needs --verbalizer (label → words, e.g. sst2 or "
-                '\'{"0": ["terrible"], "1": ["great"]}\'); relation templates use [X] and [Y]'
-            )
-        verb = verbalizer if isinstance(verbalizer, Verbalizer) else load_verbalizer(verbalizer)
-        verb.check_labels(labels_of(train_examples), str(train))
-        unknown = [lab for lab in labels_of(dev_examples) if lab not in verb.words]
-        if unknown:
-            raise AutopromptError(
-                f"{sources['dev']}: labels {', '.join(map(repr, unknown))} are not in "
-                f"{verb.source} (its labels: {', '.join(map(repr, verb.words))}); add them to "
-                "the verbalizer or check --label-field"
-            )
+        assert verb is not None
         identity["verbalizer"] = verb.words
         identity["aggregation"] = aggregation
         identity["label_field"] = label_field
@@ -192,6 +176,42 @@ def split_off_dev(
         )
     dev, rest = split_dev(len(examples), n_dev, seed)
     return [examples[i] for i in rest], [examples[i] for i in dev]
+
+
+def read_answers(
+    tpl: Template,
+    verbalizer: str | Verbalizer | None,
+    vocab: str | Path | None,
+    train: tuple[list[Example], str],
+    others: Sequence[tuple[list[Example], str]] = (),
+) -> tuple[Verbalizer | None, list[str] | None]:
+    """What a task's answers are (shared by ``search`` and ``tune``): a relation template
+    predicts the object token itself (among the ``vocab`` words, if given); a classification
+    template needs a verbalizer that covers the labels of ``train`` and of every other split
+    ((rows, source name) pairs). Returns (verbalizer, vocabulary words)."""
+    if tpl.is_relational:
+        if verbalizer is not None:
+            raise AutopromptError(
+                "--verbalizer is for classification templates; a relation template ([X] … [Y]) "
+                "predicts the object token itself"
+            )
+        return None, read_vocab(vocab) if vocab is not None else None
+    if verbalizer is None:
+        raise AutopromptError(
+            "a classification template needs --verbalizer (label → words, e.g. sst2 or "
+            '\'{"0": ["terrible"], "1": ["great"]}\'); relation templates use [X] and [Y]'
+        )
+    verb = verbalizer if isinstance(verbalizer, Verbalizer) else load_verbalizer(verbalizer)
+    verb.check_labels(labels_of(train[0]), train[1])
+    for rows, source in others:
+        unknown = [lab for lab in labels_of(rows) if lab not in verb.words]
+        if unknown:
+            raise AutopromptError(
+                f"{source}: labels {', '.join(map(repr, unknown))} are not in "
+                f"{verb.source} (its labels: {', '.join(map(repr, verb.words))}); add them to "
+                "the verbalizer or check --label-field"
+            )
+    return verb, None
 
 
 def relation_id(path: str | Path) -> str:

@@ -15,11 +15,10 @@ import numpy as np
 
 from autoprompt_py.data import Example, check_fields, labels_of, read_examples, read_facts
 from autoprompt_py.errors import AutopromptError
-from autoprompt_py.resources import load_templates, load_verbalizer
-from autoprompt_py.search.task import file_sha256, relation_id, split_off_dev
+from autoprompt_py.resources import load_templates
+from autoprompt_py.search.task import file_sha256, read_answers, relation_id, split_off_dev
 from autoprompt_py.template import Template, Trigger
 from autoprompt_py.verbalizer import AGGREGATIONS, Verbalizer
-from autoprompt_py.vocab import read_vocab
 
 
 @dataclass
@@ -154,34 +153,14 @@ def load_tune_task(
     identity.update(shots=shots, dev_shots=dev_shots, data_seed=data_seed)
     for rows in (train_rows, dev_rows, test_rows or []):
         check_fields(rows, tpl.fields, tpl.source)
-    verb = None
-    vocab_words = None
+    others = [(dev_rows, sources["dev"]), (test_rows or [], sources.get("test", "test"))]
+    verb, vocab_words = read_answers(tpl, verbalizer, vocab, (train_rows, sources["train"]), others)
     if rel:
-        if verbalizer is not None:
-            raise AutopromptError(
-                "--verbalizer is for classification templates; a relation template ([X] … [Y]) "
-                "predicts the object token itself"
-            )
         relation = relation or (relation_id(train) if not isinstance(train, list) else None)
         if vocab is not None:
-            vocab_words = read_vocab(vocab)
             identity["vocab"] = file_sha256(vocab)
             sources["vocab"] = str(vocab)
     else:
-        if verbalizer is None:
-            raise AutopromptError(
-                "a classification template needs --verbalizer (label → words, e.g. sst2 or "
-                '\'{"0": ["terrible"], "1": ["great"]}\'); relation templates use [X] and [Y]'
-            )
-        verb = verbalizer if isinstance(verbalizer, Verbalizer) else load_verbalizer(verbalizer)
-        verb.check_labels(labels_of(train_rows), sources["train"])
-        for rows, name in ((dev_rows, "dev"), (test_rows or [], "test")):
-            unknown = [lab for lab in labels_of(rows) if lab not in verb.words]
-            if unknown:
-                raise AutopromptError(
-                    f"{sources[name]}: labels {', '.join(map(repr, unknown))} are not in "
-                    f"{verb.source}; add them to the verbalizer or check --label-field"
-                )
         identity.update(verbalizer=verb.words, aggregation=aggregation, label_field=label_field)
     return TuneTask(
         tpl,
