@@ -240,6 +240,13 @@ def probe_templates(
                 progress, top_k,
             )
         )  # fmt: skip
+    if not any(p.scored.any() for p in out):
+        where = "in --vocab and " if vocab is not None else ""
+        raise AutopromptError(
+            f"no fact of {', '.join(p.relation for p in out)[:200]} has an object {where}that is "
+            "one token of this model's vocabulary, so nothing can be scored; check --vocab (one "
+            "word a line) and the facts' obj_label"
+        )
     return out
 
 
@@ -350,7 +357,8 @@ def _unique_names(relation: str, members: Sequence[NamedTemplate]) -> list[str]:
 def averages(probes: Sequence[RelationProbe], kind: str, calibrated: bool = False) -> dict | None:
     """Micro (over reported facts) and macro (over relations) P@1, P@10, MRR of one kind."""
     per = [(p, p.kind_ranks(kind, calibrated)) for p in probes]
-    per = [(p, r) for p, r in per if r is not None]
+    # a relation with no scorable fact has no figures: it is reported, not averaged
+    per = [(p, r) for p, r in per if r is not None and len(p.test)]
     if not per:
         return None
     micro = rank_metrics(np.concatenate([r[p.test] for p, r in per]))

@@ -382,3 +382,23 @@ def test_export_refuses_a_model_record_with_bad_numbers(bert, lm, tmp_path, bad)
     r = invoke("export", result, "--model", bert, "--format", "embeddings", "--out", out)
     refused(r, "model.vocab_size must be a whole number")
     assert not out.exists()
+
+
+def test_probe_leaves_a_relation_with_no_scorable_fact_out_and_refuses_when_none_is_left(
+    tmp_path,
+):
+    """Point 8: --vocab that leaves a relation no fact is reported as such and not averaged;
+    a run where no relation keeps a fact is refused, and nothing is written."""
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("paris\nrome\nberlin\n", encoding="utf-8")  # P36's objects, none of P19's
+    out = tmp_path / "probe.json"
+    args = ["probe", "--facts", FACTS, "--template", "[X] lives in [Y] .", "--vocab", vocab]
+    r = invoke(*args, "--output", out)
+    assert r.exit_code == 0, r.output
+    assert "P19: none of its" in r.output and "left out of the averages" in r.output
+    averages = json.loads(out.read_text())["averages"]
+    assert averages and all(kind["macro"]["relations"] == 1 for kind in averages.values())
+    vocab.write_text("zzzzqq\n", encoding="utf-8")
+    r = invoke(*args, "--output", tmp_path / "none.json")
+    refused(r, "nothing can be scored", "--vocab")
+    assert not (tmp_path / "none.json").exists()

@@ -377,6 +377,14 @@ def probe(
                 "were cut from their shortenable field",
                 err=True,
             )
+    for p in probes:
+        if not p.scored.any():
+            click.echo(
+                f"note: {p.relation}: none of its {len(p.facts)} facts has an object that is one "
+                f"token of the model{' and in --vocab' if vocab else ''}; reported, left out of "
+                "the averages",
+                err=True,
+            )
     primary = reported_kind(probes)
     split = any(len(p.dev) for p in probes)
     if split:
