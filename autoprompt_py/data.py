@@ -50,6 +50,7 @@ def read_examples(
     else:
         raise AutopromptError(f"{path}: unknown data format {suffix!r}; use .tsv, .csv or .jsonl")
     examples = []
+    where = f"{path}:"
     for line, row in rows:
         if limit is not None and len(examples) >= limit:
             break
@@ -66,8 +67,12 @@ def read_examples(
                     )
                 )
             label = _as_text(row[label_field])
-        fields = {k: _as_text(v) for k, v in row.items() if k != label_field and v is not None}
-        examples.append(Example(fields, label, f"{path}:{line}"))
+        fields = {
+            k: v if v.__class__ is str else _as_text(v)  # str, the common case, skips the call
+            for k, v in row.items()
+            if k != label_field and v is not None
+        }
+        examples.append(Example(fields, label, f"{where}{line}"))
     if not examples:
         raise AutopromptError(f"{path}: no examples in the file")
     return examples
@@ -179,24 +184,7 @@ def _read_delimited(
     path: Path, delimiter: str, columns: Sequence[str] | None
 ) -> list[tuple[int, dict]]:
     text = read_text(path, "data file")
-    # QUOTE_NONE for TSV: SST-2 and AG News hold bare quotes that are part of the text.
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
-    rows = []
-    # csv refuses a cell over 128 KB; JSONL takes any length and the encoder cuts it to the
-    # model's length, so delimited files do the same (the limit is csv's process-wide one)
-    limit = csv.field_size_limit()
-    csv.field_size_limit(max(limit, len(text) + 1))
-    try:
-        start = 1
-        for row in reader:
-            if any(c.strip() for c in row):
-                rows.append((start, row))  # the line the row starts on (quoted fields span)
-            start = reader.line_num + 1
-    except csv.Error as e:  # an unclosed quote at the end
-        raise AutopromptError(f"{path}:{reader.line_num}: not a valid row ({e})") from None
-    finally:
-        csv.field_size_limit(limit)
+    rows = (_tsv_rows(text) if delimiter == "\t" else None) or _csv_rows(path, text, delimiter)
     if not rows:
         raise AutopromptError(f"{path}: no examples in the file (it is empty)")
     if columns:
@@ -213,6 +201,45 @@ def _read_delimited(
             )
         out.append((line, dict(zip(header, r))))
     return out
+
+
+def _tsv_rows(text: str) -> list[tuple[int, list[str]]] | None:
+    """The rows with text of a TSV read without quoting, as ``csv`` with QUOTE_NONE reads them
+    at a tenth of its cost; None where only ``csv`` knows the rules (a NUL, a lone \\r)."""
+    if "\0" in text or "\r" in text.replace("\r\n", ""):
+        return None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    rows = []
+    for i, line in enumerate(lines, 1):
+        row = (line[:-1] if line.endswith("\r") else line).split("\t")
+        if "".join(row).strip():
+            rows.append((i, row))
+    return rows
+
+
+def _csv_rows(path: Path, text: str, delimiter: str) -> list[tuple[int, list[str]]]:
+    """Rows of a delimited file with the line each starts on (quoted fields span lines)."""
+    # QUOTE_NONE for TSV: SST-2 and AG News hold bare quotes that are part of the text.
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
+    rows = []
+    # csv refuses a cell over 128 KB; JSONL takes any length and the encoder cuts it to the
+    # model's length, so delimited files do the same (the limit is csv's process-wide one)
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, len(text) + 1))
+    try:
+        start = 1
+        for row in reader:
+            if "".join(row).strip():  # a row with any text (one C call, not one per cell)
+                rows.append((start, row))  # the line the row starts on (quoted fields span)
+            start = reader.line_num + 1
+    except csv.Error as e:  # an unclosed quote at the end
+        raise AutopromptError(f"{path}:{reader.line_num}: not a valid row ({e})") from None
+    finally:
+        csv.field_size_limit(limit)
+    return rows
 
 
 # -- streaming: one row at a time, for files of any size (``autoprompt predict``) -------------

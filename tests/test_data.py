@@ -168,3 +168,24 @@ def test_bad_facts(tmp_path):
     assert _error(read_facts, path).startswith(f"{path}:1: a fact needs a text field 'sub_label'")
     path = _write(tmp_path / "P3.jsonl", "\n")
     assert _error(read_facts, path).startswith(f"{path}: no facts")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'sentence\tlabel\na "quoted" one\t1\n\n  \t \nlast\t0',  # quotes, blank rows, no final \n
+        "sentence\tlabel\r\nwindows\t1\r\nlines\t0\r\n",
+        "sentence\tlabel\nlone\rreturn\t1\n",  # a lone \r: csv's own line rules
+        "sentence\tlabel\nnul\x00inside\t1\n",  # csv's own error
+        "sentence\tlabel\n  spaced  \t 1 \n\t\nx\t0\n",
+    ],
+)
+def test_tsv_reads_as_csv_does(tmp_path, text):
+    # TSVs are split without the csv module when nothing in them needs it: the same rows
+    from autoprompt_py.data import _csv_rows, _tsv_rows
+
+    fast = _tsv_rows(text)
+    if "\x00" in text or "lone" in text:
+        assert fast is None  # left to csv
+    else:
+        assert fast == _csv_rows(tmp_path / "d.tsv", text, "\t")

@@ -285,9 +285,9 @@ def test_relation_mode_skips_multi_token_objects_and_matches_probe(lms, data):
     assert task.mode == "relation" and task.relation == "P19"
     search = TriggerSearch(lm, task, SearchConfig())
     # "fantastic" is two tokens; objects outside --vocab do not count on dev
-    skipped = search.counts["train"]["skipped"] + search.counts["dev"]["skipped"]
+    skipped = search.encoded.counts["train"]["skipped"] + search.encoded.counts["dev"]["skipped"]
     assert skipped >= 1
-    assert search.counts["train"]["n"] + search.counts["dev"]["n"] + skipped == len(FACTS)
+    assert len(search.train) + len(search.dev) + skipped == len(FACTS)
     ids = some_trigger(search, 2).tolist()
     got = search.metrics(search.dev, ids)
     vocab_ids = search.objective.eval_ids.tolist()

@@ -9,7 +9,7 @@
     outcome.result["prompt"], outcome.result["dev"]["accuracy"]
 
 Modules: ``task`` (reading and checking the problem), ``tensors`` (a split as tensors),
-``encoded`` (the task's objective and splits, encoded once),
+``encoded`` (the task's objective and splits, each row encoded once),
 ``scorer`` (losses and the model passes), ``candidates`` (HotFlip and token filters),
 ``config`` (the settings), ``state`` (the search state and checkpoints), ``budget`` (clock,
 cost, stopping rules), ``move`` (the method boundary) and ``method`` (the registry), the

@@ -17,9 +17,10 @@ from autoprompt_py.vocab import single_token_id, vocab_token_ids
 
 @dataclass
 class EncodedTask:
-    """``objective`` judges outcomes; ``train``/``dev`` are encoded once; ``label_ids`` are the
-    tokens no trigger may be (label words, or every training object as AutoPrompt does);
-    ``counts`` holds rows, truncations and skipped facts per split, for the result."""
+    """``objective`` judges outcomes; ``train``/``dev`` encode each row once (train rows when
+    first sampled); ``label_ids`` are the tokens no trigger may be (label words, or every
+    training object as AutoPrompt does); ``counts`` holds the facts skipped per split
+    (``split_counts`` adds rows and truncations)."""
 
     lm: MaskedLM
     task: SearchTask
@@ -61,12 +62,23 @@ class EncodedTask:
                 gold,
                 objective.mask_counts,
                 lm.device,
+                lazy,
             )
-            for rows, gold in ((train, train_gold), (dev, dev_gold))
+            # train rows are encoded as steps sample them; dev is evaluated whole at the start
+            for rows, gold, lazy in ((train, train_gold, True), (dev, dev_gold, False))
         ]
-        for split, rows, t in (("train", train, tensors[0]), ("dev", dev, tensors[1])):
-            counts.setdefault(split, {}).update(n=len(rows), truncated=t.truncated)
         return cls(lm, task, objective, tensors[0], tensors[1], label_ids, counts)
+
+    def split_counts(self) -> dict[str, dict]:
+        """Rows, truncations and skipped facts per split, as of now: train rows are encoded as
+        the search samples them, so its ``truncated`` counts the ``encoded`` rows only."""
+        out = {}
+        for name, split in (("train", self.train), ("dev", self.dev)):
+            entry = {**self.counts.get(name, {}), "n": len(split), "truncated": split.truncated}
+            if split.encoded < len(split):
+                entry["encoded"] = split.encoded
+            out[name] = entry
+        return out
 
     def encode(self, examples: Sequence, objective: Objective | None = None) -> SplitTensors:
         """Another split (a test set), encoded and judged as dev is (``counts`` unchanged)."""

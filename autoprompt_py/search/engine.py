@@ -98,7 +98,6 @@ class TriggerSearch:
         self.encoded = EncodedTask.build(lm, task, config)
         self.objective = self.encoded.objective
         self.train, self.dev = self.encoded.train, self.encoded.dev
-        self.counts = self.encoded.counts
         label_ids = self.encoded.label_ids
         tokenizer = lm.tokenizer
         self.scorer = TriggerScorer(

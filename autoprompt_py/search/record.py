@@ -72,9 +72,11 @@ def result(
     words = search.words(best)
     prompt = task.template.with_triggers(best, words).render("token")
     stopped = "interrupted" if interrupted else (state.stopped or "completed")
+    # before the counts: the train metrics encode the rows of their sample
+    train_metrics = search.train_metrics(best) if train else None
+    counts = search.encoded.split_counts()
     data = {
-        split: {"source": task.sources.get(split), **search.counts.get(split, {})}
-        for split in ("train", "dev")
+        split: {"source": task.sources.get(split), **counts[split]} for split in ("train", "dev")
     }
     if "vocab" in task.sources:
         data["vocab"] = task.sources["vocab"]
@@ -94,7 +96,7 @@ def result(
         "model": model_record(search.lm),
         "method": search.config.method,
         "metric": search.objective.metric,
-        "train": search.train_metrics(best) if train else None,
+        "train": train_metrics,
         "dev": state.best_dev_metrics,
         "initial": state.initial,
         "best_iteration": state.best_iteration,

@@ -287,6 +287,7 @@ class TriggerScorer:
         leaf.requires_grad_(True)
         for index in batches:
             scale = self.grad_scale / (len(index) * len(batches))
+            split.ensure(index)
             for rows in self._chunks(split, distributed.shard_rows(index, split.lengths), 1):
                 views = split.batch(rows)
                 embeds = {}
@@ -314,9 +315,11 @@ class TriggerScorer:
     ) -> Iterator[np.ndarray]:
         """``index`` in length order, in chunks within the token and row budgets."""
         index = np.asarray(index)
-        index = index[np.argsort(split.lengths[index], kind="stable")]
+        split.ensure(index)
+        lengths = split.lengths
+        index = index[np.argsort(lengths[index], kind="stable")]
         yield from length_chunks(
-            split.lengths[index] * len(split.views),
+            lengths[index] * len(split.views),
             self.max_batch_tokens,
             self.max_rows,
             index,
@@ -365,6 +368,7 @@ class TriggerScorer:
         total = torch.zeros(
             2 if count_hits else 1, per_example, dtype=torch.float32, device=split.device
         )
+        split.ensure(index)
         index = distributed.shard_rows(index, split.lengths)  # this rank's rows
         for examples in self._chunks(split, index, per_example):
             views = split.batch(np.repeat(examples, per_example))  # example-major rows

@@ -1,8 +1,12 @@
-"""A data split encoded once into padded tensors, from which the search slices its batches.
+"""A data split encoded into padded tensors, from which the search slices its batches.
 
 The search loop never tokenizes: every example is encoded once per *view* (one view per number
 of masks the verbalizer's label words need, usually just one), padded into one tensor per field
 and kept on the model's device. A batch is an index into those rows, cut to its longest row.
+
+A row is encoded the first time a step asks for it (``ensure``), in one batched tokenizer call
+per request: a short search over a large training set reads every row but encodes only those
+it samples (``search --iters 0`` on SST-2's 67k rows encodes none of them).
 """
 
 from __future__ import annotations
@@ -14,25 +18,51 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from autoprompt_py.data import Example
+from autoprompt_py.data import Example, check_fields
 from autoprompt_py.encoding import Batch, TemplateEncoder
-from autoprompt_py.template import Template
+from autoprompt_py.template import Field, Template
 
 
 @dataclass
 class _View:
-    input_ids: torch.Tensor  # [N, width]
+    encoder: TemplateEncoder
+    input_ids: torch.Tensor  # [N, width]: grows to the longest row encoded so far
     attention_mask: torch.Tensor
     token_type_ids: torch.Tensor
     trigger_positions: torch.Tensor  # [N, triggers]
     mask_positions: torch.Tensor  # [N, masks]
-    lengths: np.ndarray  # [N] tokens per row, to cut batches to their longest row
+    lengths: np.ndarray  # [N] tokens per row (0 until encoded), to cut batches
+    truncated: int = 0  # encoded rows that were cut to fit
+
+    def fill(self, rows: np.ndarray, examples: Sequence[Example], pad_id: int) -> None:
+        encoded = self.encoder.encode_all(examples)
+        part = encoded.collate(range(len(encoded)))
+        width = part.input_ids.shape[1]
+        if width > self.input_ids.shape[1]:  # a longer row than any before: widen
+            n, old = self.input_ids.shape
+            for name, fill in (("input_ids", pad_id), ("attention_mask", 0), ("token_type_ids", 0)):
+                t = getattr(self, name)
+                wider = torch.full((n, width), fill, dtype=t.dtype, device=t.device)
+                wider[:, :old] = t
+                setattr(self, name, wider)
+        device = self.input_ids.device
+        at = torch.as_tensor(rows, dtype=torch.long, device=device)
+        self.input_ids[at, :width] = part.input_ids.to(device)
+        self.attention_mask[at, :width] = part.attention_mask.to(device)
+        self.token_type_ids[at, :width] = part.token_type_ids.to(device)
+        self.trigger_positions[at] = part.trigger_positions.to(device)
+        self.mask_positions[at] = part.mask_positions.to(device)
+        self.lengths[rows] = [len(e.input_ids) for e in encoded.examples]
+        self.truncated += encoded.num_truncated
 
 
 class SplitTensors:
     """One split (train or dev) as tensors: views by number of masks, and the gold targets.
 
     ``gold`` holds the label index (classification) or the object token id (relation facts).
+    With ``lazy``, rows are encoded when first asked for; without, all at once. A template with
+    a ``{field:fixed}`` is always encoded at once: only there can one row be too long to fit
+    whatever is cut, and that error belongs at the start, not hours into a search.
     """
 
     def __init__(
@@ -44,34 +74,68 @@ class SplitTensors:
         gold: Sequence[int],
         mask_counts: Sequence[int],
         device: torch.device,
+        lazy: bool = False,
     ) -> None:
+        check_fields(examples, template.fields, template.source)  # every row, before any work
         self.size = len(examples)
         self.device = device
+        self.examples = examples
         self.gold = torch.tensor(list(gold), dtype=torch.long, device=device)
+        self._pad_id = 0 if tokenizer.pad_token_id is None else tokenizer.pad_token_id
+        self._encoded = np.zeros(self.size, dtype=bool)
+        n, triggers = self.size, template.num_triggers
         self.views: dict[int, _View] = {}
-        self.truncated = 0
         for k in mask_counts:
-            encoded = TemplateEncoder(template, tokenizer, max_length, n_masks=k).encode_all(
-                examples
-            )
-            self.truncated = max(self.truncated, encoded.num_truncated)
-            full = encoded.collate(range(len(encoded)))
+            ids = torch.full((n, 0), self._pad_id, dtype=torch.long, device=device)
             self.views[k] = _View(
-                full.input_ids.to(device),
-                full.attention_mask.to(device),
-                full.token_type_ids.to(device),
-                full.trigger_positions.to(device),
-                full.mask_positions.to(device),
-                np.array([len(e.input_ids) for e in encoded.examples]),
+                TemplateEncoder(template, tokenizer, max_length, n_masks=k),
+                ids,
+                torch.zeros_like(ids),
+                torch.zeros_like(ids),
+                torch.zeros((n, triggers), dtype=torch.long, device=device),
+                torch.zeros((n, k), dtype=torch.long, device=device),
+                np.zeros(n, dtype=np.int64),
             )
-        # one length per example for ordering: the longest of its views
-        self.lengths = np.max([v.lengths for v in self.views.values()], axis=0)
+        fixed = any(isinstance(p, Field) and not p.shortenable for p in template.parts)
+        if not lazy or fixed:
+            self.ensure(np.arange(n))
 
     def __len__(self) -> int:
         return self.size
 
+    @property
+    def encoded(self) -> int:
+        """How many rows have been encoded so far."""
+        return int(self._encoded.sum())
+
+    @property
+    def truncated(self) -> int:
+        """Encoded rows cut to the model's length (in the view that cut most)."""
+        return max(v.truncated for v in self.views.values())
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Tokens per row, the longest of its views (0 for a row not encoded yet: ``ensure``
+        the rows first)."""
+        return np.max([v.lengths for v in self.views.values()], axis=0)
+
+    def ensure(self, index: np.ndarray) -> None:
+        """Encode the rows of ``index`` that are not encoded yet."""
+        index = np.asarray(index, dtype=np.int64)
+        todo = np.unique(index[~self._encoded[index]])
+        if not len(todo):
+            return
+        rows = [self.examples[i] for i in todo]
+        # a step may ask from inside inference mode; the split's tensors must stay normal ones,
+        # which any later step (a gradient, too) may read and fill
+        with torch.inference_mode(False), torch.no_grad():
+            for v in self.views.values():
+                v.fill(todo, rows, self._pad_id)
+        self._encoded[todo] = True
+
     def batch(self, index: np.ndarray) -> dict[int, Batch]:
         """The rows ``index`` of every view, each cut to its longest row."""
+        self.ensure(index)
         rows = torch.as_tensor(index, dtype=torch.long, device=self.device)
         out = {}
         for k, v in self.views.items():
