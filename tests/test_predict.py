@@ -247,31 +247,81 @@ def test_formats_and_passthrough(data, tmp_path) -> None:
     assert r.exit_code == 0, r.output
 
 
-def test_torchrun_two_processes_write_the_same_file(data, tmp_path) -> None:
-    args = [
-        "predict", "--data", data, "--template", "sst2", "--verbalizer", "sst2", "--ensemble",
-        "--calibrate", "--window", "10", "--batch-size", "4",
-    ]  # fmt: skip
-    env = {
-        **{k: v for k, v in __import__("os").environ.items() if k not in ("WORLD_SIZE", "RANK")},
+def _env() -> dict:
+    import os
+
+    return {
+        **{k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK")},
         "PYTHONPATH": str(REPO),
         "OMP_NUM_THREADS": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
+
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+CLASSIFY = ("--template", "sst2", "--verbalizer", "sst2", "--ensemble", "--calibrate")
+RELATE = ("--template", "[X] was born in [Y] .", "--top-k", "3", "--with-labels", "--calibrate")
+
+
+@pytest.mark.parametrize("task", ["classification", "relation"])
+def test_torchrun_two_processes_write_the_same_file(data, facts, tmp_path, task) -> None:
+    rows, options = (data, CLASSIFY) if task == "classification" else (facts, RELATE)
+    args = ["predict", "--data", rows, *options, "--window", "10", "--batch-size", "4"]
     one = tmp_path / "one.jsonl"
     two = tmp_path / "two.jsonl"
     r = subprocess.run(
         [sys.executable, "-m", "autoprompt_py", *map(str, args), "--output", str(one)],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=_env(), capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     r = subprocess.run(
-        [*cmd, "-m", "autoprompt_py", *map(str, args), "--output", str(two)],
-        env=env, capture_output=True, text=True, timeout=180,
+        [*TORCHRUN, "-m", "autoprompt_py", *map(str, args), "--output", str(two)],
+        env=_env(), capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     assert two.read_bytes() == one.read_bytes()
+
+
+def test_torchrun_run_stopped_by_sigterm_resumes_to_the_same_file(tmp_path) -> None:
+    # what a scheduler does: SIGTERM to torchrun part-way, then the same command with --resume
+    import os
+    import signal
+    import time
+
+    big = tmp_path / "big.tsv"
+    big.write_text(
+        "sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in sentences(1000, seed=3)),
+        encoding="utf-8",
+    )
+    args = ["predict", "--data", big, *CLASSIFY, "--window", "20", "--batch-size", "16"]
+    whole, part = tmp_path / "whole.csv", tmp_path / "part.csv"
+    r = subprocess.run(
+        [sys.executable, "-m", "autoprompt_py", *map(str, args), "--output", str(whole)],
+        env=_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    sidecar = tmp_path / "part.csv.partial.json"
+    run = subprocess.Popen(
+        [*TORCHRUN, "-m", "autoprompt_py", *map(str, args), "--output", str(part)],
+        env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 180
+    while not sidecar.exists() and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sidecar.exists(), "the run ended before its first window was saved"
+    os.killpg(run.pid, signal.SIGTERM)
+    run.wait(timeout=60)
+    assert run.returncode != 0 and not part.exists()
+    saved = json.loads(sidecar.read_text())["read"]
+    assert 0 < saved < 1000
+    r = subprocess.run(
+        [*TORCHRUN, "-m", "autoprompt_py", *map(str, args), "--output", str(part), "--resume"],
+        env=_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resumed after input row" in r.stderr
+    assert part.read_bytes() == whole.read_bytes()
 
 
 def test_stdin_to_stdout_and_keep_all(data, tmp_path) -> None:
@@ -296,3 +346,37 @@ def test_stdin_to_stdout_and_keep_all(data, tmp_path) -> None:
                "--keep-columns", "all")  # fmt: skip
     header = out.read_text(encoding="utf-8").splitlines()[0] if out.exists() else r.output
     assert header.startswith("id,sentence,label,prediction,margin,p_0,p_1"), header
+
+
+def test_parquet_resumes_byte_identical_and_every_output_has_its_record(lm, data, tmp_path):
+    pytest.importorskip("pyarrow")
+    config = PredictConfig(("{sentence} It was [MASK] .",), ("sst2",), window=8, with_labels=True)
+    whole, part = tmp_path / "whole.parquet", tmp_path / "part.parquet"
+    full = write_predictions(config, str(data), str(whole), lm, "default", progress=False)
+
+    def stop(n: int) -> None:
+        if n == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_predictions(
+            config, str(data), str(part), lm, "default", progress=False, on_window=stop
+        )
+    assert not part.exists() and not (tmp_path / "part.parquet.run.json").exists()
+    s = write_predictions(config, str(data), str(part), lm, "default", progress=False, resume=True)
+    assert s.resumed_from == 24 and s.metrics == full.metrics
+    assert part.read_bytes() == whole.read_bytes()
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(whole).metadata
+    assert meta.num_rows == 36 and meta.num_row_groups == 5  # a row group per window of 8
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "part.parquet", "part.parquet.run.json", "whole.parquet", "whole.parquet.run.json"
+    ]  # fmt: skip
+    record = json.loads((tmp_path / "part.parquet.run.json").read_text())
+    assert record["command"] == "predict" and record["config"]["templates"] == list(
+        config.templates
+    )
+    assert record["counts"]["rows"] == 36 and record["counts"]["resumed_from"] == 24
+    assert record["metrics"] == json.loads(json.dumps(full.metrics))
+    assert record["input"]["bytes"] == data.stat().st_size and "torch" in record["versions"]

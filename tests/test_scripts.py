@@ -215,3 +215,24 @@ def test_compare_methods_scores_a_given_trigger(shared_model, shared_data, tmp_p
     assert run["words"] == ["##yat", "malmo", "tragic"]
     assert run["iterations"] == 0 and run["cost"]["backward_passes"] == 0
     assert 0.0 <= run["test"] <= 1.0 and run["dev"] is not None
+
+
+@pytest.mark.slow
+def test_bench_predict_runs(shared_data):
+    out = _run(
+        [
+            str(SCRIPTS / "bench_predict.py"),
+            "--source",
+            str(shared_data / "sst2" / "dev.tsv"),
+            "--sizes",
+            "300",
+            "--rss-sizes",
+            "",  # the memory runs are two more processes of the same worker
+            "--pipeline-rows",
+            "50",
+            "--repeat",
+            "1",
+        ]
+    )
+    assert "rows/s over the pipeline's" in out and "time over the bare forward's" in out
+    assert "predictions agreeing with the pipeline: 1.0000" in out

@@ -34,8 +34,19 @@ from autoprompt_py.prediction.run import (
     open_reader,
     select_prompts,
 )
-from autoprompt_py.prediction.writer import RESUMABLE, open_writer, output_format
-from autoprompt_py.results import check_output_path, output_lock, refuse_overwrite
+from autoprompt_py.prediction.writer import (
+    convert_partial,
+    open_writer,
+    output_format,
+    partial_format,
+)
+from autoprompt_py.results import (
+    check_output_path,
+    output_lock,
+    provenance,
+    refuse_overwrite,
+    write_json,
+)
 from autoprompt_py.vocab import read_vocab
 
 
@@ -138,10 +149,6 @@ def check_paths(data: str, output: str, force: bool, resume: bool, fmt: str) -> 
         raise AutopromptError(
             f"--output {output} is the input file; write the predictions to another file"
         )
-    if resume and fmt not in RESUMABLE:
-        raise AutopromptError(
-            f"--resume: a {fmt} file cannot be continued; write .jsonl, .csv or .tsv to resume"
-        )
     if resume and data == "-":
         raise AutopromptError("--resume needs the same input again: give --data a file, not -")
     partial = _partial(target)
@@ -164,6 +171,11 @@ def _partial(target: Path) -> Path:
 
 def _sidecar(target: Path) -> Path:
     return target.with_name(target.name + ".partial.json")
+
+
+def run_record_path(target: Path) -> Path:
+    """Where a finished output's record goes (config, versions, counts): ``<output>.run.json``."""
+    return target.with_name(target.name + ".run.json")
 
 
 def write_predictions(
@@ -236,7 +248,11 @@ def write_predictions(
     ):
         stream = _open_stream(target, offset, main)
         try:
-            writer = open_writer(fmt, stream, columns, header=offset == 0) if main else None
+            writer = (
+                open_writer(partial_format(fmt), stream, columns, header=offset == 0)
+                if main
+                else None
+            )
             for n, out in enumerate(_windows(predictor, reader, skip), 1):
                 summary.rows += len(out)
                 summary.read = reader.rows_read
@@ -259,18 +275,18 @@ def write_predictions(
         finally:
             if target is not None and main:
                 stream.close()
+        summary.truncated = sum(m.prompt.truncated for m in predictor.members)
+        if config.with_labels:
+            summary.metrics = _metrics(config, predictor, gold, predicted)
         if target is not None and main:
-            if summary.rows == 0 and fmt != "parquet":
+            if summary.rows == 0:
                 _partial(target).unlink(missing_ok=True)
                 _sidecar(target).unlink(missing_ok=True)
                 raise AutopromptError(
                     f"--data {data}: no row to predict ({summary.skipped} skipped for a missing "
                     "or empty field)"
                 )
-            _finish(target, identity, config, data, model, summary)
-    summary.truncated = sum(m.prompt.truncated for m in predictor.members)
-    if config.with_labels:
-        summary.metrics = _metrics(config, predictor, gold, predicted)
+            _finish(target, identity, fmt, columns, predictor.window_rows, summary)
     return summary
 
 
@@ -318,17 +334,48 @@ def _save_sidecar(target: Path, identity: dict, summary: PredictSummary, offset:
     os.replace(tmp, _sidecar(target))
 
 
-def _finish(target, identity, config, data, model, summary) -> None:
+def _finish(
+    target: Path,
+    identity: dict,
+    fmt: str,
+    columns: list[str],
+    group_rows: int,
+    summary: PredictSummary,
+) -> None:
+    """The partial file becomes the output (converted where its format differs), with the
+    output's permissions; then the run's record is written beside it."""
     partial = _partial(target)
+    if partial_format(fmt) != fmt:
+        converted = target.with_name(target.name + ".partial." + fmt)
+        try:
+            convert_partial(fmt, partial, converted, columns, group_rows)
+        except BaseException:
+            converted.unlink(missing_ok=True)  # the partial file stays, resumable
+            raise
+        source = converted
+    else:
+        source = partial
     try:
         mode = os.stat(target).st_mode & 0o777
     except FileNotFoundError:
         mask = os.umask(0)
         os.umask(mask)
         mode = 0o666 & ~mask
-    os.chmod(partial, mode)
-    os.replace(partial, target)
+    os.chmod(source, mode)
+    os.replace(source, target)
+    partial.unlink(missing_ok=True)
     _sidecar(target).unlink(missing_ok=True)
+    counts = {k: v for k, v in asdict(summary).items() if k != "metrics"}
+    record = {
+        **provenance("predict", identity["config"]),
+        "output": {"path": str(target), "format": fmt, "columns": columns},
+        "model": identity["model"],
+        "dtype": identity["dtype"],
+        "input": identity.get("input"),
+        "counts": counts,
+        "metrics": summary.metrics,
+    }
+    write_json(run_record_path(target), record)
 
 
 def _collect(out: list[dict], relational: bool, gold: list, predicted: list) -> None:
@@ -344,7 +391,7 @@ def _labels_written(target, fmt, config, relational) -> tuple[list, list]:
     size = json.loads(_sidecar(target).read_text(encoding="utf-8"))["bytes"]
     with open(_partial(target), "rb") as f:
         body = io.BytesIO(f.read(size))  # the saved part only
-    for _, row in iter_rows(str(_partial(target)), fmt, None, body):
+    for _, row in iter_rows(str(_partial(target)), partial_format(fmt), None, body):
         gold.append(cell_text(row["gold"]))
         if relational:
             rank = row.get("rank")

@@ -1,6 +1,8 @@
 """Output rows of ``predict``: JSON lines, CSV, TSV or Parquet, chosen by the suffix, or ``-``
 (standard output). Files are written to ``<output>.partial`` and renamed when complete
-(``run.py`` keeps the partial file resumable)."""
+(``output.py`` keeps the partial file resumable). Parquet keeps its footer at the end, so a
+partial Parquet file is not a valid prefix: its partial file is JSON lines, converted to
+Parquet (in row groups, constant memory) when complete."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from autoprompt_py.data import cell_text
 from autoprompt_py.errors import AutopromptError
 
 FORMATS = ("jsonl", "csv", "tsv", "parquet")
-RESUMABLE = ("jsonl", "csv", "tsv")  # appendable: a partial file is a valid prefix
+PARTIAL_FORMAT = {"parquet": "jsonl"}  # what a format's partial file is written in
 
 
 def output_format(path: str, given: str | None = None) -> str:
@@ -122,3 +124,26 @@ WRITERS = {"jsonl": JsonlWriter, "csv": DelimitedWriter, "tsv": TsvWriter, "parq
 
 def open_writer(fmt: str, stream: BinaryIO, columns: Sequence[str], header: bool) -> RowWriter:
     return WRITERS[fmt](stream, columns, header)
+
+
+def partial_format(fmt: str) -> str:
+    return PARTIAL_FORMAT.get(fmt, fmt)
+
+
+def convert_partial(
+    fmt: str, partial: Path, out: Path, columns: Sequence[str], group_rows: int
+) -> None:
+    """Write the finished ``partial`` file (in ``partial_format(fmt)``) to ``out`` as ``fmt``,
+    ``group_rows`` rows at a time: the same file whether or not the run was resumed."""
+    assert partial_format(fmt) == "jsonl" and fmt == "parquet"
+    with open(partial, "rb") as src, open(out, "wb") as dst:
+        writer = ParquetWriter(dst, columns, True)
+        rows: list[dict] = []
+        for line in src:
+            rows.append(json.loads(line))
+            if len(rows) == group_rows:
+                writer.write(rows)
+                rows = []
+        if rows:
+            writer.write(rows)
+        writer.close()
