@@ -24,13 +24,7 @@ a failed export leaves nothing behind; an existing target is replaced only with 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-import tempfile
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +32,9 @@ import numpy as np
 import torch
 
 from autoprompt_py.errors import AutopromptError
-from autoprompt_py.model import MaskedLM
+from autoprompt_py.model import MaskedLM, config_value
 from autoprompt_py.prompt import FoundPrompt, model_record
-from autoprompt_py.results import atomic_write, check_output_path, current_umask, provenance
+from autoprompt_py.results import atomic_write, check_output_path, provenance, staged_folder
 
 FORMATS = ("peft", "optiprompt", "embeddings")
 PEFT_INSTALL = "pip install autoprompt-py[peft]"
@@ -131,15 +125,15 @@ def to_peft(prompt: FoundPrompt, lm: MaskedLM, folder: str | Path, force: bool =
         num_virtual_tokens=len(prompt),
         token_dim=int(vectors.shape[1]),
         num_transformer_submodules=1,
-        num_layers=_config_value(config, "num_hidden_layers", "n_layers", "num_layers"),
-        num_attention_heads=_config_value(config, "num_attention_heads", "n_heads"),
+        num_layers=config_value(config, "num_hidden_layers", "n_layers", "num_layers"),
+        num_attention_heads=config_value(config, "num_attention_heads", "n_heads"),
         prompt_tuning_init="TEXT",
         prompt_tuning_init_text=prompt.text,
         tokenizer_name_or_path=lm.name,
         base_model_name_or_path=lm.name,
         inference_mode=True,  # as PeftModel.save_pretrained writes it
     )
-    with _staged_folder(target, force) as tmp:
+    with staged_folder(target, force) as tmp:
         peft_config.save_pretrained(str(tmp))
         save_file(
             {"prompt_embeddings": vectors},
@@ -181,14 +175,6 @@ def load_peft_seed(base_model: torch.nn.Module, folder: str | Path, adapter_name
     return model
 
 
-def _config_value(config: Any, *names: str) -> int | None:
-    for name in names:
-        value = getattr(config, name, None)
-        if isinstance(value, int):
-            return value
-    return None
-
-
 # ------------------------------------------------------------------------------ OptiPrompt
 
 
@@ -211,7 +197,7 @@ def to_optiprompt(
             f"OptiPrompt's own layout: {OPTIPROMPT_MAX_VECTORS} rows for [V1]..[V10], rows "
             f"after {len(prompt)} zero"
         )
-    with _staged_folder(target, force) as tmp:
+    with staged_folder(target, force) as tmp:
         (tmp / "template.txt").write_text(prompt.optiprompt_template() + "\n", encoding="utf-8")
         np.save(tmp / "vectors.npy", vectors)
         if len(prompt) <= OPTIPROMPT_MAX_VECTORS:
@@ -278,36 +264,6 @@ def to_embeddings(prompt: FoundPrompt, lm: MaskedLM, file: str | Path, force: bo
 
 
 # ------------------------------------------------------------------------------ helpers
-
-
-@contextlib.contextmanager
-def _staged_folder(target: Path, force: bool) -> Iterator[Path]:
-    """Yield a temporary folder beside ``target``; on success rename it into place."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it private; an export is not
-        yield tmp
-        for path in tmp.rglob("*"):  # safetensors writes 0600: every file as the umask says
-            if path.is_file() and not path.is_symlink():
-                os.chmod(path, 0o666 & ~current_umask())
-        if target.exists() or target.is_symlink():
-            if not force:
-                raise AutopromptError(
-                    f"--out {target} already exists; choose another path or "
-                    "pass --force to replace it"
-                )
-            old = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            if old.is_dir() and not old.is_symlink():
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                old.unlink(missing_ok=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -124,7 +124,9 @@ class MaskedLM:
         return output
 
     @contextlib.contextmanager
-    def _gather(self, positions: torch.Tensor) -> Iterator[None]:
+    def head_at(self, positions: torch.Tensor) -> Iterator[None]:
+        """Within it, a forward of ``self.model`` (or of a wrapper of it, such as a PEFT
+        model) runs the MLM head at ``positions`` ([batch, k]) only: logits [batch, k, vocab]."""
         self._gather_at = positions
         try:
             yield
@@ -152,7 +154,7 @@ class MaskedLM:
             if self.autocast_dtype is not None
             else contextlib.nullcontext()
         )
-        with self._gather(mask_positions), autocast:
+        with self.head_at(mask_positions), autocast:
             out = self.model(**kwargs, return_dict=True)
         return out.logits
 
@@ -245,3 +247,13 @@ def _load_failure(name: str, local: bool, what: str, e: Exception) -> str:
         f"--model {name}: could not load a {what} from the Hugging Face hub ({reason[:200]}); "
         "when offline, point --model at a local folder saved with save_pretrained"
     )
+
+
+def config_value(config: object, *names: str) -> int | None:
+    """The first of ``names`` that a model config sets to an int (families name the same
+    size differently: ``num_hidden_layers``, ``n_layers``, ...)."""
+    for name in names:
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    return None

@@ -6,10 +6,12 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import socket
 import stat
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -254,3 +256,34 @@ def write_json(path: str | Path, data: Any, option: str = "") -> None:
 
 def read_json(path: str | Path, what: str = "result") -> Any:
     return parse_json(read_text(path, f"{what} file"), str(path))
+
+
+@contextlib.contextmanager
+def staged_folder(target: Path, force: bool, option: str = "--out") -> Iterator[Path]:
+    """Yield a temporary folder beside ``target``; on success rename it into place (an
+    existing ``target`` only with ``force``): a folder is never half-written."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it private; an output is not
+        yield tmp
+        for path in tmp.rglob("*"):  # safetensors writes 0600: every file as the umask says
+            if path.is_file() and not path.is_symlink():
+                os.chmod(path, 0o666 & ~current_umask())
+        if target.exists() or target.is_symlink():
+            if not force:
+                raise AutopromptError(
+                    f"{option} {target} already exists; choose another path or "
+                    "pass --force to replace it"
+                )
+            old = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

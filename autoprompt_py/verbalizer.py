@@ -165,14 +165,17 @@ class ResolvedVerbalizer:
         return sorted({t for p in self.pieces for t in p})
 
     def word_scores(
-        self, logits: torch.Tensor, consume: bool = False
+        self, logits: torch.Tensor, consume: bool = False, normalize: bool = True
     ) -> tuple[list[int], torch.Tensor]:
         """Scores of the words with k pieces from logits [batch, k, vocab] at their k masks.
 
         Returns the word indices and [batch, words]: the mean piece logit (mean-logit) or the
         summed piece log-probabilities (otherwise). ``consume``: without autograd, the
         normalizer is computed in place, overwriting float32 ``logits`` (the search's hot path:
-        the same numbers, no [batch, k, vocab] temporary).
+        the same numbers, no [batch, k, vocab] temporary). ``normalize=False`` leaves out the
+        vocabulary's log-normalizer, the same for every word of a row with k pieces: for a
+        caller that normalises the label scores over the labels, and whose words all have the
+        same number of pieces, the result is the same (``predict``: a tenth of its time).
         """
         batch, k, _ = logits.shape
         idx = [w for w, p in enumerate(self.pieces) if len(p) == k]
@@ -180,7 +183,9 @@ class ResolvedVerbalizer:
             return idx, logits.new_zeros(batch, 0)
         ids = torch.tensor([self.pieces[w] for w in idx], device=logits.device)  # [words, k]
         picked = logits.gather(2, ids.T.unsqueeze(0).expand(batch, -1, -1)).float()
-        if self.aggregation != "mean-logit" and consume and not logits.requires_grad:
+        if not normalize:
+            pass
+        elif self.aggregation != "mean-logit" and consume and not logits.requires_grad:
             x = logits if logits.dtype == torch.float32 else logits.float()
             picked -= consume_logsumexp(x)[..., None]
         elif self.aggregation != "mean-logit":

@@ -10,7 +10,8 @@ test: the 872 GLUE dev sentences), ``agnews`` (test.tsv split 60/20/20 with seed
 class from the 60%, dev K per class from the 20%, test the last 20%), and LAMA relations
 ``P19``, ``P36``, ... (each relation's facts split 60/20/20 with seed 0; ``--shots`` K facts, or
 all with ``--shots 0``). ``untrained`` is the prompt scored as it is. A method is written
-``soft:vocab`` for an init, ``head@1e-3`` for a learning rate. Relations: ``searched`` is the
+``soft:vocab`` for an init (``soft:text``: the label words), ``head@1e-3`` for a learning
+rate, ``ptuning-lstm`` for P-tuning's LSTM encoder. Relations: ``searched`` is the
 trigger a ``--search-seconds`` GCG search finds (scored as it is), ``soft:found`` the soft
 prompt trained from it (OptiPrompt). ``--quick`` runs a reduced
 setting on the files under ``examples/`` (CI runs it, so the script cannot rot).
@@ -112,13 +113,23 @@ def run_one(lm_factory, data, method: str, shots, seed: int, args) -> dict:
     train, dev, test, verb, template, soft_template, per_class = data
     name, _, lr = method.partition("@")
     name, _, init = name.partition(":")
+    name, _, encoder = name.partition("-")  # ptuning-lstm: P-tuning's LSTM encoder
+    init_text = None
+    if init == "text":  # the label words, as Lester et al. start from the class names
+        if verb is None:
+            raise SystemExit(f"{method}: --init text takes the label words: classification only")
+        from autoprompt_py.resources import load_verbalizer
+
+        words = load_verbalizer(verb).words.values()
+        init_text = " ".join(w for ws in words for w in ws)
     tpl = soft_template if name == "soft" else template
     if name in ("searched", "soft") and (init == "found" or name == "searched"):
         tpl = searched_template(lm_factory(), data, seed, args)
     k = shots or None
+    # all training rows: dev is --full-dev-shots per class (0: all of it, as for relations)
+    dev_k = (k and args.dev_shots) or (per_class and args.full_dev_shots) or None
     task = load_tune_task(
-        tpl, train, dev, test, verbalizer=verb, shots=k, dev_shots=k and args.dev_shots,
-        data_seed=seed,
+        tpl, train, dev, test, verbalizer=verb, shots=k, dev_shots=dev_k, data_seed=seed,
     )  # fmt: skip
     lm = lm_factory()
     started = time.perf_counter()
@@ -130,9 +141,10 @@ def run_one(lm_factory, data, method: str, shots, seed: int, args) -> dict:
         t, _ = evaluate(part, objective, objective.encode(task.test), 64, lm.device)
         return {"dev": d, "test": t, "seconds": time.perf_counter() - started, "trainable": 0}
     config = TuneConfig(
-        method=name, init=init or ("vocab" if name == "soft" else "found"),
-        lr=float(lr) if lr else None, steps=args.steps, batch_size=args.batch_size,
-        eval_every=args.eval_every, seed=seed, shots=k, dev_shots=k and args.dev_shots,
+        method=name, init=init or ("vocab" if name == "soft" else "found"), init_text=init_text,
+        encoder=encoder or "mlp", lr=float(lr) if lr else None, steps=args.steps,
+        batch_size=args.batch_size,
+        eval_every=args.eval_every, seed=seed, shots=k, dev_shots=dev_k,
         data_seed=seed,
     )  # fmt: skip
     out = tune(lm, task, config, progress=False).result
@@ -154,6 +166,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--methods", default="untrained,full,head,soft:vocab")
     ap.add_argument("--shots", default="16", help="comma-separated K per class; 0: all rows")
     ap.add_argument("--dev-shots", type=int, default=16)
+    ap.add_argument(
+        "--full-dev-shots", type=int, default=0,
+        help="with --shots 0, dev examples per class (0: the whole dev split)",
+    )  # fmt: skip
     ap.add_argument("--data-seeds", default="0-4")
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--batch-size", type=int, default=8)

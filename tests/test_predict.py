@@ -380,3 +380,26 @@ def test_parquet_resumes_byte_identical_and_every_output_has_its_record(lm, data
     assert record["counts"]["rows"] == 36 and record["counts"]["resumed_from"] == 24
     assert record["metrics"] == json.loads(json.dumps(full.metrics))
     assert record["input"]["bytes"] == data.stat().st_size and "torch" in record["versions"]
+
+
+@pytest.mark.parametrize("aggregation", ["sum", "mean-logprob", "mean-logit"])
+def test_multi_piece_label_words_equal_score(lm, data, tmp_path, aggregation) -> None:
+    # words of 1 and 3 pieces: the vocabulary normalizer no longer cancels, and is kept
+    words = {"0": ["terrible", "unwatchable"], "1": ["great", "wonderful"]}
+    path = tmp_path / "verb.json"
+    path.write_text(json.dumps(words), encoding="utf-8")
+    verb = load_verbalizer(str(path))
+    assert len(verb.resolve(lm.tokenizer, aggregation, True).piece_counts) > 1
+    named = load_templates("{sentence} It was [MASK] .")
+    report = score_prompts(
+        lm, named, read_examples(data), [("v", verb)], progress=False, bootstrap=0,
+        aggregation=aggregation,
+    )  # fmt: skip
+    ref = report.members[0]
+    config = PredictConfig(
+        ("{sentence} It was [MASK] .",), (str(path),), aggregation=aggregation, window=10
+    )
+    rows = rows_of(config, data, lm)
+    assert [r["prediction"] for r in rows] == ref.predictions
+    probs = np.array([[r["p_0"], r["p_1"]] for r in rows])
+    np.testing.assert_allclose(probs, np.exp(ref.scores), atol=1e-6)

@@ -6,9 +6,7 @@ from __future__ import annotations
 import click
 
 from autoprompt_py.cli.common import model_options, parse_columns, quiet_transformers
-
-METHODS = ("soft", "prompt", "ptuning", "prefix", "lora", "full", "head")
-INITS = ("auto", "found", "text", "vocab", "random")
+from autoprompt_py.tune.config import INITS, METHODS  # light: no torch
 
 
 @click.command("tune")

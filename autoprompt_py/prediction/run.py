@@ -207,9 +207,12 @@ class Predictor:
             return out.numpy()
         verb = m.verbalizer
         word_scores = torch.zeros(len(examples), len(verb.words))
+        # the window's label scores are normalised over the labels (``window``), where the
+        # vocabulary's normalizer, one per row and mask, cancels when every word has k pieces
+        normalize = len(verb.piece_counts) > 1
         for k in verb.piece_counts:
             for index, logits in m.prompt.mask_logits(lm, examples, k, self.plan):
-                idx, values = verb.word_scores(logits)
+                idx, values = verb.word_scores(logits, normalize=normalize)
                 word_scores[torch.from_numpy(index)[:, None], idx] = values.float().cpu()
         distributed.all_reduce_(word_scores)
         return verb.aggregate(word_scores).numpy()

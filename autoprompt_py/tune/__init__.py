@@ -6,8 +6,30 @@ registry), ``loop.py`` the training loop and checkpoint, ``folder.py`` the outpu
 ``run.py`` the whole run (``tune``).
 """
 
-from autoprompt_py.tune.config import TuneConfig
-from autoprompt_py.tune.run import TuneOutcome, tune
-from autoprompt_py.tune.task import TuneTask, load_tune_task
+# names → their modules, imported on first use: ``TuneConfig`` and the method registry load
+# without torch (the CLI's --help and option checks), the rest when a run needs it
+_EXPORTS = {
+    "TuneConfig": "autoprompt_py.tune.config",
+    "TuneOutcome": "autoprompt_py.tune.run",
+    "tune": "autoprompt_py.tune.run",
+    "TuneTask": "autoprompt_py.tune.task",
+    "load_tune_task": "autoprompt_py.tune.task",
+}
 
-__all__ = ["TuneConfig", "TuneOutcome", "TuneTask", "load_tune_task", "tune"]
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'autoprompt_py.tune' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+__all__ = ["TuneConfig", "TuneOutcome", "TuneTask", "load_tune_task", "tune"]  # noqa: F822

@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from autoprompt_py.errors import AutopromptError
+from autoprompt_py.tune.methods import REGISTRY
 
-METHODS = ("soft", "prompt", "ptuning", "prefix", "lora", "full", "head")
+METHODS = tuple(REGISTRY)  # soft, full, head, prompt, ptuning, prefix, lora
 INITS = ("auto", "found", "text", "vocab", "random")
 ENCODERS = ("mlp", "lstm")
 PEFT_METHODS = ("prompt", "ptuning", "prefix", "lora")

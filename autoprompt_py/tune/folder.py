@@ -13,7 +13,7 @@ from pathlib import Path
 
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.results import check_output_path
-from autoprompt_py.tune.vectors import EMBEDDINGS_FILE, TUNE_KIND
+from autoprompt_py.tune.vectors import TUNE_KIND
 
 RESULT_FILE = "result.json"
 
@@ -33,13 +33,12 @@ def check_output_folder(output: str | Path, force: bool = False) -> Path:
 
 def write_folder(target: Path, force: bool, part, result: dict) -> Path:
     from autoprompt_py.distributed import is_main
-    from autoprompt_py.export import _staged_folder
-    from autoprompt_py.results import write_json
+    from autoprompt_py.results import staged_folder, write_json
 
     if not is_main():  # under torchrun rank 0 writes; the others hold the same weights
         return target
 
-    with _staged_folder(target, force) as tmp:
+    with staged_folder(target, force, "--output") as tmp:
         files = part.save(tmp)
         result["files"] = {**files, RESULT_FILE: "this record"}
         write_json(tmp / RESULT_FILE, result)
@@ -68,19 +67,10 @@ def tuned_templates(spec: str):
         return None
     from autoprompt_py.resources import NamedTemplate
     from autoprompt_py.template import parse_template
+    from autoprompt_py.tune.methods import method_module
 
     template = parse_template(result["template"])
-    if result["method"] == "soft":
-        from autoprompt_py.tune.methods.soft import vector_template
-
-        template = vector_template(template, int(result["model"]["vocab_size"]))
-    elif result["method"] == "head":
-        raise AutopromptError(
-            f"--template {spec}: a classification head (--method head) reads no prompt; its "
-            "dev and test metrics are in its result.json"
-        )
-    elif template.num_triggers:  # a search result's triggers, fixed while the model trained
-        template = template.with_triggers(result["trigger_ids"], result.get("trigger_tokens"))
+    template = method_module(result["method"]).tuned_template(template, result, spec)
     return [NamedTemplate(Path(spec).name, template, result.get("relation"))]
 
 
@@ -92,55 +82,18 @@ def load_templates_or_tuned(spec: str, option: str = "--template"):
 
 
 def attach_tuned(lm, specs):
-    """The model to score ``specs`` (``--template`` values) with: for a ``soft`` folder, ``lm``
-    with its vectors; a folder of another model is refused."""
-    from autoprompt_py.prompt import model_record
+    """The model to score ``specs`` (``--template`` values) with: ``lm``, or ``lm`` reading a
+    tuned folder's prompt (its method's ``attach``); a folder of another model is refused."""
+    from autoprompt_py.tune.methods import method_module
 
-    tuned = [(s, r) for s in specs if (r := read_tuned(s)) is not None]
-    if not tuned:
-        return lm
-    changing = [(s, r) for s, r in tuned if r["method"] != "full"]
-    if len(changing) > 1:
+    tuned = [(s, r, method_module(r["method"])) for s in specs if (r := read_tuned(s))]
+    on_base = [(s, r, m) for s, r, m in tuned if m.ON_BASE_MODEL]
+    if len(on_base) > 1:
         raise AutopromptError("--template: give one tuned prompt folder per run")
-    for spec, result in tuned:
-        want, have = result["model"], model_record(lm)
-        if result["method"] == "full":
-            if Path(lm.name).resolve() != Path(spec).resolve():
-                raise AutopromptError(
-                    f"--template {spec}: the prompt was trained with the whole model, which "
-                    f"the folder holds; pass --model {spec}"
-                )
-        elif (want["vocab_size"], want["embedding_size"], want["name"]) != (
-            have["vocab_size"],
-            have["embedding_size"],
-            have["name"],
-        ):
-            raise AutopromptError(
-                f"--template {spec}: tuned for --model {want['name']} (vocabulary "
-                f"{want['vocab_size']}, embeddings {want['embedding_size']}), not {lm.name}; "
-                f"pass --model {want['name']}"
-            )
-    if not changing:
+    for spec, result, module in tuned:
+        if not module.ON_BASE_MODEL:
+            module.attach(lm, spec, result)  # the folder is the model: checks it is --model
+    if not on_base:
         return lm
-    spec, result = changing[0]
-    if result["method"] == "prefix":
-        from autoprompt_py.tune.methods.peft_methods import PrefixLM, require_peft
-
-        peft = require_peft("prefix")
-        return PrefixLM(lm, peft.PeftModel.from_pretrained(lm.model, spec))
-    if result["method"] == "lora":
-        from autoprompt_py.tune.methods.peft_methods import require_peft
-
-        peft = require_peft("lora")
-        peft.PeftModel.from_pretrained(lm.model, spec)  # the LoRA layers go into lm.model
-        return lm
-    from safetensors.torch import load_file
-
-    vectors = load_file(str(Path(spec) / EMBEDDINGS_FILE))["embeddings"].to(lm.device)
-    if result["method"] == "soft":
-        from autoprompt_py.tune.methods.soft import SoftPromptLM
-
-        return SoftPromptLM(lm, vectors)
-    from autoprompt_py.tune.methods.peft_methods import PrependLM
-
-    return PrependLM(lm, vectors)
+    spec, result, module = on_base[0]
+    return module.attach(lm, spec, result)

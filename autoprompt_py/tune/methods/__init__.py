@@ -7,15 +7,17 @@ mask logits {k: [batch, k, vocab]} for the cloze methods, {0: [batch, labels]} f
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-from typing import Protocol
+import importlib
+from typing import TYPE_CHECKING, Protocol
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # the registry itself loads without torch (``TuneConfig`` reads it)
+    from pathlib import Path
 
-from autoprompt_py.encoding import Batch
-from autoprompt_py.template import Template
+    import torch
+    from torch import nn
+
+    from autoprompt_py.encoding import Batch
+    from autoprompt_py.template import Template
 
 
 class TrainablePart(Protocol):
@@ -37,44 +39,40 @@ class TrainablePart(Protocol):
     def save(self, folder: Path) -> dict[str, str]: ...
 
 
-def _soft(*args):
-    from autoprompt_py.tune.methods.soft import build
+class MethodModule(Protocol):
+    """What a method's module provides (``soft.py``, ``full.py``, ...)."""
 
-    return build(*args)
+    # True: a folder of the method holds a prompt for the --model it was tuned on (soft,
+    # PEFT); False: the folder is itself the model (full, head)
+    ON_BASE_MODEL: bool
 
+    def build(self, lm, task, config, objective) -> TrainablePart: ...
 
-def _full(*args):
-    from autoprompt_py.tune.methods.full import build
+    def tuned_template(self, template: Template, result: dict, folder: str) -> Template:
+        """The template a tuned folder is scored with (read from its ``result.json``)."""
 
-    return build(*args)
-
-
-def _head(*args):
-    from autoprompt_py.tune.methods.head import build
-
-    return build(*args)
+    def attach(self, lm, folder: str, result: dict):
+        """The model that reads the folder's prompt (``lm`` itself, or one wrapping it)."""
 
 
-def _peft(*args):
-    from autoprompt_py.tune.methods.peft_methods import build
-
-    return build(*args)
-
-
-# method → builder(lm, task, config, objective) → TrainablePart
-REGISTRY: dict[str, Callable[..., TrainablePart]] = {
-    "soft": _soft,
-    "full": _full,
-    "head": _head,
-    "prompt": _peft,
-    "ptuning": _peft,
-    "prefix": _peft,
-    "lora": _peft,
+# method → its module under ``tune/methods``, imported when the method is used
+REGISTRY: dict[str, str] = {
+    "soft": "soft",
+    "full": "full",
+    "head": "head",
+    "prompt": "peft_methods",
+    "ptuning": "peft_methods",
+    "prefix": "peft_methods",
+    "lora": "peft_methods",
 }
 
 
+def method_module(method: str) -> MethodModule:
+    return importlib.import_module(f"{__name__}.{REGISTRY[method]}")  # type: ignore[return-value]
+
+
 def build_part(lm, task, config, objective) -> TrainablePart:
-    return REGISTRY[config.method](lm, task, config, objective)
+    return method_module(config.method).build(lm, task, config, objective)
 
 
 def count_parameters(part: TrainablePart) -> tuple[int, int]:

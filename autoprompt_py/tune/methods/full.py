@@ -51,3 +51,23 @@ class FullPart:
 
 def build(lm: MaskedLM, task, config, objective) -> FullPart:
     return FullPart(lm, task.template)
+
+
+ON_BASE_MODEL = False
+
+
+def tuned_template(template, result: dict, folder: str):
+    from autoprompt_py.tune.methods.attach import fixed_triggers
+
+    return fixed_triggers(template, result)
+
+
+def attach(lm: MaskedLM, folder: str, result: dict) -> MaskedLM:
+    if Path(lm.name).resolve() != Path(folder).resolve():
+        from autoprompt_py.errors import AutopromptError
+
+        raise AutopromptError(
+            f"--template {folder}: the prompt was trained with the whole model, which the "
+            f"folder holds; pass --model {folder}"
+        )
+    return lm

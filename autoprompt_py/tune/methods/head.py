@@ -67,3 +67,23 @@ def build(lm: MaskedLM, task, config, objective) -> HeadPart:
         label2id={lab: i for i, lab in enumerate(labels)},
     ).to(lm.device)
     return HeadPart(lm, model, fields_only(task.template))
+
+
+ON_BASE_MODEL = False
+
+
+def _no_prompt(folder: str):
+    from autoprompt_py.errors import AutopromptError
+
+    return AutopromptError(
+        f"--template {folder}: a classification head (--method head) reads no prompt; its "
+        "dev and test metrics are in its result.json"
+    )
+
+
+def tuned_template(template, result: dict, folder: str):
+    raise _no_prompt(folder)
+
+
+def attach(lm: MaskedLM, folder: str, result: dict) -> MaskedLM:
+    raise _no_prompt(folder)

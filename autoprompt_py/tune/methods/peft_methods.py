@@ -17,8 +17,8 @@ from torch import nn
 
 from autoprompt_py.encoding import Batch
 from autoprompt_py.errors import AutopromptError
-from autoprompt_py.export import PEFT_INSTALL, _config_value
-from autoprompt_py.model import MaskedLM
+from autoprompt_py.export import PEFT_INSTALL
+from autoprompt_py.model import MaskedLM, config_value
 from autoprompt_py.tune.init import init_vectors
 
 
@@ -73,7 +73,7 @@ def prefix_logits(lm: MaskedLM, peft_model, b: Batch) -> torch.Tensor:
     """Mask logits through PEFT's prefix-tuning forward (the prefixes are past keys and
     values of every layer, so positions do not move); the MLM head at the masks only."""
     # PEFT's prompt-learning forward drops token types (one-segment templates: all zero)
-    with lm._gather(b.mask_positions):
+    with lm.head_at(b.mask_positions):
         return peft_model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
 
 
@@ -176,8 +176,8 @@ def build(lm: MaskedLM, task, config, objective):
             )
         part = LoraPart(lm, task.template, model, peft)
         return part
-    layers = _config_value(lm.model.config, "num_hidden_layers", "n_layers")
-    heads = _config_value(lm.model.config, "num_attention_heads", "n_heads")
+    layers = config_value(lm.model.config, "num_hidden_layers", "n_layers")
+    heads = config_value(lm.model.config, "num_attention_heads", "n_heads")
     if config.method == "prefix":  # PEFT's own start (the prefixes are not token embeddings)
         cfg = peft.PrefixTuningConfig(
             task_type=peft.TaskType.FEATURE_EXTRACTION,
@@ -197,8 +197,8 @@ def build(lm: MaskedLM, task, config, objective):
     common = dict(
         task_type=peft.TaskType.FEATURE_EXTRACTION, num_virtual_tokens=n,
         token_dim=int(vectors.shape[1]), num_transformer_submodules=1,
-        num_layers=_config_value(lm.model.config, "num_hidden_layers", "n_layers"),
-        num_attention_heads=_config_value(lm.model.config, "num_attention_heads", "n_heads"),
+        num_layers=config_value(lm.model.config, "num_hidden_layers", "n_layers"),
+        num_attention_heads=config_value(lm.model.config, "num_attention_heads", "n_heads"),
     )  # fmt: skip
     if config.method == "prompt":
         cfg = peft.PromptTuningConfig(**common)
@@ -214,3 +214,26 @@ def build(lm: MaskedLM, task, config, objective):
     part = PromptPart(lm, task.template, model, peft)
     part.method = config.method
     return part
+
+
+ON_BASE_MODEL = True
+
+
+def tuned_template(template, result: dict, folder: str):
+    from autoprompt_py.tune.methods.attach import fixed_triggers
+
+    return fixed_triggers(template, result)
+
+
+def attach(lm: MaskedLM, folder: str, result: dict):
+    from autoprompt_py.tune.methods.attach import check_same_base, load_vectors
+
+    check_same_base(lm, folder, result)
+    method = result["method"]
+    peft = require_peft(method)
+    if method == "lora":
+        peft.PeftModel.from_pretrained(lm.model, folder)  # the LoRA layers go into lm.model
+        return lm
+    if method == "prefix":
+        return PrefixLM(lm, peft.PeftModel.from_pretrained(lm.model, folder))
+    return PrependLM(lm, load_vectors(lm, folder))  # prompt, ptuning: the encoder's output

@@ -112,3 +112,17 @@ def build(lm: MaskedLM, task, config, objective) -> SoftPart:
     init = config.init if config.init != "auto" else ("found" if found else "vocab")
     vectors, ids = init_vectors(lm, n, init, config.seed, found, config.init_text)
     return SoftPart(lm, task.template, vectors, ids)
+
+
+ON_BASE_MODEL = True
+
+
+def tuned_template(template: Template, result: dict, folder: str) -> Template:
+    return vector_template(template, int(result["model"]["vocab_size"]))
+
+
+def attach(lm: MaskedLM, folder: str, result: dict) -> SoftPromptLM:
+    from autoprompt_py.tune.methods.attach import check_same_base, load_vectors
+
+    check_same_base(lm, folder, result)
+    return SoftPromptLM(lm, load_vectors(lm, folder))
