@@ -403,3 +403,37 @@ def test_multi_piece_label_words_equal_score(lm, data, tmp_path, aggregation) ->
     assert [r["prediction"] for r in rows] == ref.predictions
     probs = np.array([[r["p_0"], r["p_1"]] for r in rows])
     np.testing.assert_allclose(probs, np.exp(ref.scores), atol=1e-6)
+
+
+def test_prefetch_keeps_order_raises_in_place_and_stops_when_closed() -> None:
+    import threading
+
+    from autoprompt_py.prediction.prefetch import prefetch
+
+    assert list(prefetch(iter(range(50)))) == list(range(50))
+
+    def failing():
+        yield 1
+        yield 2
+        raise AutopromptError("row 3 is bad")
+
+    got = []
+    with pytest.raises(AutopromptError, match="row 3"):
+        for x in prefetch(failing()):
+            got.append(x)
+    assert got == [1, 2]  # the items before the error, then the error
+
+    produced = []
+
+    def endless():
+        i = 0
+        while True:
+            produced.append(i)
+            yield i
+            i += 1
+
+    stream = prefetch(endless(), depth=1)
+    assert next(stream) == 0
+    stream.close()  # what an interrupt in the consumer does
+    n = len(produced)
+    assert n <= 4 and not any(t.name == "predict-prefetch" for t in threading.enumerate())

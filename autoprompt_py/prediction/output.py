@@ -25,6 +25,7 @@ from autoprompt_py.data import cell_text, iter_rows
 from autoprompt_py.errors import AutopromptError, shown
 from autoprompt_py.metrics import classification_metrics, rank_metrics
 from autoprompt_py.model import MaskedLM
+from autoprompt_py.prediction.prefetch import prefetch
 from autoprompt_py.prediction.reader import RowReader
 from autoprompt_py.prediction.run import (
     PredictConfig,
@@ -253,10 +254,10 @@ def write_predictions(
                 if main
                 else None
             )
-            for n, out in enumerate(_windows(predictor, reader, skip), 1):
+            for n, (out, read, skipped) in enumerate(_windows(predictor, reader, skip), 1):
                 summary.rows += len(out)
-                summary.read = reader.rows_read
-                summary.skipped = earlier.skipped + reader.skipped
+                summary.read = read
+                summary.skipped = earlier.skipped + skipped
                 if config.with_labels:
                     _collect(out, predictor.relational, gold, predicted)
                 if writer is not None:
@@ -290,9 +291,18 @@ def write_predictions(
     return summary
 
 
-def _windows(predictor: Predictor, reader: RowReader, skip: int) -> Iterator[list[dict]]:
-    for rows in reader.windows(predictor.window_rows, skip):
-        yield predictor.window(rows)
+def _windows(
+    predictor: Predictor, reader: RowReader, skip: int
+) -> Iterator[tuple[list[dict], int, int]]:
+    """(output rows, input rows read, rows skipped so far) per window. The next window is
+    read and encoded in a thread while this one runs through the model; the counts are
+    taken as each window was read, so a resumed run goes on after the right row."""
+    ahead = (
+        (rows, predictor.prepare([r.example for r in rows]), reader.rows_read, reader.skipped)
+        for rows in reader.windows(predictor.window_rows, skip)
+    )
+    for rows, encoded, read, skipped in prefetch(ahead):
+        yield predictor.window(rows, encoded), read, skipped
 
 
 def _keep_names(config: PredictConfig, data: str) -> list[str]:

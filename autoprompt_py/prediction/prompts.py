@@ -41,11 +41,20 @@ class Prompt(Protocol):
     @property
     def space_before(self) -> bool: ...  # a space before the prediction slot
 
+    def encode(self, lm: MaskedLM, examples: Sequence[Example], n_masks: int) -> EncodedDataset:
+        """The examples encoded for ``mask_logits`` (no model work: it may run in a thread)."""
+        ...
+
     def mask_logits(
-        self, lm: MaskedLM, examples: Sequence[Example], n_masks: int, plan: BatchPlan
+        self,
+        lm: MaskedLM,
+        examples: Sequence[Example],
+        n_masks: int,
+        plan: BatchPlan,
+        encoded: EncodedDataset | None = None,
     ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         """(row indices into ``examples``, logits [batch, n_masks, vocab]) for this process's
-        share of the batches (``plan``)."""
+        share of the batches (``plan``); ``encoded``: ``encode``'s result, if already made."""
         ...
 
     @property
@@ -119,13 +128,22 @@ class TemplatePrompt:
     def truncated(self) -> int:
         return self._truncated
 
-    def mask_logits(
-        self, lm: MaskedLM, examples: Sequence[Example], n_masks: int, plan: BatchPlan
-    ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    def encode(self, lm: MaskedLM, examples: Sequence[Example], n_masks: int) -> EncodedDataset:
         encoder = TemplateEncoder(self.template, lm.tokenizer, lm.max_length, n_masks=n_masks)
-        dataset: EncodedDataset = encoder.encode_all(examples)
+        dataset = encoder.encode_all(examples)
         if n_masks == 1:
             self._truncated += dataset.num_truncated
+        return dataset
+
+    def mask_logits(
+        self,
+        lm: MaskedLM,
+        examples: Sequence[Example],
+        n_masks: int,
+        plan: BatchPlan,
+        encoded: EncodedDataset | None = None,
+    ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        dataset = encoded if encoded is not None else self.encode(lm, examples, n_masks)
         lengths = np.array([len(e.input_ids) for e in dataset.examples])
         with torch.inference_mode():
             for index in plan.mine(lengths):
@@ -160,14 +178,25 @@ class TunedPrompt(TemplatePrompt):
         self.folder = folder
         self._attached: tuple[MaskedLM, MaskedLM] | None = None  # (base, with the part)
 
-    def mask_logits(
-        self, lm: MaskedLM, examples: Sequence[Example], n_masks: int, plan: BatchPlan
-    ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    def _with_part(self, lm: MaskedLM) -> MaskedLM:
         from autoprompt_py.tune.folder import attach_tuned
 
         if self._attached is None or self._attached[0] is not lm:  # attached once per model
             self._attached = (lm, attach_tuned(lm, [self.folder]))
-        yield from super().mask_logits(self._attached[1], examples, n_masks, plan)
+        return self._attached[1]
+
+    def encode(self, lm: MaskedLM, examples: Sequence[Example], n_masks: int) -> EncodedDataset:
+        return super().encode(self._with_part(lm), examples, n_masks)  # its max_length
+
+    def mask_logits(
+        self,
+        lm: MaskedLM,
+        examples: Sequence[Example],
+        n_masks: int,
+        plan: BatchPlan,
+        encoded: EncodedDataset | None = None,
+    ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        yield from super().mask_logits(self._with_part(lm), examples, n_masks, plan, encoded)
 
 
 class TunedSource:

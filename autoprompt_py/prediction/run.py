@@ -24,6 +24,8 @@ from autoprompt_py.calibration import (
     content_free_examples,
     mean_distribution,
 )
+from autoprompt_py.data import Example
+from autoprompt_py.encoding import EncodedDataset
 from autoprompt_py.ensemble import Combined, EnsembleAccumulator, check_rule, combine, log_normalise
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.model import MaskedLM
@@ -190,15 +192,31 @@ class Predictor:
 
     # -- scoring ----------------------------------------------------------------------------
 
-    def _member_scores(self, m: _Member, examples) -> np.ndarray:
+    def masks_needed(self, m: _Member) -> list[int]:
+        """The numbers of masks a member's rows are encoded with (one pass per number)."""
+        return [1] if self.relational else m.verbalizer.piece_counts
+
+    def prepare(self, examples: Sequence[Example]) -> dict[tuple[int, int], EncodedDataset]:
+        """A window's examples encoded for every member and number of masks: (member, k) →
+        encoded rows. No model work, so the next window's can run beside this one's."""
+        return {
+            (i, k): m.prompt.encode(self.lm, examples, k)
+            for i, m in enumerate(self.members)
+            for k in self.masks_needed(m)
+        }
+
+    def _member_scores(self, m: _Member, examples, encoded: dict | None = None) -> np.ndarray:
         """Relations: log-probabilities [rows, candidates], as ``probe``; classification: the
-        aggregated label scores [rows, verbalizer labels], as ``classify``."""
+        aggregated label scores [rows, verbalizer labels], as ``classify``. ``encoded``: the
+        member's rows by number of masks, from ``prepare``."""
         lm = self.lm
+        encoded = encoded or {}
         if self.relational:
             width = len(self.cand_ids)
             out = torch.zeros(len(examples), width, dtype=torch.float32)
             cand = None if self.cand is None else torch.tensor(self.cand, device=lm.device)
-            for index, logits in m.prompt.mask_logits(lm, examples, 1, self.plan):
+            rows = m.prompt.mask_logits(lm, examples, 1, self.plan, encoded.get(1))
+            for index, logits in rows:
                 logits = logits[:, 0].float()
                 if cand is not None:
                     logits = logits[:, cand]
@@ -211,20 +229,24 @@ class Predictor:
         # vocabulary's normalizer, one per row and mask, cancels when every word has k pieces
         normalize = len(verb.piece_counts) > 1
         for k in verb.piece_counts:
-            for index, logits in m.prompt.mask_logits(lm, examples, k, self.plan):
+            for index, logits in m.prompt.mask_logits(lm, examples, k, self.plan, encoded.get(k)):
                 idx, values = verb.word_scores(logits, normalize=normalize)
                 word_scores[torch.from_numpy(index)[:, None], idx] = values.float().cpu()
         distributed.all_reduce_(word_scores)
         return verb.aggregate(word_scores).numpy()
 
-    def window(self, rows: Sequence[InputRow]) -> list[dict]:
-        """Output rows for a window of input rows, in their order."""
+    def window(self, rows: Sequence[InputRow], encoded: dict | None = None) -> list[dict]:
+        """Output rows for a window of input rows, in their order (``encoded``: ``prepare``'s
+        result for the window's examples, if made ahead)."""
         examples = [r.example for r in rows]
+        if encoded is None:
+            encoded = self.prepare(examples)
         if self.relational:
-            return self._relation_rows(rows, examples)
+            return self._relation_rows(rows, examples, encoded)
         parts = []
-        for m in self.members:
-            lp = log_normalise(self._member_scores(m, examples))[:, m.order]
+        for i, m in enumerate(self.members):
+            mine = {k: encoded[(i, k)] for k in self.masks_needed(m)}
+            lp = log_normalise(self._member_scores(m, examples, mine))[:, m.order]
             parts.append(calibrate(lp, m.p_cf) if m.p_cf is not None else lp)
         if len(parts) == 1:
             top, probs = parts[0].argmax(1), np.exp(parts[0])
@@ -245,11 +267,11 @@ class Predictor:
             out.append(row)
         return out
 
-    def _relation_rows(self, rows, examples) -> list[dict]:
+    def _relation_rows(self, rows, examples, encoded: dict) -> list[dict]:
         rule = self.config.ensemble_rule
         acc = EnsembleAccumulator(rule) if len(self.members) > 1 else None
         for wi, m in enumerate(self.members):
-            lp = self._member_scores(m, examples)
+            lp = self._member_scores(m, examples, {1: encoded[(wi, 1)]})
             if m.p_cf is not None:
                 lp = calibrate(lp, m.p_cf).astype(np.float32)
             if acc is None:
