@@ -11,6 +11,7 @@ The Python API that the ``autoprompt`` command is a thin layer over::
 import os
 
 from autoprompt_py._version import __version__
+from autoprompt_py.lazy import lazy_exports
 
 if "WORLD_SIZE" in os.environ:
     # under a launcher (torchrun, srun): torch's C++ retry logs and stack traces would bury the
@@ -57,19 +58,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'autoprompt_py' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # the next lookup skips __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
 
 
 __all__ = [  # noqa: F822 (resolved lazily by __getattr__)

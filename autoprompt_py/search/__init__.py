@@ -18,6 +18,8 @@ methods ``gcg`` and ``autoprompt``, ``engine`` (evaluation, best so far, restart
 checkpoints, progress bar, the result file).
 """
 
+from autoprompt_py.lazy import lazy_exports
+
 # imported on first use (PEP 562), as the top-level package: the method registry and
 # SearchConfig (the CLI's --method help) load without the engine, and so without torch
 _EXPORTS = {
@@ -48,19 +50,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'autoprompt_py.search' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
 
 
 __all__ = [  # noqa: F822 (resolved lazily by __getattr__)

@@ -6,6 +6,8 @@ registry), ``loop.py`` the training loop and checkpoint, ``folder.py`` the outpu
 ``run.py`` the whole run (``tune``).
 """
 
+from autoprompt_py.lazy import lazy_exports
+
 # names → their modules, imported on first use: ``TuneConfig`` and the method registry load
 # without torch (the CLI's --help and option checks), the rest when a run needs it
 _EXPORTS = {
@@ -17,19 +19,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'autoprompt_py.tune' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
 
 
 __all__ = ["TuneConfig", "TuneOutcome", "TuneTask", "load_tune_task", "tune"]  # noqa: F822
