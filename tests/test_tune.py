@@ -163,6 +163,26 @@ def test_the_saved_folder_scores_as_the_run_measured(tiny_model_dirs, tmp_path):
 
     with pytest.raises(AutopromptError, match="tuned for --model"):
         attach_tuned(load_model(tiny_model_dirs["bert"], device="cpu"), [str(tmp_path / "soft")])
+    # --model: a full folder is a model; a prompt folder or a head is told where it goes
+    from click.testing import CliRunner
+
+    from autoprompt_py.cli import main
+
+    head = tune(load_model(path, device="cpu"), task.__class__(**{**task.__dict__,
+                "template": fixed_trigger_template(lm)}),
+                TuneConfig(method="head", steps=2, eval_every=2, lr=1e-3),
+                output=tmp_path / "head", progress=False)  # fmt: skip
+    assert head.result["method"] == "head"
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"sentence": e.fields["sentence"], "label": e.label})
+                            + "\n" for e in rows()))  # fmt: skip
+    args = ["--template", "{sentence} It was [MASK] .", "--verbalizer", "sst2", "--data", data]
+    for folder, message in (("soft", "--template " + str(tmp_path / "soft")),
+                            ("head", "AutoModelForSequenceClassification")):  # fmt: skip
+        r = CliRunner().invoke(main, ["score", "--model", str(tmp_path / folder), *map(str, args)])
+        assert r.exit_code == 2 and message in r.output and r.output.count("\n") == 1, r.output
+    r = CliRunner().invoke(main, ["score", "--model", str(tmp_path / "full"), *map(str, args)])
+    assert r.exit_code == 0, r.output
 
 
 def test_relation_mode_trains_and_probe_reproduces(tiny_model_dirs, tmp_path):

@@ -194,6 +194,16 @@ def check_device(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
+def load_model(name: str | None, device: str = "auto", dtype: str = "float32"):
+    """``model.load_model`` for ``--model``, which may name a folder of ``autoprompt tune``:
+    a ``full`` folder is a model; a prompt or a head folder is refused with where it goes."""
+    from autoprompt_py.model import load_model as load
+    from autoprompt_py.tune.folder import check_model_folder
+
+    check_model_folder(name)
+    return load(name, device, dtype)
+
+
 def quiet_transformers() -> None:
     """Keep transformers' own load bars and advisories out of the command's output."""
     import transformers

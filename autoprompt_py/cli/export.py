@@ -55,8 +55,8 @@ TOKEN_CHOICES = ("auto", "triggers", "all")  # prompt.TOKEN_CHOICES
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 def export(result, template_spec, model_name, fmt, out, tokens, force) -> None:
     """Export a search RESULT (or --template) as a soft-prompt initialization."""
+    from autoprompt_py.cli.common import load_model
     from autoprompt_py.export import check_target, export_prompt, require_peft
-    from autoprompt_py.model import load_model
     from autoprompt_py.prompt import FoundPrompt, read_result
 
     if (result is None) == (template_spec is None):

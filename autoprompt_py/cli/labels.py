@@ -70,10 +70,10 @@ def labels(
     force: bool,
 ) -> None:
     """Find label words for each class (AutoPrompt's label search); write a verbalizer."""
+    from autoprompt_py.cli.common import load_model
     from autoprompt_py.data import check_fields, read_examples
     from autoprompt_py.errors import AutopromptError
     from autoprompt_py.labels import search_labels
-    from autoprompt_py.model import load_model
     from autoprompt_py.resources import load_templates
     from autoprompt_py.search import trigger_ids_from_words
 

@@ -141,8 +141,8 @@ def predict(
 
     Every row gets each label's probability, the predicted label and its margin; for relation
     templates ([X] ... [Y]), the top-k objects with their probabilities."""
+    from autoprompt_py.cli.common import load_model
     from autoprompt_py.ensemble import parse_weights
-    from autoprompt_py.model import load_model
     from autoprompt_py.prediction.output import preflight, write_predictions
     from autoprompt_py.prediction.run import PredictConfig
 

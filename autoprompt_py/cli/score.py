@@ -142,11 +142,11 @@ def score(
     batch_size,
 ) -> None:
     """Score templates with a verbalizer on a labeled dataset; ensembles and calibration."""
+    from autoprompt_py.cli.common import load_model
     from autoprompt_py.data import check_fields, read_examples
     from autoprompt_py.distributed import require_rows
     from autoprompt_py.ensemble import parse_weights
     from autoprompt_py.evaluation import check_verbalizers, score_prompts
-    from autoprompt_py.model import load_model
     from autoprompt_py.resources import check_trigger_ids, load_templates, load_verbalizer
     from autoprompt_py.results import provenance, refuse_overwrite, write_json
     from autoprompt_py.tune.folder import attach_tuned, load_templates_or_tuned, read_tuned
@@ -314,9 +314,9 @@ def probe(
     batch_size,
 ) -> None:
     """Probe relational knowledge: P@1, P@10 and MRR per relation and template."""
+    from autoprompt_py.cli.common import load_model
     from autoprompt_py.data import read_facts
     from autoprompt_py.distributed import require_rows
-    from autoprompt_py.model import load_model
     from autoprompt_py.probing import (
         KINDS,
         averages,

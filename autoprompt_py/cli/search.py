@@ -370,8 +370,8 @@ def search(
     **settings,
 ) -> None:
     """Search trigger tokens for the [T] slots of a template (GCG or AutoPrompt)."""
+    from autoprompt_py.cli.common import load_model
     from autoprompt_py.errors import AutopromptError
-    from autoprompt_py.model import load_model
     from autoprompt_py.search import SearchConfig, load_task, run_search
     from autoprompt_py.search.run import default_checkpoint
 

@@ -82,7 +82,7 @@ def tune(
     dropout, output, force, resume, quiet,
 ) -> None:  # fmt: skip
     """Train a prompt (soft vectors) or the model with it, on labeled data or facts."""
-    from autoprompt_py.model import load_model
+    from autoprompt_py.cli.common import load_model
     from autoprompt_py.results import output_lock
     from autoprompt_py.tune import TuneConfig, load_tune_task
     from autoprompt_py.tune import tune as run_tune

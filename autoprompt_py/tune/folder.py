@@ -74,6 +74,19 @@ def tuned_templates(spec: str):
     return [NamedTemplate(Path(spec).name, template, result.get("relation"))]
 
 
+def check_model_folder(model: str | None) -> None:
+    """``--model TUNED_FOLDER``: right where the folder is a model (``full``); a prompt
+    folder (soft, PEFT) or a head is refused, with where it goes instead."""
+    result = read_tuned(model) if model else None
+    if result is None:
+        return
+    from autoprompt_py.tune.methods import method_module
+
+    module = method_module(result["method"])
+    if not module.MODEL_FOLDER:
+        raise module.not_a_model(model, result)
+
+
 def load_templates_or_tuned(spec: str, option: str = "--template"):
     """``resources.load_templates``, or a tuned folder's template."""
     from autoprompt_py.resources import load_templates

@@ -45,6 +45,9 @@ class MethodModule(Protocol):
     # True: a folder of the method holds a prompt for the --model it was tuned on (soft,
     # PEFT); False: the folder is itself the model (full, head)
     ON_BASE_MODEL: bool
+    # True: ``--model FOLDER`` loads the folder as a masked LM (full); otherwise
+    # ``not_a_model`` says where the folder goes instead
+    MODEL_FOLDER: bool
 
     def build(self, lm, task, config, objective) -> TrainablePart: ...
 
@@ -53,6 +56,9 @@ class MethodModule(Protocol):
 
     def attach(self, lm, folder: str, result: dict):
         """The model that reads the folder's prompt (``lm`` itself, or one wrapping it)."""
+
+    def not_a_model(self, folder: str, result: dict) -> Exception:
+        """The error for ``--model FOLDER`` where ``MODEL_FOLDER`` is False."""
 
 
 # method → its module under ``tune/methods``, imported when the method is used

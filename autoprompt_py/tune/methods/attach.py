@@ -39,3 +39,11 @@ def fixed_triggers(template: Template, result: dict) -> Template:
     if not template.num_triggers:
         return template
     return template.with_triggers(result["trigger_ids"], result.get("trigger_tokens"))
+
+
+def prompt_not_a_model(folder: str, result: dict) -> AutopromptError:
+    """A prompt folder given as --model: it goes in --template, with the model it was tuned on."""
+    return AutopromptError(
+        f"--model {folder}: a tuned prompt (--method {result['method']}), not a model; pass "
+        f"it as --template {folder} with --model {result['model']['name']}"
+    )

@@ -53,6 +53,7 @@ def build(lm: MaskedLM, task, config, objective) -> FullPart:
     return FullPart(lm, task.template)
 
 
+MODEL_FOLDER = True  # does --model FOLDER load it as a masked LM?
 ON_BASE_MODEL = False
 
 

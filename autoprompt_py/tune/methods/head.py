@@ -69,6 +69,7 @@ def build(lm: MaskedLM, task, config, objective) -> HeadPart:
     return HeadPart(lm, model, fields_only(task.template))
 
 
+MODEL_FOLDER = False  # does --model FOLDER load it as a masked LM?
 ON_BASE_MODEL = False
 
 
@@ -87,3 +88,13 @@ def tuned_template(template, result: dict, folder: str):
 
 def attach(lm: MaskedLM, folder: str, result: dict) -> MaskedLM:
     raise _no_prompt(folder)
+
+
+def not_a_model(folder: str, result: dict):
+    from autoprompt_py.errors import AutopromptError
+
+    return AutopromptError(
+        f"--model {folder}: a classification head (--method head) has no masked-LM head, so "
+        "no cloze prompt reads it; its dev and test metrics are in its result.json, and "
+        "transformers' AutoModelForSequenceClassification.from_pretrained loads it"
+    )

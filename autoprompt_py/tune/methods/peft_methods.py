@@ -216,6 +216,7 @@ def build(lm: MaskedLM, task, config, objective):
     return part
 
 
+MODEL_FOLDER = False  # does --model FOLDER load it as a masked LM?
 ON_BASE_MODEL = True
 
 
@@ -237,3 +238,9 @@ def attach(lm: MaskedLM, folder: str, result: dict):
     if method == "prefix":
         return PrefixLM(lm, peft.PeftModel.from_pretrained(lm.model, folder))
     return PrependLM(lm, load_vectors(lm, folder))  # prompt, ptuning: the encoder's output
+
+
+def not_a_model(folder: str, result: dict):
+    from autoprompt_py.tune.methods.attach import prompt_not_a_model
+
+    return prompt_not_a_model(folder, result)

@@ -114,6 +114,7 @@ def build(lm: MaskedLM, task, config, objective) -> SoftPart:
     return SoftPart(lm, task.template, vectors, ids)
 
 
+MODEL_FOLDER = False  # does --model FOLDER load it as a masked LM?
 ON_BASE_MODEL = True
 
 
@@ -126,3 +127,9 @@ def attach(lm: MaskedLM, folder: str, result: dict) -> SoftPromptLM:
 
     check_same_base(lm, folder, result)
     return SoftPromptLM(lm, load_vectors(lm, folder))
+
+
+def not_a_model(folder: str, result: dict):
+    from autoprompt_py.tune.methods.attach import prompt_not_a_model
+
+    return prompt_not_a_model(folder, result)
