@@ -260,8 +260,8 @@ def test_the_static_command_list_matches_the_commands():
 
 def test_the_cli_copies_of_the_choices_match_their_modules():
     from autoprompt_py import ensemble, export, prompt, verbalizer
+    from autoprompt_py.cli import evaluation_options as cli_score
     from autoprompt_py.cli import export as cli_export
-    from autoprompt_py.cli import score as cli_score
 
     assert cli_score.AGGREGATIONS == verbalizer.AGGREGATIONS
     assert cli_score.RULES == ensemble.RULES

@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Score templates with a verbalizer on a labeled dataset; ensembles and calibration.",
     ),
     "probe": (
-        "autoprompt_py.cli.score",
+        "autoprompt_py.cli.probe",
         "Probe relational knowledge: P@1, P@10 and MRR per relation and template.",
     ),
     "predict": (

@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from autoprompt_py.cli.common import model_options, parse_columns, quiet_transformers
-from autoprompt_py.cli.search import filter_options, require_rows, token_filters
+from autoprompt_py.cli.search_options import filter_options, require_rows, token_filters
 from autoprompt_py.results import refuse_overwrite, write_json
 
 

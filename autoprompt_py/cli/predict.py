@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from autoprompt_py.cli.common import model_options, parse_columns, quiet_transformers
-from autoprompt_py.cli.score import AGGREGATIONS, ensemble_options
+from autoprompt_py.cli.evaluation_options import AGGREGATIONS, ensemble_options
 from autoprompt_py.errors import AutopromptError
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -48,34 +47,14 @@ from autoprompt_py.search.config import SearchConfig
 from autoprompt_py.search.encoded import EncodedTask
 from autoprompt_py.search.fluency import TriggerFluency
 from autoprompt_py.search.move import Method
+from autoprompt_py.search.scored import Scored
 from autoprompt_py.search.scorer import (
     ClassificationObjective,
-    Objective,
     TriggerScorer,
 )
 from autoprompt_py.search.state import SearchState
 from autoprompt_py.search.task import SearchTask
 from autoprompt_py.search.tensors import SplitTensors
-
-
-@dataclass
-class Scored:
-    """A trigger's outcomes on a split; ``metric`` is the main metric (accuracy or P@1)."""
-
-    metric: float
-    objective: Objective
-    outcome: torch.Tensor
-    gold: torch.Tensor
-    loss: torch.Tensor
-
-    @property
-    def mean_loss(self) -> float:
-        return float(self.loss.double().mean())
-
-    def full(self) -> dict:
-        return self.objective.metrics(
-            self.outcome.cpu().numpy(), self.gold.cpu().numpy(), self.loss.cpu().numpy()
-        )
 
 
 class TriggerSearch:

@@ -1,0 +1,223 @@
+"""``autoprompt probe``: relational knowledge (LAMA), P@1, P@10 and MRR per relation."""
+
+from __future__ import annotations
+
+import click
+
+from autoprompt_py.cli.common import model_options, quiet_transformers
+from autoprompt_py.cli.evaluation_options import check_ensemble_options, ensemble_options
+from autoprompt_py.cli.tables import probe_table
+from autoprompt_py.errors import AutopromptError
+
+
+@click.command()
+@click.option(
+    "--facts",
+    required=True,
+    type=click.Path(),
+    help="A LAMA facts .jsonl (sub_label, obj_label) or a folder of P*.jsonl.",
+)
+@click.option(
+    "--relations",
+    "relation_templates",
+    multiple=True,
+    help="Templates per relation: a .jsonl with relation and template (default: the "
+    "shipped lama_trex set), or a search result; repeatable. A relation may have several "
+    'templates (several lines, or a list under "template").',
+)
+@click.option("--template", help="One template for every relation, e.g. '[X] is in [Y] .'.")
+@click.option(
+    "--vocab",
+    type=click.Path(dir_okay=False),
+    help="Restrict predictions to these words (one per line), as LAMA does.",
+)
+@click.option(
+    "--templates-per-relation",
+    default="all",
+    show_default=True,
+    help="How many templates of each relation to probe, in file order: all or N.",
+)
+@click.option(
+    "--select-on",
+    type=click.Choice(["dev", "none"]),
+    default="dev",
+    show_default=True,
+    help="Where several templates: choose the best on a seeded dev split of each relation's "
+    "facts and report every figure on the other facts (none: no split, no choice).",
+)
+@click.option(
+    "--dev-fraction",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.2,
+    show_default=True,
+    help="Share of each relation's facts in the dev split.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the dev split.")
+@click.option("--output", help="Write the results as JSON.")
+@click.option("--force", is_flag=True, help="Replace --output if it exists.")
+@click.option("--predictions", is_flag=True, help="Put per-fact ranks and top-10 in the JSON.")
+@ensemble_options(weights=False)
+@model_options
+def probe(
+    facts,
+    relation_templates,
+    template,
+    vocab,
+    templates_per_relation,
+    select_on,
+    dev_fraction,
+    seed,
+    output,
+    force,
+    predictions,
+    ensemble,
+    ensemble_rule,
+    calibrate,
+    content_free,
+    model_name,
+    device,
+    dtype,
+    batch_size,
+) -> None:
+    """Probe relational knowledge: P@1, P@10 and MRR per relation and template."""
+    from autoprompt_py.cli.common import load_model
+    from autoprompt_py.data import read_facts
+    from autoprompt_py.distributed import require_rows
+    from autoprompt_py.probing import (
+        KINDS,
+        averages,
+        probe_templates,
+        reported_kind,
+        templates_by_relation,
+    )
+    from autoprompt_py.resources import check_trigger_ids, load_templates
+    from autoprompt_py.results import provenance, refuse_overwrite, write_json
+    from autoprompt_py.tune.folder import attach_tuned, load_templates_or_tuned, read_tuned
+    from autoprompt_py.vocab import read_vocab
+
+    refuse_overwrite(output, "--output", force)
+    per_relation = _per_relation(templates_per_relation)
+    rule, cf_texts = check_ensemble_options(ensemble, ensemble_rule, None, calibrate, content_free)
+    named = [t for spec in relation_templates for t in load_templates_or_tuned(spec, "--relations")]
+    if template:
+        named += [t.__class__(t.name, t.template, None) for t in load_templates_or_tuned(template)]
+    if not named:
+        named = load_templates("lama_trex")
+    fact_sets = read_facts(facts)
+    words = read_vocab(vocab) if vocab else None
+    require_rows(sum(len(f) for f in fact_sets.values()), f"--facts {facts}")
+    plan = templates_by_relation(named, list(fact_sets), per_relation)
+    if ensemble and plan and all(len(ts) == 1 for ts in plan.values()):
+        click.echo(
+            "warning: --ensemble with one template per relation; reporting that template",
+            err=True,
+        )
+    quiet_transformers()
+    base = load_model(model_name, device, dtype)
+    specs = [*relation_templates, *([template] if template else [])]
+    check_trigger_ids(
+        [t for spec in specs if read_tuned(spec) is None for t in load_templates(spec)],
+        base.vocab_size,
+        model_name,
+    )
+    lm = attach_tuned(base, specs)
+    probes = probe_templates(
+        lm,
+        named,
+        fact_sets,
+        words,
+        batch_size,
+        per_relation,
+        dev_fraction if select_on == "dev" else None,
+        seed,
+        rule if ensemble else None,
+        cf_texts,
+    )
+    skipped_rel = [r for r in fact_sets if r not in {p.relation for p in probes}]
+    if skipped_rel:
+        click.echo(f"note: no template for {', '.join(skipped_rel)}; not probed", err=True)
+    for p in probes:
+        if p.truncated:
+            click.echo(
+                f"note: {p.relation}: {p.truncated} inputs longer than {lm.max_length} tokens "
+                "were cut from their shortenable field",
+                err=True,
+            )
+    for p in probes:
+        if not p.scored.any():
+            click.echo(
+                f"note: {p.relation}: none of its {len(p.facts)} facts has an object that is one "
+                f"token of the model{' and in --vocab' if vocab else ''}; reported, left out of "
+                "the averages",
+                err=True,
+            )
+    primary = reported_kind(probes)
+    split = any(len(p.dev) for p in probes)
+    if split:
+        click.echo(
+            f"figures on the facts outside a seeded dev split ({dev_fraction:.0%} of each "
+            f"relation, seed {seed}); best template chosen on dev P@1"
+        )
+    probe_table(probes, calibrate)
+    summary = {
+        kind: averages(probes, kind)
+        for kind in KINDS
+        if (kind != "best-dev" or split) and averages(probes, kind) is not None
+    }
+    if calibrate:
+        summary.update(
+            {
+                f"{kind}:calibrated": averages(probes, kind, True)
+                for kind in KINDS
+                if (kind != "best-dev" or split) and averages(probes, kind, True) is not None
+            }
+        )
+    if output is not None:
+        write_json(
+            output,
+            {
+                **provenance(
+                    "probe",
+                    {
+                        "facts": str(facts),
+                        "relations": list(relation_templates),
+                        "template": template,
+                        "vocab": vocab,
+                        "templates_per_relation": templates_per_relation,
+                        "select_on": select_on,
+                        "dev_fraction": dev_fraction if split else None,
+                        "seed": seed,
+                        "ensemble": ensemble,
+                        "ensemble_rule": rule,
+                        "calibrate": calibrate,
+                        "content_free": list(cf_texts) if cf_texts else None,
+                        "model": model_name,
+                        "device": str(lm.device),
+                        "dtype": dtype,
+                        "batch_size": batch_size,
+                    },
+                ),
+                "reported": primary,
+                "relations": [p.to_json(primary, predictions) for p in probes],
+                **summary[primary],
+                "averages": summary,
+            },
+        )
+        click.echo(f"wrote {output}")
+
+
+def _per_relation(value: str) -> int | None:
+    if value == "all":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise AutopromptError(
+            f"--templates-per-relation {value!r}: give 'all' or a whole number of at least 1"
+        )
+    return n
+
+
+COMMANDS = [probe]
