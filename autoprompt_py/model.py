@@ -221,7 +221,7 @@ def load_model(
     except Exception as e:
         raise AutopromptError(_load_failure(name, local, "masked language model", e)) from None
     if trust_remote_code:
-        remember_trusted(name, model, source)
+        remember_trusted(name, source)
     if info.get("missing_keys"):
         # e.g. a bare encoder saved without its MLM head: the head would be random noise
         missing = ", ".join(sorted(info["missing_keys"])[:3])

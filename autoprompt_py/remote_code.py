@@ -75,14 +75,17 @@ def refusal(name: str, asks: str) -> str:
     )
 
 
-def remember_trusted(name: str, model: Any, source: str) -> None:
+def remember_trusted(name: str, source: str) -> None:
     """Record a model loaded with trust: its revision (the hub commit, where there is one)
     and, for a local folder, a SHA-256 of each of its ``.py`` files."""
     folder = Path(source).expanduser()
     code = {}
     if folder.is_dir():
         code = {p.name: _sha256(p) for p in sorted(folder.glob("*.py")) if p.is_file()}
-    revision = getattr(getattr(model, "config", None), "_commit_hash", None)
+    revision = None
+    if not folder.exists():  # a hub id: its files lie in the cache under snapshots/<commit>/
+        cached = _cached(name, "config.json")
+        revision = cached.parent.name if cached is not None else None
     _TRUSTED[name] = {"model": name, "revision": revision, "code": code}
 
 

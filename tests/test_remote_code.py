@@ -222,18 +222,26 @@ def test_transformers_is_told_false_where_the_check_cannot_look(custom, tmp_path
     assert not custom.marker.exists()
 
 
+HUB_ID, COMMIT = "someone/custom-bert", "a" * 40
+
+
+def hub_cache(custom, root: Path) -> Path:
+    """A Hugging Face cache holding the custom folder as hub id HUB_ID at commit COMMIT."""
+    snapshot = root / "models--someone--custom-bert" / "snapshots" / COMMIT
+    shutil.copytree(custom.folder, snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text(COMMIT)
+    return root
+
+
 def test_a_hub_id_in_the_local_cache_is_checked(custom, tmp_path, monkeypatch):
     from huggingface_hub import constants
 
-    snapshot = tmp_path / "hub" / "models--someone--custom-bert" / "snapshots" / ("a" * 40)
-    shutil.copytree(custom.folder, snapshot)
-    (snapshot.parents[1] / "refs").mkdir()
-    (snapshot.parents[1] / "refs" / "main").write_text("a" * 40)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    args = commands(Path("someone/custom-bert"), tmp_path / "out")["score"]
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub_cache(custom, tmp_path / "hub")))
+    args = commands(Path(HUB_ID), tmp_path / "out")["score"]
     r = CliRunner().invoke(main, args, input="y\n")
     assert r.exit_code == 2
-    assert errors(r.stderr) == [custom.refusal.replace(str(custom.folder), "someone/custom-bert")]
+    assert errors(r.stderr) == [custom.refusal.replace(str(custom.folder), HUB_ID)]
     assert not custom.marker.exists()
 
 
@@ -277,13 +285,17 @@ def test_what_needs_code(config, tokenizer_config, asks):
 
 def test_with_the_flag_it_runs_and_every_result_records_it(custom, tmp_path):
     cases = commands(custom.folder, tmp_path)
+    (tmp_path / "hub").mkdir()
+    hub = commands(Path(HUB_ID), tmp_path / "hub")["score"]  # last: the process ran both
     report = run_commands(
         custom,
-        [cases[c] + ["--trust-remote-code"] for c in COMMANDS],
+        [cases[c] + ["--trust-remote-code"] for c in COMMANDS] + [hub + ["--trust-remote-code"]],
         "pipe",
         HF_MODULES_CACHE=str(tmp_path / "modules"),  # where transformers copies the code
+        HF_HUB_CACHE=str(hub_cache(custom, tmp_path / "cache")),
     )
-    assert report["runs"] == [[c, 0, True] for c in COMMANDS], report["stderr"][-3000:]
+    ran = [[c, 0, True] for c in [*COMMANDS, "score"]]
+    assert report["runs"] == ran, report["stderr"][-3000:]
     assert "modeling_custom imported" in custom.marker.read_text()
     assert (tmp_path / "labels.json").is_file()  # a verbalizer: words only, no provenance
     names = ["score.json", "probe.json", "search.json", "tuned/result.json"]
@@ -299,6 +311,9 @@ def test_with_the_flag_it_runs_and_every_result_records_it(custom, tmp_path):
         assert trusted["model"] == str(custom.folder)
         assert trusted["revision"] is None  # a local folder has no hub commit
         assert set(trusted["code"]) == {"configuration_custom.py", "modeling_custom.py"}
+    local, from_hub = json.loads((tmp_path / "hub" / "score.json").read_text())["trusted_models"]
+    assert local["model"] == str(custom.folder)
+    assert from_hub == {"model": HUB_ID, "revision": COMMIT, "code": {}}  # the commit pins it
     # the tuned model keeps its code: loading it asks for the flag again
     custom.marker.unlink()
     tuned = tmp_path / "tuned"
