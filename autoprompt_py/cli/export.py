@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from autoprompt_py.cli.common import quiet_transformers
+from autoprompt_py.cli.common import quiet_transformers, trust_option
 from autoprompt_py.default_model import DEFAULT_MODEL
 from autoprompt_py.errors import AutopromptError
 
@@ -53,6 +53,7 @@ TOKEN_CHOICES = ("auto", "triggers", "all")  # prompt.TOKEN_CHOICES
     "token in order, no fields or mask); auto (triggers if any, else all).",
 )
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@trust_option
 def export(result, template_spec, model_name, fmt, out, tokens, force) -> None:
     """Export a search RESULT (or --template) as a soft-prompt initialization."""
     from autoprompt_py.cli.common import load_model
