@@ -192,8 +192,21 @@ def test_every_skip_marker_gives_a_reason_and_sits_on_a_fence():
                 )
 
 
+_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+
+
+def split_env(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+    """``VAR=value ... command args`` → ({VAR: value}, [command, args])."""
+    env = {}
+    while argv and _ASSIGNMENT.match(argv[0]):
+        key, value = argv[0].split("=", 1)
+        env[key], argv = value, argv[1:]
+    return env, argv
+
+
 def _autoprompt_argv(argv: list[str]) -> list[str] | None:
     """The ``autoprompt`` part of a command line (directly, or launched by torchrun)."""
+    argv = split_env(argv)[1]
     if argv[0] == "autoprompt":
         return argv
     if "-m" in argv:
@@ -283,7 +296,8 @@ def run_line(name: str, argv: list[str], folder: Path) -> None:
     for arg in argv:
         matches = sorted(glob.glob(arg)) if any(c in arg for c in "*?") else []
         expanded += matches or [arg]
-    argv, stdout_to = expanded, None
+    assigned, argv = split_env(expanded)
+    stdout_to = None
     if ">" in argv:
         i = argv.index(">")
         argv, stdout_to = argv[:i], folder / argv[i + 1]
@@ -291,7 +305,7 @@ def run_line(name: str, argv: list[str], folder: Path) -> None:
         return  # set-up: the test environment has the extras
     line = shlex.join(argv)[:200]
     if argv[0] == "autoprompt":
-        r = CliRunner().invoke(main, argv[1:])
+        r = CliRunner(env=assigned).invoke(main, argv[1:])
         assert r.exit_code == 0, f"{name}: {line}\n{r.output[-3000:]}"
         assert "Traceback" not in r.output
         if stdout_to is not None:
@@ -306,7 +320,7 @@ def run_line(name: str, argv: list[str], folder: Path) -> None:
             f"{name}: {line[:80]} is not an autoprompt, python, torchrun or file command; "
             "mark the block <!-- readme-test: skip (REASON) --> if it cannot run here"
         )
-    env = {**os.environ, **OFFLINE, "PYTHONPATH": str(folder)}
+    env = {**os.environ, **OFFLINE, "PYTHONPATH": str(folder), **assigned}
     proc = subprocess.run(argv, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"{name}: {line}\n{proc.stderr[-3000:]}"
     assert "Traceback" not in proc.stderr
