@@ -422,3 +422,19 @@ def test_the_api_reference_documents_every_public_name(site):
         path = f"{obj.__module__}.{name}"
         assert f"::: {path}\n" in api, f"docs/api.md has no '::: {path}'"
         assert f'id="{path}"' in built, f"the built API page has no entry for {path}"
+
+
+def test_the_readme_links_reach_their_pages_and_headings():
+    """mkdocs checks the links between pages; the README is read on its own (and on GitHub)."""
+    from markdown.extensions.toc import slugify  # mkdocs' own heading ids
+
+    text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    links = re.findall(r"\]\(((?:docs/)?[^)#\s]+\.md)(?:#([^)\s]+))?\)", text)
+    assert links
+    for path, anchor in links:
+        assert (REPO_ROOT / path).is_file(), f"README.md links to {path}, which is missing"
+        if anchor:
+            page = (REPO_ROOT / path).read_text(encoding="utf-8")
+            headings = re.findall(r"^#{1,6} (.+?)\s*$", page, re.M)
+            slugs = {slugify(re.sub(r"[`*]", "", h), "-") for h in headings}
+            assert anchor in slugs, f"README.md links to {path}#{anchor}: no such heading"
