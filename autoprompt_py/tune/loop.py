@@ -24,7 +24,7 @@ from autoprompt_py.results import atomic_write, read_json, write_json
 from autoprompt_py.tune.config import TuneConfig
 from autoprompt_py.tune.methods import TrainablePart
 from autoprompt_py.tune.objective import Encoded, Objective
-from autoprompt_py.tune.parallel import Parallel, eval_share
+from autoprompt_py.tune.parallel import Parallel, eval_share, inference
 
 CHECKPOINT_KIND = "autoprompt-tune-checkpoint"
 TENSORS_LAYOUT = "full-fqn"  # parallel.py's state dicts: read at any world size, sharded or not
@@ -62,7 +62,7 @@ def evaluate(
     """The metric on ``data`` (accuracy, or P@1), and per row 1 for a hit."""
     hits = torch.zeros(len(data), dtype=torch.float64)
     part.train_mode(False)
-    with torch.inference_mode():
+    with inference(part):
         # under torchrun each rank scores every world-th batch
         for rows, keep in eval_share(data.eval_orders(batch_size), part):
             scores = objective.scores(part.logits(data.batch(rows, device)))
@@ -135,12 +135,15 @@ class Trainer:
             "schedule": self.schedule.state_dict(),
             "rng": distributed.gather_objects((torch.get_rng_state(), cuda)),  # per rank
         }
-        atomic_write(self.checkpoint / "tensors.pt", lambda tmp: torch.save(tensors, tmp))
         record = {
             "kind": CHECKPOINT_KIND,
             "identity": self.identity,
             "state": dataclasses.asdict(self.state),
         }
+        # the record rides in tensors.pt too: a stop between the two writes leaves a whole
+        # checkpoint (tensors.pt's), state.json one step behind
+        tensors["record"] = record
+        atomic_write(self.checkpoint / "tensors.pt", lambda tmp: torch.save(tensors, tmp))
         write_json(self.checkpoint / "state.json", record)
 
     def load(self) -> None:
@@ -188,9 +191,7 @@ class Trainer:
                 f"--resume: {where} was written by an earlier version of autoprompt; start "
                 "over with --force"
             )
-        if tensors["step"] != record["state"]["step"]:
-            raise AutopromptError(f"{where}: state.json and tensors.pt disagree; start over")
-        return record, tensors
+        return tensors["record"], tensors
 
     # -- the run ---------------------------------------------------------------------------
 

@@ -246,6 +246,10 @@ class Parallel:
         patched = []
         for m in self.part.modules():
             full = get_model_state_dict(m, options=_full(cpu_offload=True))
+            first: dict[int, str] = {}  # tied weights share one tensor, as save_pretrained expects
+            for name, p in m.named_parameters(remove_duplicate=False):
+                if full and name in full:
+                    full[name] = full[first.setdefault(id(p), name)]
             m.state_dict = lambda *a, _full=full, **k: dict(_full)  # save_pretrained reads it
             patched.append(m)
         try:
@@ -303,3 +307,9 @@ def eval_share(orders: list[list[int]], part) -> list[tuple[list[int], bool]]:
     if world > 1 and orders and is_sharded(part):
         mine += [(orders[0], False)] * (math.ceil(len(orders) / world) - len(mine))
     return mine
+
+
+def inference(part):
+    """``inference_mode``; under FSDP ``no_grad`` (buffers FSDP makes in a first forward under
+    inference mode could not be updated by training afterwards)."""
+    return torch.no_grad() if is_sharded(part) else torch.inference_mode()
