@@ -148,8 +148,8 @@ class Parallel:
 
             names = trainable_names(part)[1]  # a module's names have dots: not allowed here
             holder = Trainables(part, {k.replace(".", "/"): p for k, p in names.items()})
-            # inputs are on the device already; buffers are constant (no batch norm)
-            self.ddp = DistributedDataParallel(holder, broadcast_buffers=False)
+            # the holder has no buffers; inputs are on the device already (no device_ids)
+            self.ddp = DistributedDataParallel(holder)
         elif mode == "fsdp":
             self.fsdp_roots = shard(part, device)
 
