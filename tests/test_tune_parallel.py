@@ -206,3 +206,25 @@ def test_sigterm_then_resume_on_one_process_equals_an_uninterrupted_run(tiny_mod
     whole = one(model, "full", tmp_path / "whole", *extra)
     assert resumed[0]["steps"] == whole[0]["steps"] == 40
     assert_same_run(whole, resumed)
+
+
+def test_bf16_autocast_trains_float32_weights_and_float16_is_refused(tiny_model_dirs):
+    """What --dtype bfloat16 does on a GPU (autocast), forced here on the CPU."""
+    from autoprompt_py.model import load_model
+    from autoprompt_py.tune import load_tune_task, tune
+
+    model = tiny_model_dirs["bert"]
+    task = load_tune_task("{sentence} It was [MASK] .", REPO / "examples/sst2_mini.tsv",
+                          verbalizer="sst2")  # fmt: skip
+    config = TuneConfig(method="full", steps=2, eval_every=1, batch_size=8, lr=1e-3, dropout=False)
+    curves = {}
+    for name, lm in (("32", load_model(model, "cpu")),
+                     ("bf16", load_model(model, "cpu", "bfloat16", autocast=True))):  # fmt: skip
+        out = tune(lm, task, config, progress=False)
+        curves[name] = [c["train_loss"] or 0 for c in out.result["curve"]]
+        assert lm.dtype == torch.float32  # the weights (and AdamW's moments) stay float32
+    assert curves["bf16"] != curves["32"]  # the forward did run in bfloat16
+    assert curves["bf16"] == pytest.approx(curves["32"], abs=0.05)
+    lm16 = load_model(model, "cpu", "float16", autocast=True)
+    with pytest.raises(AutopromptError, match="float16 autocast needs loss scaling"):
+        tune(lm16, task, config, progress=False)
