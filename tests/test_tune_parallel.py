@@ -135,7 +135,7 @@ def test_accumulation_equals_a_larger_batch(tiny_model_dirs, tmp_path):
     assert_same_run(big, acc)
 
 
-def test_grad_checkpointing_changes_memory_not_the_run(tiny_model_dirs, tmp_path):
+def test_grad_checkpointing_changes_memory_not_the_run(tiny_model_dirs, tmp_path, monkeypatch):
     """Recomputed activations give the same gradients, dropout included (its RNG is kept)."""
     model = tiny_model_dirs["bert"]
     a = args(model, "full", tmp_path / "a", "--batch-size", "8")
@@ -147,15 +147,28 @@ def test_grad_checkpointing_changes_memory_not_the_run(tiny_model_dirs, tmp_path
     r = invoke(*b)
     assert r.exit_code == 0, r.output
     assert_same_run(read(tmp_path / "a", "full"), read(tmp_path / "b", "full"))
+    import transformers.modeling_utils
+
     from autoprompt_py.model import load_model
     from autoprompt_py.tune import load_tune_task, tune
 
     lm = load_model(model, "cpu")
     task = load_tune_task("{sentence} It was [MASK] .", REPO / "examples/sst2_mini.tsv",
                           verbalizer="sst2")  # fmt: skip
-    config = TuneConfig(method="full", steps=1, batch_size=4, grad_checkpointing=True)
+    config = TuneConfig(method="full", steps=1, batch_size=4, grad_checkpointing=True,
+                        dropout=False)  # fmt: skip
+    calls = []
+    original = transformers.modeling_utils.checkpoint
+
+    def counted(*a, **k):
+        calls.append(1)
+        return original(*a, **k)
+
+    # what the layers get to call (read when checkpointing is enabled)
+    monkeypatch.setattr(transformers.modeling_utils, "checkpoint", counted)
     tune(lm, task, config, progress=False)
-    assert lm.model.is_activation_checkpointing  # it did run checkpointed
+    # it did run checkpointed, also with dropout off (the model in eval mode otherwise)
+    assert lm.model.is_activation_checkpointing and len(calls) >= 2
 
 
 # -- two processes ---------------------------------------------------------------------------------

@@ -139,8 +139,9 @@ class Parallel:
                 "--dtype float16: training under float16 autocast needs loss scaling, which "
                 "tune does not do; use --dtype bfloat16 (or float32)"
             )
+        self.checkpointed: list[nn.Module] = []
         if config.grad_checkpointing:
-            enable_checkpointing(forward_model(part))
+            self.checkpointed = enable_checkpointing(forward_model(part))
         self.module, _ = trainable_names(part)
         self.ddp = None
         if mode == "ddp":
@@ -186,6 +187,8 @@ class Parallel:
         """Forward and backward over this rank's micro-batches of the step's ``rows``; returns
         the global batch's mean loss (the same on every rank)."""
         lay = self.layout
+        for layer in self.checkpointed:  # transformers checkpoints in training mode only; not
+            layer.training = True  # recursive: dropout stays as train_mode set it
         micro = lay.micro_batches(rows, distributed.rank())
         # DDP and FSDP average over the processes: scale each share up by the world size
         averaged = self.mode in ("ddp", "fsdp")
@@ -259,8 +262,9 @@ class Parallel:
                 del m.state_dict
 
 
-def enable_checkpointing(model: nn.Module) -> None:
-    """Activation checkpointing in the model's layers (recomputed in the backward)."""
+def enable_checkpointing(model: nn.Module) -> list[nn.Module]:
+    """Activation checkpointing in the model's layers (recomputed in the backward); the
+    layers it applies to."""
     if not getattr(model, "supports_gradient_checkpointing", False):
         raise AutopromptError(
             f"--grad-checkpointing: {type(model).__name__} does not support activation "
@@ -268,6 +272,7 @@ def enable_checkpointing(model: nn.Module) -> None:
         )
     # non-reentrant: works with frozen inputs (soft prompts, LoRA) and keeps the RNG (dropout)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
 
 
 def shard(part, device: torch.device) -> list[nn.Module]:
