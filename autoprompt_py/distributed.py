@@ -233,41 +233,6 @@ def agree_any(flag: bool) -> bool:
     return bool(all_reduce_(torch.tensor([int(flag)], dtype=torch.long), "max")[0])
 
 
-def from_main(decide: Callable[[], T]) -> T:
-    """``decide()`` on rank 0 alone (reading shared files: resume or refuse), its value or its
-    one-line error sent to every rank, which returns or raises the same. Other ranks need
-    not see the files (a node-local disk). The value must pickle; keep it small."""
-    if not active():
-        return decide()
-    dist = _dist()
-    box: list[Any] = [None]
-    if rank() == 0:
-        try:
-            box[0] = ("ok", decide())
-        except AutopromptError as e:
-            box[0] = ("error", str(e))
-    try:
-        dist.broadcast_object_list(box, src=0)
-    except Exception as e:
-        raise PeerLost(_first_line(e)) from None
-    kind, value = box[0]
-    if kind == "error":
-        raise AutopromptError(value)
-    return value
-
-
-def gather_objects(value: T) -> list[T]:
-    """Every rank's ``value``, in rank order, on every rank (small picklable values)."""
-    if not active():
-        return [value]
-    out: list[Any] = [None] * world_size()
-    try:
-        _dist().all_gather_object(out, value)
-    except Exception as e:
-        raise PeerLost(_first_line(e)) from None
-    return out
-
-
 def agree_min(value: int) -> int:
     """The smallest ``value`` over all ranks (e.g. a memory budget every rank can afford)."""
     if not active():

@@ -24,7 +24,7 @@ from autoprompt_py.results import atomic_write, read_json, write_json
 from autoprompt_py.tune.config import TuneConfig
 from autoprompt_py.tune.methods import TrainablePart
 from autoprompt_py.tune.objective import Encoded, Objective
-from autoprompt_py.tune.parallel import Parallel, eval_share, inference
+from autoprompt_py.tune.parallel import Parallel, eval_share, from_main, gather_objects, inference
 
 CHECKPOINT_KIND = "autoprompt-tune-checkpoint"
 TENSORS_LAYOUT = "full-fqn"  # parallel.py's state dicts: read at any world size, sharded or not
@@ -133,7 +133,7 @@ class Trainer:
             "best": self.best,
             "optimizer": self.parallel.optimizer_state(self.optimizer),
             "schedule": self.schedule.state_dict(),
-            "rng": distributed.gather_objects((torch.get_rng_state(), cuda)),  # per rank
+            "rng": gather_objects((torch.get_rng_state(), cuda)),  # per rank
         }
         record = {
             "kind": CHECKPOINT_KIND,
@@ -156,7 +156,7 @@ class Trainer:
             held.update(tensors)
             return record, {k: tensors[k] for k in ("schedule", "rng")}
 
-        record, small = distributed.from_main(read)
+        record, small = from_main(read)
         self.state = TrainState(**record["state"])
         self.parallel.load_state(held.get("current", {}))
         self.best = held.get("best", {}) if self.state.best_dev is not None else None

@@ -13,6 +13,7 @@ wraps only what trains: a small module holding the part's trainable parameters, 
 is the part's own; a frozen base stays unwrapped. Checkpoint tensors are full, CPU,
 FQN-keyed state dicts (``torch.distributed.checkpoint.state_dict``), gathered on rank 0 and
 broadcast from it on load: any world size, sharded or not, reads any other's checkpoint.
+Rank 0 alone reads the files (``from_main``) and tells the others what it found.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import contextlib
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -30,6 +32,7 @@ from autoprompt_py.errors import AutopromptError
 
 MODES = ("single", "ddp", "fsdp", "allreduce")  # allreduce: the hand-rolled reference (bench)
 SHARDABLE = ("full", "lora")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -318,3 +321,41 @@ def inference(part):
     """``inference_mode``; under FSDP ``no_grad`` (buffers FSDP makes in a first forward under
     inference mode could not be updated by training afterwards)."""
     return torch.no_grad() if is_sharded(part) else torch.inference_mode()
+
+
+# -- rank 0 decides -------------------------------------------------------------------------------
+
+
+def from_main(decide: Callable[[], T]) -> T:
+    """``decide()`` on rank 0 alone (reading shared files: resume or refuse), its value or its
+    one-line error sent to every rank, which returns or raises the same. Other ranks need
+    not see the files (a node-local disk). The value must pickle; keep it small."""
+    if not distributed.active():
+        return decide()
+    box: list[Any] = [None]
+    if distributed.rank() == 0:
+        try:
+            box[0] = ("ok", decide())
+        except AutopromptError as e:
+            box[0] = ("error", str(e))
+    _collective(torch.distributed.broadcast_object_list, box, src=0)
+    kind, value = box[0]
+    if kind == "error":
+        raise AutopromptError(value)
+    return value
+
+
+def gather_objects(value: T) -> list[T]:
+    """Every rank's ``value`` (small, picklable), in rank order, on every rank."""
+    if not distributed.active():
+        return [value]
+    out: list[Any] = [None] * distributed.world_size()
+    _collective(torch.distributed.all_gather_object, out, value)
+    return out
+
+
+def _collective(op, *args, **kwargs) -> None:
+    try:
+        op(*args, **kwargs)
+    except Exception as e:  # a peer died or failed: distributed.run reports it as such
+        raise distributed.PeerLost(str(e).strip().splitlines()[0][:300]) from None

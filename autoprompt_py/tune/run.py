@@ -74,12 +74,12 @@ def tune(
     config = config or TuneConfig()
     config.check_task(task.template.num_triggers, task.open_triggers, task.template.is_relational)
     from autoprompt_py import distributed
-    from autoprompt_py.tune.parallel import layout
+    from autoprompt_py.tune.parallel import from_main, layout
 
     layout(config, distributed.world_size())  # the global batch splits over the processes
     target = None
     if output is not None:  # rank 0 alone looks at the files, and tells the others
-        target = distributed.from_main(lambda: check_output_folder(output, force or resume))
+        target = from_main(lambda: check_output_folder(output, force or resume))
     objective = make_objective(lm, task, config)
     part = build_part(lm, task, config, objective)
     train = objective.encode(task.train, part.template)
