@@ -117,10 +117,10 @@ def tune(
     )  # fmt: skip
     config = replace(config, grad_accum=grad_accum, global_batch=global_batch, shard=shard,
                      grad_checkpointing=grad_checkpointing)  # fmt: skip
-    from autoprompt_py.tune.parallel import layout
+    from autoprompt_py.tune.parallel import from_main, layout
 
     layout(config)  # the global batch splits over the launch's processes: before any model
-    check_output_folder(output, force or resume)
+    from_main(lambda: check_output_folder(output, force or resume))  # rank 0 sees the files
     if config.method in ("prompt", "ptuning", "prefix", "lora"):
         from autoprompt_py.tune.methods.peft_methods import require_peft
 
