@@ -244,3 +244,17 @@ def test_bf16_autocast_trains_float32_weights_and_float16_is_refused(tiny_model_
     lm16 = load_model(model, "cpu", "float16", autocast=True)
     with pytest.raises(AutopromptError, match="float16 autocast needs loss scaling"):
         tune(lm16, task, config, progress=False)
+
+
+def test_bench_scaling_worker_reports_a_step(capsys):
+    """One rank of ``bench_tune.py --scaling`` (the processes it starts run this)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_tune", REPO / "scripts/bench_tune.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--worker", "single", "--methods", "full", "--steps", "1", "--global-batch", "4"])
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["step_s"] > 0 and row["gpu_mb"] is None
+    # weights, gradients and two AdamW moments of every weight of the bundled BERT
+    assert row["state_mb"] == pytest.approx(4 * 4416698 * 4 / 2**20, rel=0.01)
