@@ -75,13 +75,34 @@ from autoprompt_py.tune.config import INITS, METHODS  # light: no torch
 @click.option("--force", is_flag=True, help="Replace an existing --output folder.")
 @click.option("--resume", is_flag=True, help="Continue the run in <output>.ckpt.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "--grad-accum",
+    type=int,
+    default=None,
+    help="Micro-batches per process and step, gradients accumulated [default: 1, or as few "
+    "as keep --batch-size rows each with --global-batch]; see docs/scaling.md.",
+)
+@click.option(
+    "--global-batch",
+    type=int,
+    default=None,
+    help="Rows per optimizer step over all processes [default: --batch-size × --grad-accum]; "
+    "the run is the same for any number of processes.",
+)
+@click.option("--shard", is_flag=True, help="FSDP under torchrun (--method full or lora).")
+@click.option(
+    "--grad-checkpointing", is_flag=True, help="Recompute activations in the backward (memory)."
+)
 def tune(
     model_name, device, dtype, batch_size, train, dev, dev_fraction, test, template, verbalizer,
     aggregation, vocab, label_field, columns, method, init, init_text, lr, steps, epochs, warmup,
     weight_decay, max_grad_norm, eval_every, time_budget, shots, dev_shots, data_seed, seed,
-    dropout, output, force, resume, quiet,
+    dropout, output, force, resume, quiet, grad_accum=None, global_batch=None, shard=False,
+    grad_checkpointing=False,
 ) -> None:  # fmt: skip
     """Train a prompt (soft vectors) or the model with it, on labeled data or facts."""
+    from dataclasses import replace
+
     from autoprompt_py.cli.common import load_model
     from autoprompt_py.results import output_lock
     from autoprompt_py.tune import TuneConfig, load_tune_task
@@ -94,7 +115,12 @@ def tune(
         max_grad_norm=max_grad_norm, eval_every=eval_every, time_budget=time_budget, seed=seed,
         shots=shots, dev_shots=dev_shots, data_seed=data_seed, dtype=dtype, dropout=dropout,
     )  # fmt: skip
-    check_output_folder(output, force or resume)
+    config = replace(config, grad_accum=grad_accum, global_batch=global_batch, shard=shard,
+                     grad_checkpointing=grad_checkpointing)  # fmt: skip
+    from autoprompt_py.tune.parallel import from_main, layout
+
+    layout(config)  # the global batch splits over the launch's processes: before any model
+    from_main(lambda: check_output_folder(output, force or resume))  # rank 0 sees the files
     if config.method in ("prompt", "ptuning", "prefix", "lora"):
         from autoprompt_py.tune.methods.peft_methods import require_peft
 

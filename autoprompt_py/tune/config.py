@@ -77,6 +77,11 @@ class TuneConfig:
     lora_dropout: float = 0.0
     dropout: bool = True  # the model's own dropout on while training (as PEFT and PET train)
     dtype: str = "float32"
+    # how a step is computed, not what it computes (``tune/parallel.py``; not in identity())
+    grad_accum: int | None = None  # micro-batches per process and step; None: derived
+    global_batch: int | None = None  # rows per step over all processes; None: batch × accum
+    shard: bool = False  # FSDP under torchrun (full, lora)
+    grad_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         for name, allowed in (("method", METHODS), ("init", INITS), ("encoder", ENCODERS)):
@@ -113,6 +118,13 @@ class TuneConfig:
             raise AutopromptError(f"--lora-dropout {self.lora_dropout}: must be in [0, 1)")
         if self.init == "text" and not (self.init_text or "").strip():
             raise AutopromptError("--init text needs --init-text WORDS (e.g. the label words)")
+        _whole("grad-accum", self.grad_accum, 1)
+        _whole("global-batch", self.global_batch, 1)
+        if self.shard and self.method not in ("full", "lora"):
+            raise AutopromptError(
+                f"--shard splits the model's weights over the processes, for --method full or "
+                f"lora; --method {self.method} trains few weights: leave --shard out (DDP)"
+            )
 
     @property
     def learning_rate(self) -> float:
@@ -123,7 +135,7 @@ class TuneConfig:
         if self.steps is not None:
             return self.steps
         if self.epochs is not None:
-            per_epoch = -(-n_train // self.batch_size)
+            per_epoch = -(-n_train // self.step_batch)
             return max(1, round(self.epochs * per_epoch))
         return 200
 
@@ -160,4 +172,10 @@ class TuneConfig:
         keys += ["max_grad_norm", "seed", "shots", "dev_shots", "data_seed", "dtype", "dropout"]
         keys += ["num_virtual_tokens", "encoder", "encoder_hidden", "lora_r", "lora_alpha"]
         keys += ["lora_dropout", "eval_every", "steps", "epochs"]
-        return {k: getattr(self, k) for k in keys}
+        # the rows of a step decide the run, not how they are split (processes, micro-batches)
+        return {k: getattr(self, k) for k in keys} | {"batch_size": self.step_batch}
+
+    @property
+    def step_batch(self) -> int:
+        """Rows per optimizer step over all processes and micro-batches (the global batch)."""
+        return self.global_batch or self.batch_size * (self.grad_accum or 1)

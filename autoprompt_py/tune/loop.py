@@ -24,8 +24,10 @@ from autoprompt_py.results import atomic_write, read_json, write_json
 from autoprompt_py.tune.config import TuneConfig
 from autoprompt_py.tune.methods import TrainablePart
 from autoprompt_py.tune.objective import Encoded, Objective
+from autoprompt_py.tune.parallel import Parallel, eval_share, from_main, gather_objects, inference
 
 CHECKPOINT_KIND = "autoprompt-tune-checkpoint"
+TENSORS_LAYOUT = "full-fqn"  # parallel.py's state dicts: read at any world size, sharded or not
 
 
 @dataclass
@@ -60,13 +62,12 @@ def evaluate(
     """The metric on ``data`` (accuracy, or P@1), and per row 1 for a hit."""
     hits = torch.zeros(len(data), dtype=torch.float64)
     part.train_mode(False)
-    world, rank = distributed.world_size(), distributed.rank()
-    with torch.inference_mode():
-        for i, rows in enumerate(data.eval_orders(batch_size)):
-            if i % world != rank:  # under torchrun each rank scores every world-th batch
-                continue
+    with inference(part):
+        # under torchrun each rank scores every world-th batch
+        for rows, keep in eval_share(data.eval_orders(batch_size), part):
             scores = objective.scores(part.logits(data.batch(rows, device)))
-            hits[rows] = torch.from_numpy(objective.hits(scores, data.gold[rows].to(device)))
+            if keep:
+                hits[rows] = torch.from_numpy(objective.hits(scores, data.gold[rows].to(device)))
     distributed.all_reduce_(hits)
     return float(hits.mean()), hits.numpy()
 
@@ -103,12 +104,14 @@ class Trainer:
         device: torch.device,
         identity: dict,
         checkpoint: Path | None = None,
+        reduction: str | None = None,  # parallel.MODES; None: by the launch and config.shard
     ) -> None:
         self.part, self.objective, self.train, self.dev = part, objective, train, dev
         self.config, self.device = config, device
         self.total = config.total_steps(len(train))
         self.identity = identity
         self.checkpoint = checkpoint
+        self.parallel = Parallel(part, config, device, reduction)  # before the optimizer (FSDP)
         self.optimizer, self.schedule = make_optimizer(part, config, self.total)
         self.state = TrainState()
         self.best: dict[str, torch.Tensor] | None = None
@@ -120,25 +123,51 @@ class Trainer:
     def save(self) -> None:
         if self.checkpoint is None:
             return
-        self.checkpoint.mkdir(parents=True, exist_ok=True)
+        if distributed.is_main():
+            self.checkpoint.mkdir(parents=True, exist_ok=True)
+        cuda = torch.cuda.get_rng_state() if self.device.type == "cuda" else None
         tensors = {
+            "layout": TENSORS_LAYOUT,
             "step": self.state.step,
-            "current": self.part.state(),
+            "current": self.parallel.state(),  # every rank takes part: rank 0 gets them
             "best": self.best,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.parallel.optimizer_state(self.optimizer),
             "schedule": self.schedule.state_dict(),
-            "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "rng": gather_objects((torch.get_rng_state(), cuda)),  # per rank
         }
-        atomic_write(self.checkpoint / "tensors.pt", lambda tmp: torch.save(tensors, tmp))
         record = {
             "kind": CHECKPOINT_KIND,
             "identity": self.identity,
             "state": dataclasses.asdict(self.state),
         }
+        # the record rides in tensors.pt too: a stop between the two writes leaves a whole
+        # checkpoint (tensors.pt's), state.json one step behind
+        tensors["record"] = record
+        atomic_write(self.checkpoint / "tensors.pt", lambda tmp: torch.save(tensors, tmp))
         write_json(self.checkpoint / "state.json", record)
 
     def load(self) -> None:
+        """Rank 0 reads and checks the checkpoint, and broadcasts what it found (an error
+        too): the other ranks need not see the files."""
+        held: dict = {}
+
+        def read() -> tuple[dict, dict]:
+            record, tensors = self._read()
+            held.update(tensors)
+            return record, {k: tensors[k] for k in ("schedule", "rng")}
+
+        record, small = from_main(read)
+        self.state = TrainState(**record["state"])
+        self.parallel.load_state(held.get("current", {}))
+        self.best = held.get("best", {}) if self.state.best_dev is not None else None
+        self.parallel.load_optimizer_state(self.optimizer, held.get("optimizer", {}))
+        self.schedule.load_state_dict(small["schedule"])
+        rng, cuda = small["rng"][distributed.rank() if len(small["rng"]) > 1 else 0]
+        torch.set_rng_state(rng)  # at another world size each rank continues from rank 0's
+        if cuda is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(cuda)
+
+    def _read(self) -> tuple[dict, dict]:
         where = self.checkpoint
         if where is None or not (where / "state.json").is_file():
             raise AutopromptError(
@@ -157,16 +186,12 @@ class Trainer:
                 f"{', '.join(map(str, diff[:5]))}); give the same options, or --force to start over"
             )
         tensors = torch.load(where / "tensors.pt", weights_only=True)  # never a pickle's code
-        self.state = TrainState(**record["state"])
-        if tensors["step"] != self.state.step:
-            raise AutopromptError(f"{where}: state.json and tensors.pt disagree; start over")
-        self.part.load_state(tensors["current"])
-        self.best = tensors["best"]
-        self.optimizer.load_state_dict(tensors["optimizer"])
-        self.schedule.load_state_dict(tensors["schedule"])
-        torch.set_rng_state(tensors["rng"])
-        if tensors.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(tensors["cuda_rng"])
+        if tensors.get("layout") != TENSORS_LAYOUT:
+            raise AutopromptError(
+                f"--resume: {where} was written by an earlier version of autoprompt; start "
+                "over with --force"
+            )
+        return tensors["record"], tensors
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -185,7 +210,7 @@ class Trainer:
             s.start_dev = dev
         if s.best_dev is None or dev > s.best_dev:
             s.best_dev, s.best_step = dev, s.step
-            self.best = self.part.state()
+            self.best = self.parallel.state()  # rank 0's copy ({} on the others)
 
     def run(self, resume: bool = False, progress: bool = True) -> TrainState:
         torch.manual_seed(self.config.seed)
@@ -225,7 +250,9 @@ class Trainer:
                     )
         except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (errors.Terminated)
             self.interrupted, self.interruption = True, e
-            if self.best is None:
+            # under torchrun the ranks stop at different places: no exchange is safe any
+            # more; the last checkpoint is what a --resume continues
+            if self.best is None or distributed.active():
                 raise
         finally:
             bar.close()
@@ -236,30 +263,25 @@ class Trainer:
         if not self.interrupted:  # an interrupt may fall mid-step: keep the last whole one
             self.save()
         if self.best is not None:
-            self.part.load_state(self.best)
+            self.parallel.load_state(self.best)
         return s
 
     def step(self) -> float:
+        # the global batch's rows, whatever the processes and micro-batches (parallel.py)
         rows = batch_indices(
-            len(self.train), self.config.batch_size, self.config.seed, self.state.step
+            len(self.train), self.config.step_batch, self.config.seed, self.state.step
         )
-        # data parallel under torchrun: each rank takes every world-th row of the global
-        # batch; the summed gradients are those of the mean loss over the whole batch
-        mine = rows[distributed.rank() :: distributed.world_size()]
-        batches = self.train.batch(mine, self.device)
-        gold = self.train.gold[mine].to(self.device)
         self.part.train_mode(self.config.dropout)
-        scores = self.objective.scores(self.part.logits(batches))
-        loss = self.objective.loss(scores, gold) * (len(mine) / len(rows))
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if distributed.active():
-            for p in self.part.trainable():
-                if p.grad is not None:
-                    distributed.all_reduce_(p.grad)
-            loss = distributed.all_reduce_(loss.detach().clone())
+        loss = self.parallel.accumulate(rows, self._loss)
         if self.config.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.part.trainable(), self.config.max_grad_norm)
+            self.parallel.clip(self.config.max_grad_norm)
         self.optimizer.step()
         self.schedule.step()
-        return float(loss.detach())
+        return loss
+
+    def _loss(self, rows: list[int]) -> torch.Tensor:
+        """The mean loss of a micro-batch."""
+        batches = self.train.batch(rows, self.device)
+        gold = self.train.gold[rows].to(self.device)
+        return self.objective.loss(self.objective.scores(self.parallel.logits(batches)), gold)

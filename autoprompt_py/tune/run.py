@@ -10,7 +10,6 @@ from pathlib import Path
 
 import torch
 
-from autoprompt_py.errors import AutopromptError
 from autoprompt_py.model import MaskedLM
 from autoprompt_py.prompt import model_record
 from autoprompt_py.results import provenance
@@ -75,16 +74,12 @@ def tune(
     config = config or TuneConfig()
     config.check_task(task.template.num_triggers, task.open_triggers, task.template.is_relational)
     from autoprompt_py import distributed
+    from autoprompt_py.tune.parallel import from_main, layout
 
-    if distributed.world_size() > config.batch_size:
-        raise AutopromptError(
-            f"--batch-size {config.batch_size}: under torchrun each of the "
-            f"{distributed.world_size()} processes needs a row of every batch; use a batch "
-            "size of at least the number of processes"
-        )
+    layout(config, distributed.world_size())  # the global batch splits over the processes
     target = None
-    if output is not None:
-        target = check_output_folder(output, force or resume)
+    if output is not None:  # rank 0 alone looks at the files, and tells the others
+        target = from_main(lambda: check_output_folder(output, force or resume))
     objective = make_objective(lm, task, config)
     part = build_part(lm, task, config, objective)
     train = objective.encode(task.train, part.template)
@@ -142,7 +137,8 @@ def tune(
     if config.method in ("soft", "prompt"):
         result["projection"] = project(lm, task, part, objective, dev, config)
     if target is not None:
-        write_folder(target, True, part, result)
+        with trainer.parallel.whole():  # FSDP: full weights for rank 0 to write
+            write_folder(target, True, part, result)
     return TuneOutcome(result, part, trainer.interrupted, trainer.interruption)
 
 
