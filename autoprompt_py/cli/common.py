@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from autoprompt_py.default_model import DEFAULT_MODEL
-from autoprompt_py.errors import AutopromptError, AutopromptWarning, Terminated
+from autoprompt_py.errors import AutopromptError, AutopromptWarning, Terminated, os_error
 
 
 class AutopromptGroup(click.Group):
@@ -72,6 +72,12 @@ class AutopromptGroup(click.Group):
                 return super().invoke(ctx)
         except AutopromptError as e:
             click.echo(f"error: {one_line(str(e))}", err=True)
+            sys.exit(2)
+        except OSError as e:  # a full disk, a permission: one line too (outputs are atomic)
+            mapped = os_error(e)
+            if mapped is None:
+                raise
+            click.echo(f"error: {one_line(str(mapped))}", err=True)
             sys.exit(2)
         except Terminated:
             click.echo("terminated (SIGTERM)", err=True)
@@ -202,6 +208,24 @@ def load_model(name: str | None, device: str = "auto", dtype: str = "float32"):
 
     check_model_folder(name)
     return load(name, device, dtype)
+
+
+def claim_output(path: Any, option: str = "--output", **kwargs: Any):
+    """``results.claim_output`` (fresh, resume, replace or refuse; under torchrun rank 0
+    decides for every rank), then the output locked until the command ends."""
+    from autoprompt_py.results import claim_output as claim
+
+    decided = claim(path, option, **kwargs)
+    lock_output(decided.target)
+    return decided
+
+
+def lock_output(*paths: Any) -> None:
+    """Hold ``<path>.lock`` until the command ends: a second run on the same output is refused
+    with this one's pid (``results.output_lock``)."""
+    from autoprompt_py.results import output_lock
+
+    click.get_current_context().with_resource(output_lock(*paths))
 
 
 def quiet_transformers() -> None:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from autoprompt_py.cli.common import quiet_transformers
+from autoprompt_py.cli.paths import InputFile
 from autoprompt_py.default_model import DEFAULT_MODEL
 from autoprompt_py.errors import AutopromptError
 
@@ -17,7 +16,7 @@ TOKEN_CHOICES = ("auto", "triggers", "all")  # prompt.TOKEN_CHOICES
 
 
 @click.command()
-@click.argument("result", required=False, type=click.Path(path_type=Path))
+@click.argument("result", required=False, type=InputFile("search result file", as_path=True))
 @click.option(
     "--template",
     "template_spec",

@@ -6,11 +6,14 @@ from pathlib import Path
 
 import click
 
+from autoprompt_py.cli.paths import InputFile
 from autoprompt_py.plotting import X_AXES, check_plot_output, plot_curves, read_curve
 
 
 @click.command("plot")
-@click.argument("results", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument(
+    "results", nargs=-1, required=True, type=InputFile("search result file", as_path=True)
+)
 @click.option(
     "--output",
     "-o",

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import click
 
-from autoprompt_py.cli.common import model_options, parse_columns, quiet_transformers
+from autoprompt_py.cli.common import (
+    lock_output,
+    model_options,
+    parse_columns,
+    quiet_transformers,
+)
+from autoprompt_py.cli.paths import DATA_FIX, InputFile
 from autoprompt_py.tune.config import INITS, METHODS  # light: no torch
 
 
@@ -14,11 +20,22 @@ from autoprompt_py.tune.config import INITS, METHODS  # light: no torch
 @click.option(
     "--train",
     required=True,
+    type=InputFile("data file", fix=DATA_FIX),
     help="Training examples (.tsv/.csv/.jsonl), or LAMA facts (.jsonl) for a relation template.",
 )
-@click.option("--dev", default=None, help="Dev examples; default: --dev-fraction of --train.")
+@click.option(
+    "--dev",
+    default=None,
+    type=InputFile("data file", fix=DATA_FIX),
+    help="Dev examples; default: --dev-fraction of --train.",
+)
 @click.option("--dev-fraction", type=float, default=0.2, show_default=True)
-@click.option("--test", default=None, help="Test examples, scored once with the best checkpoint.")
+@click.option(
+    "--test",
+    default=None,
+    type=InputFile("data file", fix=DATA_FIX),
+    help="Test examples, scored once with the best checkpoint.",
+)
 @click.option(
     "--template",
     required=True,
@@ -31,7 +48,12 @@ from autoprompt_py.tune.config import INITS, METHODS  # light: no torch
     default="sum",
     show_default=True,
 )
-@click.option("--vocab", default=None, help="Relation mode: predict over these words only.")
+@click.option(
+    "--vocab",
+    default=None,
+    type=InputFile("vocabulary file"),
+    help="Relation mode: predict over these words only.",
+)
 @click.option("--label-field", default="label", show_default=True)
 @click.option("--columns", default=None, help="Column names of a header-less .tsv/.csv.")
 @click.option(
@@ -83,7 +105,6 @@ def tune(
 ) -> None:  # fmt: skip
     """Train a prompt (soft vectors) or the model with it, on labeled data or facts."""
     from autoprompt_py.cli.common import load_model
-    from autoprompt_py.results import output_lock
     from autoprompt_py.tune import TuneConfig, load_tune_task
     from autoprompt_py.tune import tune as run_tune
     from autoprompt_py.tune.folder import check_output_folder
@@ -94,7 +115,7 @@ def tune(
         max_grad_norm=max_grad_norm, eval_every=eval_every, time_budget=time_budget, seed=seed,
         shots=shots, dev_shots=dev_shots, data_seed=data_seed, dtype=dtype, dropout=dropout,
     )  # fmt: skip
-    check_output_folder(output, force or resume)
+    check_output_folder(output, force, resume)
     if config.method in ("prompt", "ptuning", "prefix", "lora"):
         from autoprompt_py.tune.methods.peft_methods import require_peft
 
@@ -104,7 +125,7 @@ def tune(
         parse_columns(columns), dev_fraction, seed, shots, dev_shots, data_seed,
     )  # fmt: skip
     config.check_task(task.template.num_triggers, task.open_triggers, task.template.is_relational)
-    click.get_current_context().with_resource(output_lock(output))
+    lock_output(output)
     quiet_transformers()
     lm = load_model(model_name, device, dtype)
     outcome = run_tune(lm, task, config, output, force, resume, progress=not quiet)

@@ -12,23 +12,28 @@ from __future__ import annotations
 from pathlib import Path
 
 from autoprompt_py.errors import AutopromptError
-from autoprompt_py.results import check_output_path
+from autoprompt_py.results import claim_output
 from autoprompt_py.tune.vectors import TUNE_KIND
 
 RESULT_FILE = "result.json"
 
 
-def check_output_folder(output: str | Path, force: bool = False) -> Path:
-    """Fail before any work when the folder cannot be written or exists without ``force``."""
-    target = check_output_path(output, "--output", folder=True)
-    if target.exists() and not target.is_dir():
+def check_output_folder(output: str | Path, force: bool = False, resume: bool = False) -> Path:
+    """Fail before any work when the folder cannot be written, or exists (or an interrupted
+    run left its checkpoint ``<output>.ckpt``) without ``force`` or ``resume``; ``resume``
+    needs the checkpoint. Under torchrun rank 0 decides for every rank."""
+    if Path(output).is_file():
         raise AutopromptError(f"--output {output} is a file; tune writes a folder: choose another")
-    if target.exists() and not force:
-        raise AutopromptError(
-            f"--output {output} already exists; pass --resume to continue its run, --force to "
-            "replace it, or choose another folder"
-        )
-    return target
+    claim = claim_output(
+        output, force=force, resume=resume, partials=[checkpoint_path(output)], folder=True
+    )
+    assert claim.target is not None
+    return claim.target
+
+
+def checkpoint_path(output: str | Path) -> Path:
+    """Where a run saves its state to resume: ``<output>.ckpt``, beside the folder."""
+    return Path(str(output) + ".ckpt")
 
 
 def write_folder(target: Path, force: bool, part, result: dict) -> Path:

@@ -15,7 +15,12 @@ from autoprompt_py.model import MaskedLM
 from autoprompt_py.prompt import model_record
 from autoprompt_py.results import provenance
 from autoprompt_py.tune.config import TuneConfig
-from autoprompt_py.tune.folder import TUNE_KIND, check_output_folder, write_folder
+from autoprompt_py.tune.folder import (
+    TUNE_KIND,
+    check_output_folder,
+    checkpoint_path,
+    write_folder,
+)
 from autoprompt_py.tune.loop import Trainer, evaluate
 from autoprompt_py.tune.methods import build_part, count_parameters
 from autoprompt_py.tune.objective import Objective
@@ -84,13 +89,13 @@ def tune(
         )
     target = None
     if output is not None:
-        target = check_output_folder(output, force or resume)
+        target = check_output_folder(output, force, resume)
     objective = make_objective(lm, task, config)
     part = build_part(lm, task, config, objective)
     train = objective.encode(task.train, part.template)
     dev = objective.encode(task.dev, part.template)
     identity = {**task.identity, "model": lm.name, "config": config.identity()}
-    checkpoint = Path(str(target) + ".ckpt") if target is not None else None
+    checkpoint = checkpoint_path(target) if target is not None else None
     trainer = Trainer(part, objective, train, dev, config, lm.device, identity, checkpoint)
     state = trainer.run(resume=resume, progress=progress)
     metric = objective.metric
