@@ -46,6 +46,7 @@ from autoprompt_py.prediction.writer import (
     output_format,
     partial_format,
 )
+from autoprompt_py.resources import load_verbalizer
 from autoprompt_py.results import (
     check_output_path,
     claim_output,
@@ -69,6 +70,8 @@ def preflight(
     (a column the template reads that the input lacks is a mistake, not a row to skip)."""
     check_paths(data, output, force, resume, output_format(output, output_format_))
     prompts = select_prompts(config)
+    for spec in config.verbalizers:  # a bad file is one line before the model loads
+        load_verbalizer(spec)
     if config.vocab:
         read_vocab(config.vocab)
     if not prompts[0].is_relational and not config.verbalizers:
