@@ -52,11 +52,15 @@ def os_error(e: BaseException) -> AutopromptError | None:
     """A full disk, a read-only file system or a permission as one user-facing line (its
     fix: make room, then run again, with --resume where the command has it); None for any
     other error."""
-    fix = _OS_FIXES.get(getattr(e, "errno", None)) if isinstance(e, OSError) else None
-    if fix is None:
+    if not os_fix(e):
         return None
     where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-    return AutopromptError(
-        f"{where}{e.strerror or e}; {fix}, then run again (--resume continues a search, a "
-        "tune or a predict run from what it saved)"
-    )
+    return AutopromptError(f"{where}{getattr(e, 'strerror', None) or e}{os_fix(e)}")
+
+
+def os_fix(e: BaseException) -> str:
+    """ "; make room on the disk, then run again ..." for an OSError a user can fix, else ""."""
+    fix = _OS_FIXES.get(getattr(e, "errno", None)) if isinstance(e, OSError) else None
+    if fix is None:
+        return ""
+    return f"; {fix}, then run again (--resume continues a search, a tune or a predict run)"

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
-from autoprompt_py.errors import AutopromptError, warn
+from autoprompt_py.errors import AutopromptError, os_fix, warn
 from autoprompt_py.textfile import parse_json, read_text
 
 
@@ -152,7 +152,8 @@ def _claim(path, option, force, resume, resumable, partials, partial_option, fol
     target = check_output_path(path, option, folder)
     if target is None:
         return Claim(None)
-    left = [p for p in map(Path, partials) if p.exists() or p.is_symlink()]
+    # an empty folder (a checkpoint whose first save failed) holds nothing to resume
+    left = [p for p in map(Path, partials) if (p.exists() or p.is_symlink()) and not _empty_dir(p)]
     for p in (target, *left):
         _refuse_if_locked(p)
     done = target.exists() or target.is_symlink()
@@ -189,6 +190,13 @@ def _claim(path, option, force, resume, resumable, partials, partial_option, fol
             "it, or --force to start over"
         )
     return Claim(target)
+
+
+def _empty_dir(path: Path) -> bool:
+    try:
+        return path.is_dir() and not any(path.iterdir())
+    except OSError:
+        return False
 
 
 T = TypeVar("T")
@@ -262,7 +270,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], option: str = 
         os.replace(tmp, target)
     except OSError as e:  # the disk filled up, the folder went read-only meanwhile
         Path(tmp).unlink(missing_ok=True)
-        raise AutopromptError(f"{path}: cannot write ({e.strerror or e})") from None
+        raise AutopromptError(f"{path}: cannot write ({e.strerror or e}){os_fix(e)}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -97,7 +97,12 @@ def tune(
     identity = {**task.identity, "model": lm.name, "config": config.identity()}
     checkpoint = checkpoint_path(target) if target is not None else None
     trainer = Trainer(part, objective, train, dev, config, lm.device, identity, checkpoint)
-    state = trainer.run(resume=resume, progress=progress)
+    try:
+        state = trainer.run(resume=resume, progress=progress)
+    except Exception:  # a full disk at the first checkpoint: no empty folder left behind
+        if checkpoint is not None and checkpoint.is_dir() and not any(checkpoint.iterdir()):
+            checkpoint.rmdir()
+        raise
     metric = objective.metric
     test = None
     if task.test is not None and not trainer.interrupted:
