@@ -155,3 +155,74 @@ def test_a_damaged_record_of_an_interrupted_predict_is_refused_by_name(bert, tmp
     r = predict(bert, DATA, out, "--force")
     assert r.exit_code == 0, r.output
     assert not Path(f"{out}.partial.json").exists()
+
+
+@pytest.fixture(scope="module")
+def tuned(bert, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tuned") / "t"
+    r = invoke("tune", "--model", bert, "--device", "cpu", "--train", DATA, "--template",
+               "{sentence} [T] It was [MASK] .", "--verbalizer", "sst2", "--steps", "1",
+               "--quiet", "--output", out)  # fmt: skip
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def _truncate(folder: Path) -> None:
+    weights = folder / "embeddings.safetensors"
+    weights.write_bytes(weights.read_bytes()[:50])
+
+
+def _record(**changes):
+    def edit(folder: Path) -> None:
+        record = json.loads((folder / "result.json").read_text())
+        record.update(changes)
+        record = {k: v for k, v in record.items() if v is not None}
+        (folder / "result.json").write_text(json.dumps(record))
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "damage, says",
+    [
+        (_truncate, "embeddings.safetensors: damaged safetensors file"),
+        (lambda f: (f / "embeddings.safetensors").unlink(), "embeddings.safetensors: No such"),
+        (lambda f: (f / "embeddings.safetensors").write_bytes(b""), "an empty file"),
+        (_record(template=None), "result.json: no 'template'"),
+        (_record(method="nope"), "result.json: method 'nope' is none of"),
+        (lambda f: (f / "result.json").write_text('{"kind": "autoprompt-tune", '), "not valid"),
+    ],
+)
+@pytest.mark.parametrize("command", ["score", "predict", "score --model"])
+def test_a_damaged_tuned_folder_is_one_line(
+    bert, tuned, tmp_path, monkeypatch, damage, says, command
+):
+    import shutil
+
+    from test_input_files import _no_model
+
+    folder = tmp_path / "t"
+    shutil.copytree(tuned, folder)
+    damage(folder)
+    monkeypatch.setattr("autoprompt_py.model.load_model", _no_model)
+    out = tmp_path / "out.jsonl"
+    args = [command.split()[0], "--data", DATA, "--verbalizer", "sst2"]
+    if command == "score --model":
+        args += ["--template", TEMPLATE, "--model", folder]
+    else:
+        args += ["--template", folder, "--model", bert]
+    refused(invoke(*args, *(["--output", out] if command == "predict" else [])), says)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t"]
+
+
+def test_a_failure_before_the_first_saved_window_leaves_no_partial(bert, tmp_path, monkeypatch):
+    from autoprompt_py.prediction.run import Predictor
+
+    def broken(self, rows, encoded):
+        raise RuntimeError("a device error")
+
+    monkeypatch.setattr(Predictor, "window", broken)
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(RuntimeError, match="a device error"):
+        predict(bert, DATA, out)
+    assert list(tmp_path.iterdir()) == []

@@ -256,6 +256,11 @@ def write_predictions(
                 f"--output {output}: cannot write ({e.strerror or e}); the rows saved so far "
                 f"stay in {partial_path(target)}: make room, then continue with --resume"
             ) from None
+        except BaseException:  # stopped before a window was saved: nothing worth keeping
+            if target is not None and main and not sidecar_path(target).exists():
+                stream.close()
+                partial_path(target).unlink(missing_ok=True)
+            raise
         finally:
             if target is not None and main:
                 stream.close()
