@@ -226,3 +226,36 @@ def test_a_failure_before_the_first_saved_window_leaves_no_partial(bert, tmp_pat
     with pytest.raises(RuntimeError, match="a device error"):
         predict(bert, DATA, out)
     assert list(tmp_path.iterdir()) == []
+
+
+HOLD = """
+import sys
+from autoprompt_py.results import output_lock
+with output_lock(sys.argv[1]):
+    print("locked", flush=True)
+    sys.stdin.read()
+"""
+
+
+@pytest.mark.parametrize("command", ["score", "probe", "labels", "predict", "tune", "search"])
+def test_a_second_run_on_the_same_output_is_refused(bert, tmp_path, monkeypatch, command):
+    """Every command locks its output for the whole run (cli.common.claim_output)."""
+    import os
+    import subprocess
+    import sys
+
+    from test_input_files import _no_model, base_args
+
+    monkeypatch.setattr("autoprompt_py.model.load_model", _no_model)
+    args = base_args(tmp_path)[command]
+    out = args[args.index("--output") + 1]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, out], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        r = invoke(command, "--model", bert, *args)
+        refused(r, f"{out} is being written by another run (pid {holder.pid} on ")
+    finally:
+        holder.communicate("")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # the holder's lock went with it

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -71,13 +72,13 @@ class AutopromptGroup(click.Group):
                 warnings.showwarning = _show_warning
                 return super().invoke(ctx)
         except AutopromptError as e:
-            click.echo(f"error: {one_line(str(e))}", err=True)
+            _say_error(e)
             sys.exit(2)
         except OSError as e:  # a full disk, a permission: one line too (outputs are atomic)
             mapped = os_error(e)
             if mapped is None:
                 raise
-            click.echo(f"error: {one_line(str(mapped))}", err=True)
+            _say_error(mapped)
             sys.exit(2)
         except Terminated:
             click.echo("terminated (SIGTERM)", err=True)
@@ -85,6 +86,13 @@ class AutopromptGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+
+
+def _say_error(e: Exception) -> None:
+    """One ``error:`` line. Under torchrun an error that reaches here was found while the
+    options were read, alike on every rank: rank 0 alone says it (the others exit 2 quietly)."""
+    if os.environ.get("RANK", "0") in ("", "0"):
+        click.echo(f"error: {one_line(str(e))}", err=True)
 
 
 class _sigterm_as_interrupt:
