@@ -143,3 +143,24 @@ def test_resume_without_a_checkpoint_says_so(tiny_model_dirs, tmp_path):
     r = invoke(tune_args(tiny_model_dirs["bert"], out, "--resume"))
     assert r.exit_code == 2 and "nothing to resume" in r.stderr, r.output
     assert r.stderr.count("\n") == 1 and not out.exists()
+
+
+@pytest.mark.parametrize(
+    "change, differs",
+    [(["--lr", "0.2"], "config"), (["--verbalizer", '{"0": "bad", "1": "good"}'], "verbalizer")],
+)
+def test_resume_with_other_settings_is_refused_by_name(
+    tiny_model_dirs, tmp_path, whole, change, differs
+):
+    import shutil
+
+    out = tmp_path / "t"
+    shutil.copytree(whole, out)
+    shutil.copytree(f"{whole}.ckpt", f"{out}.ckpt")
+    args = tune_args(tiny_model_dirs["bert"], out, "--resume")
+    for i in range(0, len(change), 2):
+        args[args.index(change[i]) + 1] = change[i + 1]
+    before = (out / "result.json").read_bytes()
+    r = invoke(args)
+    assert r.exit_code == 2 and "is of another run" in r.stderr and differs in r.stderr, r.output
+    assert (out / "result.json").read_bytes() == before
