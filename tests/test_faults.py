@@ -237,7 +237,9 @@ with output_lock(sys.argv[1]):
 """
 
 
-@pytest.mark.parametrize("command", ["score", "probe", "labels", "predict", "tune", "search"])
+@pytest.mark.parametrize(
+    "command", ["score", "probe", "labels", "predict", "tune", "search", "export"]
+)
 def test_a_second_run_on_the_same_output_is_refused(bert, tmp_path, monkeypatch, command):
     """Every command locks its output for the whole run (cli.common.claim_output)."""
     import os
@@ -248,13 +250,15 @@ def test_a_second_run_on_the_same_output_is_refused(bert, tmp_path, monkeypatch,
 
     monkeypatch.setattr("autoprompt_py.model.load_model", _no_model)
     args = base_args(tmp_path)[command]
-    out = args[args.index("--output") + 1]
+    if command == "export":
+        args = ["--template", TEMPLATE, *args[1:]]
+    out = args[args.index("--out" if command == "export" else "--output") + 1]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     holder = subprocess.Popen([sys.executable, "-c", HOLD, out], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
     try:
         assert holder.stdout.readline().strip() == "locked"
-        r = invoke(command, "--model", bert, *args)
+        r = invoke(command, *([] if command == "export" else ["--model", bert]), *args)
         refused(r, f"{out} is being written by another run (pid {holder.pid} on ")
     finally:
         holder.communicate("")

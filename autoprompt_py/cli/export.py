@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from autoprompt_py.cli.common import quiet_transformers
+from autoprompt_py.cli.common import lock_output, quiet_transformers
 from autoprompt_py.cli.paths import InputFile
 from autoprompt_py.default_model import DEFAULT_MODEL
 from autoprompt_py.errors import AutopromptError
@@ -67,6 +67,7 @@ def export(result, template_spec, model_name, fmt, out, tokens, force) -> None:
             "or a hand-written prompt with --template '{sentence} It was [MASK] .'"
         )
     check_target(out, force, fmt)
+    lock_output(out)  # a second export to the same --out is refused while this one runs
     if fmt == "peft":
         require_peft()
     data = read_result(result) if result is not None else None
