@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from autoprompt_py import remote_code
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.model import MaskedLM, config_value
 from autoprompt_py.prompt import FoundPrompt, model_record
@@ -258,6 +259,7 @@ def to_embeddings(prompt: FoundPrompt, lm: MaskedLM, file: str | Path, force: bo
         "model_record": json.dumps(model_record(lm)),
         "created": head["created"],
         "versions": json.dumps(head["versions"]),
+        **remote_code.metadata(),  # models whose own code ran (--trust-remote-code)
     }
 
     def write(tmp: Path) -> None:

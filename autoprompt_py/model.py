@@ -14,6 +14,7 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedTokenize
 from autoprompt_py.default_model import DEFAULT_MODEL, check_default_model, is_default_model
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.hub import check_hub_model
+from autoprompt_py.remote_code import check_remote_code, refusal, remember_trusted
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -70,6 +71,8 @@ class MaskedLM:
     name: str
     # float32 weights with the forward under autocast to this dtype (bf16 on GPUs), or None
     autocast_dtype: torch.dtype | None = None
+    # loaded with --trust-remote-code: a reload of the same model (tune --method head) may too
+    trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
         self.model.eval()
@@ -168,6 +171,7 @@ def load_model(
     device: str = "auto",
     dtype: str = "float32",
     autocast: bool | None = None,
+    trust_remote_code: bool = False,
 ) -> MaskedLM:
     """Load a masked LM and its tokenizer from a local folder or a hub id; without a name (or
     with ``"bert-tiny-splade"``/``"default"``), the small model bundled in the package.
@@ -176,6 +180,9 @@ def load_model(
     ``dtype`` bfloat16/float16 with ``autocast`` (default: on GPUs) keeps float32 weights and
     runs the forward under autocast (matrix products in half precision, normalizations in
     float32); without it the weights themselves are cast.
+
+    A model that needs its own Python code (``auto_map``, a model type transformers lacks) is
+    refused before anything of it is imported, unless ``trust_remote_code`` (``remote_code.py``).
     """
     if dtype not in DTYPES:
         raise AutopromptError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
@@ -198,7 +205,11 @@ def load_model(
             cache_only = check_hub_model(name)
         else:
             _check_model_folder(Path(name).expanduser(), name)
-    kwargs = {"local_files_only": True} if cache_only else {}
+        check_remote_code(name, trust_remote_code)
+    # always explicit: left None, transformers may ask on the terminal whether to run the code
+    kwargs = {"trust_remote_code": bool(trust_remote_code)}
+    if cache_only:
+        kwargs["local_files_only"] = True
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     except Exception as e:  # transformers raises many types for a bad folder or offline hub
@@ -209,6 +220,8 @@ def load_model(
         )
     except Exception as e:
         raise AutopromptError(_load_failure(name, local, "masked language model", e)) from None
+    if trust_remote_code:
+        remember_trusted(name, source)
     if info.get("missing_keys"):
         # e.g. a bare encoder saved without its MLM head: the head would be random noise
         missing = ", ".join(sorted(info["missing_keys"])[:3])
@@ -220,7 +233,7 @@ def load_model(
         raise AutopromptError(
             f"--model {name}: its tokenizer has no mask token; a masked LM is needed"
         )
-    return MaskedLM(model.to(dev), tokenizer, name, autocast_dtype)
+    return MaskedLM(model.to(dev), tokenizer, name, autocast_dtype, bool(trust_remote_code))
 
 
 def _check_model_folder(path: Path, name: str) -> None:
@@ -239,6 +252,8 @@ def _check_model_folder(path: Path, name: str) -> None:
 
 
 def _load_failure(name: str, local: bool, what: str, e: Exception) -> str:
+    if "trust_remote_code" in str(e):  # custom code found where the check could not look
+        return refusal(name, f"its {what} is defined by code in the model's repository")
     reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     reason = reason.split(" for this kind of AutoModel")[0]  # the long list of types adds nothing
     if local:

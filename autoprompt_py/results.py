@@ -41,6 +41,7 @@ def versions() -> dict[str, str]:
 
 def provenance(command: str, config: dict[str, Any]) -> dict[str, Any]:
     """The header every result file starts with (with the processes that made it)."""
+    from autoprompt_py import remote_code
     from autoprompt_py.distributed import describe
 
     return {
@@ -49,6 +50,7 @@ def provenance(command: str, config: dict[str, Any]) -> dict[str, Any]:
         "config": config,
         **describe(),
         "versions": versions(),
+        **remote_code.provenance(),  # models whose own code ran (--trust-remote-code)
     }
 
 

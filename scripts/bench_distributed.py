@@ -47,7 +47,7 @@ def bert_large(tokenizer_from: str, device: str, dtype: str) -> MaskedLM:
     every rank (seeded), with the tokenizer of ``tokenizer_from``."""
     from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_from)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_from, trust_remote_code=False)
     config = BertConfig(
         vocab_size=len(tokenizer),
         hidden_size=1024,

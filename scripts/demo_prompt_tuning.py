@@ -75,7 +75,7 @@ class MaskGather:
 
 
 def build_arm(arm: str, args, seed_folder: Path, n: int, dim: int):
-    base = AutoModelForMaskedLM.from_pretrained(args.model).eval()
+    base = AutoModelForMaskedLM.from_pretrained(args.model, trust_remote_code=False).eval()
     base.requires_grad_(False)
     gather = MaskGather(base)
     torch.manual_seed(args.seed)  # the random inits draw from here

@@ -142,3 +142,20 @@ def test_every_module_imports_in_a_fresh_interpreter(first):
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_tune_from_the_package_is_callable_whatever_was_imported_first():
+    # importing TuneConfig imports the subpackage autoprompt_py.tune, which Python then binds
+    # as the name ``tune`` on the package: calling it must still run a tuning
+    code = (
+        "import inspect\n"
+        "from autoprompt_py import TuneConfig, tune\n"
+        "from autoprompt_py.tune.run import tune as function\n"
+        "assert callable(tune), tune\n"
+        "import unittest.mock as mock\n"
+        "with mock.patch('autoprompt_py.tune.run.tune', return_value='ran') as f:\n"
+        "    assert tune(1, x=2) == 'ran' and f.call_args == ((1,), {'x': 2})\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "ok", proc.stderr[-2000:]

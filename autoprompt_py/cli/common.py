@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import difflib
 import functools
 import importlib
@@ -10,7 +12,7 @@ import signal
 import sys
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -145,15 +147,21 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def model_options(f: Callable) -> Callable:
     """--model, --device, --dtype, --batch-size; --backend and --dist-timeout, and the command
-    run in the torch.distributed process group when a launcher (torchrun) started it."""
+    run in the torch.distributed process group when a launcher (torchrun) started it;
+    --trust-remote-code (a model needing its own code is refused first without it)."""
 
     @functools.wraps(f)
-    def in_process_group(*args: Any, backend: str, dist_timeout: float, **kwargs: Any) -> Any:
+    def in_process_group(
+        *args: Any, backend: str, dist_timeout: float, trust_remote_code: bool, **kwargs: Any
+    ) -> Any:
         from autoprompt_py import distributed
 
-        return distributed.run(
-            lambda: f(*args, **kwargs), backend, kwargs.get("device", "auto"), dist_timeout
-        )
+        def command() -> Any:
+            # refused before the command writes or loads anything, on every rank
+            with trusting(trust_remote_code, kwargs.get("model_name")):
+                return f(*args, **kwargs)
+
+        return distributed.run(command, backend, kwargs.get("device", "auto"), dist_timeout)
 
     options = [
         click.option(
@@ -194,8 +202,46 @@ def model_options(f: Callable) -> Callable:
             help="Seconds a process waits for the others (rendezvous, each exchange) under "
             "torchrun before all stop with an error.",
         ),
+        TRUST_OPTION,
     ]
     return functools.reduce(lambda acc, opt: opt(acc), reversed(options), in_process_group)
+
+
+TRUST_OPTION = click.option(
+    "--trust-remote-code",
+    is_flag=True,
+    help="Run the Python code a model folder or hub repository ships (auto_map in its "
+    "config.json). Off: such a model is refused, and nothing is ever asked. Read the code "
+    "first: it runs with your rights (see docs/security.md).",
+)
+# the command's --trust-remote-code, read by load_model below (commands keep their signatures)
+_TRUST: contextvars.ContextVar[bool] = contextvars.ContextVar("trust_remote_code", default=False)
+
+
+@contextlib.contextmanager
+def trusting(trust_remote_code: bool, model_name: str | None = None) -> Iterator[None]:
+    """Within it ``load_model`` passes ``trust_remote_code``; without it, ``model_name`` (when
+    given) is checked first: a model that needs its own code stops the command at once."""
+    from autoprompt_py.remote_code import check_remote_code
+
+    if model_name is not None:
+        check_remote_code(model_name, trust_remote_code)
+    token = _TRUST.set(bool(trust_remote_code))
+    try:
+        yield
+    finally:
+        _TRUST.reset(token)
+
+
+def trust_option(f: Callable) -> Callable:
+    """``--trust-remote-code`` for a command without ``model_options`` (export)."""
+
+    @functools.wraps(f)
+    def with_trust(*args: Any, trust_remote_code: bool, **kwargs: Any) -> Any:
+        with trusting(trust_remote_code):
+            return f(*args, **kwargs)
+
+    return TRUST_OPTION(with_trust)
 
 
 def check_device(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -215,7 +261,7 @@ def load_model(name: str | None, device: str = "auto", dtype: str = "float32"):
     from autoprompt_py.tune.folder import check_model_folder
 
     check_model_folder(name)
-    return load(name, device, dtype)
+    return load(name, device, dtype, trust_remote_code=_TRUST.get())
 
 
 def claim_output(path: Any, option: str = "--output", **kwargs: Any):

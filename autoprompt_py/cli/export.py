@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from autoprompt_py.cli.common import lock_output, quiet_transformers
+from autoprompt_py.cli.common import lock_output, quiet_transformers, trust_option
 from autoprompt_py.cli.paths import InputFile
 from autoprompt_py.default_model import DEFAULT_MODEL
 from autoprompt_py.errors import AutopromptError
@@ -52,6 +52,7 @@ TOKEN_CHOICES = ("auto", "triggers", "all")  # prompt.TOKEN_CHOICES
     "token in order, no fields or mask); auto (triggers if any, else all).",
 )
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@trust_option
 def export(result, template_spec, model_name, fmt, out, tokens, force) -> None:
     """Export a search RESULT (or --template) as a soft-prompt initialization."""
     from autoprompt_py.cli.common import load_model

@@ -6,6 +6,10 @@ registry), ``loop.py`` the training loop and checkpoint, ``folder.py`` the outpu
 ``run.py`` the whole run (``tune``).
 """
 
+import sys
+import types
+from typing import Any
+
 from autoprompt_py.lazy import lazy_exports
 
 # names → their modules, imported on first use: ``TuneConfig`` and the method registry load
@@ -21,5 +25,17 @@ _EXPORTS = {
 
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
 
+
+class _CallablePackage(types.ModuleType):
+    """``autoprompt_py.tune`` is both this package and the function ``tune``: once the package
+    is imported, Python binds the name ``tune`` on ``autoprompt_py`` to the package, so
+    ``from autoprompt_py import TuneConfig, tune`` would hand back a module. Calling the package
+    calls the function, whichever of the two a user got."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.__getattr__("tune")(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage
 
 __all__ = ["TuneConfig", "TuneOutcome", "TuneTask", "load_tune_task", "tune"]  # noqa: F822

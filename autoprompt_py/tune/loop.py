@@ -156,7 +156,7 @@ class Trainer:
                 f"--resume: the checkpoint {where} is of another run (differs in "
                 f"{', '.join(map(str, diff[:5]))}); give the same options, or --force to start over"
             )
-        tensors = torch.load(where / "tensors.pt", weights_only=False)
+        tensors = torch.load(where / "tensors.pt", weights_only=True)  # never a pickle's code
         self.state = TrainState(**record["state"])
         if tensors["step"] != self.state.step:
             raise AutopromptError(f"{where}: state.json and tensors.pt disagree; start over")

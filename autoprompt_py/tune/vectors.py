@@ -13,6 +13,7 @@ def write_embeddings(folder: Path, lm, template, vectors) -> dict[str, str]:
     """``embeddings.safetensors`` as ``export --format embeddings`` lays it out."""
     from safetensors.torch import save_file
 
+    from autoprompt_py import remote_code
     from autoprompt_py.prompt import model_record
     from autoprompt_py.results import provenance
 
@@ -25,6 +26,7 @@ def write_embeddings(folder: Path, lm, template, vectors) -> dict[str, str]:
         "model_record": json.dumps(model_record(lm)),
         "created": head["created"],
         "versions": json.dumps(head["versions"]),
+        **remote_code.metadata(),  # models whose own code ran (--trust-remote-code)
     }
     tensors = {"embeddings": vectors.to(lm.dtype).cpu().contiguous()}
     save_file(tensors, str(folder / EMBEDDINGS_FILE), metadata=metadata)

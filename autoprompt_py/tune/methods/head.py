@@ -65,6 +65,7 @@ def build(lm: MaskedLM, task, config, objective) -> HeadPart:
         num_labels=len(labels),
         id2label=dict(enumerate(labels)),
         label2id={lab: i for i, lab in enumerate(labels)},
+        trust_remote_code=getattr(lm, "trust_remote_code", False),  # explicit: never asked
     ).to(lm.device)
     return HeadPart(lm, model, fields_only(task.template))
 
