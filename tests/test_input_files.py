@@ -38,7 +38,6 @@ NOT_INPUT_FILES = {
     "--columns": "column names",
     "--relation": "a relation id",
     "--format": "a format name",
-    "--force": "a flag",
     "--templates-per-relation": "a number",
 }
 # text-or-file options: a value that names a file is read, and each fault is one line too
@@ -90,6 +89,8 @@ def test_every_option_that_reads_a_file_is_an_input_file():
             text = getattr(p, "help", "") or ""
             speaks = re.search(r"\bfiles?\b|\bfolder\b|\.(tsv|csv|jsonl|json|txt)\b", text, re.I)
             opt = max(p.opts, key=len)
+            if isinstance(p, click.Option) and p.is_flag:
+                continue  # a flag names no file, whatever its help says
             if isinstance(p, click.Argument) and not isinstance(p.type, InputFile):
                 loose.append(f"{name} {p.name}")  # every argument of ours is a file
             elif speaks and not isinstance(p.type, InputFile) and opt not in NOT_INPUT_FILES:
