@@ -202,25 +202,30 @@ def _empty_dir(path: Path) -> bool:
 
 
 T = TypeVar("T")
+_DECIDING: list[bool] = []  # non-empty while rank 0 runs a decision (from_main nests)
 
 
 def from_main(decide: Callable[[], T]) -> T:
     """A decision about shared files: under torchrun rank 0 alone runs ``decide``, and every
-    rank returns its answer or raises its AutopromptError; in one process, ``decide()``."""
+    rank returns its answer or raises its AutopromptError; in one process, ``decide()``. A
+    decision that calls another (``claim_output`` inside a command's own) is one exchange."""
     from autoprompt_py import distributed
 
-    if not distributed.active():
+    if not distributed.active() or _DECIDING:  # nested in a decision: rank 0 is deciding
         return decide()
     import torch.distributed as dist
 
     answer: list[Any] = [None]
     failure = None
     if distributed.rank() == 0:
+        _DECIDING.append(True)
         try:
             answer[0] = ("ok", decide())
         except Exception as e:  # an AutopromptError is every rank's; another, rank 0's own
             failure = e
             answer[0] = ("error" if isinstance(e, AutopromptError) else "lost", str(e))
+        finally:
+            _DECIDING.pop()
     try:
         dist.broadcast_object_list(answer, src=0)
     except Exception as e:

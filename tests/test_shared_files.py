@@ -147,3 +147,30 @@ def test_predict_on_two_processes_from_each_state(tiny_model_dirs, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed after input row 16" in r.stderr
     assert part.read_bytes() == whole.read_bytes()
+
+
+NESTED = """
+import sys
+from pathlib import Path
+from autoprompt_py import distributed
+from autoprompt_py.results import claim_output, from_main
+
+def work():
+    out = sys.argv[1]
+    # a command's own decision that calls the output decision: one exchange, no deadlock
+    start, decided_by = from_main(lambda: (claim_output(out, partials=[out + ".ckpt"]).start,
+                                           distributed.rank()))
+    Path(f"{out}.rank{distributed.rank()}").write_text(f"{start} {decided_by}")
+
+distributed.run(work, "gloo", "cpu", 30.0)
+"""
+
+
+def test_decisions_nest_and_rank_0_takes_them(tmp_path):
+    from test_distributed import ranks
+
+    out = tmp_path / "out.json"
+    procs = ranks(["-c", NESTED, str(out)])
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert [Path(f"{out}.rank{r}").read_text() for r in (0, 1)] == ["fresh 0", "fresh 0"]
