@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from autoprompt_py.errors import AutopromptError
+from autoprompt_py.errors import AutopromptError, os_error
 
 BACKENDS = ("auto", "nccl", "gloo")
 DEFAULT_TIMEOUT_S = 300.0
@@ -281,7 +281,12 @@ def run(
     except PeerLost as e:
         failure = (1, str(e), True)
     except Exception as e:  # a bug or a device error (CUDA out of memory): one line still
-        failure = (1, f"{type(e).__name__}: {_first_line(e)}", _looks_lost(e))
+        mapped = os_error(e)  # a full disk: a user's to fix, exit 2 as in one process
+        failure = (
+            (2, str(mapped), False)
+            if mapped
+            else (1, f"{type(e).__name__}: {_first_line(e)}", _looks_lost(e))
+        )
     _finish(launch, failure, timeout_s)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import warnings
 
 SHOWN_LIMIT = 200  # characters of a user's value quoted in a message
@@ -35,3 +36,31 @@ def shown(value: object, limit: int = SHOWN_LIMIT) -> str:
     if len(text) <= limit:
         return text
     return f"{text[: limit - 1]}… ({len(str(value))} characters)"
+
+
+# what a user can do about an OSError from the environment (a full disk, a permission)
+_OS_FIXES = {
+    errno.ENOSPC: "make room on the disk",
+    errno.EDQUOT: "make room within the disk quota",
+    errno.EROFS: "write to a writable file system",
+    errno.EACCES: "check the permissions",
+    errno.EPERM: "check the permissions",
+}
+
+
+def os_error(e: BaseException) -> AutopromptError | None:
+    """A full disk, a read-only file system or a permission as one user-facing line (its
+    fix: make room, then run again, with --resume where the command has it); None for any
+    other error."""
+    if not os_fix(e):
+        return None
+    where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+    return AutopromptError(f"{where}{getattr(e, 'strerror', None) or e}{os_fix(e)}")
+
+
+def os_fix(e: BaseException) -> str:
+    """ "; make room on the disk, then run again ..." for an OSError a user can fix, else ""."""
+    fix = _OS_FIXES.get(getattr(e, "errno", None)) if isinstance(e, OSError) else None
+    if fix is None:
+        return ""
+    return f"; {fix}, then run again (--resume continues a search, a tune or a predict run)"

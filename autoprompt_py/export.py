@@ -35,7 +35,13 @@ from autoprompt_py import remote_code
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.model import MaskedLM, config_value
 from autoprompt_py.prompt import FoundPrompt, model_record
-from autoprompt_py.results import atomic_write, check_output_path, provenance, staged_folder
+from autoprompt_py.results import (
+    atomic_write,
+    check_output_path,
+    claim_output,
+    provenance,
+    staged_folder,
+)
 
 FORMATS = ("peft", "optiprompt", "embeddings")
 PEFT_INSTALL = "pip install autoprompt-py[peft]"
@@ -70,15 +76,13 @@ def check_target(out: str | Path, force: bool, fmt: str) -> Path:
             raise AutopromptError(
                 f"--out {given} is {what}, but --format {fmt} writes {need}; choose another --out"
             )
-        if not force:
-            raise AutopromptError(
-                f"--out {given} already exists; choose another path or pass --force to replace it"
-            )
     if not wants_folder and given.suffix.lower() != ".safetensors":  # not safetensors as e.npy
         raise AutopromptError(
             f"--out {given}: --format embeddings writes one safetensors file; name it "
             f"{given.with_suffix('.safetensors').name}"
         )
+    # the one output decision of every command: an existing --out only with --force
+    claim_output(given, "--out", force=force, folder=wants_folder)
     return out
 
 

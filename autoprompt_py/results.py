@@ -12,12 +12,13 @@ import stat
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from autoprompt_py.errors import AutopromptError, warn
+from autoprompt_py.errors import AutopromptError, os_fix, warn
 from autoprompt_py.textfile import parse_json, read_text
 
 
@@ -101,14 +102,142 @@ def refuse_overwrite(
 ) -> Path | None:
     """``check_output_path``, and refuse an existing file unless ``force``: a finished result
     can be hours of work, so it is never replaced silently. ``resumable`` names ``--resume``
-    in the fix, for commands that can continue what the file holds."""
-    target = check_output_path(path, option)
-    if target is None or force or not target.exists():
-        return target
-    fix = "pass --resume to continue it, " if resumable else ""
-    raise AutopromptError(
-        f"{option} {path} already exists; {fix}pass --force to replace it, or choose another path"
+    in the fix, for commands that can continue what the file holds. Under torchrun rank 0
+    decides for every rank (``claim_output``)."""
+    return claim_output(path, option, force=force, resumable=resumable).target
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a run does with its output: ``fresh`` (nothing there), ``resume`` (continue what an
+    interrupted run left) or ``replace`` (--force over an earlier result or partial files)."""
+
+    target: Path | None
+    start: str = "fresh"
+
+
+def claim_output(
+    path: str | Path | None,
+    option: str = "--output",
+    *,
+    force: bool = False,
+    resume: bool = False,
+    resumable: bool = False,
+    partials: Sequence[str | Path] = (),
+    partial_option: str | None = None,
+    folder: bool = False,
+) -> Claim:
+    """The one decision every command takes about its output before any work: fresh, resume,
+    replace, or refuse (an ``AutopromptError`` saying which flag to pass).
+
+    ``partials`` are what an interrupted run leaves beside the output (``<out>.partial``, a
+    checkpoint; ``partial_option`` names the option that chose it); ``resume`` continues them.
+    ``folder``: the output is a folder (tune, export). A path another live run is writing is
+    refused with its pid. Under torchrun rank 0 alone looks at the files and every rank gets
+    its answer: a rank that looked for itself would see what rank 0 has just begun to write.
+    """
+    return from_main(
+        lambda: _claim(
+            path,
+            option,
+            force,
+            resume,
+            resumable or bool(partials),
+            partials,
+            partial_option,
+            folder,
+        )
     )
+
+
+def _claim(path, option, force, resume, resumable, partials, partial_option, folder) -> Claim:
+    target = check_output_path(path, option, folder)
+    if target is None:
+        return Claim(None)
+    # an empty folder (a checkpoint whose first save failed) holds nothing to resume
+    left = [p for p in map(Path, partials) if (p.exists() or p.is_symlink()) and not _empty_dir(p)]
+    for p in (target, *left):
+        _refuse_if_locked(p)
+    done = target.exists() or target.is_symlink()
+    if folder and done and not target.is_dir():
+        raise AutopromptError(f"{option} {path} is a file, not a folder; choose another path")
+    if resume:
+        if left:
+            return Claim(target, "resume")
+        if done:
+            raise AutopromptError(
+                f"{option} {path} is already complete; nothing to resume (pass --force to redo it)"
+            )
+        where = " or ".join(str(p) for p in partials) or str(path)
+        raise AutopromptError(
+            f"--resume: nothing to resume: no checkpoint or partial output at {where}; run "
+            "without --resume to start"
+        )
+    if force:
+        return Claim(target, "replace" if done or left else "fresh")
+    if done:
+        fix = "pass --resume to continue it, " if resumable and (left or not partials) else ""
+        raise AutopromptError(
+            f"{option} {path} already exists; {fix}pass --force to replace it, or choose "
+            "another path"
+        )
+    if left:
+        if partial_option is not None:
+            raise AutopromptError(
+                f"{partial_option} {left[0]} already exists; pass --resume to continue it, "
+                "pass --force to replace it, or choose another path"
+            )
+        raise AutopromptError(
+            f"{option} {path}: an interrupted run left {left[0]}; pass --resume to continue "
+            "it, or --force to start over"
+        )
+    return Claim(target)
+
+
+def _empty_dir(path: Path) -> bool:
+    try:
+        return path.is_dir() and not any(path.iterdir())
+    except OSError:
+        return False
+
+
+T = TypeVar("T")
+_DECIDING: list[bool] = []  # non-empty while rank 0 runs a decision (from_main nests)
+
+
+def from_main(decide: Callable[[], T]) -> T:
+    """A decision about shared files: under torchrun rank 0 alone runs ``decide``, and every
+    rank returns its answer or raises its AutopromptError; in one process, ``decide()``. A
+    decision that calls another (``claim_output`` inside a command's own) is one exchange."""
+    from autoprompt_py import distributed
+
+    if not distributed.active() or _DECIDING:  # nested in a decision: rank 0 is deciding
+        return decide()
+    import torch.distributed as dist
+
+    answer: list[Any] = [None]
+    failure = None
+    if distributed.rank() == 0:
+        _DECIDING.append(True)
+        try:
+            answer[0] = ("ok", decide())
+        except Exception as e:  # an AutopromptError is every rank's; another, rank 0's own
+            failure = e
+            answer[0] = ("error" if isinstance(e, AutopromptError) else "lost", str(e))
+        finally:
+            _DECIDING.pop()
+    try:
+        dist.broadcast_object_list(answer, src=0)
+    except Exception as e:
+        raise distributed.PeerLost(str(e).strip().splitlines()[0][:300]) from None
+    if failure is not None:
+        raise failure
+    kind, value = answer[0]
+    if kind == "error":
+        raise AutopromptError(value)
+    if kind != "ok":
+        raise distributed.PeerLost(f"rank 0 failed: {value}")
+    return value
 
 
 def _kind(mode: int) -> str:
@@ -148,7 +277,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], option: str = 
         os.replace(tmp, target)
     except OSError as e:  # the disk filled up, the folder went read-only meanwhile
         Path(tmp).unlink(missing_ok=True)
-        raise AutopromptError(f"{path}: cannot write ({e.strerror or e})") from None
+        raise AutopromptError(f"{path}: cannot write ({e.strerror or e}){os_fix(e)}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -169,7 +298,8 @@ def output_lock(*paths: str | Path | None) -> Iterator[None]:
 
     held: list[Path] = []
     try:
-        targets = [check_output_path(p) for p in paths if p is not None]
+        # a folder too (tune's): the lock sits beside it
+        targets = [check_output_path(p, folder=True) for p in paths if p is not None]
         if not is_main():  # under torch.distributed rank 0 writes, so rank 0 holds the locks
             targets = []
         for target in dict.fromkeys(t for t in targets if t is not None):
@@ -200,16 +330,7 @@ def _take_lock(target: Path) -> Path | None:
             if owner and (owner.get("pid"), owner.get("host")) == (me["pid"], me["host"]):
                 return None
             if _holder_alive(lock, owner):
-                who = (
-                    f"pid {owner['pid']} on {owner.get('host', '?')}, since "
-                    f"{owner.get('started', '?')}"
-                    if owner
-                    else "a run that is starting"
-                )
-                raise AutopromptError(
-                    f"{target} is being written by another run ({who}); wait for it to end "
-                    f"or choose another output (if that run is gone, delete {lock})"
-                ) from None
+                raise _busy(target, lock, owner) from None
             what = f"pid {owner['pid']}" if owner else "an unknown process"
             warn(f"{lock}: taking over the lock of {what}, which no longer runs")
             lock.unlink(missing_ok=True)
@@ -220,6 +341,31 @@ def _take_lock(target: Path) -> Path | None:
             json.dump(me, f)
         return lock
     raise AutopromptError(f"{lock}: another run keeps taking this lock; try again")
+
+
+def _refuse_if_locked(target: Path) -> None:
+    """Refuse ``target`` while another live run holds its lock (its files are being written,
+    not left by an interrupted run)."""
+    lock = target.with_name(target.name + ".lock")
+    if not lock.exists():
+        return
+    owner = _lock_owner(lock)
+    if owner and (owner.get("pid"), owner.get("host")) == (os.getpid(), socket.gethostname()):
+        return
+    if _holder_alive(lock, owner):
+        raise _busy(target, lock, owner)
+
+
+def _busy(target: Path, lock: Path, owner: dict | None) -> AutopromptError:
+    who = (
+        f"pid {owner['pid']} on {owner.get('host', '?')}, since {owner.get('started', '?')}"
+        if owner
+        else "a run that is starting"
+    )
+    return AutopromptError(
+        f"{target} is being written by another run ({who}); wait for it to end "
+        f"or choose another output (if that run is gone, delete {lock})"
+    )
 
 
 def _lock_owner(lock: Path) -> dict | None:

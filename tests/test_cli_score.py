@@ -452,7 +452,7 @@ BAD_SCORE = {
         ["{badjson.json}:3: not valid JSON"],
     ),
     "unknown verbalizer": (dict(verbalizer="nonesuch"), ["--verbalizer 'nonesuch': not a file"]),
-    "empty data file": (dict(data="empty.tsv"), ["{empty.tsv}: no examples in the file"]),
+    "empty data file": (dict(data="empty.tsv"), ["--data {empty.tsv}: an empty file (0 bytes)"]),
     "empty model folder": (
         dict(model="empty_model"),
         ["--model {empty_model}: this folder is not a model"],

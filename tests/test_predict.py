@@ -216,6 +216,7 @@ def test_bad_input_one_line(data, facts, tmp_path, monkeypatch) -> None:
     assert r.exit_code == 2 and "already complete" in r.output
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    (tmp_path / "x.parquet").write_bytes(b"PAR1")  # a file: the input check comes first
     r = invoke("--data", tmp_path / "x.parquet", *tpl)
     assert r.exit_code == 2 and "pip install" in r.output, r.output
     r = invoke("--data", data, *tpl, "--output", tmp_path / "o.parquet")

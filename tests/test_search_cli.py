@@ -278,13 +278,19 @@ def test_more_triggers_than_fit(files, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "train,dev",
-    [("empty.tsv", "dev.tsv"), ("train.tsv", "empty.tsv"), ("header_only.tsv", "dev.tsv")],
+    "train,dev,message",
+    [
+        ("empty.tsv", "dev.tsv", "--train"),
+        ("train.tsv", "empty.tsv", "--dev"),
+        ("header_only.tsv", "dev.tsv", "no examples"),
+    ],
 )
-def test_empty_train_or_dev(files, tmp_path, train, dev):
+def test_empty_train_or_dev(files, tmp_path, train, dev, message):
     out = tmp_path / "r.json"
     r = invoke(*search_args(files, out, train=train, dev=dev))
-    assert_user_error(r, "no examples", absent=[out])
+    # a 0-byte file is refused while the options are read, naming the option
+    empty = "an empty file (0 bytes)" if message.startswith("--") else message
+    assert_user_error(r, message, empty, absent=[out])
 
 
 def test_resume_with_another_template_is_refused(files, tmp_path):

@@ -7,6 +7,7 @@ import contextvars
 import difflib
 import functools
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -17,7 +18,7 @@ from typing import Any
 import click
 
 from autoprompt_py.default_model import DEFAULT_MODEL
-from autoprompt_py.errors import AutopromptError, AutopromptWarning, Terminated
+from autoprompt_py.errors import AutopromptError, AutopromptWarning, Terminated, os_error
 
 
 class AutopromptGroup(click.Group):
@@ -73,7 +74,13 @@ class AutopromptGroup(click.Group):
                 warnings.showwarning = _show_warning
                 return super().invoke(ctx)
         except AutopromptError as e:
-            click.echo(f"error: {one_line(str(e))}", err=True)
+            _say_error(e)
+            sys.exit(2)
+        except OSError as e:  # a full disk, a permission: one line too (outputs are atomic)
+            mapped = os_error(e)
+            if mapped is None:
+                raise
+            _say_error(mapped)
             sys.exit(2)
         except Terminated:
             click.echo("terminated (SIGTERM)", err=True)
@@ -81,6 +88,13 @@ class AutopromptGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+
+
+def _say_error(e: Exception) -> None:
+    """One ``error:`` line. Under torchrun an error that reaches here was found while the
+    options were read, alike on every rank: rank 0 alone says it (the others exit 2 quietly)."""
+    if os.environ.get("RANK", "0") in ("", "0"):
+        click.echo(f"error: {one_line(str(e))}", err=True)
 
 
 class _sigterm_as_interrupt:
@@ -248,6 +262,24 @@ def load_model(name: str | None, device: str = "auto", dtype: str = "float32"):
 
     check_model_folder(name)
     return load(name, device, dtype, trust_remote_code=_TRUST.get())
+
+
+def claim_output(path: Any, option: str = "--output", **kwargs: Any):
+    """``results.claim_output`` (fresh, resume, replace or refuse; under torchrun rank 0
+    decides for every rank), then the output locked until the command ends."""
+    from autoprompt_py.results import claim_output as claim
+
+    decided = claim(path, option, **kwargs)
+    lock_output(decided.target)
+    return decided
+
+
+def lock_output(*paths: Any) -> None:
+    """Hold ``<path>.lock`` until the command ends: a second run on the same output is refused
+    with this one's pid (``results.output_lock``)."""
+    from autoprompt_py.results import output_lock
+
+    click.get_current_context().with_resource(output_lock(*paths))
 
 
 def quiet_transformers() -> None:

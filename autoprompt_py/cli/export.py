@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
-from autoprompt_py.cli.common import quiet_transformers, trust_option
+from autoprompt_py.cli.common import lock_output, quiet_transformers, trust_option
+from autoprompt_py.cli.paths import InputFile
 from autoprompt_py.default_model import DEFAULT_MODEL
 from autoprompt_py.errors import AutopromptError
 
@@ -17,7 +16,7 @@ TOKEN_CHOICES = ("auto", "triggers", "all")  # prompt.TOKEN_CHOICES
 
 
 @click.command()
-@click.argument("result", required=False, type=click.Path(path_type=Path))
+@click.argument("result", required=False, type=InputFile("search result file", as_path=True))
 @click.option(
     "--template",
     "template_spec",
@@ -69,6 +68,7 @@ def export(result, template_spec, model_name, fmt, out, tokens, force) -> None:
             "or a hand-written prompt with --template '{sentence} It was [MASK] .'"
         )
     check_target(out, force, fmt)
+    lock_output(out)  # a second export to the same --out is refused while this one runs
     if fmt == "peft":
         require_peft()
     data = read_result(result) if result is not None else None

@@ -5,14 +5,25 @@ from __future__ import annotations
 
 import click
 
-from autoprompt_py.cli.common import model_options, parse_columns, quiet_transformers
+from autoprompt_py.cli.common import (
+    claim_output,
+    model_options,
+    parse_columns,
+    quiet_transformers,
+)
+from autoprompt_py.cli.paths import DATA_FIX, InputFile
 from autoprompt_py.cli.search_options import filter_options, require_rows, token_filters
-from autoprompt_py.results import refuse_overwrite, write_json
+from autoprompt_py.results import write_json
 
 
 @click.command("labels")
 @model_options
-@click.option("--train", required=True, help="Labeled examples (.tsv/.csv/.jsonl).")
+@click.option(
+    "--train",
+    required=True,
+    type=InputFile("data file", fix=DATA_FIX),
+    help="Labeled examples (.tsv/.csv/.jsonl).",
+)
 @click.option(
     "--template",
     required=True,
@@ -78,7 +89,7 @@ def labels(
     from autoprompt_py.search import trigger_ids_from_words
 
     quiet_transformers()
-    refuse_overwrite(output, "--output", force)
+    claim_output(output, force=force)  # before any work; locked until the command ends
     named = load_templates(template)
     if len(named) != 1:
         raise AutopromptError(f"--template {template}: holds {len(named)} templates; give one")

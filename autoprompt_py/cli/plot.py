@@ -6,11 +6,15 @@ from pathlib import Path
 
 import click
 
+from autoprompt_py.cli.common import lock_output
+from autoprompt_py.cli.paths import InputFile
 from autoprompt_py.plotting import X_AXES, check_plot_output, plot_curves, read_curve
 
 
 @click.command("plot")
-@click.argument("results", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument(
+    "results", nargs=-1, required=True, type=InputFile("search result file", as_path=True)
+)
 @click.option(
     "--output",
     "-o",
@@ -36,6 +40,7 @@ def plot(
     Needs matplotlib: pip install autoprompt-py[plot].
     """
     check_plot_output(output, force)
+    lock_output(output)  # a second plot to the same --output is refused while this one runs
     runs = [read_curve(path) for path in results]  # every file checked before drawing
     plot_curves(runs, output, x=x_axis, title=title, force=force)
     metrics = " / ".join(dict.fromkeys(r.metric for r in runs))

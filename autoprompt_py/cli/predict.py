@@ -6,6 +6,7 @@ import click
 
 from autoprompt_py.cli.common import model_options, parse_columns, quiet_transformers
 from autoprompt_py.cli.evaluation_options import AGGREGATIONS, ensemble_options
+from autoprompt_py.cli.paths import DATA_FIX, InputFile
 from autoprompt_py.errors import AutopromptError
 
 
@@ -25,8 +26,10 @@ def _tokens(value: str) -> int | str:
 @click.option(
     "--data",
     required=True,
+    type=InputFile("data file", stdin=True, fix=DATA_FIX),
     help="Rows to label: .tsv/.csv (header row, or --columns), .jsonl, .parquet (pyarrow), "
-    "or - for standard input (JSON lines unless --input-format).",
+    "or - for standard input (JSON lines, TSV or CSV as its first line shows, or "
+    "--input-format).",
 )
 @click.option(
     "--template",
@@ -70,7 +73,7 @@ def _tokens(value: str) -> int | str:
 @click.option("--relation", help="The relation of a template set to use (e.g. P19 of lama_trex).")
 @click.option(
     "--vocab",
-    type=click.Path(dir_okay=False),
+    type=InputFile("vocabulary file"),
     help="Relation mode: predict only these words (one per line), as probe --vocab.",
 )
 @click.option("--top-k", type=click.IntRange(min=1), default=10, show_default=True)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from autoprompt_py.cli.common import model_options, quiet_transformers
+from autoprompt_py.cli.common import claim_output, model_options, quiet_transformers
 from autoprompt_py.cli.evaluation_options import check_ensemble_options, ensemble_options
+from autoprompt_py.cli.paths import InputFile
 from autoprompt_py.cli.tables import probe_table
 from autoprompt_py.errors import AutopromptError
 
@@ -14,7 +15,7 @@ from autoprompt_py.errors import AutopromptError
 @click.option(
     "--facts",
     required=True,
-    type=click.Path(),
+    type=InputFile("fact file or folder", folder=True),
     help="A LAMA facts .jsonl (sub_label, obj_label) or a folder of P*.jsonl.",
 )
 @click.option(
@@ -28,7 +29,7 @@ from autoprompt_py.errors import AutopromptError
 @click.option("--template", help="One template for every relation, e.g. '[X] is in [Y] .'.")
 @click.option(
     "--vocab",
-    type=click.Path(dir_okay=False),
+    type=InputFile("vocabulary file"),
     help="Restrict predictions to these words (one per line), as LAMA does.",
 )
 @click.option(
@@ -91,11 +92,11 @@ def probe(
         templates_by_relation,
     )
     from autoprompt_py.resources import check_trigger_ids, load_templates
-    from autoprompt_py.results import provenance, refuse_overwrite, write_json
+    from autoprompt_py.results import provenance, write_json
     from autoprompt_py.tune.folder import attach_tuned, load_templates_or_tuned, read_tuned
     from autoprompt_py.vocab import read_vocab
 
-    refuse_overwrite(output, "--output", force)
+    claim_output(output, force=force)  # before any work; locked until the command ends
     per_relation = _per_relation(templates_per_relation)
     rule, cf_texts = check_ensemble_options(ensemble, ensemble_rule, None, calibrate, content_free)
     named = [t for spec in relation_templates for t in load_templates_or_tuned(spec, "--relations")]

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import click
 
-from autoprompt_py.cli.common import model_options, parse_columns, quiet_transformers
+from autoprompt_py.cli.common import (
+    claim_output,
+    model_options,
+    parse_columns,
+    quiet_transformers,
+)
 from autoprompt_py.cli.evaluation_options import (
     AGGREGATIONS,
     check_ensemble_options,
     ensemble_options,
     shipped,
 )
+from autoprompt_py.cli.paths import DATA_FIX, InputFile
 from autoprompt_py.cli.tables import notes, score_row, table
 
 
@@ -18,7 +24,7 @@ from autoprompt_py.cli.tables import notes, score_row, table
 @click.option(
     "--data",
     required=True,
-    type=click.Path(dir_okay=False),
+    type=InputFile("data file", fix=DATA_FIX),
     help="Labeled examples: .tsv/.csv (header row, or --columns) or .jsonl.",
 )
 @click.option(
@@ -98,10 +104,10 @@ def score(
     from autoprompt_py.ensemble import parse_weights
     from autoprompt_py.evaluation import check_verbalizers, score_prompts
     from autoprompt_py.resources import check_trigger_ids, load_templates, load_verbalizer
-    from autoprompt_py.results import provenance, refuse_overwrite, write_json
+    from autoprompt_py.results import provenance, write_json
     from autoprompt_py.tune.folder import attach_tuned, load_templates_or_tuned, read_tuned
 
-    refuse_overwrite(output, "--output", force)
+    claim_output(output, force=force)  # before any work; locked until the command ends
     named = [t for spec in templates for t in load_templates_or_tuned(spec)]
     verbs = [(spec, load_verbalizer(spec)) for spec in verbalizers]
     n_members = len(named) * len(verbs)

@@ -6,14 +6,21 @@ import sys
 
 import click
 
-from autoprompt_py.cli.common import model_options, parse_columns, quiet_transformers
+from autoprompt_py.cli.common import (
+    claim_output,
+    lock_output,
+    model_options,
+    parse_columns,
+    quiet_transformers,
+)
+from autoprompt_py.cli.paths import DATA_FIX, InputFile
 from autoprompt_py.cli.search_options import (
     config_options,
     filter_options,
     require_rows,
     token_filters,
 )
-from autoprompt_py.results import output_lock, refuse_overwrite
+from autoprompt_py.results import check_output_path
 
 
 @click.command("search")
@@ -21,10 +28,16 @@ from autoprompt_py.results import output_lock, refuse_overwrite
 @click.option(
     "--train",
     required=True,
+    type=InputFile("data file", fix=DATA_FIX),
     help="Training examples (.tsv/.csv/.jsonl), or LAMA "
     "facts (.jsonl) for a relation template with [X].",
 )
-@click.option("--dev", default=None, help="Dev examples; default: --dev-fraction of --train.")
+@click.option(
+    "--dev",
+    default=None,
+    type=InputFile("data file", fix=DATA_FIX),
+    help="Dev examples; default: --dev-fraction of --train.",
+)
 @click.option(
     "--dev-fraction",
     type=float,
@@ -52,6 +65,7 @@ from autoprompt_py.results import output_lock, refuse_overwrite
 @click.option(
     "--vocab",
     default=None,
+    type=InputFile("vocabulary file"),
     help="Relation mode: vocabulary file restricting the dev P@1 (LAMA's common vocabulary).",
 )
 @click.option(
@@ -135,13 +149,13 @@ def search(
 
     quiet_transformers()
     ckpt = default_checkpoint(output, checkpoint)
-    # a finished search is hours of work: never replaced without --resume or --force
-    keep = force or resume
-    target = refuse_overwrite(output, "--output", keep, True)
-    if refuse_overwrite(ckpt, "--checkpoint", keep, True) == target:
+    # a finished search is hours of work: never replaced without --resume or --force; its
+    # checkpoint is what an interrupted run leaves (rank 0 decides under torchrun)
+    target = check_output_path(output)
+    if check_output_path(ckpt, "--checkpoint") == target:
         raise AutopromptError(f"--checkpoint {ckpt} is the --output file; give another name")
-    # locked before the model loads (run_search holds the same locks, re-entrantly)
-    click.get_current_context().with_resource(output_lock(output, ckpt))
+    claim_output(output, force=force, resume=resume, partials=[ckpt], partial_option="--checkpoint")
+    lock_output(output, ckpt)  # before the model loads (run_search takes them re-entrantly)
     filters = token_filters(
         filter_labels, filter_subwords, filter_non_alpha, filter_capitalized, stop_list
     )

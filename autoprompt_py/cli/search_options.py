@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import click
 
+from autoprompt_py.cli.paths import InputFile
+
 
 def filter_options(f: Callable) -> Callable:
     options = [
@@ -31,7 +33,7 @@ def filter_options(f: Callable) -> Callable:
         ),
         click.option(
             "--stop-list",
-            type=click.Path(dir_okay=False),
+            type=InputFile("stop-list file"),
             default=None,
             help="File of words (one a line) never to use.",
         ),

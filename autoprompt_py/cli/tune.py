@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import click
 
-from autoprompt_py.cli.common import model_options, parse_columns, quiet_transformers
+from autoprompt_py.cli.common import (
+    lock_output,
+    model_options,
+    parse_columns,
+    quiet_transformers,
+)
+from autoprompt_py.cli.paths import DATA_FIX, InputFile
 from autoprompt_py.tune.config import INITS, METHODS  # light: no torch
 
 
@@ -14,11 +20,22 @@ from autoprompt_py.tune.config import INITS, METHODS  # light: no torch
 @click.option(
     "--train",
     required=True,
+    type=InputFile("data file", fix=DATA_FIX),
     help="Training examples (.tsv/.csv/.jsonl), or LAMA facts (.jsonl) for a relation template.",
 )
-@click.option("--dev", default=None, help="Dev examples; default: --dev-fraction of --train.")
+@click.option(
+    "--dev",
+    default=None,
+    type=InputFile("data file", fix=DATA_FIX),
+    help="Dev examples; default: --dev-fraction of --train.",
+)
 @click.option("--dev-fraction", type=float, default=0.2, show_default=True)
-@click.option("--test", default=None, help="Test examples, scored once with the best checkpoint.")
+@click.option(
+    "--test",
+    default=None,
+    type=InputFile("data file", fix=DATA_FIX),
+    help="Test examples, scored once with the best checkpoint.",
+)
 @click.option(
     "--template",
     required=True,
@@ -31,7 +48,12 @@ from autoprompt_py.tune.config import INITS, METHODS  # light: no torch
     default="sum",
     show_default=True,
 )
-@click.option("--vocab", default=None, help="Relation mode: predict over these words only.")
+@click.option(
+    "--vocab",
+    default=None,
+    type=InputFile("vocabulary file"),
+    help="Relation mode: predict over these words only.",
+)
 @click.option("--label-field", default="label", show_default=True)
 @click.option("--columns", default=None, help="Column names of a header-less .tsv/.csv.")
 @click.option(
@@ -104,7 +126,6 @@ def tune(
     from dataclasses import replace
 
     from autoprompt_py.cli.common import load_model
-    from autoprompt_py.results import output_lock
     from autoprompt_py.tune import TuneConfig, load_tune_task
     from autoprompt_py.tune import tune as run_tune
     from autoprompt_py.tune.folder import check_output_folder
@@ -117,10 +138,10 @@ def tune(
     )  # fmt: skip
     config = replace(config, grad_accum=grad_accum, global_batch=global_batch, shard=shard,
                      grad_checkpointing=grad_checkpointing)  # fmt: skip
-    from autoprompt_py.tune.parallel import from_main, layout
+    from autoprompt_py.tune.parallel import layout
 
     layout(config)  # the global batch splits over the launch's processes: before any model
-    from_main(lambda: check_output_folder(output, force or resume))  # rank 0 sees the files
+    check_output_folder(output, force, resume)  # rank 0 sees the files and tells the others
     if config.method in ("prompt", "ptuning", "prefix", "lora"):
         from autoprompt_py.tune.methods.peft_methods import require_peft
 
@@ -130,7 +151,7 @@ def tune(
         parse_columns(columns), dev_fraction, seed, shots, dev_shots, data_seed,
     )  # fmt: skip
     config.check_task(task.template.num_triggers, task.open_triggers, task.template.is_relational)
-    click.get_current_context().with_resource(output_lock(output))
+    lock_output(output)
     quiet_transformers()
     lm = load_model(model_name, device, dtype)
     outcome = run_tune(lm, task, config, output, force, resume, progress=not quiet)

@@ -9,9 +9,7 @@ are the same as in an uninterrupted run, so the file is too.
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -22,11 +20,18 @@ import numpy as np
 
 from autoprompt_py import distributed
 from autoprompt_py.data import cell_text, iter_rows
-from autoprompt_py.errors import AutopromptError, shown
+from autoprompt_py.errors import AutopromptError
 from autoprompt_py.metrics import classification_metrics, rank_metrics
 from autoprompt_py.model import MaskedLM
 from autoprompt_py.prediction.prefetch import prefetch
 from autoprompt_py.prediction.reader import RowReader
+from autoprompt_py.prediction.resume import (
+    partial_path,
+    resume_point,
+    run_identity,
+    save_point,
+    sidecar_path,
+)
 from autoprompt_py.prediction.run import (
     PredictConfig,
     Predictor,
@@ -41,11 +46,13 @@ from autoprompt_py.prediction.writer import (
     output_format,
     partial_format,
 )
+from autoprompt_py.resources import load_verbalizer
 from autoprompt_py.results import (
     check_output_path,
+    claim_output,
+    from_main,
     output_lock,
     provenance,
-    refuse_overwrite,
     write_json,
 )
 from autoprompt_py.vocab import read_vocab
@@ -63,6 +70,8 @@ def preflight(
     (a column the template reads that the input lacks is a mistake, not a row to skip)."""
     check_paths(data, output, force, resume, output_format(output, output_format_))
     prompts = select_prompts(config)
+    for spec in config.verbalizers:  # a bad file is one line before the model loads
+        load_verbalizer(spec)
     if config.vocab:
         read_vocab(config.vocab)
     if not prompts[0].is_relational and not config.verbalizers:
@@ -111,31 +120,6 @@ class PredictSummary:
     resumed_from: int = 0
 
 
-def run_identity(config: PredictConfig, data: str, model: str, dtype: str, fmt: str) -> dict:
-    """What a partial output must match to be resumed: the config, model and input."""
-    ident = {"config": asdict(config), "model": model, "dtype": dtype, "format": fmt}
-    if data != "-":
-        path = Path(data)
-        st = path.stat()
-        with open(path, "rb") as f:
-            head = hashlib.sha256(f.read(1 << 20)).hexdigest()
-        ident["input"] = {"path": str(path.resolve()), "bytes": st.st_size, "sha256_1mb": head}
-    return json.loads(json.dumps(ident))  # plain JSON: tuples as lists, as read back
-
-
-def _mismatch(saved: dict, now: dict) -> str | None:
-    for key, what in (("input", "input file"), ("model", "model"), ("dtype", "dtype")):
-        if saved.get(key) != now.get(key):
-            return f"it was made from another {what} ({shown(saved.get(key))})"
-    if saved.get("format") != now.get("format"):
-        return f"it is in another format ({saved.get('format')})"
-    old, new = saved.get("config", {}), now.get("config", {})
-    for key in new:
-        if old.get(key) != new.get(key):
-            return f"its {key} was {shown(old.get(key))}, now {shown(new.get(key))}"
-    return None
-
-
 def check_paths(data: str, output: str, force: bool, resume: bool, fmt: str) -> Path | None:
     """Output checks before any work: its format, not the input, not an earlier result."""
     if output == "-":
@@ -152,26 +136,11 @@ def check_paths(data: str, output: str, force: bool, resume: bool, fmt: str) -> 
         )
     if resume and data == "-":
         raise AutopromptError("--resume needs the same input again: give --data a file, not -")
-    partial = _partial(target)
-    if resume and target.exists():
-        raise AutopromptError(
-            f"--output {output} is already complete; nothing to resume (pass --force to redo it)"
-        )
-    if not resume and not force and partial.exists():
-        raise AutopromptError(
-            f"--output {output}: an interrupted run left {partial}; pass --resume to continue "
-            "it, or --force to start over"
-        )
-    refuse_overwrite(output, "--output", force or resume, resumable=True)
+    # fresh, resume, replace or refuse: rank 0 decides for every rank under torchrun
+    claim_output(
+        output, force=force, resume=resume, partials=[partial_path(target), sidecar_path(target)]
+    )
     return target
-
-
-def _partial(target: Path) -> Path:
-    return target.with_name(target.name + ".partial")
-
-
-def _sidecar(target: Path) -> Path:
-    return target.with_name(target.name + ".partial.json")
 
 
 def run_record_path(target: Path) -> Path:
@@ -207,24 +176,14 @@ def write_predictions(
     reader = open_reader(config, data)
     main = distributed.is_main()
     skip, offset, earlier = 0, 0, PredictSummary()
-    if target is not None and resume and _sidecar(target).exists():
-        saved = json.loads(_sidecar(target).read_text(encoding="utf-8"))
-        why = _mismatch(saved.get("identity", {}), identity)
-        if why:
-            raise AutopromptError(
-                f"--resume: {_partial(target)} is not this run's ({why}); pass --force to "
-                "start over, or rerun with the options it was made with"
-            )
-        skip, offset = saved["read"], saved["bytes"]
-        have = _partial(target).stat().st_size if _partial(target).exists() else 0
-        if have < offset:
-            raise AutopromptError(
-                f"--resume: {_partial(target)} holds {have} bytes, fewer than the {offset} its "
-                "record says were saved; pass --force to start over"
-            )
-        earlier = PredictSummary(saved["rows"], saved["skipped"], saved["read"])
+    if target is not None and resume:
+        # rank 0 reads where to go on for every rank: it soon writes the next record
+        point = from_main(lambda: resume_point(target, identity))
+        if point is not None:
+            skip, offset = point["read"], point["bytes"]
+            earlier = PredictSummary(point["rows"], point["skipped"], point["read"])
     elif target is not None and main:
-        _sidecar(target).unlink(missing_ok=True)  # a fresh start: an old record is void
+        sidecar_path(target).unlink(missing_ok=True)  # a fresh start: an old record is void
     predictor = Predictor(config, lm)
     keep = _keep_names(config, data)
     columns = predictor.columns(keep)
@@ -232,7 +191,7 @@ def write_predictions(
     gold: list = []
     predicted: list = []
     if config.with_labels and skip:
-        gold, predicted = _labels_written(target, fmt, config, predictor.relational)
+        gold, predicted = _labels_written(target, fmt, predictor.relational, offset)
 
     from tqdm.auto import tqdm
 
@@ -265,7 +224,14 @@ def write_predictions(
                     stream.flush()
                     if target is not None:
                         os.fsync(stream.fileno())
-                        _save_sidecar(target, identity, summary, stream.tell())
+                        save_point(
+                            target,
+                            identity,
+                            summary.read,
+                            summary.rows,
+                            summary.skipped,
+                            stream.tell(),
+                        )
                 bar.update(len(out))
                 if on_window is not None:
                     on_window(n)
@@ -273,6 +239,28 @@ def write_predictions(
             summary.skipped = earlier.skipped + reader.skipped
             if writer is not None:
                 writer.close()
+        except AutopromptError as e:  # a data error: no half-written output stays behind
+            if target is None or not main:
+                raise
+            stream.close()
+            partial_path(target).unlink(missing_ok=True)
+            sidecar_path(target).unlink(missing_ok=True)
+            raise AutopromptError(
+                f"{e} (nothing written: the partial output {partial_path(target).name} was "
+                "removed; fix the input and run again)"
+            ) from None
+        except OSError as e:  # a full disk: what was saved stays, resumable
+            if target is None or not main:
+                raise
+            raise AutopromptError(
+                f"--output {output}: cannot write ({e.strerror or e}); the rows saved so far "
+                f"stay in {partial_path(target)}: make room, then continue with --resume"
+            ) from None
+        except BaseException:  # stopped before a window was saved: nothing worth keeping
+            if target is not None and main and not sidecar_path(target).exists():
+                stream.close()
+                partial_path(target).unlink(missing_ok=True)
+            raise
         finally:
             if target is not None and main:
                 stream.close()
@@ -281,8 +269,8 @@ def write_predictions(
             summary.metrics = _metrics(config, predictor, gold, predicted)
         if target is not None and main:
             if summary.rows == 0:
-                _partial(target).unlink(missing_ok=True)
-                _sidecar(target).unlink(missing_ok=True)
+                partial_path(target).unlink(missing_ok=True)
+                sidecar_path(target).unlink(missing_ok=True)
                 raise AutopromptError(
                     f"--data {data}: no row to predict ({summary.skipped} skipped for a missing "
                     "or empty field)"
@@ -322,26 +310,13 @@ def _open_stream(target: Path | None, offset: int, main: bool):
         return sys.stdout.buffer
     if not main:
         return None
-    partial = _partial(target)
+    partial = partial_path(target)
     if offset:
         stream = open(partial, "r+b")  # noqa: SIM115 - closed by the caller
         stream.truncate(offset)  # drop a window written after the last saved count
         stream.seek(offset)
         return stream
     return open(partial, "wb")  # noqa: SIM115
-
-
-def _save_sidecar(target: Path, identity: dict, summary: PredictSummary, offset: int) -> None:
-    state = {
-        "identity": identity,
-        "read": summary.read,
-        "rows": summary.rows,
-        "skipped": summary.skipped,
-        "bytes": offset,
-    }
-    tmp = _sidecar(target).with_suffix(".tmp")
-    tmp.write_text(json.dumps(state), encoding="utf-8")
-    os.replace(tmp, _sidecar(target))
 
 
 def _finish(
@@ -354,7 +329,7 @@ def _finish(
 ) -> None:
     """The partial file becomes the output (converted where its format differs), with the
     output's permissions; then the run's record is written beside it."""
-    partial = _partial(target)
+    partial = partial_path(target)
     if partial_format(fmt) != fmt:
         converted = target.with_name(target.name + ".partial." + fmt)
         try:
@@ -374,7 +349,7 @@ def _finish(
     os.chmod(source, mode)
     os.replace(source, target)
     partial.unlink(missing_ok=True)
-    _sidecar(target).unlink(missing_ok=True)
+    sidecar_path(target).unlink(missing_ok=True)
     counts = {k: v for k, v in asdict(summary).items() if k != "metrics"}
     record = {
         **provenance("predict", identity["config"]),
@@ -394,14 +369,13 @@ def _collect(out: list[dict], relational: bool, gold: list, predicted: list) -> 
         predicted.append(r.get("rank") if relational else r["prediction"])
 
 
-def _labels_written(target, fmt, config, relational) -> tuple[list, list]:
+def _labels_written(target, fmt, relational, size: int) -> tuple[list, list]:
     """Gold labels and predictions (or ranks) of a partial file, for a resumed run's metrics."""
     gold: list = []
     predicted: list = []
-    size = json.loads(_sidecar(target).read_text(encoding="utf-8"))["bytes"]
-    with open(_partial(target), "rb") as f:
+    with open(partial_path(target), "rb") as f:
         body = io.BytesIO(f.read(size))  # the saved part only
-    for _, row in iter_rows(str(_partial(target)), partial_format(fmt), None, body):
+    for _, row in iter_rows(str(partial_path(target)), partial_format(fmt), None, body):
         gold.append(cell_text(row["gold"]))
         if relational:
             rank = row.get("rank")

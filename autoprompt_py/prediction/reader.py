@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,23 @@ class InputRow:
     id: str
     example: Example
     keep: dict[str, object] = field(default_factory=dict)
+
+
+def stdin_format(first: bytes) -> str:
+    """The format of standard input from its first line: a JSON object is JSON lines, a line
+    with tabs a TSV header (or row), with commas and no tab CSV; else ask for the option."""
+    text = first.removeprefix(b"\xef\xbb\xbf").strip()
+    if not first or text.startswith(b"{"):  # nothing at all: no rows, in any format
+        return "jsonl"
+    if b"\t" in text:
+        return "tsv"
+    if b"," in text:
+        return "csv"
+    shown = text[:40].decode("utf-8", "backslashreplace") or "(empty)"
+    raise AutopromptError(
+        f"--data -: cannot tell the format of standard input from its first line ({shown!r}); "
+        "name it with --input-format jsonl, tsv or csv"
+    )
 
 
 class RowReader:
@@ -45,7 +63,8 @@ class RowReader:
         if on_error not in ON_ERROR:
             raise AutopromptError(f"--on-error {on_error!r}: use one of {', '.join(ON_ERROR)}")
         self.path = path
-        self.fmt = row_format(path, fmt)
+        # standard input without --input-format: read from its first line (``_rows``)
+        self.fmt = None if path == "-" and not fmt else row_format(path, fmt)
         self.fields = list(fields)
         self.label_field = label_field
         self.keep_columns = keep_columns
@@ -58,13 +77,18 @@ class RowReader:
         self.high_water = 0
 
     def _rows(self) -> Iterator[tuple[int, dict]]:
-        stream = sys.stdin.buffer if self.path == "-" else None
-        name = "<stdin>" if self.path == "-" else self.path
-        if self.fmt == "parquet" and stream is not None:
+        if self.path != "-":
+            return iter_rows(Path(self.path), self.fmt, self.columns)
+        if self.fmt == "parquet":
             raise AutopromptError(
                 "--data -: Parquet cannot be read from standard input; give a file"
             )
-        return iter_rows(Path(name) if stream is None else name, self.fmt, self.columns, stream)
+        stream: Iterable[bytes] = sys.stdin.buffer
+        if self.fmt is None:
+            first = sys.stdin.buffer.readline()
+            self.fmt = stdin_format(first)
+            stream = itertools.chain([first], stream)
+        return iter_rows("<stdin>", self.fmt, self.columns, stream)  # type: ignore[arg-type]
 
     def windows(self, window: int, skip: int = 0) -> Iterator[list[InputRow]]:
         """Lists of at most ``window`` rows, in input order; the first ``skip`` input rows

@@ -18,7 +18,7 @@ from typing import Any
 from autoprompt_py.encoding import tokenize_piece
 from autoprompt_py.errors import AutopromptError, shown
 from autoprompt_py.model import MaskedLM
-from autoprompt_py.results import output_lock, write_json
+from autoprompt_py.results import from_main, output_lock, write_json
 from autoprompt_py.search import record as record_of
 from autoprompt_py.search.candidates import TokenFilters
 from autoprompt_py.search.config import SearchConfig
@@ -184,7 +184,8 @@ def _run(
     if resume:
         if checkpoint is None:
             raise AutopromptError("--resume needs --output or --checkpoint to find the state")
-        state = load_checkpoint(checkpoint, identity)
+        # rank 0 reads it for every rank: it will soon write the next one over it
+        state = from_main(lambda: load_checkpoint(checkpoint, identity))
     else:
         initial = (
             trigger_ids_from_words(lm.tokenizer, task.template, initial_trigger)

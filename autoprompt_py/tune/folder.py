@@ -12,23 +12,28 @@ from __future__ import annotations
 from pathlib import Path
 
 from autoprompt_py.errors import AutopromptError
-from autoprompt_py.results import check_output_path
+from autoprompt_py.results import claim_output
 from autoprompt_py.tune.vectors import TUNE_KIND
 
 RESULT_FILE = "result.json"
 
 
-def check_output_folder(output: str | Path, force: bool = False) -> Path:
-    """Fail before any work when the folder cannot be written or exists without ``force``."""
-    target = check_output_path(output, "--output", folder=True)
-    if target.exists() and not target.is_dir():
+def check_output_folder(output: str | Path, force: bool = False, resume: bool = False) -> Path:
+    """Fail before any work when the folder cannot be written, or exists (or an interrupted
+    run left its checkpoint ``<output>.ckpt``) without ``force`` or ``resume``; ``resume``
+    needs the checkpoint. Under torchrun rank 0 decides for every rank."""
+    if Path(output).is_file():
         raise AutopromptError(f"--output {output} is a file; tune writes a folder: choose another")
-    if target.exists() and not force:
-        raise AutopromptError(
-            f"--output {output} already exists; pass --resume to continue its run, --force to "
-            "replace it, or choose another folder"
-        )
-    return target
+    claim = claim_output(
+        output, force=force, resume=resume, partials=[checkpoint_path(output)], folder=True
+    )
+    assert claim.target is not None
+    return claim.target
+
+
+def checkpoint_path(output: str | Path) -> Path:
+    """Where a run saves its state to resume: ``<output>.ckpt``, beside the folder."""
+    return Path(str(output) + ".ckpt")
 
 
 def write_folder(target: Path, force: bool, part, result: dict) -> Path:
@@ -56,7 +61,53 @@ def read_tuned(folder: str | Path) -> dict | None:
     from autoprompt_py.results import read_json
 
     data = read_json(path / RESULT_FILE, "tune result")
-    return data if isinstance(data, dict) and data.get("kind") == TUNE_KIND else None
+    if not isinstance(data, dict) or data.get("kind") != TUNE_KIND:
+        return None
+    check_tuned(path, data)
+    return data
+
+
+def check_tuned(folder: Path, result: dict) -> None:
+    """A tuned folder is whole before anything reads it: its record names a known method and
+    a template, and every file it lists (and every safetensors file in it) is there and
+    readable. A damaged one is one line naming the file, never a loader's traceback."""
+    from autoprompt_py.tune.config import METHODS
+
+    fix = "run autoprompt tune again, or give another folder"
+    where = folder / RESULT_FILE
+    for key in ("method", "template"):
+        if not isinstance(result.get(key), str):
+            raise AutopromptError(f"{where}: no {key!r}; not a whole tune record: {fix}")
+    if result["method"] not in METHODS:
+        raise AutopromptError(
+            f"{where}: method {result['method']!r} is none of {', '.join(METHODS)}; {fix}"
+        )
+    files = result.get("files") if isinstance(result.get("files"), dict) else {}
+    listed = [folder / n for n in files if "." in n and n != RESULT_FILE]  # "model": a folder
+    for path in dict.fromkeys([*listed, *sorted(folder.glob("*.safetensors"))]):
+        try:
+            size = path.stat().st_size
+        except OSError as e:
+            raise AutopromptError(f"{path}: {e.strerror} (the folder lists it); {fix}") from None
+        if size == 0:
+            raise AutopromptError(f"{path}: an empty file (0 bytes); {fix}")
+        if path.suffix == ".json":
+            from autoprompt_py.results import read_json
+
+            read_json(path, "tuned folder")
+        elif path.suffix == ".safetensors":
+            _check_safetensors(path, fix)
+
+
+def _check_safetensors(path: Path, fix: str) -> None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            f.keys()
+    except Exception as e:  # truncated, garbage: the loader's own error type
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise AutopromptError(f"{path}: damaged safetensors file ({reason}); {fix}") from None
 
 
 def tuned_templates(spec: str):

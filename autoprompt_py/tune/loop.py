@@ -20,11 +20,11 @@ from tqdm.auto import tqdm
 
 from autoprompt_py import distributed
 from autoprompt_py.errors import AutopromptError
-from autoprompt_py.results import atomic_write, read_json, write_json
+from autoprompt_py.results import atomic_write, from_main, read_json, write_json
 from autoprompt_py.tune.config import TuneConfig
 from autoprompt_py.tune.methods import TrainablePart
 from autoprompt_py.tune.objective import Encoded, Objective
-from autoprompt_py.tune.parallel import Parallel, eval_share, from_main, gather_objects, inference
+from autoprompt_py.tune.parallel import Parallel, eval_share, gather_objects, inference
 
 CHECKPOINT_KIND = "autoprompt-tune-checkpoint"
 TENSORS_LAYOUT = "full-fqn"  # parallel.py's state dicts: read at any world size, sharded or not

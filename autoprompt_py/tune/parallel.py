@@ -13,7 +13,7 @@ wraps only what trains: a small module holding the part's trainable parameters, 
 is the part's own; a frozen base stays unwrapped. Checkpoint tensors are full, CPU,
 FQN-keyed state dicts (``torch.distributed.checkpoint.state_dict``), gathered on rank 0 and
 broadcast from it on load: any world size, sharded or not, reads any other's checkpoint.
-Rank 0 alone reads the files (``from_main``) and tells the others what it found.
+Rank 0 alone reads the files (``results.from_main``) and tells the others what it found.
 """
 
 from __future__ import annotations
@@ -274,7 +274,11 @@ def enable_checkpointing(model: nn.Module) -> list[nn.Module]:
             "checkpointing in transformers; leave the option out"
         )
     # non-reentrant: works with frozen inputs (soft prompts, LoRA) and keeps the RNG (dropout)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers ≥ 5.x's name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     return [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
 
 
@@ -324,25 +328,6 @@ def inference(part):
 
 
 # -- rank 0 decides -------------------------------------------------------------------------------
-
-
-def from_main(decide: Callable[[], T]) -> T:
-    """``decide()`` on rank 0 alone (reading shared files: resume or refuse), its value or its
-    one-line error sent to every rank, which returns or raises the same. Other ranks need
-    not see the files (a node-local disk). The value must pickle; keep it small."""
-    if not distributed.active():
-        return decide()
-    box: list[Any] = [None]
-    if distributed.rank() == 0:
-        try:
-            box[0] = ("ok", decide())
-        except AutopromptError as e:
-            box[0] = ("error", str(e))
-    _collective(torch.distributed.broadcast_object_list, box, src=0)
-    kind, value = box[0]
-    if kind == "error":
-        raise AutopromptError(value)
-    return value
 
 
 def gather_objects(value: T) -> list[T]:

@@ -14,7 +14,12 @@ from autoprompt_py.model import MaskedLM
 from autoprompt_py.prompt import model_record
 from autoprompt_py.results import provenance
 from autoprompt_py.tune.config import TuneConfig
-from autoprompt_py.tune.folder import TUNE_KIND, check_output_folder, write_folder
+from autoprompt_py.tune.folder import (
+    TUNE_KIND,
+    check_output_folder,
+    checkpoint_path,
+    write_folder,
+)
 from autoprompt_py.tune.loop import Trainer, evaluate
 from autoprompt_py.tune.methods import build_part, count_parameters
 from autoprompt_py.tune.objective import Objective
@@ -74,20 +79,25 @@ def tune(
     config = config or TuneConfig()
     config.check_task(task.template.num_triggers, task.open_triggers, task.template.is_relational)
     from autoprompt_py import distributed
-    from autoprompt_py.tune.parallel import from_main, layout
+    from autoprompt_py.tune.parallel import layout
 
     layout(config, distributed.world_size())  # the global batch splits over the processes
     target = None
     if output is not None:  # rank 0 alone looks at the files, and tells the others
-        target = from_main(lambda: check_output_folder(output, force or resume))
+        target = check_output_folder(output, force, resume)
     objective = make_objective(lm, task, config)
     part = build_part(lm, task, config, objective)
     train = objective.encode(task.train, part.template)
     dev = objective.encode(task.dev, part.template)
     identity = {**task.identity, "model": lm.name, "config": config.identity()}
-    checkpoint = Path(str(target) + ".ckpt") if target is not None else None
+    checkpoint = checkpoint_path(target) if target is not None else None
     trainer = Trainer(part, objective, train, dev, config, lm.device, identity, checkpoint)
-    state = trainer.run(resume=resume, progress=progress)
+    try:
+        state = trainer.run(resume=resume, progress=progress)
+    except Exception:  # a full disk at the first checkpoint: no empty folder left behind
+        if checkpoint is not None and checkpoint.is_dir() and not any(checkpoint.iterdir()):
+            checkpoint.rmdir()
+        raise
     metric = objective.metric
     test = None
     if task.test is not None and not trainer.interrupted:
