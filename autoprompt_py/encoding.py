@@ -103,6 +103,20 @@ class _SpecialLayout:
         return len(self.prefix) + len(self.middle) + len(self.suffix)
 
 
+def _bos_before_slot(
+    tokenizer: PreTrainedTokenizerBase, template: Template
+) -> tuple[list[int], list[int]]:
+    """A decoder predicts a slot from the text before it: a template that starts with the slot
+    needs the model's bos token there, which this tokenizer does not add itself."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        raise AutopromptError(
+            f"template {template.source!r} starts with the answer slot, and this decoder has no "
+            "bos token to predict it from; write some text before the slot"
+        )
+    return [bos], [0]
+
+
 @dataclass
 class EncodedExample:
     input_ids: list[int]
@@ -134,6 +148,11 @@ class TemplateEncoder:
         self.layout = _SpecialLayout.of(tokenizer, pair=len(template.segments) == 2)
         # read once: a tokenizer attribute costs microseconds, which 67k rows make seconds
         self._mask_id = tokenizer.mask_token_id
+        # A tokenizer without a mask token is a decoder's (causal_model.py): the slot holds no
+        # token; its "mask position" is the last token before it, whose logits predict it.
+        self.next_token = self._mask_id is None
+        if trigger_fill_id is None and self.next_token:
+            trigger_fill_id = tokenizer.eos_token_id or 0  # replaced by search before any use
         fill = self._mask_id if trigger_fill_id is None else trigger_fill_id
         self._trigger_ids = [fill if t is None else t for t in template.trigger_ids]
         self._literal_ids = {
@@ -146,6 +165,8 @@ class TemplateEncoder:
         self._prefix = ([i for i, _ in layout.prefix], [t for _, t in layout.prefix])
         self._middle = ([i for i, _ in layout.middle], [t for _, t in layout.middle])
         self._suffix = ([i for i, _ in layout.suffix], [t for _, t in layout.suffix])
+        if self.next_token and not self._prefix[0] and isinstance(template.parts[0], Predict):
+            self._prefix = _bos_before_slot(tokenizer, template)
 
     def encode(
         self, example: Example, field_ids: dict[int, list[int]] | None = None
@@ -186,6 +207,15 @@ class TemplateEncoder:
             for p, ids in chunks:
                 if isinstance(p, Trigger):
                     trigger_pos.append(len(input_ids))
+                elif isinstance(p, Predict) and self.next_token:
+                    if not input_ids:
+                        raise AutopromptError(
+                            f"{example.source or 'an example'}: no text before the answer slot "
+                            f"of {self.template.source!r} (an empty field); a decoder predicts "
+                            "the slot from the text before it"
+                        )
+                    mask_pos.append(len(input_ids) - 1)
+                    continue  # the slot holds no token: its length was reserved above
                 elif isinstance(p, Predict):
                     mask_pos.extend(range(len(input_ids), len(input_ids) + len(ids)))
                 input_ids += ids

@@ -6,14 +6,17 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
 from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from autoprompt_py.causal_model import load_causal
 from autoprompt_py.default_model import DEFAULT_MODEL, check_default_model, is_default_model
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.hub import check_hub_model
+from autoprompt_py.model_kind import MASKED, kind_of_config
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -70,6 +73,7 @@ class MaskedLM:
     name: str
     # float32 weights with the forward under autocast to this dtype (bf16 on GPUs), or None
     autocast_dtype: torch.dtype | None = None
+    kind: ClassVar[str] = MASKED  # decoders: causal_model.CausalLM, the same interface
 
     def __post_init__(self) -> None:
         self.model.eval()
@@ -170,7 +174,8 @@ def load_model(
     autocast: bool | None = None,
 ) -> MaskedLM:
     """Load a masked LM and its tokenizer from a local folder or a hub id; without a name (or
-    with ``"bert-tiny-splade"``/``"default"``), the small model bundled in the package.
+    with ``"bert-tiny-splade"``/``"default"``), the small model bundled in the package. A
+    decoder (the kind read from the config: ``model_kind.py``) loads as a ``CausalLM``.
 
     A hub id that is neither cached nor reachable fails within seconds (``hub.py``).
     ``dtype`` bfloat16/float16 with ``autocast`` (default: on GPUs) keeps float32 weights and
@@ -199,10 +204,13 @@ def load_model(
         else:
             _check_model_folder(Path(name).expanduser(), name)
     kwargs = {"local_files_only": True} if cache_only else {}
+    kind = _checkpoint_kind(source, name, local, kwargs)  # before any weight loads
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     except Exception as e:  # transformers raises many types for a bad folder or offline hub
         raise AutopromptError(_load_failure(name, local, "tokenizer", e)) from None
+    if kind != MASKED:  # a decoder: causal_model.py
+        return load_causal(source, name, tokenizer, dev, DTYPES[dtype], autocast_dtype, **kwargs)
     try:
         model, info = AutoModelForMaskedLM.from_pretrained(
             source, dtype=DTYPES[dtype], output_loading_info=True, **kwargs
@@ -221,6 +229,16 @@ def load_model(
             f"--model {name}: its tokenizer has no mask token; a masked LM is needed"
         )
     return MaskedLM(model.to(dev), tokenizer, name, autocast_dtype)
+
+
+def _checkpoint_kind(source: str, name: str, local: bool, kwargs: dict) -> str:
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(source, **kwargs)
+    except Exception as e:
+        raise AutopromptError(_load_failure(name, local, "model config", e)) from None
+    return kind_of_config(config, name)
 
 
 def _check_model_folder(path: Path, name: str) -> None:

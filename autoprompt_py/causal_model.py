@@ -1,0 +1,178 @@
+"""Decoders (any ``AutoModelForCausalLM``) behind the model interface of ``model.py``.
+
+A decoder predicts the answer slot as the next token: ``mask_logits`` at a position returns the
+distribution of the token *after* it, so the encoder (``encoding.py``) gives the position of
+the last real token before the slot, and every caller that reads slot logits (label scores,
+relation ranks, calibration, search losses) works unchanged. The LM head runs at those
+positions only, as for masked LMs. ``sequence_log_probs`` scores given tokens as a
+continuation (lm-evaluation-harness's log-likelihood): text after the slot, multi-token labels.
+
+Batches are right-padded: under causal attention a real token never sees the padding after it,
+and the default position ids (0, 1, ...) are right for every real token, so batch size and
+padding never change a figure. A decoder without a pad token needs none (any id fills the
+padding, which the attention mask hides); the user's files are never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from autoprompt_py.errors import AutopromptError
+from autoprompt_py.model_kind import CAUSAL
+
+
+@dataclass
+class CausalLM:
+    """A frozen decoder with its tokenizer, on one device (the interface of ``MaskedLM``)."""
+
+    model: nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+    autocast_dtype: torch.dtype | None = None
+    kind: ClassVar[str] = CAUSAL
+
+    def __post_init__(self) -> None:
+        self.model.eval()
+        self.model.requires_grad_(False)
+        self._gather_at: torch.Tensor | None = None
+        # Every HF decoder ends in its LM head (the output embeddings) applied position-wise to
+        # the final hidden states; gathering the wanted positions at the head's input is exact
+        # for all families (OPT's forward bypasses its base model, so no hook can sit there).
+        head = self.model.get_output_embeddings()
+        if head is None:
+            raise AutopromptError(f"--model {self.name}: this decoder has no LM head to score with")
+        head.register_forward_pre_hook(self._gather_hook)
+        self.uses_token_type_ids = False  # GPT-2's token types are not segments: never sent
+
+    @property
+    def device(self) -> torch.device:
+        return self.embeddings.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embeddings.dtype
+
+    @property
+    def embeddings(self) -> torch.Tensor:
+        """The input embedding matrix, [vocab, embedding dim]."""
+        return self.model.get_input_embeddings().weight
+
+    @property
+    def vocab_size(self) -> int:
+        return self.embeddings.shape[0]
+
+    @property
+    def max_length(self) -> int:
+        """The longest input that both tokenizer and model accept."""
+        limit = self.tokenizer.model_max_length
+        config = self.model.config
+        positions = getattr(config, "max_position_embeddings", None) or getattr(
+            config, "n_positions", None
+        )
+        if not limit or limit > 100_000:  # tokenizers without a limit say 1e30
+            limit = positions or 2048
+        return min(limit, positions) if positions else limit
+
+    def _gather_hook(self, module: nn.Module, args: tuple) -> tuple | None:
+        if self._gather_at is None:
+            return None
+        hidden = args[0]
+        rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
+        return (hidden[rows, self._gather_at], *args[1:])
+
+    @contextlib.contextmanager
+    def head_at(self, positions: torch.Tensor) -> Iterator[None]:
+        """Within it, a forward of ``self.model`` (or a wrapper of it) runs the LM head at
+        ``positions`` ([batch, k]) only: logits [batch, k, vocab] of the token after each."""
+        self._gather_at = positions
+        try:
+            yield
+        finally:
+            self._gather_at = None
+
+    def mask_logits(
+        self,
+        mask_positions: torch.Tensor,
+        attention_mask: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Next-token logits at ``mask_positions`` ([batch, k]): [batch, k, vocab].
+        ``token_type_ids`` is accepted for the interface and ignored."""
+        kwargs: dict[str, Any] = {"attention_mask": attention_mask, "use_cache": False}
+        if inputs_embeds is not None:
+            kwargs["inputs_embeds"] = inputs_embeds
+        else:
+            kwargs["input_ids"] = input_ids
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.autocast_dtype)
+            if self.autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with self.head_at(mask_positions), autocast:
+            out = self.model(**kwargs, return_dict=True)
+        return out.logits
+
+    def sequence_log_probs(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        positions: torch.Tensor,
+        valid: torch.Tensor,
+    ) -> torch.Tensor:
+        """Σ_j log p(input_ids[r, positions[r, j] + 1] | the tokens up to positions[r, j]) over
+        the ``valid`` j of each row: the log-likelihood of a continuation, [batch] float32.
+
+        ``positions`` [batch, m] index the token before each scored one; ``valid`` [batch, m]
+        bool marks the real entries of rows with fewer than m scored tokens."""
+        logits = self.mask_logits(positions, attention_mask, input_ids=input_ids)
+        targets = input_ids.gather(1, (positions + 1).clamp(max=input_ids.shape[1] - 1))
+        picked = logits.gather(2, targets[..., None]).squeeze(-1).float()
+        picked = picked - logits.float().logsumexp(-1)
+        return (picked * valid).sum(1)
+
+    def word_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Input embeddings of ids, as the model's embedding layer looks them up."""
+        return self.model.get_input_embeddings()(input_ids)
+
+
+def load_causal(
+    source: str,
+    name: str,
+    tokenizer: PreTrainedTokenizerBase,
+    device: torch.device,
+    dtype: torch.dtype,
+    autocast_dtype: torch.dtype | None,
+    **kwargs: Any,
+) -> CausalLM:
+    """Load a decoder whose kind ``model_kind`` established; ``kwargs`` go to from_pretrained."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, output_loading_info=True, **kwargs
+        )
+    except Exception as e:  # transformers raises many types for a bad folder or offline hub
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise AutopromptError(
+            f"--model {name}: could not load a decoder ({reason[:200]})"
+        ) from None
+    missing = [k for k in info.get("missing_keys") or () if "lm_head" in k or "embed_out" in k]
+    if missing and not getattr(model.config, "tie_word_embeddings", False):
+        raise AutopromptError(
+            f"--model {name}: the weights lack the decoder's LM head ({missing[0]}); save the "
+            "model with its head (an ...ForCausalLM class)"
+        )
+    if tokenizer.mask_token is not None:
+        # Some decoders' tokenizers (Gemma) name a mask token they were never trained to fill;
+        # the encoder reads "no mask token" as "predict the next token". In memory only.
+        tokenizer.mask_token = None
+    return CausalLM(model.to(device), tokenizer, name, autocast_dtype)

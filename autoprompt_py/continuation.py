@@ -1,0 +1,127 @@
+"""Continuation scoring on decoders: each candidate (a label word, a relation object) scored as
+the log-probability of its tokens *and of the template text after the slot*, given the text
+before the slot (lm-evaluation-harness's log-likelihood), batched one candidate per row.
+
+Used where reading the next token at the slot is not enough: text follows the slot
+(``{sentence} It was [P] .``) or a candidate has several tokens. Where the slot is last and
+every candidate is one token, one forward gives them all (``CausalLM.mask_logits``).
+The template is encoded once per example (``encoding.py``: the text before and after the slot,
+the slot itself holding no token); each row is that text with a candidate's tokens inserted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from autoprompt_py import distributed
+from autoprompt_py.data import Example
+from autoprompt_py.encoding import TemplateEncoder
+from autoprompt_py.errors import AutopromptError
+from autoprompt_py.model import MaskedLM
+from autoprompt_py.model_kind import CAUSAL
+from autoprompt_py.template import Predict, Template
+
+
+def slot_is_last(template: Template) -> bool:
+    """True when nothing follows the prediction slot in the template."""
+    return isinstance(template.segments[-1][-1], Predict)
+
+
+def needs_continuation(
+    lm: MaskedLM, template: Template, candidates: Sequence[Sequence[int]] | None
+) -> bool:
+    """True for a decoder that must score candidates as continuations (see the module doc)."""
+    if lm.kind != CAUSAL:
+        return False
+    return not slot_is_last(template) or any(len(c) > 1 for c in candidates or ())
+
+
+def require_slot_last(lm: MaskedLM, template: Template, vocab: bool = False) -> None:
+    """Ranking the whole vocabulary on a decoder reads the next token, so [Y] must be last
+    (text after it would make every token of the vocabulary a continuation to score)."""
+    if needs_continuation(lm, template, None):
+        offer = "" if vocab else ", or give --vocab (its words are then scored as continuations)"
+        raise AutopromptError(
+            f"template {template.source!r}: on a decoder, relation probing over the whole "
+            f"vocabulary needs [Y] last in the template; move [Y] to the end{offer}"
+        )
+
+
+def check_aggregation(aggregation: str, template: Template) -> None:
+    """``mean-logit`` averages raw logits read at a mask; a continuation's score is a
+    log-probability of several tokens, which has no logit: refused by name."""
+    if aggregation == "mean-logit":
+        raise AutopromptError(
+            f"--aggregation mean-logit has no meaning on a decoder scoring {template.source!r} "
+            "as a continuation (text after the slot, or label words of several tokens); use "
+            "sum or mean-logprob"
+        )
+
+
+def continuation_log_probs(
+    lm: MaskedLM,
+    template: Template,
+    examples: Sequence[Example],
+    candidates: Sequence[Sequence[int]],
+    batch_size: int = 32,
+    desc: str | None = None,
+) -> tuple[torch.Tensor, int]:
+    """log p(candidate tokens + the text after the slot | the text before it), float32
+    [examples, candidates], and the number of truncated inputs.
+
+    ``batch_size`` counts rows (one example × one candidate). Under torch.distributed each
+    rank scores every ``world_size``-th batch of the same batches; the sum over ranks is
+    the one-process result.
+    """
+    longest = max(len(c) for c in candidates)
+    encoder = TemplateEncoder(template, lm.tokenizer, lm.max_length, n_masks=longest)
+    dataset = encoder.encode_all(examples)
+    n_special = len(encoder.layout.suffix)  # an eos the tokenizer appends is not scored
+    lengths = np.array([len(e.input_ids) for e in dataset.examples])
+    sizes = np.array([len(c) for c in candidates])
+    # rows (example, candidate) in length order: little padding, the same batches every run
+    row_len = (lengths[:, None] + sizes[None, :]).ravel()
+    order = np.argsort(row_len, kind="stable")
+    n_cand = len(candidates)
+    out = torch.zeros(len(examples) * n_cand, dtype=torch.float32)
+    world, rank = distributed.world_size(), distributed.rank()
+    pad = dataset.pad_id
+    with (
+        torch.inference_mode(),
+        tqdm(total=len(order), desc=desc, unit="row", disable=desc is None, leave=False) as bar,
+    ):
+        for b, start in enumerate(range(0, len(order), batch_size)):
+            rows = order[start : start + batch_size]
+            bar.update(len(rows))
+            if b % world != rank:
+                continue
+            seqs, first, counts = [], [], []
+            for r in rows.tolist():
+                enc = dataset.examples[r // n_cand]
+                cand = list(candidates[r % n_cand])
+                p = enc.mask_positions[0]
+                ids = enc.input_ids
+                seqs.append(ids[: p + 1] + cand + ids[p + 1 :])
+                first.append(p)  # the position whose logits predict the first candidate token
+                counts.append(len(cand) + len(ids) - p - 1 - n_special)
+            width, m = max(map(len, seqs)), max(counts)
+            ids_t = torch.full((len(rows), width), pad, dtype=torch.long)
+            attention = torch.zeros((len(rows), width), dtype=torch.long)
+            for j, s in enumerate(seqs):
+                ids_t[j, : len(s)] = torch.tensor(s)
+                attention[j, : len(s)] = 1
+            steps = torch.arange(m)
+            count_t = torch.tensor(counts)
+            valid = steps[None, :] < count_t[:, None]
+            positions = torch.where(valid, torch.tensor(first)[:, None] + steps, 0)
+            dev = lm.device
+            scores = lm.sequence_log_probs(
+                ids_t.to(dev), attention.to(dev), positions.to(dev), valid.to(dev)
+            )
+            out[torch.from_numpy(rows)] = scores.float().cpu()
+    distributed.all_reduce_(out)
+    return out.view(len(examples), n_cand), dataset.num_truncated
