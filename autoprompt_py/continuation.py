@@ -51,12 +51,12 @@ def require_slot_last(lm: MaskedLM, template: Template, vocab: bool = False) -> 
         )
 
 
-def check_aggregation(aggregation: str, template: Template) -> None:
+def check_aggregation(aggregation: str, template_name: str) -> None:
     """``mean-logit`` averages raw logits read at a mask; a continuation's score is a
     log-probability of several tokens, which has no logit: refused by name."""
     if aggregation == "mean-logit":
         raise AutopromptError(
-            f"--aggregation mean-logit has no meaning on a decoder scoring {template.source!r} "
+            f"--aggregation mean-logit has no meaning on a decoder scoring {template_name!r} "
             "as a continuation (text after the slot, or label words of several tokens); use "
             "sum or mean-logprob"
         )

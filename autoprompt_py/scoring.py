@@ -79,7 +79,7 @@ def classify(
     """Score every label of every example; one pass per distinct number of label-word pieces."""
     check_fields(examples, template.fields, template.source)
     if needs_continuation(lm, template, verbalizer.pieces):  # a decoder: see continuation.py
-        check_aggregation(verbalizer.aggregation, template)
+        check_aggregation(verbalizer.aggregation, template.source)
         words, truncated = continuation_log_probs(
             lm, template, examples, verbalizer.pieces, batch_size, desc
         )

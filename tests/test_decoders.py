@@ -229,3 +229,39 @@ def test_a_result_of_the_other_kind_is_refused(
     lines = r.stderr.splitlines()
     assert len(lines) == 1 and f"made with a {made_on} model" in lines[0], r.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("template", ["{sentence} It was [P]", "{sentence} It was [P] ."])
+def test_predict_gives_the_label_scores_of_score(template, decoders, tiny_decoder_dirs, tmp_path):
+    from autoprompt_py.ensemble import log_normalise
+
+    data = REPO / "examples" / "sentiment" / "dev.tsv"
+    out = tmp_path / "rows.jsonl"
+    args = [
+        "predict", "--model", tiny_decoder_dirs["qwen2"], "--device", "cpu", "--data", data,
+        "--template", template, "--verbalizer", "sst2", "--output", out, "--batch-size", "3",
+    ]  # fmt: skip
+    r = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    assert r.exit_code == 0, r.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    from autoprompt_py.data import read_examples
+
+    examples = read_examples(str(data), "label")
+    lm = decoders["qwen2"]
+    verb = Verbalizer.from_file(REPO / "verbalizers" / "sst2.json").resolve(lm.tokenizer)
+    want = np.exp(log_normalise(classify(lm, parse_template(template), examples, verb).scores))
+    got = np.array([[row["p_0"], row["p_1"]] for row in rows])
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_an_ensemble_of_decoder_prompts(tiny_decoder_dirs, tmp_path):
+    out = tmp_path / "score.json"
+    args = [
+        "score", "--model", tiny_decoder_dirs["gpt-neox"], "--device", "cpu",
+        "--data", REPO / "examples" / "sentiment" / "dev.tsv", "--template", "sst2",
+        "--verbalizer", "sst2", "--ensemble", "--bootstrap", "0", "--output", out,
+    ]  # fmt: skip
+    r = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    assert r.exit_code == 0, r.stderr
+    result = json.loads(out.read_text())
+    assert len(result["templates"]) == 3 and result["ensemble"]["accuracy"] >= 0
