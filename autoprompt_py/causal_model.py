@@ -69,6 +69,15 @@ class CausalLM:
         return self.embeddings.shape[0]
 
     @property
+    def trigger_fill_id(self) -> int:
+        """What open trigger slots hold when a search starts: a decoder has no mask token, so
+        ``x`` as nanoGCG starts (``x x x ...``), or the eos token if ``x`` is not one token."""
+        ids = self.tokenizer.encode(" x", add_special_tokens=False)
+        if len(ids) == 1:
+            return ids[0]
+        return self.tokenizer.eos_token_id or 0
+
+    @property
     def max_length(self) -> int:
         """The longest input that both tokenizer and model accept."""
         limit = self.tokenizer.model_max_length

@@ -102,6 +102,11 @@ class MaskedLM:
         return self.embeddings.shape[0]
 
     @property
+    def trigger_fill_id(self) -> int:
+        """What open trigger slots hold when a search starts (``--initial mask``)."""
+        return self.tokenizer.mask_token_id
+
+    @property
     def max_length(self) -> int:
         """The longest input, special tokens included, that both tokenizer and model accept."""
         limit = self.tokenizer.model_max_length

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from autoprompt_py.continuation import require_next_token
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.model import MaskedLM
 from autoprompt_py.search.config import SearchConfig
@@ -53,6 +54,7 @@ class EncodedTask:
             train, train_gold = single_token_facts(lm, task, task.train, "train", None, counts)
             dev, dev_gold = single_token_facts(lm, task, task.dev, "dev", eval_ids, counts)
             label_ids = sorted(set(train_gold))  # as AutoPrompt: no trigger may be an answer
+        require_next_token(lm, task.template, objective.mask_counts)
         tensors = [
             SplitTensors(
                 task.template,
