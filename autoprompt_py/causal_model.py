@@ -130,6 +130,63 @@ class CausalLM:
             out = self.model(**kwargs, return_dict=True)
         return out.logits
 
+    def shared_prefix_logits(
+        self,
+        mask_positions: torch.Tensor,
+        attention_mask: torch.Tensor,
+        input_ids: torch.Tensor,
+        split_at: torch.Tensor,
+        group: int,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``mask_logits`` for rows that come in groups of ``group`` consecutive rows sharing
+        their first ``split_at[r]`` tokens (one example under many candidate triggers, the
+        first trigger at ``split_at``): the shared text runs once per group and its key/value
+        cache serves every row of the group (nanoGCG's prefix cache). The same logits.
+
+        The prefixes of a batch differ in length: they are right-padded, the padding hidden by
+        the attention mask, and the rest of each row gets explicit position ids after its own
+        prefix, so padding moves no position."""
+        rows, width = input_ids.shape
+        if group <= 1 or rows % group:
+            return self.mask_logits(mask_positions, attention_mask, input_ids=input_ids)
+        lead = split_at[::group]  # [examples]: tokens before the first trigger
+        p_max = int(lead.max())
+        if p_max < 1:
+            return self.mask_logits(mask_positions, attention_mask, input_ids=input_ids)
+        prefix_mask = (torch.arange(p_max, device=lead.device)[None, :] < lead[:, None]).long()
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.autocast_dtype)
+            if self.autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            cache = self.model(
+                input_ids=input_ids[::group, :p_max],
+                attention_mask=prefix_mask,
+                use_cache=True,
+                logits_to_keep=1,  # the prefix's logits are never read
+            ).cache
+        cache.batch_repeat_interleave(group)
+        starts = split_at  # [rows]
+        lengths = attention_mask.sum(1)
+        rest = int((lengths - starts).max())
+        steps = torch.arange(rest, device=input_ids.device)
+        take = (starts[:, None] + steps[None, :]).clamp(max=width - 1)
+        rest_mask = (steps[None, :] < (lengths - starts)[:, None]).long()
+        rest_ids = input_ids.gather(1, take) * rest_mask
+        full_mask = torch.cat([prefix_mask.repeat_interleave(group, 0), rest_mask], 1)
+        with self.head_at(mask_positions - starts[:, None]), autocast:
+            out = self.model(
+                input_ids=rest_ids,
+                attention_mask=full_mask,
+                position_ids=starts[:, None] + steps[None, :],
+                cache=cache,
+                use_cache=True,
+                return_dict=True,
+            )
+        return out.logits
+
     def sequence_log_probs(
         self,
         input_ids: torch.Tensor,

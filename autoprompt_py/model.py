@@ -167,6 +167,21 @@ class MaskedLM:
             out = self.model(**kwargs, return_dict=True)
         return out.logits
 
+    def shared_prefix_logits(
+        self,
+        mask_positions: torch.Tensor,
+        attention_mask: torch.Tensor,
+        input_ids: torch.Tensor,
+        split_at: torch.Tensor,
+        group: int,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``mask_logits`` of rows in groups sharing a prefix (a decoder caches it:
+        ``CausalLM``); every token of a masked LM sees the triggers, so nothing is shared."""
+        return self.mask_logits(
+            mask_positions, attention_mask, input_ids=input_ids, token_type_ids=token_type_ids
+        )
+
     def word_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Input embeddings of ids, as the model's embedding layer looks them up."""
         return self.model.get_input_embeddings()(input_ids)

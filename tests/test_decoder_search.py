@@ -190,3 +190,29 @@ def test_what_a_decoder_search_refuses(template, verbalizer, message, tiny_decod
     assert r.exit_code == 2
     assert len(r.stderr.splitlines()) == 1 and message in r.stderr, r.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2", "gpt-neox", "opt"])
+def test_the_prefix_cache_changes_no_candidate_loss(family, tiny_decoder_dirs):
+    """Candidates scored with the text before the first trigger cached once per example
+    (``trigger_losses``) lose exactly what each trigger loses scored alone (``evaluate``)."""
+    from autoprompt_py.search.engine import TriggerSearch
+    from autoprompt_py.search.task import load_task
+
+    lm = load_model(tiny_decoder_dirs[family], device="cpu")
+    repo = Path(__file__).resolve().parents[1]
+    task = load_task(
+        "{sentence} [T] [T] It was [P]",
+        str(repo / "examples" / "sentiment" / "train.tsv"),
+        str(repo / "examples" / "sentiment" / "dev.tsv"),
+        verbalizer="sst2",
+        train_limit=12,
+    )
+    search = TriggerSearch(lm, task)
+    allowed = torch.nonzero(search.allowed).squeeze(1)
+    triggers = allowed[torch.randperm(len(allowed), generator=torch.Generator().manual_seed(0))]
+    triggers = triggers[:10].view(5, 2)
+    index = np.arange(len(search.train))
+    cached = search.scorer.trigger_losses(search.train, index, triggers)
+    alone = torch.stack([search.scorer.evaluate(search.train, t).loss.sum() for t in triggers])
+    torch.testing.assert_close(cached, alone, atol=1e-4, rtol=1e-5)
