@@ -216,3 +216,47 @@ def test_the_prefix_cache_changes_no_candidate_loss(family, tiny_decoder_dirs):
     cached = search.scorer.trigger_losses(search.train, index, triggers)
     alone = torch.stack([search.scorer.evaluate(search.train, t).loss.sum() for t in triggers])
     torch.testing.assert_close(cached, alone, atol=1e-4, rtol=1e-5)
+
+
+def test_label_search_on_the_test_bed_finds_the_planted_words(test_bed, tmp_path):
+    out = tmp_path / "labels.json"
+    r = _invoke(
+        "labels", "--model", test_bed["model"], "--device", "cpu", "--train", test_bed["data"],
+        "--template", "{sentence} " + KEY + " It was [P]", "--per-class", "1", "--output", out,
+    )  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(out.read_text()) == {"0": ["terrible"], "1": ["great"]}
+    r = _invoke(
+        "labels", "--model", test_bed["model"], "--device", "cpu", "--train", test_bed["data"],
+        "--template", "{sentence} It was [P] .", "--output", tmp_path / "no.json",
+    )  # fmt: skip
+    assert r.exit_code == 2 and "needs the answer slot last" in r.stderr
+
+
+def test_export_peft_on_a_decoder_loads_as_a_causal_adapter(test_bed, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = tmp_path / "peft"
+    r = _invoke(
+        "export", "--model", test_bed["model"], "--template", "{sentence} [T] It was [P]",
+        "--format", "peft", "--out", folder,
+    )  # fmt: skip
+    assert r.exit_code == 2  # an open slot has no token to export: the command says so
+    r = _invoke(
+        "export", "--model", test_bed["model"], "--template", "Review: {sentence} It was [P]",
+        "--format", "peft", "--out", folder,
+    )  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    assert json.loads((folder / "adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"
+    tok = AutoTokenizer.from_pretrained(test_bed["model"])
+    base = AutoModelForCausalLM.from_pretrained(test_bed["model"]).eval()
+    seed = json.loads((folder / "adapter_config.json").read_text())["num_virtual_tokens"]
+    model = PeftModel.from_pretrained(base, folder).eval()
+    text = tok.encode("a good film It was")
+    prompt_ids = tok.encode("Review: It was")[:seed]
+    with torch.no_grad():
+        soft = model(input_ids=torch.tensor([text])).logits[0, -1]
+        with model.disable_adapter():
+            hard = model(input_ids=torch.tensor([prompt_ids + text])).logits[0, -1]
+    torch.testing.assert_close(soft, hard, atol=1e-4, rtol=0)
