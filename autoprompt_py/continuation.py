@@ -20,10 +20,10 @@ from tqdm.auto import tqdm
 from autoprompt_py import distributed
 from autoprompt_py.data import Example
 from autoprompt_py.encoding import TemplateEncoder
-from autoprompt_py.errors import AutopromptError
+from autoprompt_py.errors import AutopromptError, warn
 from autoprompt_py.model import MaskedLM
 from autoprompt_py.model_kind import CAUSAL
-from autoprompt_py.template import Predict, Template
+from autoprompt_py.template import Field, Literal, Predict, Template, Trigger
 
 
 def slot_is_last(template: Template) -> bool:
@@ -67,6 +67,50 @@ def require_next_token(lm: MaskedLM, template: Template, mask_counts: Sequence[i
             "a search on a decoder needs label words of one token each (with their leading "
             "space); choose single-token words for the verbalizer"
         )
+
+
+def written_out(lm: MaskedLM, template: Template, example: Example, answer: str) -> str:
+    """The example's text as a user would write it, with ``answer`` in the slot."""
+    out: list[str] = []
+    for p in template.parts:
+        if isinstance(p, Literal):
+            text = p.text
+        elif isinstance(p, Field):
+            text = example.fields[p.name].strip()
+        elif isinstance(p, Trigger):
+            text = lm.tokenizer.decode([p.token_id]).strip() if p.token_id is not None else ""
+        else:
+            text = answer
+        if text:
+            out.append((" " if p.space_before and out else "") + text)
+    return "".join(out)
+
+
+def report_boundary_merges(
+    lm: MaskedLM, template: Template, example: Example, words: Sequence[str],
+    pieces: Sequence[Sequence[int]],
+) -> None:  # fmt: skip
+    """Warn when a label word's row (the template's pieces, each tokenized on its own) is not
+    what the tokenizer makes of the text written out: a merge across a boundary, or a
+    SentencePiece ``▁`` before text that follows without a space. Checked on one example."""
+    if lm.kind != CAUSAL or template.num_triggers and None in template.trigger_ids:
+        return
+    encoder = TemplateEncoder(template, lm.tokenizer, lm.max_length, n_masks=1)
+    enc = encoder.encode(example)
+    p = enc.mask_positions[0]
+    end = len(enc.input_ids) - len(encoder.layout.suffix)
+    for word, ids in zip(words, pieces):
+        row = enc.input_ids[: p + 1] + list(ids) + enc.input_ids[p + 1 : end]
+        whole = lm.tokenizer(written_out(lm, template, example, word))["input_ids"]
+        whole = whole[: len(whole) - len(encoder.layout.suffix)]
+        if row != whole:
+            where = example.source or "the first example"
+            warn(
+                f"template {template.source!r}, label word {word!r}: written out, the text "
+                f"tokenizes differently from the template's pieces ({where}); scores are of "
+                "the pieces — check the spaces around the slot"
+            )
+            return
 
 
 def check_aggregation(aggregation: str, template_name: str) -> None:

@@ -14,6 +14,7 @@ from autoprompt_py.continuation import (
     check_aggregation,
     continuation_log_probs,
     needs_continuation,
+    report_boundary_merges,
     require_slot_last,
 )
 from autoprompt_py.data import Example, check_fields
@@ -78,6 +79,8 @@ def classify(
 ) -> Classification:
     """Score every label of every example; one pass per distinct number of label-word pieces."""
     check_fields(examples, template.fields, template.source)
+    if examples:  # a decoder's label rows against the text written out
+        report_boundary_merges(lm, template, examples[0], verbalizer.words, verbalizer.pieces)
     if needs_continuation(lm, template, verbalizer.pieces):  # a decoder: see continuation.py
         check_aggregation(verbalizer.aggregation, template.source)
         words, truncated = continuation_log_probs(

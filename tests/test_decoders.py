@@ -9,6 +9,7 @@ session, so leading-space behaviour (``Ġgreat``, ``▁great``) is real.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -265,3 +266,18 @@ def test_an_ensemble_of_decoder_prompts(tiny_decoder_dirs, tmp_path):
     assert r.exit_code == 0, r.stderr
     result = json.loads(out.read_text())
     assert len(result["templates"]) == 3 and result["ensemble"]["accuracy"] >= 0
+
+
+def test_a_label_whose_tokens_change_when_written_out_is_reported(decoders):
+    from autoprompt_py.errors import AutopromptWarning
+
+    lm = decoders["llama"]  # SentencePiece: "." alone is "▁.", after "great" it is "."
+    verb = Verbalizer.from_dict(WORDS).resolve(lm.tokenizer)
+    with pytest.warns(AutopromptWarning, match="label word 'terrible': written out"):
+        classify(lm, parse_template("{sentence} It was [P]."), _examples(), verb)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AutopromptWarning)
+        classify(lm, parse_template("{sentence} It was [P] ."), _examples(), verb)
+        gpt2 = decoders["gpt2"]  # byte-level BPE: "Ġgreat" then "." either way
+        verb = Verbalizer.from_dict(WORDS).resolve(gpt2.tokenizer)
+        classify(gpt2, parse_template("{sentence} It was [P]."), _examples(), verb)
