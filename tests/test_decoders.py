@@ -281,3 +281,56 @@ def test_a_label_whose_tokens_change_when_written_out_is_reported(decoders):
         gpt2 = decoders["gpt2"]  # byte-level BPE: "Ġgreat" then "." either way
         verb = Verbalizer.from_dict(WORDS).resolve(gpt2.tokenizer)
         classify(gpt2, parse_template("{sentence} It was [P]."), _examples(), verb)
+
+
+def _one_line_error(r, *parts: str) -> None:
+    assert r.exit_code == 2, (r.exit_code, r.stderr)
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    for part in parts:
+        assert part in lines[0], (part, lines[0])
+
+
+def test_bad_input_on_decoders_is_one_line(tiny_decoder_dirs, tiny_model_dirs, tmp_path):
+    from autoprompt_py.resources import RESULT_KIND
+
+    data = REPO / "examples" / "sentiment" / "dev.tsv"
+    out = tmp_path / "out.json"
+
+    def run(*args):
+        return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+    # a template that starts with the slot, on a decoder without a bos token
+    r = run("score", "--model", tiny_decoder_dirs["qwen2"], "--device", "cpu", "--data", data,
+            "--template", "[P] ! {sentence}", "--verbalizer", "sst2", "--output", out)  # fmt: skip
+    _one_line_error(r, "starts with the answer slot", "no bos token")
+    # mean-logit where the label is scored as a continuation
+    r = run("score", "--model", tiny_decoder_dirs["gpt2"], "--device", "cpu", "--data", data,
+            "--template", "{sentence} It was [P] .", "--verbalizer", "sst2",
+            "--aggregation", "mean-logit", "--output", out)  # fmt: skip
+    _one_line_error(r, "mean-logit has no meaning on a decoder", "sum or mean-logprob")
+    # relation probing over the whole vocabulary with text after [Y]
+    r = run("probe", "--model", tiny_decoder_dirs["gpt2"], "--device", "cpu", "--facts",
+            REPO / "examples" / "lama_mini", "--template", "[X] was born in [Y] .",
+            "--output", out)  # fmt: skip
+    _one_line_error(r, "needs [Y] last", "--vocab")
+    # a tuned folder of a masked LM, read by a decoder
+    tuned = tmp_path / "tuned"
+    r = run("tune", "--model", tiny_model_dirs["bert"], "--device", "cpu", "--train",
+            REPO / "examples" / "sentiment" / "train.tsv", "--dev", data, "--template",
+            "{sentence} [T] It was [MASK] .", "--verbalizer", "sst2", "--method", "soft",
+            "--steps", "1", "--output", tuned, "--quiet")  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    r = run("score", "--model", tiny_decoder_dirs["gpt2"], "--device", "cpu", "--data", data,
+            "--template", tuned, "--verbalizer", "sst2", "--output", out)  # fmt: skip
+    _one_line_error(r, "made with a masked model", "is a causal model")
+    # a search result of a masked LM, exported for a decoder
+    found = tmp_path / "found.json"
+    found.write_text(json.dumps({
+        "kind": RESULT_KIND, "template": "{sentence} [T] It was [P] .",
+        "trigger": {"ids": [5]}, "model": {"name": "bert", "kind": "masked"},
+    }))  # fmt: skip
+    r = run("export", found, "--model", tiny_decoder_dirs["gpt2"], "--format", "peft",
+            "--out", tmp_path / "peft")  # fmt: skip
+    _one_line_error(r, "made with a masked model")
+    assert not out.exists() and not (tmp_path / "peft").exists()
