@@ -40,14 +40,14 @@ def needs_continuation(
     return not slot_is_last(template) or any(len(c) > 1 for c in candidates or ())
 
 
-def require_slot_last(lm: MaskedLM, template: Template, vocab: bool = False) -> None:
+def require_slot_last(lm: MaskedLM, template: Template) -> None:
     """Ranking the whole vocabulary on a decoder reads the next token, so [Y] must be last
     (text after it would make every token of the vocabulary a continuation to score)."""
     if needs_continuation(lm, template, None):
-        offer = "" if vocab else ", or give --vocab (its words are then scored as continuations)"
         raise AutopromptError(
             f"template {template.source!r}: on a decoder, relation probing over the whole "
-            f"vocabulary needs [Y] last in the template; move [Y] to the end{offer}"
+            "vocabulary needs [Y] last in the template; move [Y] to the end, or give --vocab "
+            "(its words are then scored as continuations)"
         )
 
 

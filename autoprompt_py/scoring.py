@@ -79,7 +79,8 @@ def classify(
 ) -> Classification:
     """Score every label of every example; one pass per distinct number of label-word pieces."""
     check_fields(examples, template.fields, template.source)
-    if examples:  # a decoder's label rows against the text written out
+    # a decoder's label rows against the text written out (once: not for content-free rows)
+    if examples and examples[0].label is not None:
         report_boundary_merges(lm, template, examples[0], verbalizer.words, verbalizer.pieces)
     if needs_continuation(lm, template, verbalizer.pieces):  # a decoder: see continuation.py
         check_aggregation(verbalizer.aggregation, template.source)
