@@ -140,6 +140,7 @@ class TemplateEncoder:
         max_length: int,
         n_masks: int = 1,
         trigger_fill_id: int | None = None,
+        answer_ids: Sequence[int] | None = None,
     ) -> None:
         self.template = template
         self.tokenizer = tokenizer
@@ -167,6 +168,32 @@ class TemplateEncoder:
         self._suffix = ([i for i, _ in layout.suffix], [t for _, t in layout.suffix])
         if self.next_token and not self._prefix[0] and isinstance(template.parts[0], Predict):
             self._prefix = _bos_before_slot(tokenizer, template)
+        # A decoder's answer written into the slot (a search over continuations): the rows
+        # read the positions before each answer token and each token of the text after it.
+        self._answer = None if answer_ids is None else list(answer_ids)
+        self.after_slot_ids = self._after_slot() if self._answer is not None else []
+
+    def _after_slot(self) -> list[int]:
+        if not self.next_token:
+            raise ValueError("answer_ids: only a decoder's tokenizer has no mask token")
+        parts = self.template.parts
+        after = parts[parts.index(self.template.predict) + 1 :]
+        in_last_segment = self.template.predict in self.template.segments[-1]
+        if any(not isinstance(p, Literal) for p in after) or not in_last_segment:
+            raise AutopromptError(
+                f"template {self.template.source!r}: a search on a decoder scores the text after "
+                "the slot as part of each answer, so only plain words may follow the slot (no "
+                "field, [T] or [SEP])"
+            )
+        return [i for p in after for i in self._literal_ids[id(p)]]
+
+    @property
+    def n_read(self) -> int:
+        """Positions read per row: the masks; a decoder's one position before the slot; or,
+        with an answer written in, one per answer token and per token after the slot."""
+        if self._answer is not None:
+            return len(self._answer) + len(self.after_slot_ids)
+        return 1 if self.next_token else self.n_masks
 
     def encode(
         self, example: Example, field_ids: dict[int, list[int]] | None = None
@@ -190,7 +217,7 @@ class TemplateEncoder:
                 elif isinstance(p, Trigger):
                     ids = [next(triggers)]
                 else:
-                    ids = self._masks
+                    ids = self._masks if self._answer is None else self._answer
                 chunks.append([p, ids])
                 total += len(ids)
             segments.append(chunks)
@@ -208,6 +235,11 @@ class TemplateEncoder:
                 if isinstance(p, Trigger):
                     trigger_pos.append(len(input_ids))
                 elif isinstance(p, Predict) and self.next_token:
+                    if input_ids and self._answer is not None:
+                        read_from = len(input_ids) - 1  # its logits predict the answer
+                        input_ids += ids
+                        type_ids += [types[s]] * len(ids)
+                        continue
                     if not input_ids:
                         raise AutopromptError(
                             f"{example.source or 'an example'}: no text before the answer slot "
@@ -220,6 +252,8 @@ class TemplateEncoder:
                     mask_pos.extend(range(len(input_ids), len(input_ids) + len(ids)))
                 input_ids += ids
                 type_ids += [types[s]] * len(ids)
+        if self._answer is not None:
+            mask_pos = list(range(read_from, len(input_ids) - 1))
         input_ids += self._suffix[0]
         type_ids += self._suffix[1]
         return EncodedExample(input_ids, type_ids, trigger_pos, mask_pos, truncated)

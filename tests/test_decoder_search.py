@@ -175,17 +175,18 @@ def test_decoder_trigger_fluency_is_the_log_likelihood(family, tiny_decoder_dirs
 @pytest.mark.parametrize(
     "template, verbalizer, message",
     [
-        ("{sentence} [T] It was [P] .", "sst2", "needs the answer slot last"),
-        ("{sentence} [T] It was [P]", '{"0": ["dreadfulness"], "1": ["great"]}', "one token"),
+        ("{sentence} [T] It was [P] {sentence}", "sst2", "only plain words may follow the slot"),
+        ("{sentence} [T] It was [P] .", '{"0": ["bad"], "1": ["great"]}', "no meaning"),
     ],
 )
 def test_what_a_decoder_search_refuses(template, verbalizer, message, tiny_decoder_dirs, tmp_path):
     repo = Path(__file__).resolve().parents[1]
     out = tmp_path / "found.json"
+    aggregation = ["--aggregation", "mean-logit"] if message == "no meaning" else []
     r = _invoke(
         "search", "--model", tiny_decoder_dirs["gpt2"], "--device", "cpu",
         "--train", repo / "examples" / "sentiment" / "train.tsv", "--template", template,
-        "--verbalizer", verbalizer, "--iters", "1", "--output", out,
+        "--verbalizer", verbalizer, "--iters", "1", "--output", out, *aggregation,
     )  # fmt: skip
     assert r.exit_code == 2
     assert len(r.stderr.splitlines()) == 1 and message in r.stderr, r.stderr
@@ -260,3 +261,52 @@ def test_export_peft_on_a_decoder_loads_as_a_causal_adapter(test_bed, tmp_path):
         with model.disable_adapter():
             hard = model(input_ids=torch.tensor([prompt_ids + text])).logits[0, -1]
     torch.testing.assert_close(soft, hard, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "opt"])
+@pytest.mark.parametrize(
+    "template, words",
+    [
+        ("{sentence} [T] [T] It was [P] .", {"0": ["terrible", "bad"], "1": ["great"]}),
+        ("{sentence} [T] It was [P]", {"0": ["terrible", "dreadfulness"], "1": ["superbness"]}),
+    ],
+    ids=["text-after", "multi-token"],
+)
+def test_a_continuation_search_loses_what_score_scores(family, template, words, tiny_decoder_dirs):
+    """With text after the slot or multi-token words, the search's per-example loss is the
+    cross-entropy of `score`'s label scores for the same trigger, and scoring candidates with
+    the prefix cache changes no loss."""
+    from autoprompt_py.ensemble import log_normalise
+    from autoprompt_py.scoring import classify
+    from autoprompt_py.search.config import SearchConfig
+    from autoprompt_py.search.engine import TriggerSearch
+    from autoprompt_py.search.task import load_task
+    from autoprompt_py.verbalizer import Verbalizer
+
+    lm = load_model(tiny_decoder_dirs[family], device="cpu")
+    repo = Path(__file__).resolve().parents[1]
+    verbalizer = Verbalizer.from_dict(words)
+    task = load_task(
+        template,
+        str(repo / "examples" / "sentiment" / "train.tsv"),
+        str(repo / "examples" / "sentiment" / "dev.tsv"),
+        verbalizer=verbalizer,
+        train_limit=10,
+        dev_limit=12,
+    )
+    search = TriggerSearch(lm, task, SearchConfig(objective="labels"))
+    allowed = torch.nonzero(search.allowed).squeeze(1)
+    n = task.template.num_triggers
+    triggers = allowed[torch.randperm(len(allowed), generator=torch.Generator().manual_seed(1))]
+    triggers = triggers[: 4 * n].view(4, n)
+    got = search.scorer.evaluate(search.dev, triggers[0]).loss
+    filled = task.template.with_triggers(triggers[0].tolist())
+    resolved = verbalizer.resolve(lm.tokenizer, "sum")
+    scores = log_normalise(classify(lm, filled, task.dev, resolved).scores)
+    gold = [resolved.labels.index(e.label) for e in task.dev]
+    want = -torch.tensor(scores[np.arange(len(gold)), gold], dtype=torch.float32)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
+    index = np.arange(len(search.train))
+    cached = search.scorer.trigger_losses(search.train, index, triggers)
+    alone = torch.stack([search.scorer.evaluate(search.train, t).loss.sum() for t in triggers])
+    torch.testing.assert_close(cached, alone, atol=1e-4, rtol=1e-5)
