@@ -89,18 +89,20 @@ def _invoke(*args) -> object:
 
 
 @pytest.mark.parametrize(
-    "method, options",
+    "method, options, after",
     [
-        ("gcg", ["--search-width", "64", "--topk", "64"]),
-        ("autoprompt", ["--num-cand", "64"]),
+        ("gcg", ["--search-width", "64", "--topk", "64"], ""),
+        ("autoprompt", ["--num-cand", "64"], ""),
+        ("gcg", ["--search-width", "64", "--topk", "64"], " ."),  # scored as continuations
     ],
+    ids=["gcg", "autoprompt", "gcg-text-after-the-slot"],
 )
-def test_the_search_recovers_the_planted_trigger(method, options, test_bed, tmp_path):
+def test_the_search_recovers_the_planted_trigger(method, options, after, test_bed, tmp_path):
     out = tmp_path / "found.json"
     r = _invoke(
         "search", "--model", test_bed["model"], "--device", "cpu",
         "--train", test_bed["data"], "--dev", test_bed["data"],
-        "--template", "{sentence} [T] It was [P]", "--verbalizer", "sst2",
+        "--template", "{sentence} [T] It was [P]" + after, "--verbalizer", "sst2",
         "--method", method, *options, "--iters", "6", "--seed", "0", "--quiet",
         "--output", out,
     )  # fmt: skip
