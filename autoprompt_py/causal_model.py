@@ -4,8 +4,8 @@ A decoder predicts the answer slot as the next token: ``mask_logits`` at a posit
 distribution of the token *after* it, so the encoder (``encoding.py``) gives the position of
 the last real token before the slot, and every caller that reads slot logits (label scores,
 relation ranks, calibration, search losses) works unchanged. The LM head runs at those
-positions only, as for masked LMs. ``sequence_log_probs`` scores given tokens as a
-continuation (lm-evaluation-harness's log-likelihood): text after the slot, multi-token labels.
+positions only, as for masked LMs; continuations (text after the slot, multi-token labels) are
+read the same way (``continuation.py``).
 
 Batches are right-padded: under causal attention a real token never sees the padding after it,
 and the default position ids (0, 1, ...) are right for every real token, so batch size and
@@ -186,24 +186,6 @@ class CausalLM:
                 return_dict=True,
             )
         return out.logits
-
-    def sequence_log_probs(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        positions: torch.Tensor,
-        valid: torch.Tensor,
-    ) -> torch.Tensor:
-        """Σ_j log p(input_ids[r, positions[r, j] + 1] | the tokens up to positions[r, j]) over
-        the ``valid`` j of each row: the log-likelihood of a continuation, [batch] float32.
-
-        ``positions`` [batch, m] index the token before each scored one; ``valid`` [batch, m]
-        bool marks the real entries of rows with fewer than m scored tokens."""
-        logits = self.mask_logits(positions, attention_mask, input_ids=input_ids)
-        targets = input_ids.gather(1, (positions + 1).clamp(max=input_ids.shape[1] - 1))
-        picked = logits.gather(2, targets[..., None]).squeeze(-1).float()
-        picked = picked - logits.float().logsumexp(-1)
-        return (picked * valid).sum(1)
 
     def word_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Input embeddings of ids, as the model's embedding layer looks them up."""

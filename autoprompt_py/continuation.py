@@ -11,7 +11,7 @@ the slot itself holding no token); each row is that text with a candidate's toke
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -113,6 +113,23 @@ def report_boundary_merges(
             return
 
 
+def word_log_likelihoods(
+    logits: Mapping[tuple[int, ...], torch.Tensor],
+    pieces: Sequence[Sequence[int]],
+    after: Sequence[int],
+) -> torch.Tensor:
+    """[rows, words]: each word's log-likelihood with the text after the slot (``after``
+    ids), from its own view's logits [rows, tokens, vocab] read at the position before each
+    token (``TemplateEncoder(answer_ids=word)``): the search's and tuning's form of
+    ``continuation_log_probs``."""
+    columns = []
+    for p in pieces:
+        x = logits[tuple(p)]
+        t = torch.tensor([*p, *after], device=x.device)[None, :, None].expand(len(x), -1, 1)
+        columns.append((x.gather(2, t).squeeze(2).float() - x.float().logsumexp(-1)).sum(1))
+    return torch.stack(columns, 1)
+
+
 def check_aggregation(aggregation: str, template_name: str) -> None:
     """``mean-logit`` averages raw logits read at a mask; a continuation's score is a
     log-probability of several tokens, which has no logit: refused by name."""
@@ -181,9 +198,26 @@ def continuation_log_probs(
             valid = steps[None, :] < count_t[:, None]
             positions = torch.where(valid, torch.tensor(first)[:, None] + steps, 0)
             dev = lm.device
-            scores = lm.sequence_log_probs(
-                ids_t.to(dev), attention.to(dev), positions.to(dev), valid.to(dev)
+            scores = _sequence_log_probs(
+                lm, ids_t.to(dev), attention.to(dev), positions.to(dev), valid.to(dev)
             )
             out[torch.from_numpy(rows)] = scores.float().cpu()
     distributed.all_reduce_(out)
     return out.view(len(examples), n_cand), dataset.num_truncated
+
+
+def _sequence_log_probs(
+    lm: MaskedLM,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    positions: torch.Tensor,
+    valid: torch.Tensor,
+) -> torch.Tensor:
+    """Σ_j log p(input_ids[r, positions[r, j] + 1] | the tokens up to positions[r, j]) over
+    the ``valid`` j of each row, [rows] float32. Through ``lm.mask_logits``, so a tuned
+    wrapper (soft vectors, a PEFT prefix) reads the continuation as it reads a slot."""
+    logits = lm.mask_logits(positions, attention_mask, input_ids=input_ids)
+    targets = input_ids.gather(1, (positions + 1).clamp(max=input_ids.shape[1] - 1))
+    picked = logits.gather(2, targets[..., None]).squeeze(-1).float()
+    picked = picked - logits.float().logsumexp(-1)
+    return (picked * valid).sum(1)

@@ -103,6 +103,12 @@ class _SpecialLayout:
         return len(self.prefix) + len(self.middle) + len(self.suffix)
 
 
+def predicts_next_token(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """A tokenizer without a mask token is a decoder's (``causal_model.py``, which clears a
+    mask token a decoder's tokenizer names): its slot is read as the next token."""
+    return tokenizer.mask_token_id is None
+
+
 def _bos_before_slot(
     tokenizer: PreTrainedTokenizerBase, template: Template
 ) -> tuple[list[int], list[int]]:
@@ -151,7 +157,7 @@ class TemplateEncoder:
         self._mask_id = tokenizer.mask_token_id
         # A tokenizer without a mask token is a decoder's (causal_model.py): the slot holds no
         # token; its "mask position" is the last token before it, whose logits predict it.
-        self.next_token = self._mask_id is None
+        self.next_token = predicts_next_token(tokenizer)
         if trigger_fill_id is None and self.next_token:
             trigger_fill_id = tokenizer.eos_token_id or 0  # replaced by search before any use
         fill = self._mask_id if trigger_fill_id is None else trigger_fill_id

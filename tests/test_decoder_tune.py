@@ -112,3 +112,66 @@ def test_head_sets_the_pad_id_and_loads_in_transformers(tiny_decoder_dirs, tmp_p
         together = model(input_ids=batch, attention_mask=mask).logits
         alone = model(input_ids=torch.tensor([one])).logits[0]
     torch.testing.assert_close(together[0], alone, atol=1e-5, rtol=0)
+
+
+def _plain_continuation(model, tok, context: str, continuation: str) -> float:
+    ctx = tok.encode(context)
+    full = tok.encode(context + continuation)
+    assert full[: len(ctx)] == ctx
+    with torch.no_grad():
+        lp = model(input_ids=torch.tensor([full])).logits[0].float().log_softmax(-1)
+    lp = lp[len(lp) - len(full) :]  # PEFT returns the virtual tokens' positions first
+    return float(sum(lp[i - 1, full[i]] for i in range(len(ctx), len(full))))
+
+
+@pytest.mark.parametrize("method", ["prompt", "ptuning", "prefix", "lora"])
+def test_tuning_with_text_after_the_slot_scores_continuations(method, tiny_decoder_dirs, tmp_path):
+    """Text after the slot: the tune trains and `score` reads the folder on each label's
+    log-likelihood with that text, which plain PEFT computes alike, one text at a time."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = tiny_decoder_dirs["gpt2"]
+    result = _tune(folder, method, tmp_path / method, template="{sentence} It was [P] .")
+    out = tmp_path / "score.json"
+    args = [
+        "score", "--model", folder, "--device", "cpu", "--data", DEV, "--limit", "10",
+        "--template", tmp_path / method, "--verbalizer", "sst2", "--bootstrap", "0",
+        "--output", out, "--predictions",
+    ]  # fmt: skip
+    r = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    assert r.exit_code == 0, r.stderr
+    ours = [p["scores"] for p in json.loads(out.read_text())["templates"][0]["predictions"]]
+    tok = AutoTokenizer.from_pretrained(folder)
+    base = AutoModelForCausalLM.from_pretrained(folder).eval()
+    model = PeftModel.from_pretrained(base, tmp_path / method).eval()
+    want = []
+    for e in read_examples(str(DEV), "label")[:10]:
+        context = f"{e.fields['sentence']} It was"
+        raw = torch.tensor(
+            [_plain_continuation(model, tok, context, f" {w} .") for w in ("terrible", "great")]
+        )
+        want.append(raw.log_softmax(-1).tolist())
+    torch.testing.assert_close(torch.tensor(ours), torch.tensor(want), atol=1e-4, rtol=0)
+    assert result["dev"]["accuracy"] >= 0  # and the tune itself ran on continuations
+
+
+@pytest.mark.parametrize(
+    "method, template",
+    [("soft", "{sentence} [T] [T] It was [P] ."), ("full", "{sentence} It was [P] .")],
+)
+def test_soft_and_full_with_text_after_the_slot_reproduce_the_dev_metric(
+    method, template, tiny_decoder_dirs, tmp_path
+):
+    folder = tiny_decoder_dirs["llama"]
+    result = _tune(folder, method, tmp_path / method, template=template)
+    model = tmp_path / method if method == "full" else folder
+    out = tmp_path / "score.json"
+    args = [
+        "score", "--model", model, "--device", "cpu", "--data", DEV, "--template",
+        tmp_path / method, "--verbalizer", "sst2", "--bootstrap", "0", "--output", out,
+    ]  # fmt: skip
+    r = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    assert r.exit_code == 0, r.stderr
+    scored = json.loads(out.read_text())["templates"][0]["accuracy"]
+    assert scored == pytest.approx(result["dev"]["accuracy"])

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
+from autoprompt_py.continuation import word_log_likelihoods
 from autoprompt_py.search.scorer import ClassificationObjective, Logits
 from autoprompt_py.verbalizer import ResolvedVerbalizer
 
@@ -22,15 +23,10 @@ class ContinuationObjective(ClassificationObjective):
     ) -> None:
         super().__init__(verbalizer, among_labels)
         self.mask_counts = tuple(tuple(p) for p in verbalizer.pieces)  # one view per word
-        self.targets = [torch.tensor([*p, *after]) for p in verbalizer.pieces]
+        self.after = list(after)
 
     def label_scores(self, logits: Logits) -> torch.Tensor:
-        """Word log-likelihoods [rows, words] from each word's view [rows, tokens, vocab],
-        aggregated over each label's words as ``score`` does."""
-        columns = []
-        for view, targets in zip(self.mask_counts, self.targets):
-            x = logits[view]
-            t = targets.to(x.device)[None, :, None].expand(len(x), -1, 1)
-            picked = x.gather(2, t).squeeze(2).float()
-            columns.append((picked - x.float().logsumexp(-1)).sum(1))
-        return self.verbalizer.aggregate(torch.stack(columns, 1))
+        """Word log-likelihoods from each word's view, aggregated over each label's words as
+        ``score`` does."""
+        words = word_log_likelihoods(logits, self.verbalizer.pieces, self.after)
+        return self.verbalizer.aggregate(words)
