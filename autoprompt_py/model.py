@@ -254,8 +254,8 @@ def load_model(
 def _checkpoint_kind(source: str, name: str, local: bool, kwargs: dict) -> str:
     from transformers import AutoConfig
 
-    try:
-        config = AutoConfig.from_pretrained(source, **kwargs)
+    try:  # custom code is never run to learn the kind (nor asked about on a terminal)
+        config = AutoConfig.from_pretrained(source, **{"trust_remote_code": False, **kwargs})
     except Exception as e:
         raise AutopromptError(_load_failure(name, local, "model config", e)) from None
     return kind_of_config(config, name)

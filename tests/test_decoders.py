@@ -334,3 +334,24 @@ def test_bad_input_on_decoders_is_one_line(tiny_decoder_dirs, tiny_model_dirs, t
             "--out", tmp_path / "peft")  # fmt: skip
     _one_line_error(r, "made with a masked model")
     assert not out.exists() and not (tmp_path / "peft").exists()
+
+
+def test_a_checkpoint_with_custom_code_is_refused_and_never_run(tmp_path):
+    folder = tmp_path / "custom"
+    folder.mkdir()
+    marker = tmp_path / "executed"
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "mycustom", "architectures": ["MyCustomForCausalLM"],
+        "auto_map": {"AutoConfig": "configuration_my.MyConfig",
+                     "AutoModelForCausalLM": "modeling_my.MyModel"},
+    }))  # fmt: skip
+    (folder / "configuration_my.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    r = CliRunner().invoke(
+        main,
+        ["score", "--model", str(folder), "--device", "cpu", "--template", "sst2",
+         "--data", str(REPO / "examples" / "sentiment" / "dev.tsv"), "--verbalizer", "sst2"],
+        input="y\n",  # were it asked on a terminal, the answer would be yes: it must not ask
+        catch_exceptions=False,
+    )  # fmt: skip
+    _one_line_error(r, f"--model {folder}", "custom code")
+    assert not marker.exists()
