@@ -93,7 +93,8 @@ def report_boundary_merges(
     """Warn when a label word's row (the template's pieces, each tokenized on its own) is not
     what the tokenizer makes of the text written out: a merge across a boundary, or a
     SentencePiece ``▁`` before text that follows without a space. Checked on one example."""
-    if lm.kind != CAUSAL or template.num_triggers and None in template.trigger_ids:
+    vocab = len(lm.tokenizer)  # a soft prompt's slots are ids past it: they have no text
+    if lm.kind != CAUSAL or any(t is None or t >= vocab for t in template.trigger_ids):
         return
     encoder = TemplateEncoder(template, lm.tokenizer, lm.max_length, n_masks=1)
     enc = encoder.encode(example)
