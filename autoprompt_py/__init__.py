@@ -34,6 +34,7 @@ _EXPORTS = {
     "export_prompt": "autoprompt_py.export",
     "search_labels": "autoprompt_py.labels",
     "MaskedLM": "autoprompt_py.model",
+    "CausalLM": "autoprompt_py.causal_model",
     "load_model": "autoprompt_py.model",
     "PredictConfig": "autoprompt_py.prediction.run",
     "predict": "autoprompt_py.prediction.run",
@@ -64,6 +65,7 @@ __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
 __all__ = [  # noqa: F822 (resolved lazily by __getattr__)
     "__version__",
     "AutopromptError",
+    "CausalLM",
     "Example",
     "FoundPrompt",
     "MaskedLM",

@@ -43,11 +43,13 @@ def check_content_free(texts: Sequence[str] | None) -> tuple[str, ...]:
 
 
 def content_free_examples(
-    template: Template, texts: Sequence[str], mask_token: str
+    template: Template, texts: Sequence[str], mask_token: str | None
 ) -> list[Example]:
     """One example per content-free text, with every field of the template set to it."""
     out = []
     for t in texts:
+        if t == MASK_TEXT and mask_token is None:
+            continue  # a decoder has no mask token to write
         text = mask_token if t == MASK_TEXT else t
         out.append(Example({f: text for f in template.fields}, None, f"content-free {t!r}"))
     return out

@@ -103,6 +103,26 @@ class _SpecialLayout:
         return len(self.prefix) + len(self.middle) + len(self.suffix)
 
 
+def predicts_next_token(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """A tokenizer without a mask token is a decoder's (``causal_model.py``, which clears a
+    mask token a decoder's tokenizer names): its slot is read as the next token."""
+    return tokenizer.mask_token_id is None
+
+
+def _bos_before_slot(
+    tokenizer: PreTrainedTokenizerBase, template: Template
+) -> tuple[list[int], list[int]]:
+    """A decoder predicts a slot from the text before it: a template that starts with the slot
+    needs the model's bos token there, which this tokenizer does not add itself."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        raise AutopromptError(
+            f"template {template.source!r} starts with the answer slot, and this decoder has no "
+            "bos token to predict it from; write some text before the slot"
+        )
+    return [bos], [0]
+
+
 @dataclass
 class EncodedExample:
     input_ids: list[int]
@@ -126,6 +146,7 @@ class TemplateEncoder:
         max_length: int,
         n_masks: int = 1,
         trigger_fill_id: int | None = None,
+        answer_ids: Sequence[int] | None = None,
     ) -> None:
         self.template = template
         self.tokenizer = tokenizer
@@ -134,6 +155,11 @@ class TemplateEncoder:
         self.layout = _SpecialLayout.of(tokenizer, pair=len(template.segments) == 2)
         # read once: a tokenizer attribute costs microseconds, which 67k rows make seconds
         self._mask_id = tokenizer.mask_token_id
+        # A tokenizer without a mask token is a decoder's (causal_model.py): the slot holds no
+        # token; its "mask position" is the last token before it, whose logits predict it.
+        self.next_token = predicts_next_token(tokenizer)
+        if trigger_fill_id is None and self.next_token:
+            trigger_fill_id = tokenizer.eos_token_id or 0  # replaced by search before any use
         fill = self._mask_id if trigger_fill_id is None else trigger_fill_id
         self._trigger_ids = [fill if t is None else t for t in template.trigger_ids]
         self._literal_ids = {
@@ -146,6 +172,34 @@ class TemplateEncoder:
         self._prefix = ([i for i, _ in layout.prefix], [t for _, t in layout.prefix])
         self._middle = ([i for i, _ in layout.middle], [t for _, t in layout.middle])
         self._suffix = ([i for i, _ in layout.suffix], [t for _, t in layout.suffix])
+        if self.next_token and not self._prefix[0] and isinstance(template.parts[0], Predict):
+            self._prefix = _bos_before_slot(tokenizer, template)
+        # A decoder's answer written into the slot (a search over continuations): the rows
+        # read the positions before each answer token and each token of the text after it.
+        self._answer = None if answer_ids is None else list(answer_ids)
+        self.after_slot_ids = self._after_slot() if self._answer is not None else []
+
+    def _after_slot(self) -> list[int]:
+        if not self.next_token:
+            raise ValueError("answer_ids: only a decoder's tokenizer has no mask token")
+        parts = self.template.parts
+        after = parts[parts.index(self.template.predict) + 1 :]
+        in_last_segment = self.template.predict in self.template.segments[-1]
+        if any(not isinstance(p, Literal) for p in after) or not in_last_segment:
+            raise AutopromptError(
+                f"template {self.template.source!r}: a search on a decoder scores the text after "
+                "the slot as part of each answer, so only plain words may follow the slot (no "
+                "field, [T] or [SEP])"
+            )
+        return [i for p in after for i in self._literal_ids[id(p)]]
+
+    @property
+    def n_read(self) -> int:
+        """Positions read per row: the masks; a decoder's one position before the slot; or,
+        with an answer written in, one per answer token and per token after the slot."""
+        if self._answer is not None:
+            return len(self._answer) + len(self.after_slot_ids)
+        return 1 if self.next_token else self.n_masks
 
     def encode(
         self, example: Example, field_ids: dict[int, list[int]] | None = None
@@ -169,7 +223,7 @@ class TemplateEncoder:
                 elif isinstance(p, Trigger):
                     ids = [next(triggers)]
                 else:
-                    ids = self._masks
+                    ids = self._masks if self._answer is None else self._answer
                 chunks.append([p, ids])
                 total += len(ids)
             segments.append(chunks)
@@ -186,10 +240,26 @@ class TemplateEncoder:
             for p, ids in chunks:
                 if isinstance(p, Trigger):
                     trigger_pos.append(len(input_ids))
+                elif isinstance(p, Predict) and self.next_token:
+                    if input_ids and self._answer is not None:
+                        read_from = len(input_ids) - 1  # its logits predict the answer
+                        input_ids += ids
+                        type_ids += [types[s]] * len(ids)
+                        continue
+                    if not input_ids:
+                        raise AutopromptError(
+                            f"{example.source or 'an example'}: no text before the answer slot "
+                            f"of {self.template.source!r} (an empty field); a decoder predicts "
+                            "the slot from the text before it"
+                        )
+                    mask_pos.append(len(input_ids) - 1)
+                    continue  # the slot holds no token: its length was reserved above
                 elif isinstance(p, Predict):
                     mask_pos.extend(range(len(input_ids), len(input_ids) + len(ids)))
                 input_ids += ids
                 type_ids += [types[s]] * len(ids)
+        if self._answer is not None:
+            mask_pos = list(range(read_from, len(input_ids) - 1))
         input_ids += self._suffix[0]
         type_ids += self._suffix[1]
         return EncodedExample(input_ids, type_ids, trigger_pos, mask_pos, truncated)

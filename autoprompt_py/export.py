@@ -8,7 +8,7 @@ a failed export leaves nothing behind; an existing target is replaced only with 
 
 * ``peft``: ``adapter_config.json`` (a ``PromptTuningConfig``: task type
   ``FEATURE_EXTRACTION``, whose PEFT model prepends the virtual tokens to the input and
-  returns the masked LM's own output; ``num_virtual_tokens`` = the token count; ``token_dim``
+  returns the masked LM's own output; ``CAUSAL_LM`` for a decoder; ``num_virtual_tokens`` = the token count; ``token_dim``
   = the input embedding size, 128 for ALBERT-base rather than its hidden size) and
   ``adapter_model.safetensors`` (``prompt_embeddings``, float32), written directly rather than
   by PEFT's text initialization, which would tokenize with special tokens added. The config
@@ -34,6 +34,7 @@ import torch
 from autoprompt_py import remote_code
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.model import MaskedLM, config_value
+from autoprompt_py.model_kind import CAUSAL
 from autoprompt_py.prompt import FoundPrompt, model_record
 from autoprompt_py.results import (
     atomic_write,
@@ -125,8 +126,9 @@ def to_peft(prompt: FoundPrompt, lm: MaskedLM, folder: str | Path, force: bool =
     prompt.check_model(lm)
     vectors = prompt.embeddings(lm).float().contiguous()
     config = lm.model.config
+    causal = lm.kind == CAUSAL  # a decoder's adapter loads as PeftModelForCausalLM
     peft_config = peft.PromptTuningConfig(
-        task_type=peft.TaskType.FEATURE_EXTRACTION,
+        task_type=peft.TaskType.CAUSAL_LM if causal else peft.TaskType.FEATURE_EXTRACTION,
         num_virtual_tokens=len(prompt),
         token_dim=int(vectors.shape[1]),
         num_transformer_submodules=1,

@@ -6,14 +6,17 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
 from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from autoprompt_py.causal_model import load_causal
 from autoprompt_py.default_model import DEFAULT_MODEL, check_default_model, is_default_model
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.hub import check_hub_model
+from autoprompt_py.model_kind import MASKED, kind_of_config
 from autoprompt_py.remote_code import check_remote_code, refusal, remember_trusted
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -73,6 +76,7 @@ class MaskedLM:
     autocast_dtype: torch.dtype | None = None
     # loaded with --trust-remote-code: a reload of the same model (tune --method head) may too
     trust_remote_code: bool = False
+    kind: ClassVar[str] = MASKED  # decoders: causal_model.CausalLM, the same interface
 
     def __post_init__(self) -> None:
         self.model.eval()
@@ -99,6 +103,11 @@ class MaskedLM:
     @property
     def vocab_size(self) -> int:
         return self.embeddings.shape[0]
+
+    @property
+    def trigger_fill_id(self) -> int:
+        """What open trigger slots hold when a search starts (``--initial mask``)."""
+        return self.tokenizer.mask_token_id
 
     @property
     def max_length(self) -> int:
@@ -161,6 +170,21 @@ class MaskedLM:
             out = self.model(**kwargs, return_dict=True)
         return out.logits
 
+    def shared_prefix_logits(
+        self,
+        mask_positions: torch.Tensor,
+        attention_mask: torch.Tensor,
+        input_ids: torch.Tensor,
+        split_at: torch.Tensor,
+        group: int,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``mask_logits`` of rows in groups sharing a prefix (a decoder caches it:
+        ``CausalLM``); every token of a masked LM sees the triggers, so nothing is shared."""
+        return self.mask_logits(
+            mask_positions, attention_mask, input_ids=input_ids, token_type_ids=token_type_ids
+        )
+
     def word_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Input embeddings of ids, as the model's embedding layer looks them up."""
         return self.model.get_input_embeddings()(input_ids)
@@ -174,7 +198,8 @@ def load_model(
     trust_remote_code: bool = False,
 ) -> MaskedLM:
     """Load a masked LM and its tokenizer from a local folder or a hub id; without a name (or
-    with ``"bert-tiny-splade"``/``"default"``), the small model bundled in the package.
+    with ``"bert-tiny-splade"``/``"default"``), the small model bundled in the package. A
+    decoder (the kind read from the config: ``model_kind.py``) loads as a ``CausalLM``.
 
     A hub id that is neither cached nor reachable fails within seconds (``hub.py``).
     ``dtype`` bfloat16/float16 with ``autocast`` (default: on GPUs) keeps float32 weights and
@@ -210,10 +235,16 @@ def load_model(
     kwargs = {"trust_remote_code": bool(trust_remote_code)}
     if cache_only:
         kwargs["local_files_only"] = True
+    kind = _checkpoint_kind(source, name, local, kwargs)  # before any weight loads
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     except Exception as e:  # transformers raises many types for a bad folder or offline hub
         raise AutopromptError(_load_failure(name, local, "tokenizer", e)) from None
+    if kind != MASKED:  # a decoder: causal_model.py
+        lm = load_causal(source, name, tokenizer, dev, DTYPES[dtype], autocast_dtype, **kwargs)
+        if trust_remote_code:
+            remember_trusted(name, source)
+        return lm
     try:
         model, info = AutoModelForMaskedLM.from_pretrained(
             source, dtype=DTYPES[dtype], output_loading_info=True, **kwargs
@@ -234,6 +265,16 @@ def load_model(
             f"--model {name}: its tokenizer has no mask token; a masked LM is needed"
         )
     return MaskedLM(model.to(dev), tokenizer, name, autocast_dtype, bool(trust_remote_code))
+
+
+def _checkpoint_kind(source: str, name: str, local: bool, kwargs: dict) -> str:
+    from transformers import AutoConfig
+
+    try:  # custom code is never run to learn the kind (nor asked about on a terminal)
+        config = AutoConfig.from_pretrained(source, **{"trust_remote_code": False, **kwargs})
+    except Exception as e:
+        raise AutopromptError(_load_failure(name, local, "model config", e)) from None
+    return kind_of_config(config, name)
 
 
 def _check_model_folder(path: Path, name: str) -> None:

@@ -18,6 +18,7 @@ import torch
 
 from autoprompt_py import distributed
 from autoprompt_py.calibration import calibrate, content_free_examples, mean_distribution
+from autoprompt_py.continuation import continuation_log_probs, needs_continuation, require_slot_last
 from autoprompt_py.data import Example, split_dev
 from autoprompt_py.encoding import TemplateEncoder
 from autoprompt_py.ensemble import EnsembleAccumulator, log_normalise
@@ -43,6 +44,13 @@ def candidate_log_probs(
 ) -> tuple[np.ndarray, int]:
     """Log-softmax over the candidates (default: the whole vocabulary) at the prediction slot,
     [facts, candidates] float32, and the number of truncated inputs."""
+    if candidates is None:
+        require_slot_last(lm, template)
+    elif needs_continuation(lm, template, None):  # a decoder with text after [Y]
+        lp, truncated = continuation_log_probs(
+            lm, template, facts, [(c,) for c in candidates], batch_size, desc
+        )
+        return lp.log_softmax(-1).numpy(), truncated
     encoder = TemplateEncoder(template, lm.tokenizer, lm.max_length, n_masks=1)
     dataset = encoder.encode_all(facts)
     width = lm.vocab_size if candidates is None else len(candidates)

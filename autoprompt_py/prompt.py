@@ -25,6 +25,7 @@ from transformers import PreTrainedTokenizerBase
 
 from autoprompt_py.encoding import tokenize_piece
 from autoprompt_py.errors import AutopromptError, shown
+from autoprompt_py.model_kind import check_kind
 from autoprompt_py.resources import RESULT_KIND, template_from_result
 from autoprompt_py.template import (
     SUBJECT_FIELD,
@@ -47,6 +48,7 @@ def model_record(lm: MaskedLM) -> dict[str, Any]:
     """What identifies a model's vocabulary and embedding space, as result files record it."""
     return {
         "name": lm.name,
+        "kind": lm.kind,  # masked or causal: a result is refused on the other kind
         "model_type": getattr(lm.model.config, "model_type", None),
         "vocab_size": int(lm.embeddings.shape[0]),
         "embedding_size": int(lm.embeddings.shape[1]),
@@ -200,6 +202,7 @@ class FoundPrompt:
         vocab, dim = lm.embeddings.shape
         bad = [i for i in self.token_ids if not 0 <= i < vocab]
         rec = self.model or {}
+        check_kind(rec.get("kind"), lm.kind, self.source, lm.name)
         searched = rec.get("name") or "another model"
         where = (
             f"{self.source} (searched with {searched})"

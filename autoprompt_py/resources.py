@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from autoprompt_py.errors import AutopromptError, shown
+from autoprompt_py.model_kind import check_kind
 from autoprompt_py.template import Template, parse_template
 from autoprompt_py.textfile import lines, parse_json, read_text
 
@@ -41,6 +42,7 @@ class NamedTemplate:
     name: str
     template: Template
     relation: str | None = None
+    model_kind: str | None = None  # a search result's model kind (model_kind.py), else None
 
 
 def _is_file(path: Path) -> bool:
@@ -134,10 +136,14 @@ def template_from_result(result: dict, source: str) -> Template:
     return template.with_triggers(ids, trigger.get("tokens"))
 
 
-def check_trigger_ids(named: list[NamedTemplate], vocab_size: int, model: str) -> None:
+def check_trigger_ids(
+    named: list[NamedTemplate], vocab_size: int, model: str, kind: str | None = None
+) -> None:
     """Refuse trigger ids a model does not have (a result of another model, or edited by
-    hand) before they reach its embedding lookup."""
+    hand) before they reach its embedding lookup, and a result made on the other ``kind``."""
     for t in named:
+        if kind is not None:
+            check_kind(t.model_kind, kind, f"template {t.name!r}", model)
         bad = [i for i in t.template.trigger_ids if i is not None and not 0 <= i < vocab_size]
         if bad:
             raise AutopromptError(
@@ -157,7 +163,10 @@ def _templates_from_file(path: Path) -> list[NamedTemplate]:
         if isinstance(data, dict) and data.get("kind") == RESULT_KIND:
             return [
                 NamedTemplate(
-                    path.stem, template_from_result(data, str(path)), data.get("relation")
+                    path.stem,
+                    template_from_result(data, str(path)),
+                    data.get("relation"),
+                    (data.get("model") if isinstance(data.get("model"), dict) else {}).get("kind"),
                 )
             ]
         raise AutopromptError(

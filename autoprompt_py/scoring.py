@@ -10,6 +10,13 @@ import torch
 from tqdm.auto import tqdm
 
 from autoprompt_py import distributed
+from autoprompt_py.continuation import (
+    check_aggregation,
+    continuation_log_probs,
+    needs_continuation,
+    report_boundary_merges,
+    require_slot_last,
+)
 from autoprompt_py.data import Example, check_fields
 from autoprompt_py.encoding import Batch, EncodedDataset, TemplateEncoder
 from autoprompt_py.model import MaskedLM
@@ -72,6 +79,16 @@ def classify(
 ) -> Classification:
     """Score every label of every example; one pass per distinct number of label-word pieces."""
     check_fields(examples, template.fields, template.source)
+    # a decoder's label rows against the text written out (once: not for content-free rows)
+    if examples and examples[0].label is not None:
+        report_boundary_merges(lm, template, examples[0], verbalizer.words, verbalizer.pieces)
+    if needs_continuation(lm, template, verbalizer.pieces):  # a decoder: see continuation.py
+        check_aggregation(verbalizer.aggregation, template.source)
+        words, truncated = continuation_log_probs(
+            lm, template, examples, verbalizer.pieces, batch_size, desc
+        )
+        scores = verbalizer.aggregate(words)
+        return Classification(scores.numpy(), verbalizer.labels, truncated)
     word_scores = torch.zeros(len(examples), len(verbalizer.words))
     truncated = 0
     for k in verbalizer.piece_counts:
@@ -114,6 +131,7 @@ def probe_facts(
     Facts whose object is not a single token (or not in the vocabulary) are skipped, as LAMA does.
     """
     check_fields(facts, template.fields, template.source)
+    require_slot_last(lm, template)
     space = template.predict.space_before
     ids = (single_token_id(lm.tokenizer, f.label, space) for f in facts)
     gold = np.array([-1 if i is None else i for i in ids], dtype=np.int64)

@@ -86,6 +86,19 @@ def tiny_mlm(tiny_model_dir: Path):
     return model, tokenizer
 
 
+@pytest.fixture(scope="session")
+def tiny_decoder_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """family -> folder of a tiny random decoder with a tokenizer trained in the session
+    (``tiny_decoders.py``: gpt2, llama, qwen2, gpt-neox, opt), built once."""
+    from tiny_decoders import FAMILIES as DECODERS
+    from tiny_decoders import build_tiny_decoder
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    root = tmp_path_factory.mktemp("tiny-decoders")
+    return {family: build_tiny_decoder(family, root / family) for family in DECODERS}
+
+
 # --------------------------------------------------------------------------------------------
 # shared resources
 # --------------------------------------------------------------------------------------------

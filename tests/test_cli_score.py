@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from tiny_models import MAX_LENGTH
-from transformers import AutoModelForMaskedLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+from transformers import AutoModelForMaskedLM, AutoTokenizer, T5Config, T5ForConditionalGeneration
 
 from autoprompt_py.cli import main
 from autoprompt_py.resources import load_templates
@@ -114,20 +114,12 @@ def files(tmp_path_factory, tiny_model_dirs) -> dict[str, Path]:
     mlm.base_model.save_pretrained(root / "bare_encoder")  # BertModel: no MLM head
     tokenizer.save_pretrained(root / "bare_encoder")
     f["bare_encoder"] = root / "bare_encoder"
-    gpt = GPT2LMHeadModel(
-        GPT2Config(
-            n_layer=1,
-            n_embd=16,
-            n_head=2,
-            n_positions=MAX_LENGTH,
-            vocab_size=len(tokenizer),
-            bos_token_id=0,
-            eos_token_id=0,
-        )
+    t5 = T5ForConditionalGeneration(  # an encoder-decoder: refused (decoders load: issue 27)
+        T5Config(num_layers=1, d_model=16, d_kv=8, d_ff=16, num_heads=2, vocab_size=len(tokenizer))
     )
-    gpt.save_pretrained(root / "causal_lm")
-    tokenizer.save_pretrained(root / "causal_lm")
-    f["causal_lm"] = root / "causal_lm"
+    t5.save_pretrained(root / "seq2seq")
+    tokenizer.save_pretrained(root / "seq2seq")
+    f["seq2seq"] = root / "seq2seq"
     return f
 
 
@@ -461,9 +453,9 @@ BAD_SCORE = {
         dict(model="bare_encoder"),
         ["--model {bare_encoder}:", "masked LM", "MLM head"],
     ),
-    "causal LM folder": (
-        dict(model="causal_lm"),
-        ["--model {causal_lm}: this folder does not hold a masked language model"],
+    "encoder-decoder folder": (
+        dict(model="seq2seq"),
+        ["--model {seq2seq}: T5ForConditionalGeneration is an encoder-decoder", "decoders"],
     ),
     "template longer than the model allows": (
         dict(template="{sentence} " + "very " * 70 + "[MASK] ."),

@@ -236,3 +236,33 @@ def test_bench_predict_runs(shared_data):
     )
     assert "rows/s over the pipeline's" in out and "time over the bare forward's" in out
     assert "predictions agreeing with the pipeline: 1.0000" in out
+
+
+def test_bench_causal_runs():
+    """On a tiny GPT-2 built by the script itself; nanoGCG raced when it is installed."""
+    import importlib.util
+
+    skip = [] if importlib.util.find_spec("nanogcg") else ["--skip-nanogcg"]
+    out = _run(
+        [
+            str(SCRIPTS / "bench_causal.py"),
+            "--iters",
+            "1",
+            "--search-width",
+            "8",
+            "--topk",
+            "4",
+            "--trigger-length",
+            "3",
+            "--copies",
+            "1",
+            "--repeat",
+            "1",
+            "--threads",
+            "1",
+            *skip,
+        ]  # fmt: skip
+    )
+    assert "s/iter" in out and "plain loop" in out and "bare batched forward" in out
+    diffs = [float(line.rsplit(" ", 1)[1]) for line in out.splitlines() if "max |ours" in line]
+    assert len(diffs) == 2 and max(diffs) < 1e-4  # the same log-probabilities as the loop

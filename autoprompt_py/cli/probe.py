@@ -120,6 +120,7 @@ def probe(
         [t for spec in specs if read_tuned(spec) is None for t in load_templates(spec)],
         base.vocab_size,
         model_name,
+        kind=base.kind,
     )
     lm = attach_tuned(base, specs)
     probes = probe_templates(
@@ -193,6 +194,7 @@ def probe(
                         "calibrate": calibrate,
                         "content_free": list(cf_texts) if cf_texts else None,
                         "model": model_name,
+                        "model_kind": lm.kind,
                         "device": str(lm.device),
                         "dtype": dtype,
                         "batch_size": batch_size,

@@ -131,6 +131,7 @@ def score(
         [t for spec in templates if read_tuned(spec) is None for t in load_templates(spec)],
         base.vocab_size,
         model_name,
+        kind=base.kind,
     )  # a tuned soft prompt's slots are ids past the vocabulary, on purpose
     lm = attach_tuned(base, templates)
     report = score_prompts(
@@ -174,6 +175,7 @@ def score(
                         "label_field": label_field,
                         "limit": limit,
                         "model": model_name,
+                        "model_kind": lm.kind,
                         "device": str(lm.device),
                         "dtype": dtype,
                         "batch_size": batch_size,

@@ -16,6 +16,11 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from autoprompt_py.continuation import (
+    continuation_log_probs,
+    needs_continuation,
+    require_slot_last,
+)
 from autoprompt_py.data import Example
 from autoprompt_py.encoding import EncodedDataset, TemplateEncoder
 from autoprompt_py.evaluation import require_closed
@@ -59,6 +64,17 @@ class Prompt(Protocol):
 
     @property
     def truncated(self) -> int: ...  # inputs cut so far
+
+    def continuation(
+        self,
+        lm: MaskedLM,
+        examples: Sequence[Example],
+        candidates: Sequence[Sequence[int]] | None,
+        batch_size: int,
+    ) -> torch.Tensor | None:
+        """On a decoder that must score them as continuations (``continuation.py``): the
+        candidates' log-likelihoods [rows, candidates]; None where ``mask_logits`` serves."""
+        ...
 
 
 class PromptSource(Protocol):
@@ -158,6 +174,21 @@ class TemplatePrompt:
                     ),
                 )
 
+    def continuation(
+        self,
+        lm: MaskedLM,
+        examples: Sequence[Example],
+        candidates: Sequence[Sequence[int]] | None,
+        batch_size: int,
+    ) -> torch.Tensor | None:
+        if candidates is None:  # the whole vocabulary: only as the next token
+            require_slot_last(lm, self.template)
+            return None
+        if not needs_continuation(lm, self.template, candidates):
+            return None
+        # truncation is counted by ``encode``, which every window runs for this prompt too
+        return continuation_log_probs(lm, self.template, examples, candidates, batch_size)[0]
+
 
 class TemplateSource:
     """Template text, a shipped set, a .jsonl/.txt set or a ``search`` result file."""
@@ -197,6 +228,9 @@ class TunedPrompt(TemplatePrompt):
         encoded: EncodedDataset | None = None,
     ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         yield from super().mask_logits(self._with_part(lm), examples, n_masks, plan, encoded)
+
+    def continuation(self, lm, examples, candidates, batch_size) -> torch.Tensor | None:
+        return super().continuation(self._with_part(lm), examples, candidates, batch_size)
 
 
 class TunedSource:

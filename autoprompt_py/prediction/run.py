@@ -24,6 +24,7 @@ from autoprompt_py.calibration import (
     content_free_examples,
     mean_distribution,
 )
+from autoprompt_py.continuation import check_aggregation
 from autoprompt_py.data import Example
 from autoprompt_py.encoding import EncodedDataset
 from autoprompt_py.ensemble import Combined, EnsembleAccumulator, check_rule, combine, log_normalise
@@ -212,6 +213,10 @@ class Predictor:
         lm = self.lm
         encoded = encoded or {}
         if self.relational:
+            cands = None if self.cand is None else [(c,) for c in self.cand]
+            scores = m.prompt.continuation(lm, examples, cands, self.plan.max_rows)
+            if scores is not None:  # a decoder with text after [Y]
+                return scores.log_softmax(-1).numpy()
             width = len(self.cand_ids)
             out = torch.zeros(len(examples), width, dtype=torch.float32)
             cand = None if self.cand is None else torch.tensor(self.cand, device=lm.device)
@@ -224,6 +229,10 @@ class Predictor:
             distributed.all_reduce_(out)  # zeros where another process scored the batch
             return out.numpy()
         verb = m.verbalizer
+        scores = m.prompt.continuation(lm, examples, verb.pieces, self.plan.max_rows)
+        if scores is not None:  # a decoder with text after the slot or multi-token words
+            check_aggregation(verb.aggregation, m.prompt.name)
+            return verb.aggregate(scores).numpy()
         word_scores = torch.zeros(len(examples), len(verb.words))
         # the window's label scores are normalised over the labels (``window``), where the
         # vocabulary's normalizer, one per row and mask, cancels when every word has k pieces

@@ -68,6 +68,7 @@ def _slots(search: SearchView, state: SearchState, rng: np.random.Generator) -> 
 
 def propose(search: SearchView, state: SearchState, rng: np.random.Generator) -> Move:
     import numpy as np
+    import torch
 
     from autoprompt_py.search.candidates import hotflip_candidates
 
@@ -84,6 +85,14 @@ def propose(search: SearchView, state: SearchState, rng: np.random.Generator) ->
     )
     positions = slot_tensor.repeat_interleave(candidates.shape[1])
     tokens = candidates.reshape(-1)
+    flipped = np.repeat(np.asarray(state.trigger)[None], len(tokens), axis=0)
+    flipped[np.arange(len(tokens)), positions.cpu().numpy()] = tokens.cpu().numpy()
+    keep = torch.as_tensor(search.retokenizes(flipped), device=tokens.device)
+    if not bool(keep.any()):  # every flip fails to read back as text: stay
+        return Move(
+            list(state.trigger), False, float("nan"), {"position": slots[0], "accepted": False}
+        )
+    positions, tokens = positions[keep], tokens[keep]
     by_hits = config.select == "metric"
     scores = search.scorer.candidate_losses(
         search.train, candidate_rows, trigger, positions, tokens, count_hits=by_hits

@@ -6,9 +6,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from autoprompt_py.continuation import check_aggregation, needs_continuation, require_next_token
+from autoprompt_py.encoding import TemplateEncoder
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.model import MaskedLM
 from autoprompt_py.search.config import SearchConfig
+from autoprompt_py.search.continued import ContinuationObjective
 from autoprompt_py.search.scorer import ClassificationObjective, Objective, RelationObjective
 from autoprompt_py.search.task import SearchTask
 from autoprompt_py.search.tensors import SplitTensors
@@ -38,7 +41,14 @@ class EncodedTask:
             resolved = task.verbalizer.resolve(
                 lm.tokenizer, task.aggregation, task.template.predict.space_before
             )
-            objective: Objective = ClassificationObjective(resolved, config.objective == "labels")
+            among = config.objective == "labels"
+            objective: Objective = ClassificationObjective(resolved, among)
+            if needs_continuation(lm, task.template, resolved.pieces):  # see continued.py
+                check_aggregation(task.aggregation, task.template.source)
+                first = TemplateEncoder(
+                    task.template, lm.tokenizer, lm.max_length, answer_ids=resolved.pieces[0]
+                )  # its check: only words may follow the slot
+                objective = ContinuationObjective(resolved, among, first.after_slot_ids)
             index = {lab: i for i, lab in enumerate(resolved.labels)}
             train, dev = task.train, task.dev
             train_gold = [index[e.label] for e in train]
@@ -53,6 +63,8 @@ class EncodedTask:
             train, train_gold = single_token_facts(lm, task, task.train, "train", None, counts)
             dev, dev_gold = single_token_facts(lm, task, task.dev, "dev", eval_ids, counts)
             label_ids = sorted(set(train_gold))  # as AutoPrompt: no trigger may be an answer
+        if task.mode != "classification":
+            require_next_token(lm, task.template, objective.mask_counts)
         tensors = [
             SplitTensors(
                 task.template,

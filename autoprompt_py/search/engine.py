@@ -31,6 +31,7 @@ import torch
 from autoprompt_py import distributed
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.model import MaskedLM
+from autoprompt_py.model_kind import CAUSAL
 from autoprompt_py.search.budget import Budget, BudgetSpent
 from autoprompt_py.search.calibrated import (
     CalibratedObjective,
@@ -127,6 +128,19 @@ class TriggerSearch:
 
     def words(self, ids: Sequence[int]) -> list[str]:
         return [self.vocab.words[i] or self.vocab.tokens[i] for i in ids]
+
+    def retokenizes(self, triggers: np.ndarray) -> np.ndarray:
+        """bool [C]: which candidate triggers [C, L] read back as the same ids from their
+        text. On decoders (BPE, SentencePiece) a trigger failing it (tokens that merge or
+        split when written out) would not reproduce as text: nanoGCG's filter drops it.
+        Masked LMs keep every candidate (their results are scored from the ids)."""
+        triggers = np.asarray(triggers)
+        if self.lm.kind != CAUSAL or not len(triggers):
+            return np.ones(len(triggers), dtype=bool)
+        tok = self.lm.tokenizer
+        texts = tok.batch_decode(triggers.tolist())
+        again = tok(texts, add_special_tokens=False)["input_ids"]
+        return np.array([a == t for a, t in zip(again, triggers.tolist())], dtype=bool)
 
     def special_slots(self, ids: Sequence[int]) -> list[int]:
         """Slots of ``ids`` holding a special token ([MASK], [UNK], [CLS], …)."""
@@ -259,7 +273,7 @@ class TriggerSearch:
         (``how="mask"``) or random allowed tokens drawn from ``rng``."""
         fixed = self.task.template.trigger_ids
         if how == "mask":
-            mask = self.lm.tokenizer.mask_token_id
+            mask = self.lm.trigger_fill_id  # the mask token; a decoder's "x"
             return [mask if t is None else int(t) for t in fixed]
         assert rng is not None
         pool = torch.nonzero(self.allowed).squeeze(1).cpu().numpy()

@@ -34,6 +34,7 @@ from autoprompt_py.data import Example, check_fields
 from autoprompt_py.encoding import TemplateEncoder
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.model import MaskedLM
+from autoprompt_py.model_kind import CAUSAL
 from autoprompt_py.template import Template
 
 
@@ -103,8 +104,11 @@ class TriggerFluency:
         return ids
 
     def token_log_probs(self, triggers: torch.Tensor | Sequence) -> torch.Tensor:
-        """log p(token | rest) per slot, float32 [C, L], each slot masked in turn."""
+        """log p(token | rest) per slot, float32 [C, L], each slot masked in turn (on a
+        decoder: log p(token | the text before it), all slots of a candidate in one row)."""
         ids = self._as_batch(triggers)
+        if self.lm.kind == CAUSAL:
+            return self._causal_log_probs(ids)
         n_cand, n_slots = ids.shape
         n_rows = n_cand * n_slots
         out = torch.empty(n_rows, dtype=torch.float32, device=ids.device)
@@ -134,6 +138,32 @@ class TriggerFluency:
                 self.forward_calls += 1
         # a normal tensor again, so callers may mix it into tensors that autograd records
         return out.reshape(n_cand, n_slots).clone()
+
+    def _causal_log_probs(self, ids: torch.Tensor) -> torch.Tensor:
+        """A decoder's log-likelihood of each trigger token given the text before it: one row
+        per candidate; a trigger at the very start is read after the bos (or eos) token."""
+        context, at = self.input_ids, self.trigger_positions
+        if int(at[0]) == 0:
+            tok = self.lm.tokenizer
+            start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+            context = torch.cat([context.new_tensor([start or 0]), context])
+            at = at + 1
+        out = torch.empty(ids.shape, dtype=torch.float32, device=ids.device)
+        with torch.inference_mode():
+            for start in range(0, len(ids), self.max_rows):
+                rows = slice(start, start + self.max_rows)
+                row_ids = context.expand(len(ids[rows]), -1).clone()
+                row_ids[:, at] = ids[rows]
+                logits = self.lm.mask_logits(
+                    (at - 1).expand(len(row_ids), -1),
+                    torch.ones_like(row_ids),
+                    input_ids=row_ids,
+                ).float()
+                gold = logits.gather(-1, ids[rows, :, None])[..., 0]
+                out[rows] = gold - logits.logsumexp(-1)
+                self.forward_passes += len(row_ids)
+                self.forward_calls += 1
+        return out.clone()
 
     def pll(self, triggers: torch.Tensor | Sequence) -> torch.Tensor:
         """Pseudo-log-likelihood of each candidate trigger: [C, L] ids → float32 [C]."""

@@ -108,6 +108,7 @@ def propose(search: SearchView, state: SearchState, rng: np.random.Generator) ->
     candidates = sample_candidates(
         current, top.cpu().numpy(), config.search_width, config.n_replace, rng, special
     )
+    candidates = candidates[search.retokenizes(candidates)]
     size = len(candidate_rows)
     if len(candidates) == 0:  # e.g. top-k of 1 token per slot already in place
         return Move(list(start), False, float("nan"), {"candidates": 0, "moved": False})

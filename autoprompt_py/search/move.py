@@ -43,6 +43,9 @@ class SearchView(Protocol):
     def ids(self, ids: Sequence[int]) -> torch.Tensor:
         """Token ids as a tensor on the model's device."""
 
+    def retokenizes(self, triggers: np.ndarray) -> np.ndarray:
+        """bool [C]: candidate triggers [C, L] whose text encodes back to the same ids."""
+
     def special_slots(self, ids: Sequence[int]) -> list[int]:
         """Slots of ``ids`` holding a special token ([MASK], [UNK], …)."""
 

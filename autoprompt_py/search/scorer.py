@@ -253,8 +253,11 @@ class TriggerScorer:
         batches: dict[int, Batch],
         ids: dict[int, torch.Tensor] | None = None,
         embeds: dict[int, torch.Tensor] | None = None,
+        group: int = 1,
     ) -> Logits:
-        """Mask logits of every view, from ids or from input embeddings."""
+        """Mask logits of every view, from ids or from input embeddings. ``group`` > 1: the
+        rows come in groups of one example under ``group`` triggers, whose text before the
+        first trigger a decoder runs once per group (``shared_prefix_logits``)."""
         out = {}
         with self._autocast():
             for k, b in batches.items():
@@ -262,6 +265,10 @@ class TriggerScorer:
                 self.cost.forward_passes += len(b.attention_mask)
                 if embeds is not None and torch.is_grad_enabled():
                     self.cost.backward_passes += len(b.attention_mask)
+                if group > 1 and ids is not None and embeds is None:
+                    args = (b.mask_positions, b.attention_mask, ids[k], b.trigger_positions[:, 0])
+                    out[k] = self.lm.shared_prefix_logits(*args, group, b.token_type_ids)
+                    continue
                 out[k] = self.lm.mask_logits(
                     b.mask_positions,
                     b.attention_mask,
@@ -376,7 +383,8 @@ class TriggerScorer:
             ids = {
                 k: b.input_ids.scatter_(1, b.trigger_positions, rows_var) for k, b in views.items()
             }
-            logits, gold = self.logits(views, ids=ids), split.gold[views[self._k0].index]
+            logits = self.logits(views, ids=ids, group=per_example)
+            gold = split.gold[views[self._k0].index]
             if count_hits:
                 loss, outcome = self.objective.loss_and_outcome(logits, gold)
                 hits = self.objective.hits(outcome, gold).float()

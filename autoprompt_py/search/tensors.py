@@ -72,7 +72,7 @@ class SplitTensors:
         max_length: int,
         examples: Sequence[Example],
         gold: Sequence[int],
-        mask_counts: Sequence[int],
+        mask_counts: Sequence[int | tuple[int, ...]],
         device: torch.device,
         lazy: bool = False,
     ) -> None:
@@ -85,15 +85,20 @@ class SplitTensors:
         self._encoded = np.zeros(self.size, dtype=bool)
         n, triggers = self.size, template.num_triggers
         self.views: dict[int, _View] = {}
-        for k in mask_counts:
+        for k in mask_counts:  # a number of masks, or a decoder's answer ids (a tuple)
             ids = torch.full((n, 0), self._pad_id, dtype=torch.long, device=device)
+            encoder = (
+                TemplateEncoder(template, tokenizer, max_length, n_masks=k)
+                if isinstance(k, int)
+                else TemplateEncoder(template, tokenizer, max_length, len(k), answer_ids=k)
+            )
             self.views[k] = _View(
-                TemplateEncoder(template, tokenizer, max_length, n_masks=k),
+                encoder,
                 ids,
                 torch.zeros_like(ids),
                 torch.zeros_like(ids),
                 torch.zeros((n, triggers), dtype=torch.long, device=device),
-                torch.zeros((n, k), dtype=torch.long, device=device),
+                torch.zeros((n, encoder.n_read), dtype=torch.long, device=device),
                 np.zeros(n, dtype=np.int64),
             )
         fixed = any(isinstance(p, Field) and not p.shortenable for p in template.parts)

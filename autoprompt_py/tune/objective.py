@@ -17,8 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from autoprompt_py.continuation import check_aggregation, slot_is_last, word_log_likelihoods
 from autoprompt_py.data import Example
-from autoprompt_py.encoding import Batch, EncodedDataset, TemplateEncoder
+from autoprompt_py.encoding import Batch, EncodedDataset, TemplateEncoder, predicts_next_token
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.template import Template
 from autoprompt_py.verbalizer import ResolvedVerbalizer
@@ -73,11 +74,29 @@ class Objective:
                 raise AutopromptError("--vocab: none of its words is one token of this model")
             self.candidates = torch.tensor(ids)
         self.vocab_size = vocab_size
+        # a decoder reading text after the slot, or words of several tokens: each word is a
+        # view of its own, scored as a continuation, as `score` scores it (continuation.py)
+        self.after: list[int] | None = None
+        if predicts_next_token(tokenizer) and not head:
+            if self.relational and not slot_is_last(template):
+                raise AutopromptError(
+                    f"template {template.source!r}: on a decoder, a relation is tuned on the "
+                    "next token, so [Y] must be last in the template; move it to the end"
+                )
+            continued = not slot_is_last(template) or verbalizer.multi_piece_words
+            if not self.relational and continued:
+                check_aggregation(verbalizer.aggregation, template.source)
+                first = verbalizer.pieces[0]
+                self.after = TemplateEncoder(
+                    template, tokenizer, max_length, answer_ids=first
+                ).after_slot_ids
 
     @property
-    def piece_counts(self) -> list[int]:
+    def piece_counts(self) -> list:
         if self.head:
             return [0]
+        if self.after is not None:  # views keyed by each word's tokens
+            return [tuple(p) for p in self.verbalizer.pieces]
         return self.verbalizer.piece_counts if self.verbalizer is not None else [1]
 
     def encode(self, examples: Sequence[Example], template: Template | None = None) -> Encoded:
@@ -102,11 +121,12 @@ class Objective:
                 "--vocab); nothing to train or score"
             )
         datasets = {
-            k: TemplateEncoder(template, self.tokenizer, self.max_length, n_masks=k).encode_all(
-                kept
-            )
+            k: TemplateEncoder(
+                template, self.tokenizer, self.max_length, n_masks=k if isinstance(k, int) else
+                len(k), answer_ids=None if isinstance(k, int) else k,
+            ).encode_all(kept)
             for k in self.piece_counts
-        }
+        }  # fmt: skip
         return Encoded(datasets, gold, rows)
 
     def scores(self, logits: dict[int, torch.Tensor]) -> torch.Tensor:
@@ -116,6 +136,9 @@ class Objective:
         if self.relational:
             out = logits[1][:, 0].float()
             return out[:, self.candidates.to(out.device)] if self.candidates is not None else out
+        if self.after is not None:
+            words = word_log_likelihoods(logits, self.verbalizer.pieces, self.after)
+            return self.verbalizer.aggregate(words)
         return self.verbalizer.label_scores(logits)
 
     def loss(self, scores: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ import torch
 
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.model import MaskedLM
+from autoprompt_py.model_kind import check_kind
 from autoprompt_py.prompt import model_record
 from autoprompt_py.template import Template
 from autoprompt_py.tune.vectors import EMBEDDINGS_FILE
@@ -17,6 +18,7 @@ from autoprompt_py.tune.vectors import EMBEDDINGS_FILE
 def check_same_base(lm: MaskedLM, folder: str | Path, result: dict) -> None:
     """A prompt tuned on one model is read by that model only (same name and sizes)."""
     want, have = result["model"], model_record(lm)
+    check_kind(want.get("kind"), lm.kind, f"--template {folder}", lm.name)
     keys = ("vocab_size", "embedding_size", "name")
     if tuple(want[k] for k in keys) != tuple(have[k] for k in keys):
         raise AutopromptError(

@@ -11,6 +11,7 @@ from torch import nn
 from autoprompt_py.default_model import check_default_model, is_default_model
 from autoprompt_py.encoding import Batch
 from autoprompt_py.model import MaskedLM
+from autoprompt_py.model_kind import CAUSAL
 from autoprompt_py.tune.task import fields_only
 
 
@@ -31,7 +32,10 @@ class HeadPart:
 
     def logits(self, batches: dict[int, Batch]) -> dict[int, torch.Tensor]:
         b = batches[0]
-        kwargs = {"input_ids": b.input_ids, "attention_mask": b.attention_mask}
+        ids = b.input_ids
+        if self.lm.kind == CAUSAL:  # a decoder's head reads the last token that is not pad
+            ids = ids.masked_fill(b.attention_mask == 0, self.model.config.pad_token_id)
+        kwargs = {"input_ids": ids, "attention_mask": b.attention_mask}
         if self.uses_token_type_ids:
             kwargs["token_type_ids"] = b.token_type_ids
         return {0: self.model(**kwargs).logits}
@@ -60,12 +64,19 @@ def build(lm: MaskedLM, task, config, objective) -> HeadPart:
 
     labels = task.verbalizer.labels
     torch.manual_seed(config.seed)  # the new head's initial weights
+    extra = {}
+    if lm.kind == CAUSAL:  # the head reads the last non-pad token: a pad id must be set
+        tok = lm.tokenizer
+        extra["pad_token_id"] = (
+            tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        )
     model = AutoModelForSequenceClassification.from_pretrained(
         model_source(lm),
         num_labels=len(labels),
         id2label=dict(enumerate(labels)),
         label2id={lab: i for i, lab in enumerate(labels)},
         trust_remote_code=getattr(lm, "trust_remote_code", False),  # explicit: never asked
+        **extra,
     ).to(lm.device)
     return HeadPart(lm, model, fields_only(task.template))
 

@@ -19,6 +19,7 @@ from autoprompt_py.encoding import Batch
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.export import PEFT_INSTALL
 from autoprompt_py.model import MaskedLM, config_value
+from autoprompt_py.model_kind import CAUSAL
 from autoprompt_py.tune.init import init_vectors
 
 
@@ -161,12 +162,20 @@ class PromptPart(_PeftPart):
         return {**files, **write_embeddings(folder, self.lm, self.template, vectors)}
 
 
+def _task_type(peft, lm: MaskedLM):
+    """PEFT's task type as saved in the adapter: a decoder's adapter loads as
+    ``PeftModelForCausalLM``; a masked LM has no task type of its own."""
+    return peft.TaskType.CAUSAL_LM if lm.kind == CAUSAL else peft.TaskType.FEATURE_EXTRACTION
+
+
 def build(lm: MaskedLM, task, config, objective):
     peft = require_peft(config.method)
     torch.manual_seed(config.seed)
     if config.method == "lora":
         kwargs = dict(r=config.lora_r, lora_alpha=config.lora_alpha,
                       lora_dropout=config.lora_dropout)  # fmt: skip
+        if lm.kind == CAUSAL:
+            kwargs["task_type"] = peft.TaskType.CAUSAL_LM
         try:
             cfg = peft.LoraConfig(**kwargs)
             model = peft.get_peft_model(lm.model, cfg)
@@ -180,7 +189,7 @@ def build(lm: MaskedLM, task, config, objective):
     heads = config_value(lm.model.config, "num_attention_heads", "n_heads")
     if config.method == "prefix":  # PEFT's own start (the prefixes are not token embeddings)
         cfg = peft.PrefixTuningConfig(
-            task_type=peft.TaskType.FEATURE_EXTRACTION,
+            task_type=_task_type(peft, lm),
             num_virtual_tokens=config.num_virtual_tokens or 8,
             token_dim=int(lm.model.config.hidden_size), num_transformer_submodules=1,
             num_layers=layers, num_attention_heads=heads,
@@ -195,7 +204,7 @@ def build(lm: MaskedLM, task, config, objective):
     n = config.num_virtual_tokens or (len(found) if found else 8)
     vectors, _ = init_vectors(lm, n, init, config.seed, found, config.init_text)
     common = dict(
-        task_type=peft.TaskType.FEATURE_EXTRACTION, num_virtual_tokens=n,
+        task_type=_task_type(peft, lm), num_virtual_tokens=n,
         token_dim=int(vectors.shape[1]), num_transformer_submodules=1,
         num_layers=config_value(lm.model.config, "num_hidden_layers", "n_layers"),
         num_attention_heads=config_value(lm.model.config, "num_attention_heads", "n_heads"),
