@@ -241,3 +241,26 @@ def test_bundled_model_search_then_tune_never_below_the_search(tmp_path):
     m = result["metric"]
     assert abs(result["curve"][0]["dev"] - search["dev"][m]) <= 1e-6
     assert result["dev"][m] >= search["dev"][m]
+
+
+def test_compare_seeds_quick_runs(capsys, tmp_path):
+    """scripts/compare_seeds.py end to end on its reduced setting (bundled model and data)."""
+    pytest.importorskip("peft")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "compare_seeds", REPO / "scripts/compare_seeds.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--quick", "--output", str(tmp_path / "runs.json")])
+    out, err = capsys.readouterr()
+    rows = [line for line in out.splitlines() if line.startswith("| sentiment |")]
+    assert len(rows) == 4 + 1  # soft and prefix × found and text, and the equal-seconds row
+    runs = json.loads((tmp_path / "runs.json").read_text())
+    found = next(r for r in runs["runs"] if (r["method"], r["start"]) == ("soft", "found"))
+    assert found["points"][0]["dev"] == pytest.approx(found["search_dev"], abs=1e-6)
+    assert runs["equal_seconds"][0]["alone_steps"] >= 4
+    (tmp_path / "log.jsonl").write_text(err, encoding="utf-8")
+    module.main(["--report", str(tmp_path / "log.jsonl"), "--points", "0,2,4"])
+    assert capsys.readouterr().out.count("| sentiment |") == 5
