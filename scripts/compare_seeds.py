@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -33,7 +34,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-SHARED = ROOT.parent / "shared"
+SHARED = Path(os.environ.get("AUTOPROMPT_SHARED") or ROOT.parent / "shared")  # as conftest
 SENTIMENT_SOFT = "{sentence} [T] [T] [T] It was [MASK] ."
 SST2_VERB = '{"0": ["terrible"], "1": ["great"]}'
 
@@ -45,6 +46,7 @@ def _compare_tuning():
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    module.SHARED = SHARED
     return module
 
 
@@ -73,7 +75,7 @@ def load_task_data(name: str, shots: int, seed: int):
     return train, dev, test, None, soft, text
 
 
-def search(lm, data, seed: int, seconds: float, iters: int | None):
+def search(lm, data, seed: int, seconds: float, iters: int | None, options: dict | None = None):
     """The found template (a GCG search on train, best on dev), its result and seconds."""
     from autoprompt_py.resources import template_from_result
     from autoprompt_py.search import SearchConfig, run_search
@@ -85,7 +87,9 @@ def search(lm, data, seed: int, seconds: float, iters: int | None):
     task = load_tune_task(soft, train, dev, verbalizer=verb)
     stask = SearchTask(task.template, task.train, task.dev, task.verbalizer, task.aggregation,
                        task.relation, task.vocab)  # fmt: skip
-    config = SearchConfig(time_budget=seconds, iters=iters or 1_000_000, seed=seed)
+    config = SearchConfig(
+        time_budget=seconds, iters=iters or 1_000_000, seed=seed, **(options or {})
+    )
     started = time.perf_counter()
     result = run_search(lm, stask, config, progress=False).result
     elapsed = time.perf_counter() - started
@@ -161,6 +165,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--search-seconds", type=float, default=60.0)
     ap.add_argument("--search-iters", type=int, default=None, help="cap (CI: a few)")
+    ap.add_argument(
+        "--search-option", action="append", default=[],
+        help="a search setting KEY=VALUE, as tune's --search-option (accumulation_steps=1)",
+    )  # fmt: skip
     ap.add_argument("--no-equal-seconds", action="store_true", help="skip search+tune vs tune")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="a reduced setting on examples/ (CI)")
@@ -189,15 +197,19 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     quiet_transformers()
     fresh = lambda: load_model(args.model, device="cpu")  # noqa: E731 (PEFT wraps the model)
+    from autoprompt_py.tune.pipeline import parse_search_options
+
+    options = parse_search_options(args.search_option)
     runs, equal = [], []
     for seed in ct.seeds(args.data_seeds):  # every task of a seed first: a cut run stays even
         for task_name in args.tasks.split(","):
             data = load_task_data(task_name, args.shots, seed)
             found, result, search_s = search(fresh(), data, seed, args.search_seconds,
-                                             args.search_iters)  # fmt: skip
+                                             args.search_iters, options)  # fmt: skip
             m = result["metric"]
             print(json.dumps({"task": task_name, "seed": seed, "searched": result["prompt"],
-                              "search_dev": result["dev"][m], "seconds": round(search_s, 1)}),
+                              "search_dev": result["dev"][m], "seconds": round(search_s, 1),
+                              "iterations": result["iterations"]}),
                   file=sys.stderr, flush=True)  # fmt: skip
             for method in args.methods.split(","):
                 for start in args.starts.split(","):

@@ -161,6 +161,11 @@ def test_exported_prompt_and_tuned_folder_seed_the_start(searched, tmp_path):
     task = load_tune_task(str(exported), data, data, verbalizer=str(verb))
     assert task.seed.kind == "export" and list(task.seed.token_ids) == ids
     assert task.template.trigger_ids == ids
+    for fmt in ("peft", "optiprompt"):  # the folders export writes seed the same tokens
+        folder = export_prompt(FoundPrompt.from_result(result_file, lm.tokenizer), lm, fmt,
+                               tmp_path / fmt)  # fmt: skip
+        other = load_tune_task(str(folder), data, data, verbalizer=str(verb))
+        assert other.seed.kind == "export" and other.template.trigger_ids == ids, fmt
     first = tune(lm, task, TuneConfig(steps=2, eval_every=1, batch_size=3, lr=0.1),
                  output=tmp_path / "t", progress=False)  # fmt: skip
     # the tuned soft folder: the next run continues from its trained vectors
@@ -178,11 +183,12 @@ def _cli(*args):
 def test_search_then_tune_in_one_run(tiny_model_dirs, tmp_path):
     data = write_rows(tmp_path / "rows.tsv")
     verb = verbalizer_file(tmp_path)
-    r = _cli("tune", "--model", tiny_model_dirs["bert"], "--template", TEMPLATE, "--verbalizer",
-             verb, "--train", data, "--dev", data, "--steps", "3", "--eval-every", "1",
-             "--batch-size", "3", "--search-budget", "30", "--search-iters", "2",
-             "--search-option", "search_width=4", "--search-option", "topk=4",
-             "--search-option", "accumulation_steps=1", "--quiet", "--output", tmp_path / "t")  # fmt: skip
+    args = ["tune", "--model", tiny_model_dirs["bert"], "--template", TEMPLATE, "--verbalizer",
+            verb, "--train", data, "--dev", data, "--eval-every", "1",
+            "--batch-size", "3", "--search-budget", "30", "--search-iters", "2",
+            "--search-option", "search_width=4", "--search-option", "topk=4",
+            "--search-option", "accumulation_steps=1", "--quiet", "--output", tmp_path / "t"]  # fmt: skip
+    r = _cli(*args, "--steps", "3")
     assert r.exit_code == 0, r.output
     search = json.loads((tmp_path / "t.search.json").read_text())
     result = json.loads((tmp_path / "t" / "result.json").read_text())
@@ -194,6 +200,16 @@ def test_search_then_tune_in_one_run(tiny_model_dirs, tmp_path):
     assert abs(result["curve"][0]["dev"] - search["dev"][m]) <= 1e-6
     assert result["dev"][m] >= search["dev"][m]
     assert "dev has 6 examples" in r.output
+    # again without --force: refused; with --resume: the search result is reused (and the
+    # finished training stays as it was)
+    before = (tmp_path / "t.search.json").read_text()
+    r = _cli(*args, "--steps", "3")
+    assert r.exit_code == 2 and "already exists" in r.output, r.output
+    r = _cli(*args, "--steps", "3", "--resume")
+    assert r.exit_code == 0, r.output
+    result = json.loads((tmp_path / "t" / "result.json").read_text())
+    assert result["stages"]["search"]["reused"] and result["steps"] == 3
+    assert (tmp_path / "t.search.json").read_text() == before
 
 
 @pytest.mark.parametrize(

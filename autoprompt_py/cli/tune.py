@@ -126,7 +126,7 @@ def tune(
 
         search_config = search_settings(config, search_budget, search_iters, search_method,
                                         search_option, task)  # fmt: skip
-        locks = (output, search_result_path(output))
+        locks = (run_lock(output), search_result_path(output))
     else:
         from autoprompt_py.tune.seed import check_init
 
@@ -134,7 +134,7 @@ def tune(
             task.template.num_triggers, task.open_triggers, task.template.is_relational
         )
         check_init(config, task)
-        locks = (output,)
+        locks = (run_lock(output),)
     click.get_current_context().with_resource(output_lock(*locks))
     quiet_transformers()
     lm = load_model(model_name, device, dtype)
@@ -168,6 +168,12 @@ def tune(
     )
     if outcome.interruption is not None:
         raise outcome.interruption
+
+
+def run_lock(output: str):
+    """The path locked while a run writes ``output``: the lock file ``<output>.tune.lock``
+    (locking the folder itself would refuse an existing one, which --resume and --force take)."""
+    return str(output).rstrip("/\\") + ".tune"
 
 
 def search_settings(config, budget, iters, method, options, task):
