@@ -180,8 +180,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.report:  # the JSON lines a run printed (a run cut short still reports)
         lines = Path(args.report).read_text(encoding="utf-8").splitlines()
         rows = [json.loads(x) for x in lines if x.startswith("{")]
-        report([r for r in rows if "points" in r], [r for r in rows if "equal_seconds" in r],
-               points_at)  # fmt: skip
+        runs = [r for r in rows if "points" in r]
+        report(runs, [r for r in rows if "equal_seconds" in r], points_at)
+        if args.plot:
+            plot(runs, points_at, args.plot)
         return
     if args.quick:
         args.tasks, args.data_seeds, args.steps, args.eval_every = "sentiment", "0", 4, 2
@@ -276,13 +278,15 @@ def report(runs: list[dict], equal: list[dict], points_at: list[int]) -> None:
 
 
 def plot(runs: list[dict], points_at: list[int], output: str) -> None:
-    """Mean test metric of the kept checkpoint against steps, one line per method:start
-    (drawn by ``plotting.plot_curves``, what ``autoprompt plot`` draws with)."""
+    """Mean test metric of the kept checkpoint against steps (the relations' P@1 where there
+    are relations), one line per method:start (drawn by ``plotting.plot_curves``, what ``autoprompt plot`` draws with)."""
     from autoprompt_py.plotting import RunCurve, plot_curves
 
+    metric = "p@1" if any(r["metric"] == "p@1" for r in runs) else runs[0]["metric"]
     groups: dict = {}
-    for r in runs:
-        groups.setdefault((r["method"], r["start"]), []).append(r)
+    for r in runs:  # one metric: the relations' P@1 where there are relations
+        if r["metric"] == metric:
+            groups.setdefault((r["method"], r["start"]), []).append(r)
     curves = []
     for (method, start), rs in groups.items():
         pts = [(0.0, float(s), float(np.mean([kept_at(r["points"], s)["test"] for r in rs])))
@@ -290,8 +294,13 @@ def plot(runs: list[dict], points_at: list[int], output: str) -> None:
         tasks = ",".join(dict.fromkeys(r["task"] for r in rs))
         curves.append(RunCurve(source=f"{method}:{start}", points=pts,
                                metric=f"test {rs[0]['metric']} (mean over {tasks})",
-                               method=f"{method}:{start}", settings=f"{method}:{start}"))  # fmt: skip
-    plot_curves(curves, output, x="passes", title="kept checkpoint's test metric by start")
+                               method=f"{method}:{start}", settings=method))  # fmt: skip
+    # a colour per method, a line style per start; the axes say what these points are
+    figure = plot_curves(curves, None, x="passes", title="the kept checkpoint's test metric")
+    ax = figure.axes[0]
+    ax.set_xlabel("training steps")
+    ax.set_ylabel(curves[0].metric)
+    figure.savefig(output, dpi=150)
 
 
 if __name__ == "__main__":

@@ -278,5 +278,7 @@ def test_compare_seeds_quick_runs(capsys, tmp_path):
     assert found["points"][0]["dev"] == pytest.approx(found["search_dev"], abs=1e-6)
     assert runs["equal_seconds"][0]["alone_steps"] >= 4
     (tmp_path / "log.jsonl").write_text(err, encoding="utf-8")
-    module.main(["--report", str(tmp_path / "log.jsonl"), "--points", "0,2,4"])
+    plot = ["--plot", str(tmp_path / "c.png")] if importlib.util.find_spec("matplotlib") else []
+    module.main(["--report", str(tmp_path / "log.jsonl"), "--points", "0,2,4", *plot])
     assert capsys.readouterr().out.count("| sentiment |") == 5
+    assert not plot or (tmp_path / "c.png").stat().st_size > 0
