@@ -282,3 +282,15 @@ def test_compare_seeds_quick_runs(capsys, tmp_path):
     module.main(["--report", str(tmp_path / "log.jsonl"), "--points", "0,2,4", *plot])
     assert capsys.readouterr().out.count("| sentiment |") == 5
     assert not plot or (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_an_existing_search_result_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    import autoprompt_py.model as model
+
+    monkeypatch.setattr(model, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    (tmp_path / "t.search.json").write_text("{}", "utf-8")
+    r = _cli("tune", "--template", "{sentence} [T] [T] It was [MASK] .", "--verbalizer", "sst2",
+             "--train", REPO / "examples/sentiment/train.tsv", "--search-budget", "5",
+             "--output", tmp_path / "t")  # fmt: skip
+    assert r.exit_code == 2 and "already exists" in r.output, r.output
+    assert (tmp_path / "t.search.json").read_text() == "{}" and not (tmp_path / "t").exists()

@@ -122,10 +122,12 @@ def tune(
     )  # fmt: skip
     searching = search_budget is not None or search_iters is not None
     if searching:
+        from autoprompt_py.results import refuse_overwrite
         from autoprompt_py.tune.pipeline import search_result_path
 
         search_config = search_settings(config, search_budget, search_iters, search_method,
                                         search_option, task)  # fmt: skip
+        refuse_overwrite(search_result_path(output), "--output", force or resume, True)
         locks = (run_lock(output), search_result_path(output))
     else:
         from autoprompt_py.tune.seed import check_init
