@@ -67,10 +67,10 @@ from autoprompt_py.tune.config import INITS, METHODS  # light: no torch
 @click.option(
     "--init",
     type=click.Choice(INITS),
-    default="vocab",
+    default="auto",
     show_default=True,
-    help="Where trained vectors start (vocab won on dev, see the README); auto: a search "
-    "result's triggers (found), else vocab.",
+    help="Where trained vectors start; auto: what --template found (a search result, an "
+    "exported prompt or a tuned folder), else vocab (docs/seeding.md).",
 )
 @click.option("--init-text", default=None, help="Words the vectors start from (--init text).")
 @click.option("--lr", type=float, default=None, help="Learning rate [default: by method].")
@@ -115,12 +115,29 @@ from autoprompt_py.tune.config import INITS, METHODS  # light: no torch
 @click.option(
     "--grad-checkpointing", is_flag=True, help="Recompute activations in the backward (memory)."
 )
+@click.option(
+    "--search-budget",
+    type=float,
+    default=None,
+    help="Search the template's [T] slots for this many seconds first (as 'search'), write "
+    "<output>.search.json and tune from it.",
+)
+@click.option("--search-iters", type=int, default=None, help="Search iterations at most.")
+@click.option(
+    "--search-method", type=click.Choice(["gcg", "autoprompt"]), default="gcg", show_default=True
+)
+@click.option(
+    "--search-option",
+    multiple=True,
+    help="Any other 'search' setting as KEY=VALUE (topk=64, objective=vocab); repeatable.",
+)
 def tune(
     model_name, device, dtype, batch_size, train, dev, dev_fraction, test, template, verbalizer,
     aggregation, vocab, label_field, columns, method, init, init_text, lr, steps, epochs, warmup,
     weight_decay, max_grad_norm, eval_every, time_budget, shots, dev_shots, data_seed, seed,
     dropout, output, force, resume, quiet, grad_accum=None, global_batch=None, shard=False,
-    grad_checkpointing=False,
+    grad_checkpointing=False, search_budget=None,
+    search_iters=None, search_method="gcg", search_option=(),
 ) -> None:  # fmt: skip
     """Train a prompt (soft vectors) or the model with it, on labeled data or facts."""
     from dataclasses import replace
@@ -150,17 +167,48 @@ def tune(
         template, train, dev, test, verbalizer, aggregation, vocab, label_field,
         parse_columns(columns), dev_fraction, seed, shots, dev_shots, data_seed,
     )  # fmt: skip
-    config.check_task(task.template.num_triggers, task.open_triggers, task.template.is_relational)
-    lock_output(output)
+    searching = search_budget is not None or search_iters is not None
+    if searching:
+        from autoprompt_py.results import from_main, refuse_overwrite
+        from autoprompt_py.tune.pipeline import search_result_path
+
+        search_config = search_settings(config, search_budget, search_iters, search_method,
+                                        search_option, task)  # fmt: skip
+        found = search_result_path(output)
+        from_main(lambda: refuse_overwrite(found, "--output", force or resume, True))
+        lock_output(output, found)
+    else:
+        from autoprompt_py.tune.seed import check_init
+
+        config.check_task(
+            task.template.num_triggers, task.open_triggers, task.template.is_relational
+        )
+        check_init(config, task)
+        lock_output(output)
     quiet_transformers()
     lm = load_model(model_name, device, dtype)
-    outcome = run_tune(lm, task, config, output, force, resume, progress=not quiet)
+    if searching:
+        from autoprompt_py.tune.pipeline import search_then_tune
+
+        outcome = search_then_tune(lm, task, config, search_config, output, force, resume,
+                                   progress=not quiet)  # fmt: skip
+        s = outcome.result["stages"]["search"]
+        click.echo(f"searched {s['prompt']} in {s['seconds']:.1f} s; wrote {s['file']}")
+    else:
+        outcome = run_tune(lm, task, config, output, force, resume, progress=not quiet)
     r = outcome.result
     m = r["metric"]
     line = f"dev {m} {r['start'][m]:.4f} → {r['dev'][m]:.4f} (best at step {r['best_step']})"
     if r["test"] is not None:
         line += f"; test {m} {r['test'][m]:.4f}"
     click.echo(line)
+    if r["dev"]["small"]:
+        n = r["dev"]["n"]
+        click.echo(
+            f"note: dev has {n} examples, so its {m} moves in steps of 1/{n} = {1 / n:.3f}: "
+            "checkpoints are chosen among few values (a tie keeps the later one); give a "
+            "larger --dev (or --dev-shots) for a steadier choice"
+        )
     if "projection" in r:
         p = r["projection"]
         click.echo(f"nearest tokens: {p['prompt']} (dev {m} {p['dev'][m]:.4f})")
@@ -169,6 +217,23 @@ def tune(
     )
     if outcome.interruption is not None:
         raise outcome.interruption
+
+
+def search_settings(config, budget, iters, method, options, task):
+    """The SearchConfig of ``--search-*`` (checked before the model loads)."""
+    from autoprompt_py.errors import AutopromptError
+    from autoprompt_py.tune.pipeline import (
+        check_searchable,
+        make_search_config,
+        parse_search_options,
+    )
+
+    if budget is None:
+        raise AutopromptError("--search-iters: give --search-budget SECONDS as well")
+    check_searchable(task)
+    search = make_search_config(config, budget, iters, method, parse_search_options(options))
+    search.check_slots(task.template.num_triggers)
+    return search
 
 
 COMMANDS = [tune]

@@ -3,7 +3,8 @@
 ``config.py`` the settings, ``task.py`` the data (few-shot sampling), ``objective.py`` the
 label scores and loss (``verbalizer.py``'s), ``methods/`` what trains (one module each, one
 registry), ``loop.py`` the training loop and checkpoint, ``folder.py`` the output folder,
-``run.py`` the whole run (``tune``).
+``run.py`` the whole run (``tune``), ``seed.py`` what a ``--template`` found (the start of
+``--init auto``), ``pipeline.py`` search then tune (``search_then_tune``).
 """
 
 import sys
@@ -20,6 +21,7 @@ _EXPORTS = {
     "tune": "autoprompt_py.tune.run",
     "TuneTask": "autoprompt_py.tune.task",
     "load_tune_task": "autoprompt_py.tune.task",
+    "search_then_tune": "autoprompt_py.tune.pipeline",
 }
 
 
@@ -38,4 +40,4 @@ class _CallablePackage(types.ModuleType):
 
 sys.modules[__name__].__class__ = _CallablePackage
 
-__all__ = ["TuneConfig", "TuneOutcome", "TuneTask", "load_tune_task", "tune"]  # noqa: F822
+__all__ = ["TuneConfig", "TuneOutcome", "TuneTask", "load_tune_task", "search_then_tune", "tune"]  # noqa: F822

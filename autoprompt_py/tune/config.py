@@ -42,8 +42,9 @@ class TuneConfig:
     """The knobs of a training run. ``identity()`` names those that decide its course.
 
     ``method`` is what trains (see ``tune/methods``); ``init`` where trained prompt vectors
-    start: ``found`` (the search result's trigger tokens, or the template's literal words, the
-    vectors ``export`` writes), ``text`` (embeddings of ``init_text``'s tokens, repeated to
+    start: ``found`` (what the template found: a search result's trigger tokens, an exported
+    prompt's tokens, a tuned folder's vectors), ``auto`` (found where there is something
+    found, else vocab), ``text`` (embeddings of ``init_text``'s tokens, repeated to
     fill), ``vocab`` (random vocabulary tokens), ``random`` (normal, the embedding matrix's
     std). ``steps`` optimizer steps of ``batch_size`` examples (or ``epochs`` passes over the
     training set, whichever is given); AdamW with a linear warmup over ``warmup`` of the steps
@@ -53,7 +54,7 @@ class TuneConfig:
     """
 
     method: str = "soft"
-    init: str = "vocab"  # won on dev in scripts/compare_tuning.py (README); auto: found if any
+    init: str = "auto"  # found where the template found something, else vocab (seed.py)
     init_text: str | None = None
     lr: float | None = None  # None: DEFAULT_LR[method]
     steps: int | None = None  # None: from epochs, else 200

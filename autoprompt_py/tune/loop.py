@@ -36,7 +36,7 @@ class TrainState:
 
     step: int = 0
     seconds: float = 0.0
-    curve: list[dict] = field(default_factory=list)  # {step, seconds, train_loss, dev}
+    curve: list[dict] = field(default_factory=list)  # {step, seconds, train_loss, dev, dev_loss}
     best_step: int = 0
     best_dev: float | None = None
     start_dev: float | None = None
@@ -60,16 +60,28 @@ def evaluate(
     part: TrainablePart, objective: Objective, data: Encoded, batch_size: int, device
 ) -> tuple[float, np.ndarray]:
     """The metric on ``data`` (accuracy, or P@1), and per row 1 for a hit."""
+    metric, hits, _ = evaluate_with_loss(part, objective, data, batch_size, device)
+    return metric, hits
+
+
+def evaluate_with_loss(
+    part: TrainablePart, objective: Objective, data: Encoded, batch_size: int, device
+) -> tuple[float, np.ndarray, float]:
+    """``evaluate``, and the mean loss on ``data`` (the training loss, without dropout)."""
     hits = torch.zeros(len(data), dtype=torch.float64)
+    loss = torch.zeros(1, dtype=torch.float64)
     part.train_mode(False)
     with inference(part):
         # under torchrun each rank scores every world-th batch
         for rows, keep in eval_share(data.eval_orders(batch_size), part):
             scores = objective.scores(part.logits(data.batch(rows, device)))
             if keep:
-                hits[rows] = torch.from_numpy(objective.hits(scores, data.gold[rows].to(device)))
+                gold = data.gold[rows].to(device)
+                hits[rows] = torch.from_numpy(objective.hits(scores, gold))
+                loss += float(objective.loss(scores, gold)) * len(rows)
     distributed.all_reduce_(hits)
-    return float(hits.mean()), hits.numpy()
+    distributed.all_reduce_(loss)
+    return float(hits.mean()), hits.numpy(), float(loss) / max(1, len(data))
 
 
 def make_optimizer(part: TrainablePart, config: TuneConfig, total: int):
@@ -197,18 +209,21 @@ class Trainer:
 
     def _eval(self, started: float, base: float) -> None:
         s = self.state
-        dev, _ = evaluate(
+        dev, _, dev_loss = evaluate_with_loss(
             self.part, self.objective, self.dev, self.config.eval_batch_size, self.device
         )
         loss = s.loss_sum / s.loss_count if s.loss_count else None
         s.seconds = base + time.perf_counter() - started
         s.curve.append(
-            {"step": s.step, "seconds": round(s.seconds, 3), "train_loss": loss, "dev": dev}
-        )
+            {"step": s.step, "seconds": round(s.seconds, 3), "train_loss": loss, "dev": dev,
+             "dev_loss": dev_loss}
+        )  # fmt: skip
         s.loss_sum, s.loss_count = 0.0, 0
         if s.start_dev is None:
             s.start_dev = dev
-        if s.best_dev is None or dev > s.best_dev:
+        # a tie keeps the later checkpoint: training is what was asked for, and the start
+        # stays only when it is strictly better on dev
+        if s.best_dev is None or dev >= s.best_dev:
             s.best_dev, s.best_step = dev, s.step
             self.best = self.parallel.state()  # rank 0's copy ({} on the others)
 

@@ -25,6 +25,13 @@ from autoprompt_py.tune.methods import build_part, count_parameters
 from autoprompt_py.tune.objective import Objective
 from autoprompt_py.tune.task import TuneTask
 
+SMALL_DEV = 100  # fewer dev rows than this: the output says the metric moves in coarse steps
+
+
+def best_point(state) -> dict:
+    """The curve's entry of the kept checkpoint."""
+    return next(p for p in reversed(state.curve) if p["step"] == state.best_step)
+
 
 @dataclass
 class TuneOutcome:
@@ -67,6 +74,7 @@ def tune(
     resume: bool = False,
     progress: bool = True,
     record: dict | None = None,
+    stages: dict | None = None,
 ) -> TuneOutcome:
     """Train ``config.method`` on ``task``; the best on dev is kept, scored on test, written.
 
@@ -74,12 +82,17 @@ def tune(
     to ``lm.model``): load a fresh one for another run.
     ``output`` is a folder (``folder.py``); its checkpoint is ``<output>.ckpt``, which
     ``resume`` continues. Ctrl-C (KeyboardInterrupt) stops the run with the best so far.
+    ``stages``: the search that found the template (``pipeline.py``), recorded beside.
     """
     started = time.perf_counter()
     config = config or TuneConfig()
     config.check_task(task.template.num_triggers, task.open_triggers, task.template.is_relational)
     from autoprompt_py import distributed
     from autoprompt_py.tune.parallel import layout
+    from autoprompt_py.tune.seed import check_init, check_seed_model, resolve_init
+
+    check_init(config, task)
+    check_seed_model(task.seed, lm)
 
     layout(config, distributed.world_size())  # the global batch splits over the processes
     target = None
@@ -122,7 +135,7 @@ def tune(
         "data": {
             **task.sources,
             "shots": config.shots,
-            "dev_shots": config.dev_shots,
+            "dev_shots": task.identity.get("dev_shots", config.dev_shots),
             "data_seed": config.data_seed,
             "train_rows": [e.source for e in task.train],
             "n_train": len(train),
@@ -136,14 +149,27 @@ def tune(
         "steps": state.step,
         "total_steps": trainer.total,
         "best_step": state.best_step,
-        "start": {metric: state.start_dev},
-        "dev": {metric: state.best_dev, "n": len(dev)},
+        "init": resolve_init(config, task),
+        "seed": task.seed.record() if task.seed is not None else None,
+        "start": {metric: state.start_dev, "dev_loss": state.curve[0].get("dev_loss")},
+        "dev": {
+            metric: state.best_dev,
+            "n": len(dev),
+            "dev_loss": best_point(state).get("dev_loss"),
+            # the metric moves in steps of 1/n: on a small dev set a checkpoint is chosen
+            # among few distinct values, and ties are common
+            "step_size": 1 / len(dev),
+            "small": len(dev) < SMALL_DEV,
+        },
         "test": test,
         "curve": state.curve,
         "seconds": round(time.perf_counter() - started, 3),
         "train_seconds": round(state.seconds, 3),
         "interrupted": trainer.interrupted,
     }
+    if stages is not None:  # search then tune (pipeline.py): both stages and their seconds
+        result["stages"] = {**stages, "tune": {"seconds": result["seconds"]}}
+        result["seconds"] = round(result["seconds"] + stages["search"]["seconds"], 3)
     if config.method in ("soft", "prompt"):
         result["projection"] = project(lm, task, part, objective, dev, config)
     if target is not None:

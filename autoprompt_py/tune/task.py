@@ -3,6 +3,8 @@
 Read and checked before any model loads, with the readers of ``data.py`` and the dev split of
 ``search.task``. The few-shot protocol (LM-BFF): ``shots`` K draws K examples of each class
 from the training file with ``data_seed`` (relation mode: K facts); ``dev_shots`` likewise.
+Without a dev file, ``shots`` draws dev too: ``dev_shots`` (default K) per class from the
+training rows the sample left (LM-BFF's D_dev, as large as D_train and apart from it).
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from autoprompt_py.errors import AutopromptError
 from autoprompt_py.resources import load_templates
 from autoprompt_py.search.task import file_sha256, read_answers, relation_id, split_off_dev
 from autoprompt_py.template import Template, Trigger
+from autoprompt_py.tune.seed import Seed, read_seed
 from autoprompt_py.verbalizer import AGGREGATIONS, Verbalizer
 
 
 @dataclass
 class TuneTask:
-    """A checked training problem; ``found`` is the search result's path, if the template is one."""
+    """A checked training problem; ``found`` is the path of what the template was read from
+    when it is a found prompt, ``seed`` what it found (``seed.py``)."""
 
     template: Template
     train: list[Example]
@@ -36,6 +40,7 @@ class TuneTask:
     found: str | None = None
     sources: dict = field(default_factory=dict)
     identity: dict = field(default_factory=dict)
+    seed: Seed | None = None
 
     @property
     def mode(self) -> str:
@@ -101,12 +106,18 @@ def load_tune_task(
 ) -> TuneTask:
     """Read and check a training task; raises AutopromptError naming the file and the fix.
 
-    Files or lists of examples; without ``dev``, a seeded ``dev_fraction`` of train is dev.
+    Files or lists of examples; without ``dev``, a seeded ``dev_fraction`` of train is dev
+    (with ``shots``: ``dev_shots``, default K, per class drawn apart from the training sample).
     """
     found = None
     relation = None
+    seed = None
+    seeded = read_seed(template) if not isinstance(template, Template) else None
     if isinstance(template, Template):
         tpl = template
+    elif seeded is not None:
+        tpl, relation, seed = seeded
+        found = seed.source
     else:
         named = load_templates(template)
         if len(named) != 1:
@@ -115,8 +126,6 @@ def load_tune_task(
                 "it as text, or pick one line of the set)"
             )
         tpl, relation = named[0].template, named[0].relation
-        if str(template).endswith(".json") and Path(template).is_file():
-            found = str(template)
     if aggregation not in AGGREGATIONS:
         raise AutopromptError(
             f"--aggregation {aggregation!r}: use one of {', '.join(AGGREGATIONS)}"
@@ -135,17 +144,28 @@ def load_tune_task(
         return _read(data, rel, label_field, columns)
 
     train_rows = load(train, "train")
+    apart = dev is None and shots is not None  # LM-BFF: dev drawn from the rest of train
     if dev is not None:
         dev_rows = load(dev, "dev")
+    elif apart:
+        dev_shots = dev_shots or shots
+        dev_rows = []  # drawn below, from the rows the training sample leaves
+        each = "facts" if rel else "per class"
+        sources["dev"] = f"{dev_shots} {each} of {sources['train']} apart from training"
+        identity["dev"] = {"apart_from_train": dev_shots}
     else:
         train_rows, dev_rows = split_off_dev(train_rows, dev_fraction, split_seed, sources["train"])
         sources["dev"] = f"{dev_fraction:g} of {sources['train']} (seed {split_seed})"
         identity["dev"] = {"split_of_train": dev_fraction, "seed": split_seed}
     test_rows = load(test, "test") if test is not None else None
     if shots is not None:
+        everything = train_rows
         train_rows = sample_shots(
             train_rows, shots, data_seed, "--shots", sources["train"], not rel
         )
+        if apart:
+            taken = {id(e) for e in train_rows}
+            dev_rows = [e for e in everything if id(e) not in taken]
     if dev_shots is not None:
         dev_rows = sample_shots(
             dev_rows, dev_shots, data_seed, "--dev-shots", sources["dev"], not rel
@@ -174,6 +194,7 @@ def load_tune_task(
         found,
         sources,
         identity,
+        seed,
     )
 
 

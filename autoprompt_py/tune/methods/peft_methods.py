@@ -185,24 +185,23 @@ def build(lm: MaskedLM, task, config, objective):
             )
         part = LoraPart(lm, task.template, model, peft)
         return part
+    from autoprompt_py.tune.seed import found_ids, resolve_init
+
     layers = config_value(lm.model.config, "num_hidden_layers", "n_layers")
     heads = config_value(lm.model.config, "num_attention_heads", "n_heads")
-    if config.method == "prefix":  # PEFT's own start (the prefixes are not token embeddings)
-        cfg = peft.PrefixTuningConfig(
-            task_type=_task_type(peft, lm),
-            num_virtual_tokens=config.num_virtual_tokens or 8,
-            token_dim=int(lm.model.config.hidden_size), num_transformer_submodules=1,
-            num_layers=layers, num_attention_heads=heads,
-        )  # fmt: skip
-        return PrefixPart(lm, task.template, peft.get_peft_model(lm.model, cfg), peft)
-    found = None
-    init = config.init if config.init != "auto" else ("found" if task.found else "vocab")
-    if init == "found":
-        from autoprompt_py.prompt import FoundPrompt
-
-        found = list(FoundPrompt.from_template(task.template, lm.tokenizer).token_ids)
+    init = resolve_init(config, task)
+    found = found_ids(task) if init == "found" else None
     n = config.num_virtual_tokens or (len(found) if found else 8)
+    if config.method == "prefix":
+        return build_prefix(lm, task, config, peft, n, init, found, layers, heads)
     vectors, _ = init_vectors(lm, n, init, config.seed, found, config.init_text)
+    seed = task.seed
+    if init == "found" and seed is not None and seed.vectors and seed.method == "prompt":
+        from safetensors.torch import load_file  # a tuned prompt folder: its trained vectors
+
+        trained = load_file(seed.vectors)["embeddings"].float()
+        if len(trained) == n:
+            vectors = trained
     common = dict(
         task_type=_task_type(peft, lm), num_virtual_tokens=n,
         token_dim=int(vectors.shape[1]), num_transformer_submodules=1,
@@ -222,6 +221,34 @@ def build(lm: MaskedLM, task, config, objective):
     objective.max_length = lm.max_length - n  # room for the virtual tokens
     part = PromptPart(lm, task.template, model, peft)
     part.method = config.method
+    return part
+
+
+def build_prefix(lm: MaskedLM, task, config, peft, n, init, found, layers, heads) -> PrefixPart:
+    """Prefix tuning started from real words (Li & Liang 2021): each virtual token's key and
+    value in every layer are those the start tokens (found, text or vocab) produce when the
+    model reads them; ``--init random`` keeps PEFT's own start."""
+    from autoprompt_py.tune.init import prefix_activations, start_ids
+
+    hidden = int(lm.model.config.hidden_size)
+    cfg = peft.PrefixTuningConfig(
+        task_type=_task_type(peft, lm), num_virtual_tokens=n, token_dim=hidden,
+        num_transformer_submodules=1, num_layers=layers, num_attention_heads=heads,
+    )  # fmt: skip
+    ids = start_ids(lm, n, init, config.seed, found, config.init_text)
+    start = prefix_activations(lm, ids, layers) if ids is not None else None
+    model = peft.get_peft_model(lm.model, cfg)
+    if start is not None:
+        weight = model.prompt_encoder["default"].embedding.weight
+        if tuple(start.shape) != tuple(weight.shape):  # e.g. grouped-query attention's keys
+            raise AutopromptError(
+                f"--method prefix: this model's keys and values ({tuple(start.shape)}) do not "
+                f"fit PEFT's prefix ({tuple(weight.shape)}); use --init random (PEFT's own start)"
+            )
+        with torch.no_grad():
+            weight.copy_(start)
+    part = PrefixPart(lm, task.template, model, peft)
+    part.start_ids = ids
     return part
 
 

@@ -107,10 +107,21 @@ class SoftPart:
 
 
 def build(lm: MaskedLM, task, config, objective) -> SoftPart:
+    """The slots start where ``--init`` says (``auto``: what the template found): a search
+    result's trigger embeddings make step 0 the discrete prompt itself, a tuned ``soft``
+    folder's trained vectors continue its run."""
+    from autoprompt_py.tune.seed import found_ids, resolve_init
+
     n = task.template.num_triggers
-    found = task.template.trigger_ids if task.open_triggers == 0 else None
-    init = config.init if config.init != "auto" else ("found" if found else "vocab")
-    vectors, ids = init_vectors(lm, n, init, config.seed, found, config.init_text)
+    init = resolve_init(config, task)
+    seed = task.seed
+    if init == "found" and seed is not None and seed.vectors and seed.method == "soft":
+        from safetensors.torch import load_file
+
+        vectors = load_file(seed.vectors)["embeddings"].float()
+        if len(vectors) == n:
+            return SoftPart(lm, task.template, vectors, found_ids(task) or None)
+    vectors, ids = init_vectors(lm, n, init, config.seed, found_ids(task), config.init_text)
     return SoftPart(lm, task.template, vectors, ids)
 
 

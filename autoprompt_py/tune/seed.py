@@ -1,0 +1,216 @@
+"""What a ``--template`` found: the seed that trained prompt vectors start from.
+
+A search result (its trigger ids), an exported prompt (``export``'s PEFT or OptiPrompt folder,
+or its embeddings file: the token ids it holds) or a tuned folder (its template, fixed
+triggers, and for ``soft`` and ``prompt`` its trained vectors) is a found prompt; a template
+text is not. ``--init auto`` (the default) starts from the seed where there is one, else from
+random vocabulary tokens; ``--init found`` without a seed is refused. Read without torch: the
+CLI checks it before the model loads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from autoprompt_py.errors import AutopromptError, shown
+from autoprompt_py.template import Template, parse_template
+
+EXPORT_KIND = "autoprompt-export"  # export.MANIFEST_KIND (export.py imports torch)
+EXPORT_MANIFESTS = ("autoprompt_export.json", "manifest.json")  # peft, optiprompt folders
+
+
+@dataclass(frozen=True)
+class Seed:
+    """A found prompt: ``token_ids`` in order (a search result's triggers, an export's tokens),
+    ``model`` the record of the model that found it, ``vectors`` a tuned folder's trained
+    vectors file (soft, prompt) and ``method`` the method that trained them."""
+
+    source: str  # the path given
+    kind: str  # "search", "export" or "tuned"
+    token_ids: tuple[int, ...]
+    model: dict | None = None
+    vectors: str | None = None
+    method: str | None = None
+
+    def record(self) -> dict:
+        return {"source": self.source, "kind": self.kind, "token_ids": list(self.token_ids),
+                "model": (self.model or {}).get("name"), "method": self.method}  # fmt: skip
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
+def safetensors_metadata(path: Path) -> dict:
+    """The string metadata of a safetensors file, read from its JSON header (no torch)."""
+    try:
+        with path.open("rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(min(size, 100_000_000)))
+    except (OSError, struct.error, ValueError):
+        raise AutopromptError(f"--template {path}: not a readable safetensors file") from None
+    return header.get("__metadata__") or {} if isinstance(header, dict) else {}
+
+
+def _export_template(data: dict, source: str) -> tuple[Template, tuple[int, ...]]:
+    """An exported prompt's template (its triggers fixed) and token ids."""
+    try:
+        ids = data["token_ids"]
+        ids = json.loads(ids) if isinstance(ids, str) else ids
+        template = parse_template(data["template"])
+        selection = data.get("selection", "triggers")
+    except (KeyError, TypeError, ValueError):
+        raise AutopromptError(
+            f"--template {source}: an export without its template and token_ids; export again "
+            "with 'autoprompt export'"
+        ) from None
+    if not isinstance(ids, list) or not all(isinstance(i, int) and i >= 0 for i in ids):
+        raise AutopromptError(f"--template {source}: token_ids must be token ids; export again")
+    if template.num_triggers:
+        if selection != "triggers" or len(ids) != template.num_triggers:
+            raise AutopromptError(
+                f"--template {source}: exported with --tokens {selection}, so its trigger ids "
+                "cannot be told from its words; export with --tokens triggers, or pass the "
+                "search result"
+            )
+        template = template.with_triggers(ids)
+    return template, tuple(ids)
+
+
+def _model_record(value) -> dict | None:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return {"name": value}
+    return value if isinstance(value, dict) else None
+
+
+def read_seed(spec: str) -> tuple[Template, str | None, Seed] | None:
+    """(template, relation, seed) when ``spec`` names a found prompt, else None."""
+    from autoprompt_py.resources import RESULT_KIND, template_from_result
+    from autoprompt_py.textfile import parse_json, read_text
+    from autoprompt_py.tune.folder import read_tuned
+
+    path = Path(spec)
+    if _is_file(path) and path.suffix == ".json":
+        data = parse_json(read_text(path, "--template"), str(path))
+        if isinstance(data, dict) and data.get("kind") == RESULT_KIND:
+            template = template_from_result(data, str(path))
+            ids = tuple(int(i) for i in template.trigger_ids)
+            seed = Seed(str(path), "search", ids, _model_record(data.get("model")))
+            return template, data.get("relation"), seed
+        if isinstance(data, dict) and data.get("kind") == EXPORT_KIND:
+            template, ids = _export_template(data, str(path))
+            seed = Seed(str(path), "export", ids, _model_record(data.get("model")))
+            return template, data.get("relation"), seed
+        return None
+    if _is_file(path) and path.suffix == ".safetensors":
+        meta = safetensors_metadata(path)
+        if meta.get("kind") != EXPORT_KIND:
+            raise AutopromptError(
+                f"--template {path}: not an exported prompt (no kind {EXPORT_KIND!r} in its "
+                "metadata); pass the file 'autoprompt export --format embeddings' wrote"
+            )
+        template, ids = _export_template(meta, str(path))
+        model = _model_record(meta.get("model_record")) or _model_record(meta.get("model"))
+        return template, None, Seed(str(path), "export", ids, model)
+    if not _is_dir(path):
+        return None
+    result = read_tuned(path)
+    if result is not None:
+        template = parse_template(result["template"])
+        ids = result.get("trigger_ids") or []
+        if template.num_triggers and ids and all(i is not None for i in ids):
+            template = template.with_triggers(ids, result.get("trigger_tokens"))
+        else:
+            ids = []
+        vectors = path / "embeddings.safetensors"
+        method = result.get("method")
+        seed = Seed(str(path), "tuned", tuple(ids), _model_record(result.get("model")),
+                    str(vectors) if vectors.is_file() else None, method)  # fmt: skip
+        return template, result.get("relation"), seed
+    for name in EXPORT_MANIFESTS:
+        if _is_file(path / name):
+            data = parse_json(read_text(path / name, "--template"), str(path / name))
+            if isinstance(data, dict) and data.get("kind") == EXPORT_KIND:
+                template, ids = _export_template(data, str(path))
+                seed = Seed(str(path), "export", ids, _model_record(data.get("model")))
+                return template, data.get("relation"), seed
+    return None
+
+
+def has_seed(task) -> bool:
+    """Something found to start from: a seed file, or trigger slots fixed to tokens."""
+    if task.seed is not None:
+        return bool(task.seed.token_ids or task.seed.vectors)
+    return bool(task.template.num_triggers) and task.open_triggers == 0
+
+
+def resolve_init(config, task) -> str:
+    """``--init auto``: ``found`` where the template found something, else ``vocab``."""
+    if config.init != "auto":
+        return config.init
+    return "found" if has_seed(task) else "vocab"
+
+
+def found_ids(task) -> list[int]:
+    """The found prompt's token ids: the seed's, or the template's fixed triggers."""
+    if task.seed is not None and task.seed.token_ids:
+        return list(task.seed.token_ids)
+    ids = task.template.trigger_ids
+    return [int(i) for i in ids] if ids and all(i is not None for i in ids) else []
+
+
+def check_init(config, task) -> None:
+    """``--init found`` needs something found: refused in one line before the model loads."""
+    from autoprompt_py.tune.config import VECTOR_METHODS
+
+    if config.method not in VECTOR_METHODS or resolve_init(config, task) != "found":
+        return
+    if not has_seed(task):
+        raise AutopromptError(
+            f"--init found: the template {shown(task.template.source)} found nothing to start "
+            "from; pass a search result (or an exported prompt, or a tuned folder) as "
+            "--template, or use --init text --init-text WORDS"
+        )
+
+
+def _same_name(a: str | None, b: str | None) -> bool:
+    from autoprompt_py.default_model import is_default_model
+
+    if a == b or (is_default_model(a) and is_default_model(b)):
+        return True
+    try:
+        return a is not None and b is not None and os.path.realpath(a) == os.path.realpath(b)
+    except (OSError, ValueError):
+        return False
+
+
+def check_seed_model(seed: Seed | None, lm) -> None:
+    """A prompt found with one model is refused on another, naming both."""
+    if seed is None or not seed.model:
+        return
+    want = seed.model
+    sizes = [(want.get(k), v) for k, v in (("vocab_size", int(lm.embeddings.shape[0])),
+             ("embedding_size", int(lm.embeddings.shape[1])))]  # fmt: skip
+    if not _same_name(want.get("name"), lm.name) or any(w is not None and w != h for w, h in sizes):
+        verb = {"search": "searched", "export": "exported", "tuned": "tuned"}[seed.kind]
+        raise AutopromptError(
+            f"--template {seed.source}: {verb} with --model {want.get('name')}, not --model "
+            f"{lm.name}; pass --model {want.get('name')}, or search again with {lm.name}"
+        )
