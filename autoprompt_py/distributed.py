@@ -407,10 +407,21 @@ def _first_line(e: BaseException) -> str:
 
 
 def _silence() -> None:
-    """The other ranks print nothing but errors (written to the real stderr by ``_say``)."""
+    """The other ranks print nothing but errors (written to the real stderr by ``_say``): not
+    Python's output, nor what torch's C++ side writes to file descriptor 2 (a store's
+    connection warnings when rank 0 leaves first)."""
+    global _REAL_STDERR
     devnull = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+    try:
+        _REAL_STDERR = os.fdopen(os.dup(2), "w")
+        os.dup2(devnull.fileno(), 2)
+    except OSError:  # no file descriptor 2 (embedded): Python's streams are enough
+        pass
     sys.stdout = devnull
     sys.stderr = devnull
+
+
+_REAL_STDERR = None  # where _say writes once fd 2 is silenced
 
 
 def _say(line: str) -> None:
@@ -418,8 +429,9 @@ def _say(line: str) -> None:
     if not line:
         return
     try:
-        sys.__stderr__.write(line + "\n")
-        sys.__stderr__.flush()
+        stream = _REAL_STDERR or sys.__stderr__
+        stream.write(line + "\n")
+        stream.flush()
     except Exception:
         pass
 

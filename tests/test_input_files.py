@@ -39,6 +39,8 @@ NOT_INPUT_FILES = {
     "--relation": "a relation id",
     "--format": "a format name",
     "--templates-per-relation": "a number",
+    "--init": "a choice of start (its help speaks of what --template holds)",
+    "--search-budget": "seconds (its help names the search result it writes)",
 }
 # text-or-file options: a value that names a file is read, and each fault is one line too
 POLYMORPHIC = {"--template": ".jsonl", "--verbalizer": ".json", "--relations": ".jsonl"}

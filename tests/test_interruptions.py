@@ -2,8 +2,9 @@
 ``tune`` after SIGTERM (what Slurm and Kubernetes send before a requeue), Ctrl-C (SIGINT) and
 kill -9 between two checkpoints (issue 25, item 3).
 
-The stop comes at a fixed training step (a hook on the loss), never after a delay: the tests
-do not depend on timing.
+The stop comes at a fixed training step (a hook on the training step's loss, not on
+``Objective.loss``, which dev evaluation calls too), never after a delay: the tests do not
+depend on timing.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from autoprompt_py.cli import main
-from autoprompt_py.tune.objective import Objective
+from autoprompt_py.tune.loop import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 STOP_AT = 5  # the 5th training step: after the checkpoint of step 4, before the one of step 6
@@ -29,14 +30,14 @@ STOP_AT = 5  # the 5th training step: after the checkpoint of step 4, before the
 # the same hook in a child process, which it kills (-9 cannot be caught, so not in-process)
 KILL = """
 import os, signal, sys
-from autoprompt_py.tune.objective import Objective
-original, calls = Objective.loss, [0]
+from autoprompt_py.tune.loop import Trainer
+original, calls = Trainer._loss, [0]
 def loss(self, *args, **kwargs):
     calls[0] += 1
     if calls[0] == int(sys.argv[1]):
         os.kill(os.getpid(), signal.SIGKILL)
     return original(self, *args, **kwargs)
-Objective.loss = loss
+Trainer._loss = loss
 from autoprompt_py.cli import main
 main(sys.argv[2:], prog_name="autoprompt")
 """
@@ -58,7 +59,7 @@ def invoke(args: list[str]):
 
 def signal_at(monkeypatch, step: int, signum: int) -> None:
     """Send ``signum`` to this process during the ``step``-th training step."""
-    original, calls = Objective.loss, [0]
+    original, calls = Trainer._loss, [0]
 
     def loss(self, *args, **kwargs):
         calls[0] += 1
@@ -66,7 +67,7 @@ def signal_at(monkeypatch, step: int, signum: int) -> None:
             os.kill(os.getpid(), signum)
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(Objective, "loss", loss)
+    monkeypatch.setattr(Trainer, "_loss", loss)
 
 
 @pytest.fixture(scope="module")

@@ -81,7 +81,7 @@ def require_rows(rows: list, source: str) -> None:
     distributed.require_rows(len(rows), source)
 
 
-class _MethodChoice(click.Choice):
+class MethodChoice(click.Choice):
     """The registered search methods (``search.method.METHODS``), read when needed: the
     registry imports torch, which ``autoprompt --help`` must not wait for."""
 
@@ -113,7 +113,7 @@ def config_options(f: Callable) -> Callable:
     """The options that become the SearchConfig (collected as ``**settings``)."""
     options = [
         click.option(
-            "--method", cls=_MethodOption, type=_MethodChoice(), default="gcg", show_default=True
+            "--method", cls=_MethodOption, type=MethodChoice(), default="gcg", show_default=True
         ),
         click.option(
             "--iters",

@@ -12,6 +12,7 @@ from autoprompt_py.cli.common import (
     quiet_transformers,
 )
 from autoprompt_py.cli.paths import DATA_FIX, InputFile
+from autoprompt_py.cli.search_options import MethodChoice
 from autoprompt_py.tune.config import INITS, METHODS  # light: no torch
 
 
@@ -124,7 +125,11 @@ from autoprompt_py.tune.config import INITS, METHODS  # light: no torch
 )
 @click.option("--search-iters", type=int, default=None, help="Search iterations at most.")
 @click.option(
-    "--search-method", type=click.Choice(["gcg", "autoprompt"]), default="gcg", show_default=True
+    "--search-method",
+    type=MethodChoice(),
+    default="gcg",
+    show_default=True,
+    help="The search method (the registry of 'search --method').",
 )
 @click.option(
     "--search-option",
