@@ -54,6 +54,13 @@ def provenance(command: str, config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def run_record_path(target: str | Path) -> Path:
+    """Where the record of an output that has no room for one goes (predictions, a verbalizer):
+    ``<output>.run.json``, with the config, versions and counts."""
+    target = Path(target)
+    return target.with_name(target.name + ".run.json")
+
+
 def check_output_path(
     path: str | Path | None, option: str = "--output", folder: bool = False
 ) -> Path | None:

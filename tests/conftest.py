@@ -49,6 +49,17 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def all_threads():
+    """Every core for one test: the real shared model's matrices are large enough to gain."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    yield
+    torch.set_num_threads(threads)
+
+
 # --------------------------------------------------------------------------------------------
 # tiny random models
 # --------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -58,13 +59,17 @@ def invoke(args: list[str]):
 
 
 def signal_at(monkeypatch, step: int, signum: int) -> None:
-    """Send ``signum`` to this process during the ``step``-th training step."""
+    """Send ``signum`` to this process's main thread during the ``step``-th training step.
+
+    To the main thread, not the process: a process-wide signal may land on another thread
+    (one left by an earlier test), and the handler then runs at the main thread's next
+    bytecode, which may be inside a ``__del__``, where CPython drops the exception."""
     original, calls = Trainer._loss, [0]
 
     def loss(self, *args, **kwargs):
         calls[0] += 1
         if calls[0] == step:
-            os.kill(os.getpid(), signum)
+            signal.pthread_kill(threading.main_thread().ident, signum)
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(Trainer, "_loss", loss)

@@ -297,8 +297,8 @@ def test_with_the_flag_it_runs_and_every_result_records_it(custom, tmp_path):
     ran = [[c, 0, True] for c in [*COMMANDS, "score"]]
     assert report["runs"] == ran, report["stderr"][-3000:]
     assert "modeling_custom imported" in custom.marker.read_text()
-    assert (tmp_path / "labels.json").is_file()  # a verbalizer: words only, no provenance
-    names = ["score.json", "probe.json", "search.json", "tuned/result.json"]
+    assert (tmp_path / "labels.json").is_file()  # a verbalizer: words only; its record beside it
+    names = ["score.json", "probe.json", "search.json", "tuned/result.json", "labels.json.run.json"]
     records = [json.loads((tmp_path / n).read_text()) for n in names]
     records.append(json.loads((tmp_path / "predictions.jsonl.run.json").read_text()))
     from safetensors import safe_open

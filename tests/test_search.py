@@ -501,7 +501,9 @@ def test_initial_trigger_words_and_dev_split(lms, data):
 
 
 @pytest.mark.slow
-def test_search_beats_mask_and_random_triggers_on_sst2(shared_model, shared_data, tmp_path):
+def test_search_beats_mask_and_random_triggers_on_sst2(
+    shared_model, shared_data, tmp_path, all_threads
+):
     lm = load_model(str(shared_model), "cpu")
     sst2 = shared_data / "sst2"
     task = load_task(
@@ -513,7 +515,7 @@ def test_search_beats_mask_and_random_triggers_on_sst2(shared_model, shared_data
         train_limit=1000,
         dev_limit=200,
     )
-    config = SearchConfig(iters=25, accumulation_steps=4, seed=0)
+    config = SearchConfig(iters=15, accumulation_steps=4, seed=0)
     outcome = run_search(lm, task, config, output=tmp_path / "sst2.json", progress=False)
     result = outcome.result
     searched = result["dev"]["accuracy"]

@@ -231,6 +231,12 @@ def test_labels_writes_a_verbalizer_that_search_reads(files, tmp_path):
     words = json.loads(verbalizer.read_text())
     assert sorted(words) == ["0", "1"] and all(len(w) == 2 for w in words.values())
     assert "classifier train accuracy" in r.stdout
+    # the verbalizer holds words only; what made it is recorded beside it
+    record = json.loads((tmp_path / "auto.json.run.json").read_text())
+    assert record["command"] == "labels" and record["config"]["per_class"] == 2
+    assert record["config"]["trigger"] == "movie film" and "torch" in record["versions"]
+    assert record["model"]["kind"] == "masked"
+    assert {label: list(s) for label, s in record["scores"].items()} == words
     out = tmp_path / "t.json"
     r = invoke(*search_args(files, out, verbalizer=verbalizer))
     assert r.exit_code == 0, r.stderr

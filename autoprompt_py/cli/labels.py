@@ -13,7 +13,7 @@ from autoprompt_py.cli.common import (
 )
 from autoprompt_py.cli.paths import DATA_FIX, InputFile
 from autoprompt_py.cli.search_options import filter_options, require_rows, token_filters
-from autoprompt_py.results import write_json
+from autoprompt_py.results import provenance, run_record_path, write_json
 
 
 @click.command("labels")
@@ -85,6 +85,7 @@ def labels(
     from autoprompt_py.data import check_fields, read_examples
     from autoprompt_py.errors import AutopromptError
     from autoprompt_py.labels import search_labels
+    from autoprompt_py.prompt import model_record
     from autoprompt_py.resources import load_templates
     from autoprompt_py.search import trigger_ids_from_words
 
@@ -103,6 +104,20 @@ def labels(
         tpl = tpl.with_triggers(trigger_ids_from_words(lm.tokenizer, tpl, trigger, "--trigger"))
     found = search_labels(lm, tpl, examples, per_class, filters, batch_size, l2, seed)
     write_json(output, found.verbalizer)
+    # the verbalizer holds words only (other commands read it); its provenance goes beside it
+    config = {
+        "model": model_name, "dtype": dtype, "train": train, "template": tpl.source,
+        "trigger": trigger, "label_field": label_field, "train_limit": train_limit,
+        "per_class": per_class, "l2": l2, "seed": seed, "filters": filters.describe(),
+    }  # fmt: skip
+    record = {
+        **provenance("labels", config),
+        "model": model_record(lm),
+        "scores": {label: dict(words) for label, words in found.scores.items()},
+        "train_accuracy": found.train_accuracy,
+        "examples": found.n,
+    }
+    write_json(run_record_path(output), record)
     for label, words in found.scores.items():
         click.echo(f"{label}: " + ", ".join(f"{w} ({s:+.3f})" for w, s in words))
     click.echo(

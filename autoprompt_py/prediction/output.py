@@ -53,6 +53,7 @@ from autoprompt_py.results import (
     from_main,
     output_lock,
     provenance,
+    run_record_path,
     write_json,
 )
 from autoprompt_py.vocab import read_vocab
@@ -141,11 +142,6 @@ def check_paths(data: str, output: str, force: bool, resume: bool, fmt: str) -> 
         output, force=force, resume=resume, partials=[partial_path(target), sidecar_path(target)]
     )
     return target
-
-
-def run_record_path(target: Path) -> Path:
-    """Where a finished output's record goes (config, versions, counts): ``<output>.run.json``."""
-    return target.with_name(target.name + ".run.json")
 
 
 def write_predictions(
