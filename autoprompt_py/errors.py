@@ -20,6 +20,29 @@ class Terminated(KeyboardInterrupt):
     interrupt: every long command keeps what it found on it, as on Ctrl-C."""
 
 
+# A signal's exception raised while CPython runs a ``__del__`` or a weakref callback is dropped
+# ("Exception ignored in ..."): the CLI's handlers also note it here, and the long loops call
+# ``raise_pending_stop`` between steps, so a stop is never lost, only late by one step.
+_PENDING: list[KeyboardInterrupt] = []
+
+
+def note_stop(stop: KeyboardInterrupt) -> KeyboardInterrupt:
+    """Remember a stop that a signal handler is about to raise; return it."""
+    _PENDING[:] = [stop]
+    return stop
+
+
+def clear_stops() -> None:
+    _PENDING.clear()
+
+
+def raise_pending_stop() -> None:
+    """Raise (once) a stop whose exception was dropped; called between steps of long loops.
+    A stop that was raised and caught is raised here again only if the loop goes on."""
+    if _PENDING:
+        raise _PENDING.pop()
+
+
 class AutopromptWarning(UserWarning):
     """Something a user should know that does not stop the run (the CLI prints one line)."""
 

@@ -170,3 +170,38 @@ def test_resume_with_other_settings_is_refused_by_name(
     r = invoke(args)
     assert r.exit_code == 2 and "is of another run" in r.stderr and differs in r.stderr, r.output
     assert (out / "result.json").read_bytes() == before
+
+
+class _SignalInDel:
+    """Sends a signal from a ``__del__``: its handler's exception is raised there, where
+    CPython drops it ("Exception ignored in ..."), as when a real signal lands during GC."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+
+    def __del__(self) -> None:
+        signal.pthread_kill(threading.main_thread().ident, self.signum)
+        sum(range(10))  # bytecode after the signal: the handler runs (and raises) here
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the drop
+@pytest.mark.parametrize(
+    "signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"]
+)
+def test_a_signal_dropped_inside_a_del_still_stops_the_run(
+    tiny_model_dirs, tmp_path, monkeypatch, signum, code
+):
+    original, calls = Trainer._loss, [0]
+
+    def loss(self, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == STOP_AT:
+            _SignalInDel(signum)  # dropped at once: refcount zero
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "_loss", loss)
+    out = tmp_path / "t"
+    r = invoke(tune_args(tiny_model_dirs["bert"], out))
+    assert r.exit_code == code, r.output
+    result = json.loads((out / "result.json").read_text())
+    assert result["interrupted"] and result["steps"] == STOP_AT  # one step late, not lost

@@ -18,7 +18,14 @@ from typing import Any
 import click
 
 from autoprompt_py.default_model import DEFAULT_MODEL
-from autoprompt_py.errors import AutopromptError, AutopromptWarning, Terminated, os_error
+from autoprompt_py.errors import (
+    AutopromptError,
+    AutopromptWarning,
+    Terminated,
+    clear_stops,
+    note_stop,
+    os_error,
+)
 
 
 class AutopromptGroup(click.Group):
@@ -69,7 +76,7 @@ class AutopromptGroup(click.Group):
 
     def _invoke(self, ctx: click.Context) -> Any:
         try:
-            with warnings.catch_warnings(), _sigterm_as_interrupt():
+            with warnings.catch_warnings(), _signals_as_interrupts():
                 warnings.simplefilter("always", AutopromptWarning)
                 warnings.showwarning = _show_warning
                 return super().invoke(ctx)
@@ -97,22 +104,33 @@ def _say_error(e: Exception) -> None:
         click.echo(f"error: {one_line(str(e))}", err=True)
 
 
-class _sigterm_as_interrupt:
+class _signals_as_interrupts:
     """While a command runs, SIGTERM raises ``Terminated`` (a KeyboardInterrupt) in the main
-    thread, so the code that keeps the best result on Ctrl-C keeps it on SIGTERM too."""
+    thread, so the code that keeps the best result on Ctrl-C keeps it on SIGTERM too. Both
+    handlers also note the stop (``errors.note_stop``): the long loops raise it between steps
+    where CPython dropped it (a signal that lands in a ``__del__``)."""
 
     def __enter__(self) -> None:
-        self.previous = None
+        self.previous: dict[int, Any] = {}
+        clear_stops()
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGTERM, _raise_terminated)
+            self.previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, _raise_terminated)
+            # Ctrl-C is left alone where the caller ignores or handles it (a notebook)
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                self.previous[signal.SIGINT] = signal.signal(signal.SIGINT, _raise_interrupt)
 
     def __exit__(self, *exc: object) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        clear_stops()
 
 
 def _raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated()
+    raise note_stop(Terminated())
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise note_stop(KeyboardInterrupt())
 
 
 def _suggest_closest(error: click.NoSuchOption) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 
 from autoprompt_py import distributed
 from autoprompt_py.data import cell_text, iter_rows
-from autoprompt_py.errors import AutopromptError
+from autoprompt_py.errors import AutopromptError, raise_pending_stop
 from autoprompt_py.metrics import classification_metrics, rank_metrics
 from autoprompt_py.model import MaskedLM
 from autoprompt_py.prediction.prefetch import prefetch
@@ -231,6 +231,7 @@ def write_predictions(
                 bar.update(len(out))
                 if on_window is not None:
                     on_window(n)
+                raise_pending_stop()  # a signal CPython dropped (errors.py)
             summary.read = max(summary.read, reader.rows_read)
             summary.skipped = earlier.skipped + reader.skipped
             if writer is not None:

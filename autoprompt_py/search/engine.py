@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from autoprompt_py import distributed
-from autoprompt_py.errors import AutopromptError
+from autoprompt_py.errors import AutopromptError, raise_pending_stop
 from autoprompt_py.model import MaskedLM
 from autoprompt_py.model_kind import CAUSAL
 from autoprompt_py.search.budget import Budget, BudgetSpent
@@ -419,6 +419,7 @@ class TriggerSearch:
             else:
                 state.stopped = self.budget.restart_over(state)
         while state.stopped is None:
+            raise_pending_stop()  # a signal CPython dropped (errors.py)
             over = self.budget.restart_over(state)
             if over is not None:
                 if state.restart + 1 >= c.restarts:

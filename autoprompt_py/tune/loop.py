@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from autoprompt_py import distributed
-from autoprompt_py.errors import AutopromptError
+from autoprompt_py.errors import AutopromptError, raise_pending_stop
 from autoprompt_py.results import atomic_write, from_main, read_json, write_json
 from autoprompt_py.tune.config import TuneConfig
 from autoprompt_py.tune.methods import TrainablePart
@@ -247,6 +247,7 @@ class Trainer:
                 self._eval(started, base)
                 self.save()
             while s.step < self.total:
+                raise_pending_stop()  # a signal CPython dropped (errors.py)
                 over = budget is not None and base + time.perf_counter() - started >= budget
                 if distributed.agree_any(over):  # every rank stops at the same step
                     break
