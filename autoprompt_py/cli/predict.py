@@ -200,9 +200,10 @@ def predict(
     m = summary.metrics
     if m is not None:
         if "accuracy" in m:
-            lo, hi = m["accuracy_ci95"]
+            from autoprompt_py.cli.tables import interval
+
             echo(
-                f"accuracy {m['accuracy']:.4f} (95% CI {lo:.3f}-{hi:.3f}), macro-F1 "
+                f"accuracy {m['accuracy']:.4f} (95% CI {interval(m['accuracy_ci95'])}), macro-F1 "
                 f"{m['macro_f1']:.4f} on {m['n']} rows"
             )
         else:

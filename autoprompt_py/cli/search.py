@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from autoprompt_py.cli.common import (
@@ -224,8 +222,8 @@ def search(
         f"wrote {output}"
     )
     if outcome.interrupted:
-        click.echo("interrupted: wrote the best trigger so far; continue with --resume", err=True)
-        sys.exit(130)
+        click.echo("stopped: wrote the best trigger so far; continue with --resume", err=True)
+        raise outcome.stop  # exit 130 for Ctrl-C, 143 for SIGTERM (cli/common.py)
 
 
 COMMANDS = [search]

@@ -64,20 +64,20 @@ def score_row(rank: str, r, labels: list[str]) -> list[str]:
         rank,
         str(m["n"]),
         f"{m['accuracy']:.4f}",
-        _interval(m["accuracy_ci95"]),
+        interval(m["accuracy_ci95"]),
         f"{m['macro_f1']:.4f}",
     ] + [f"{m['recall'][lab]:.3f}" for lab in labels]
     if r.calibrated is not None:
         c = r.calibrated.metrics
         row += [
             f"{c['accuracy']:.4f}",
-            _interval(c["accuracy_ci95"]),
+            interval(c["accuracy_ci95"]),
             f"{c['macro_f1']:.4f}",
         ]
     return row + [r.name]
 
 
-def _interval(ci: list[float] | None) -> str:
+def interval(ci: list[float] | None) -> str:
     """``--bootstrap 0`` computes no interval: the column says so rather than 0.000-0.000."""
     return "-" if ci is None else "{:.3f}-{:.3f}".format(*ci)
 

@@ -163,7 +163,9 @@ def tune(
     from autoprompt_py.tune.parallel import layout
 
     layout(config)  # the global batch splits over the launch's processes: before any model
-    check_output_folder(output, force, resume)  # rank 0 sees the files and tells the others
+    searching = search_budget is not None or search_iters is not None
+    # rank 0 sees the files and tells the others
+    check_output_folder(output, force, resume, searching=searching)
     if config.method in ("prompt", "ptuning", "prefix", "lora"):
         from autoprompt_py.tune.methods.peft_methods import require_peft
 
@@ -172,10 +174,9 @@ def tune(
         template, train, dev, test, verbalizer, aggregation, vocab, label_field,
         parse_columns(columns), dev_fraction, seed, shots, dev_shots, data_seed,
     )  # fmt: skip
-    searching = search_budget is not None or search_iters is not None
     if searching:
         from autoprompt_py.results import from_main, refuse_overwrite
-        from autoprompt_py.tune.pipeline import search_result_path
+        from autoprompt_py.tune.folder import search_result_path
 
         search_config = search_settings(config, search_budget, search_iters, search_method,
                                         search_option, task)  # fmt: skip

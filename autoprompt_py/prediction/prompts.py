@@ -65,6 +65,10 @@ class Prompt(Protocol):
     @property
     def truncated(self) -> int: ...  # inputs cut so far
 
+    def check(self, lm: MaskedLM) -> None:
+        """Refuse, before any output is opened, a prompt this model cannot read."""
+        ...
+
     def continuation(
         self,
         lm: MaskedLM,
@@ -144,6 +148,9 @@ class TemplatePrompt:
     def truncated(self) -> int:
         return self._truncated
 
+    def check(self, lm: MaskedLM) -> None:
+        pass  # a written template fits any model (encoding refuses what it cannot read)
+
     def encode(self, lm: MaskedLM, examples: Sequence[Example], n_masks: int) -> EncodedDataset:
         encoder = TemplateEncoder(self.template, lm.tokenizer, lm.max_length, n_masks=n_masks)
         dataset = encoder.encode_all(examples)
@@ -215,6 +222,9 @@ class TunedPrompt(TemplatePrompt):
         if self._attached is None or self._attached[0] is not lm:  # attached once per model
             self._attached = (lm, attach_tuned(lm, [self.folder]))
         return self._attached[1]
+
+    def check(self, lm: MaskedLM) -> None:
+        self._with_part(lm)  # attaching refuses a folder of another model or kind
 
     def encode(self, lm: MaskedLM, examples: Sequence[Example], n_masks: int) -> EncodedDataset:
         return super().encode(self._with_part(lm), examples, n_masks)  # its max_length

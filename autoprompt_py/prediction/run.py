@@ -111,6 +111,8 @@ class Predictor:
             config.batch_size, int(tokens), distributed.rank(), distributed.world_size()
         )
         prompts = select_prompts(config)
+        for p in prompts:
+            p.check(lm)
         self.relational = prompts[0].is_relational
         self.members: list[_Member] = []
         if self.relational:

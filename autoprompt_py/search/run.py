@@ -36,6 +36,7 @@ class SearchOutcome:
     result: dict
     state: SearchState
     interrupted: bool = False
+    stop: KeyboardInterrupt | None = None  # the stop itself (Ctrl-C or SIGTERM), to re-raise
 
 
 def trigger_ids_from_words(
@@ -200,7 +201,7 @@ def _run(
         if checkpoint is not None:
             save_checkpoint(checkpoint, identity, s)
 
-    interrupted = False
+    stop: KeyboardInterrupt | None = None
     try:
         with _progress_bar(search, state, progress) as show:
 
@@ -210,8 +211,9 @@ def _run(
                     on_iteration(s, entry)
 
             search.run(state, save, iteration_done)
-    except KeyboardInterrupt:
-        interrupted = True
+    except KeyboardInterrupt as e:
+        stop = e
+    interrupted = stop is not None
     config_record = {**dataclasses.asdict(config), "filters": filters.describe(), **(record or {})}
     try:
         result = record_of.result(
@@ -222,11 +224,11 @@ def _run(
             time.perf_counter() - started,
             train=not interrupted,
         )
-    except KeyboardInterrupt:  # during the final train evaluation: write without it
-        interrupted = True
+    except KeyboardInterrupt as e:  # during the final train evaluation: write without it
+        stop, interrupted = e, True
         result = record_of.result(
             search, state, config_record, True, time.perf_counter() - started, train=False
         )
     if output is not None:
         write_json(output, result)
-    return SearchOutcome(result, state, interrupted)
+    return SearchOutcome(result, state, interrupted, stop)

@@ -18,15 +18,20 @@ from autoprompt_py.tune.vectors import TUNE_KIND
 RESULT_FILE = "result.json"
 
 
-def check_output_folder(output: str | Path, force: bool = False, resume: bool = False) -> Path:
+def check_output_folder(
+    output: str | Path, force: bool = False, resume: bool = False, searching: bool = False
+) -> Path:
     """Fail before any work when the folder cannot be written, or exists (or an interrupted
     run left its checkpoint ``<output>.ckpt``) without ``force`` or ``resume``; ``resume``
-    needs the checkpoint. Under torchrun rank 0 decides for every rank."""
+    needs the checkpoint. ``searching``: a search comes first (``pipeline.py``), whose
+    checkpoint ``<output>.search.json.ckpt`` is resumable too. Under torchrun rank 0 decides
+    for every rank."""
     if Path(output).is_file():
         raise AutopromptError(f"--output {output} is a file; tune writes a folder: choose another")
-    claim = claim_output(
-        output, force=force, resume=resume, partials=[checkpoint_path(output)], folder=True
-    )
+    partials = [checkpoint_path(output)]
+    if searching:
+        partials.append(search_checkpoint_path(output))
+    claim = claim_output(output, force=force, resume=resume, partials=partials, folder=True)
     assert claim.target is not None
     return claim.target
 
@@ -34,6 +39,16 @@ def check_output_folder(output: str | Path, force: bool = False, resume: bool = 
 def checkpoint_path(output: str | Path) -> Path:
     """Where a run saves its state to resume: ``<output>.ckpt``, beside the folder."""
     return Path(str(output) + ".ckpt")
+
+
+def search_result_path(output: str | Path) -> Path:
+    """Where a search before tuning writes its result: ``<output>.search.json``, beside."""
+    return Path(str(output).rstrip("/\\") + ".search.json")
+
+
+def search_checkpoint_path(output: str | Path) -> Path:
+    """The state of that search, which ``--resume`` continues: ``<output>.search.json.ckpt``."""
+    return Path(str(search_result_path(output)) + ".ckpt")
 
 
 def write_folder(target: Path, force: bool, part, result: dict) -> Path:

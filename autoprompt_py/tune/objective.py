@@ -83,8 +83,7 @@ class Objective:
                     f"template {template.source!r}: on a decoder, a relation is tuned on the "
                     "next token, so [Y] must be last in the template; move it to the end"
                 )
-            continued = not slot_is_last(template) or verbalizer.multi_piece_words
-            if not self.relational and continued:
+            if not self.relational and (not slot_is_last(template) or verbalizer.multi_piece_words):
                 check_aggregation(verbalizer.aggregation, template.source)
                 first = verbalizer.pieces[0]
                 self.after = TemplateEncoder(

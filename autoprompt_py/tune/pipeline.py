@@ -15,15 +15,16 @@ from pathlib import Path
 
 from autoprompt_py.errors import AutopromptError, shown
 from autoprompt_py.tune.config import TuneConfig
+from autoprompt_py.tune.folder import (
+    check_output_folder,
+    checkpoint_path,
+    search_checkpoint_path,
+    search_result_path,
+)
 from autoprompt_py.tune.task import TuneTask
 
 # search's options that the training run's own options decide (or that mean nothing here)
 NOT_SEARCH_OPTIONS = ("time_budget", "iters", "method", "seed", "dtype")
-
-
-def search_result_path(output: str | Path) -> Path:
-    """Where the search result goes: beside the tuned folder, ``<output>.search.json``."""
-    return Path(str(output).rstrip("/\\") + ".search.json")
 
 
 def check_searchable(task: TuneTask) -> None:
@@ -108,41 +109,48 @@ def search_then_tune(
     filters=None,
 ):
     """Search ``task.template``'s slots on the task's own train and dev examples, write the
-    result to ``<output>.search.json``, then ``tune`` from it. With ``resume`` an existing
-    search result is reused (the search is not run again). Returns the ``TuneOutcome``; its
-    result records both stages and their seconds under ``stages``."""
+    result to ``<output>.search.json``, then ``tune`` from it. Returns the ``TuneOutcome``;
+    its result records both stages and their seconds under ``stages``.
+
+    Each stage keeps its work on a stop: the search checkpoints every iteration
+    (``<output>.search.json.ckpt``) and writes its best trigger so far, marked interrupted,
+    before the stop is raised again. ``resume`` continues the stage the run was in: an
+    interrupted search from its checkpoint, a finished one is reused and training resumes from
+    ``<output>.ckpt`` (or starts, if the stop came before its first checkpoint)."""
     from autoprompt_py.resources import template_from_result
-    from autoprompt_py.results import read_json, refuse_overwrite, write_json
+    from autoprompt_py.results import read_json, refuse_overwrite
     from autoprompt_py.search import SearchTask, run_search
-    from autoprompt_py.tune.folder import check_output_folder
     from autoprompt_py.tune.run import tune
     from autoprompt_py.tune.seed import Seed
 
     check_searchable(task)
     search_config.check_slots(task.template.num_triggers)
     target = None
-    if output is not None:  # both places checked before any work
-        check_output_folder(output, force or resume)
+    if output is not None:  # checked before any work; rank 0 decides under torchrun
+        check_output_folder(output, force, resume, searching=True)
         target = search_result_path(output)
-        reuse = resume and target.is_file()
-        refuse_overwrite(target, "--output", force or reuse, resumable=True)
+        refuse_overwrite(target, "--output", force or resume, resumable=True)
     started = time.perf_counter()
+    done = None
     if target is not None and resume and target.is_file():
-        result = read_json(target, "search result")
-        searched = False
+        done = read_json(target, "search result")
+        done = None if done.get("interrupted") else done
+    if done is not None:
+        result, searched = done, False
     else:
         stask = SearchTask(
             task.template, task.train, task.dev, task.verbalizer, task.aggregation,
             task.relation, task.vocab, identity=dict(task.identity), sources=dict(task.sources),
         )  # fmt: skip
-        outcome = run_search(lm, stask, search_config, filters, progress=progress,
-                             record={"stage": "search", **(record or {})})  # fmt: skip
-        if outcome.interrupted:
-            raise KeyboardInterrupt
-        result = outcome.result
-        searched = True
-        if target is not None:
-            write_json(target, result)
+        checkpoint = search_checkpoint_path(output) if target is not None else None
+        outcome = run_search(
+            lm, stask, search_config, filters, output=target, checkpoint=checkpoint,
+            resume=resume and checkpoint is not None and checkpoint.exists(),
+            progress=progress, record={"stage": "search", **(record or {})},
+        )  # fmt: skip
+        if outcome.stop is not None:
+            raise outcome.stop
+        result, searched = outcome.result, True
     search_seconds = time.perf_counter() - started
     source = str(target) if target is not None else "search result"
     template = template_from_result(result, source)
@@ -162,4 +170,6 @@ def search_then_tune(
             "dev": {metric: result["dev"][metric]},
         }
     }
+    # training resumes only from its own checkpoint; a stop during the search left none
+    resume = resume and output is not None and checkpoint_path(output).exists()
     return tune(lm, found, config, output, force, resume, progress, record, stages=stages)

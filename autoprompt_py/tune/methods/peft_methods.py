@@ -87,6 +87,10 @@ class PrefixLM:
     def __getattr__(self, name: str):
         return getattr(self.lm, name)
 
+    @property
+    def max_length(self) -> int:  # the prefix's past keys shift every position
+        return self.lm.max_length - self.peft_model.peft_config["default"].num_virtual_tokens
+
     def mask_logits(self, mask_positions, attention_mask, input_ids=None, inputs_embeds=None,
                     token_type_ids=None) -> torch.Tensor:  # fmt: skip
         if token_type_ids is None:
@@ -192,6 +196,9 @@ def build(lm: MaskedLM, task, config, objective):
     init = resolve_init(config, task)
     found = found_ids(task) if init == "found" else None
     n = config.num_virtual_tokens or (len(found) if found else 8)
+    # every family counts positions past the virtual tokens (a prefix's past keys shift them
+    # too), so inputs are truncated to leave them room
+    objective.max_length = lm.max_length - n
     if config.method == "prefix":
         return build_prefix(lm, task, config, peft, n, init, found, layers, heads)
     vectors, _ = init_vectors(lm, n, init, config.seed, found, config.init_text)
@@ -218,7 +225,6 @@ def build(lm: MaskedLM, task, config, objective):
     model = peft.get_peft_model(lm.model, cfg)
     with torch.no_grad():
         model.prompt_encoder["default"].embedding.weight.copy_(vectors)
-    objective.max_length = lm.max_length - n  # room for the virtual tokens
     part = PromptPart(lm, task.template, model, peft)
     part.method = config.method
     return part
