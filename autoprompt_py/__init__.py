@@ -1,4 +1,4 @@
-"""autoprompt_py: discrete prompt search and scoring for masked language models.
+"""autoprompt_py: prompt search, scoring, tuning and prediction for masked LMs and decoders.
 
 The Python API that the ``autoprompt`` command is a thin layer over::
 

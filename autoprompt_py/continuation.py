@@ -51,21 +51,23 @@ def require_slot_last(lm: MaskedLM, template: Template) -> None:
         )
 
 
-def require_next_token(lm: MaskedLM, template: Template, mask_counts: Sequence[int]) -> None:
-    """A trigger search on a decoder reads the next token at the slot: the slot must be last
-    and every answer one token (continuation losses are not searched over yet)."""
+def require_next_token(
+    lm: MaskedLM, template: Template, mask_counts: Sequence[int], command: str
+) -> None:
+    """``command`` on a decoder reads the next token at the slot: the slot must be last and
+    every answer one token (continuation losses are not searched over there)."""
     if lm.kind != CAUSAL:
         return
     if not slot_is_last(template):
         raise AutopromptError(
-            f"template {template.source!r}: a search on a decoder needs the answer slot last "
-            "(text after it is scored by 'score' and 'predict', not searched over); end the "
-            "template with [P]"
+            f"template {template.source!r}: '{command}' on a decoder needs the answer slot "
+            "last (text after it is scored by 'score' and 'predict', not searched over); end "
+            "the template with [P]"
         )
     if max(mask_counts) > 1:
         raise AutopromptError(
-            "a search on a decoder needs label words of one token each (with their leading "
-            "space); choose single-token words for the verbalizer"
+            f"'{command}' on a decoder needs label words of one token each (with their "
+            "leading space); choose single-token words for the verbalizer"
         )
 
 

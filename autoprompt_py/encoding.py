@@ -187,8 +187,8 @@ class TemplateEncoder:
         in_last_segment = self.template.predict in self.template.segments[-1]
         if any(not isinstance(p, Literal) for p in after) or not in_last_segment:
             raise AutopromptError(
-                f"template {self.template.source!r}: a search on a decoder scores the text after "
-                "the slot as part of each answer, so only plain words may follow the slot (no "
+                f"template {self.template.source!r}: on a decoder the text after the slot is "
+                "scored as part of each answer, so only plain words may follow the slot (no "
                 "field, [T] or [SEP])"
             )
         return [i for p in after for i in self._literal_ids[id(p)]]

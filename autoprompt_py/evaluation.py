@@ -1,5 +1,5 @@
-"""Scoring many templates on a labeled dataset, and probing relations: the API under
-``autoprompt score`` and ``autoprompt probe``."""
+"""Scoring many templates on a labeled dataset, on a masked LM or a decoder: the API under
+``autoprompt score`` (relations: ``probing.py``, under ``autoprompt probe``)."""
 
 from __future__ import annotations
 

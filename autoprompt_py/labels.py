@@ -84,7 +84,9 @@ def mask_features(
 ) -> torch.Tensor:
     """The head's transform output at the prediction slot of each example, [examples, dim]."""
     check_fields(examples, template.fields, template.source)
-    require_next_token(lm, template, [1])  # a decoder reads the slot after all its context
+    require_next_token(
+        lm, template, [1], "labels"
+    )  # a decoder reads the slot after all its context
     dataset = TemplateEncoder(template, lm.tokenizer, lm.max_length, n_masks=1).encode_all(examples)
     with head_transform_output(lm) as (captured, weight):
         # zeros: under torch.distributed each rank fills its batches, then the sum over ranks

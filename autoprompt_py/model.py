@@ -1,4 +1,5 @@
-"""Loading any masked LM, and a forward pass that scores only the mask positions."""
+"""A masked LM (any ``AutoModelForMaskedLM``) and a forward pass that scores only the mask
+positions; ``load_model`` loads either kind (a decoder through ``causal_model.py``)."""
 
 from __future__ import annotations
 

@@ -175,3 +175,52 @@ def test_soft_and_full_with_text_after_the_slot_reproduce_the_dev_metric(
     assert r.exit_code == 0, r.stderr
     scored = json.loads(out.read_text())["templates"][0]["accuracy"]
     assert scored == pytest.approx(result["dev"]["accuracy"])
+
+
+def _plain_relation_loss(folder: Path, text: str, obj: str) -> float:
+    """Cross-entropy of `` obj`` as the next token after ``text`` over the whole vocabulary,
+    with plain transformers: the tokenizer's own special tokens, one forward."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    (target,) = tok.encode(f" {obj}", add_special_tokens=False)[-1:]
+    ids = torch.tensor([tok(text)["input_ids"]])
+    with torch.no_grad():
+        last = model(input_ids=ids).logits[0, -1].float()
+    return float(-last.log_softmax(-1)[target])
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "opt"])
+@pytest.mark.parametrize("method", ["lora", "full", "soft"])
+def test_relation_tuning_loss_equals_a_plain_computation(
+    family, method, tiny_decoder_dirs, tmp_path
+):
+    """Facts on a decoder, ``[Y]`` last: the dev loss at step 0 (LoRA and full start as the
+    model; soft from a decoder search's found prompt) is the plain next-token cross-entropy."""
+    folder = tiny_decoder_dirs[family]
+    facts = REPO / "examples" / "P19"
+    fact = json.loads((facts / "dev.jsonl").read_text().splitlines()[0])
+    dev = tmp_path / "dev.jsonl"
+    dev.write_text(json.dumps(fact) + "\n")
+    template = "[X] was born in [Y]"
+    if method == "soft":  # seeded from a search result on this decoder
+        template = str(tmp_path / "found.json")
+        args = ["search", "--model", folder, "--device", "cpu", "--template",
+                "[X] [T] [T] was born in [Y]", "--train", facts / "train.jsonl", "--dev", dev,
+                "--iters", "1", "--output", template, "--quiet"]  # fmt: skip
+        r = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+    args = ["tune", "--model", folder, "--device", "cpu", "--train", facts / "train.jsonl",
+            "--dev", dev, "--template", template, "--method", method, "--steps", "1",
+            "--output", tmp_path / "out", "--quiet"]  # fmt: skip
+    r = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    prompt = "[X] was born in [Y]"
+    if method == "soft":
+        prompt = json.loads(Path(template).read_text())["prompt"]
+        assert result["seed"]["kind"] == "search" and result["init"] == "found"
+    text = prompt.replace("[X]", fact["sub_label"]).replace(" [Y]", "")
+    want = _plain_relation_loss(folder, text, fact["obj_label"])
+    assert result["curve"][0]["dev_loss"] == pytest.approx(want, abs=1e-4)

@@ -52,7 +52,7 @@ EXPORT_FORMATS = ("peft", "optiprompt", "embeddings")
 # (job, kind group, mode, shape) -> (what the error line says, what docs/decoders.md's row for
 # the job says of it); kind group "decoder" is every decoder; "any" every kind
 REFUSED = {
-    ("labels", "decoder", "classification", "after"): ("slot", "slot last"),
+    ("labels", "decoder", "classification", "after"): ("'labels'", "slot last"),
     ("probe", "decoder", "relations", "after"): ("[Y]", "`[Y]` must be last"),
     ("predict", "decoder", "relations", "after"): ("[Y]", "as `score`"),
     ("search", "decoder", "relations", "after"): ("[Y]", "relations need `[Y]` last"),
@@ -141,6 +141,11 @@ def check_refused_or_ran(r, job: str, kind: str, mode: str, shape: str) -> bool:
     return False
 
 
+def records_kind(record: dict, kind: str) -> None:
+    """Every result and run record names the model and its kind."""
+    assert record["model"]["kind"] == ("masked" if kind == "masked" else "causal"), record["model"]
+
+
 def finite(x: float) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x) and 0.0 <= x <= 1.0
 
@@ -165,6 +170,7 @@ def test_score(request, data, tmp_path, kind, mode, shape):
                data / "dev.tsv", "--template", template_for(mode, shape), "--bootstrap", "0",
                *task_args(data, mode, shape, train=False), "--output", out)  # fmt: skip
     if check_refused_or_ran(r, "score", kind, mode, shape):
+        records_kind(json.loads(out.read_text()), kind)
         row = json.loads(out.read_text())["templates"][0]
         assert finite(row["accuracy"]) and row["n"] == 4
 
@@ -176,6 +182,7 @@ def test_probe(request, data, tmp_path, kind, mode, shape):
                data / "facts-dev.jsonl", "--template", template_for(mode, shape), "--output",
                out)  # fmt: skip
     if check_refused_or_ran(r, "probe", kind, mode, shape):
+        records_kind(json.loads(out.read_text()), kind)
         micro = json.loads(out.read_text())["micro"]
         assert finite(micro["p@1"]) and finite(micro["mrr"]) and micro["n"] >= 1
 
@@ -200,7 +207,7 @@ def test_search(request, data, tmp_path, kind, mode, shape, method):
         return
     found = json.loads(out.read_text())
     metric = found["metric"]
-    assert found["model"]["kind"] == ("masked" if kind == "masked" else "causal")
+    records_kind(found, kind)
     # the found prompt, scored again from its result, gives the recorded dev metric
     if mode == "classification":
         again = tmp_path / "again.json"
@@ -251,6 +258,7 @@ def test_labels(request, data, tmp_path, kind, mode, shape):
     if check_refused_or_ran(r, "labels", kind, mode, shape):
         words = json.loads(out.read_text())
         assert sorted(words) == ["0", "1"] and all(len(w) == 2 for w in words.values())
+        records_kind(json.loads(Path(f"{out}.run.json").read_text()), kind)
 
 
 # -- tune, each method, then predict with what it wrote ------------------------------------------
@@ -275,7 +283,7 @@ def test_tune(request, data, found, tmp_path, kind, mode, shape, method):
     result = json.loads((out / "result.json").read_text())
     metric = result["metric"]
     assert result["steps"] == 2 and finite(result["dev"][metric])
-    assert result["model"]["kind"] == ("masked" if kind == "masked" else "causal")
+    records_kind(result, kind)
     if seeded:  # step 0 is the found prompt: the search's dev metric
         searched = json.loads(Path(template).read_text())
         assert result["curve"][0]["dev"] == pytest.approx(searched["dev"][metric], abs=1e-6)
@@ -305,4 +313,99 @@ def test_predict(request, data, tmp_path, kind, mode, shape):
                "--bootstrap", "0")  # fmt: skip
     if check_refused_or_ran(r, "predict", kind, mode, shape):
         assert len(rows.read_text().splitlines()) == 5  # the header and four rows
+        records_kind(json.loads(Path(f"{rows}.run.json").read_text()), kind)
         assert re.search(r"(accuracy|P@1|p@1)", r.output, re.I), r.output
+
+
+# -- a stop at any stage of a long-running command, then --resume --------------------------------
+# The stop is SIGTERM sent to the main thread at the n-th call of the stage's unit of work (a
+# search iteration, a training step, a predict window), never after a delay. The stopped run
+# exits 143 and keeps what it did; --resume ends equal to an uninterrupted run.
+
+STAGES = {  # stage -> (class, method whose n-th call is stopped in, n)
+    "search": ("autoprompt_py.search.engine:TriggerSearch", "step", 2),
+    "tune": ("autoprompt_py.tune.loop:Trainer", "_loss", 2),
+    "predict": ("autoprompt_py.prediction.run:Predictor", "window", 2),
+}
+LONG_RUNS = {  # command -> the stages it passes through
+    "search": ("search",),
+    "tune": ("tune",),
+    "tune --search-budget": ("search", "tune"),
+    "predict": ("predict",),
+}
+
+
+def stop_at(monkeypatch, stage: str) -> None:
+    import importlib
+    import signal
+    import threading
+
+    where, method, n = STAGES[stage]
+    module, name = where.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    original, calls = getattr(cls, method), [0]
+
+    def stopped(self, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == n:
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, method, stopped)
+
+
+def long_run(command: str, model: Path, data: Path, out: Path) -> list:
+    train = ["--train", data / "train.tsv", "--dev", data / "dev.tsv", "--verbalizer", "sst2"]
+    triggers = "{sentence} [T] [T] It was [P]"
+    if command == "search":
+        return ["search", "--model", model, "--device", "cpu", "--template", triggers, *train,
+                "--iters", "3", "--output", out, "--quiet"]  # fmt: skip
+    if command.startswith("tune"):
+        search = ["--search-budget", "600", "--search-iters", "3"] if "search" in command else []
+        template = triggers if search else "{sentence} It was [P]"
+        method = "soft" if search else "lora"
+        return ["tune", "--model", model, "--device", "cpu", "--template", template, *train,
+                "--method", method, "--steps", "4", "--eval-every", "1", "--batch-size", "2",
+                *search, "--output", out, "--quiet"]  # fmt: skip
+    return ["predict", "--model", model, "--device", "cpu", "--data", data / "dev.tsv",
+            "--template", "{sentence} It was [P] .", "--verbalizer", "sst2", "--window", "1",
+            "--output", f"{out}.jsonl"]  # fmt: skip
+
+
+def outcome(command: str, out: Path):
+    """What must equal between a stopped-and-resumed run and an uninterrupted one."""
+    if command == "predict":
+        return Path(f"{out}.jsonl").read_bytes()
+    if command == "search":
+        r = json.loads(out.read_text())
+        return r["prompt"], r["dev"], [c[1:] for c in r["curve"]], r["stopped"]
+    r = json.loads((out / "result.json").read_text())
+    curve = [(c["step"], c["dev"], round(c["train_loss"] or 0, 5)) for c in r["curve"]]
+    return r["template"], curve, r["dev"], r["interrupted"]
+
+
+@pytest.mark.parametrize("kind", ["masked", "llama"])
+@pytest.mark.parametrize(
+    "command, stage",
+    [(c, s) for c, stages in LONG_RUNS.items() for s in stages],
+    ids=lambda v: v.replace(" --", "+"),
+)
+def test_stop_and_resume(request, data, tmp_path, monkeypatch, kind, command, stage):
+    model = model_of(request, kind)
+    whole = tmp_path / "whole"
+    r = invoke(*long_run(command, model, data, whole))
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "stopped"
+    stop_at(monkeypatch, stage)
+    r = invoke(*long_run(command, model, data, out))
+    assert r.exit_code == 143, (r.exit_code, r.output)
+    assert "terminated (SIGTERM)" in r.stderr and "Traceback" not in r.output
+    monkeypatch.undo()
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("stopped"))
+    assert left, "a stopped run keeps what it did"
+    # the same command again is refused (it would lose the work), --resume continues it
+    r = invoke(*long_run(command, model, data, out))
+    assert r.exit_code == 2 and "--resume" in r.stderr, r.output
+    r = invoke(*long_run(command, model, data, out), "--resume")
+    assert r.exit_code == 0, (left, r.output)
+    assert outcome(command, out) == outcome(command, whole)

@@ -59,7 +59,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 @click.group(cls=AutopromptGroup, lazy_commands=COMMANDS)
 @click.version_option(__version__, prog_name="autoprompt", message=version_message())
 def main() -> None:
-    """Discrete prompts for masked language models: score, probe, search, label search, export.
+    """Prompts for masked LMs and decoders: score, probe, search, labels, tune, predict, export.
 
     Without --model, commands use the small BERT bundled in the package (autoprompt info).
     """

@@ -187,7 +187,8 @@ def model_options(f: Callable) -> Callable:
             "model_name",
             default=DEFAULT_MODEL,
             show_default=True,
-            help="Hub id or local folder (saved with save_pretrained) of a masked LM; the "
+            help="Hub id or local folder (saved with save_pretrained) of a masked LM or a "
+            "decoder (AutoModelForMaskedLM or AutoModelForCausalLM); the "
             f"default {DEFAULT_MODEL} is a small BERT bundled in the package, for trying the "
             "tool offline (see 'autoprompt info').",
         ),

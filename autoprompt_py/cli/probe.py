@@ -91,6 +91,7 @@ def probe(
         reported_kind,
         templates_by_relation,
     )
+    from autoprompt_py.prompt import model_record
     from autoprompt_py.resources import check_trigger_ids, load_templates
     from autoprompt_py.results import provenance, write_json
     from autoprompt_py.tune.folder import attach_tuned, load_templates_or_tuned, read_tuned
@@ -200,6 +201,7 @@ def probe(
                         "batch_size": batch_size,
                     },
                 ),
+                "model": model_record(lm),
                 "reported": primary,
                 "relations": [p.to_json(primary, predictions) for p in probes],
                 **summary[primary],

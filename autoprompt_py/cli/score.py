@@ -103,6 +103,7 @@ def score(
     from autoprompt_py.distributed import require_rows
     from autoprompt_py.ensemble import parse_weights
     from autoprompt_py.evaluation import check_verbalizers, score_prompts
+    from autoprompt_py.prompt import model_record
     from autoprompt_py.resources import check_trigger_ids, load_templates, load_verbalizer
     from autoprompt_py.results import provenance, write_json
     from autoprompt_py.tune.folder import attach_tuned, load_templates_or_tuned, read_tuned
@@ -188,6 +189,7 @@ def score(
                         "content_free": list(cf_texts) if cf_texts else None,
                     },
                 ),
+                "model": model_record(lm),
                 "n": len(examples),
                 "verbalizer": verbs[0][1].words,
                 "verbalizers": {name: v.words for name, v in verbs},

@@ -46,6 +46,7 @@ from autoprompt_py.prediction.writer import (
     output_format,
     partial_format,
 )
+from autoprompt_py.prompt import model_record
 from autoprompt_py.resources import load_verbalizer
 from autoprompt_py.results import (
     check_output_path,
@@ -272,7 +273,7 @@ def write_predictions(
                     f"--data {data}: no row to predict ({summary.skipped} skipped for a missing "
                     "or empty field)"
                 )
-            _finish(target, identity, fmt, columns, predictor.window_rows, summary)
+            _finish(target, identity, fmt, columns, predictor.window_rows, summary, lm)
     return summary
 
 
@@ -323,6 +324,7 @@ def _finish(
     columns: list[str],
     group_rows: int,
     summary: PredictSummary,
+    lm: MaskedLM,
 ) -> None:
     """The partial file becomes the output (converted where its format differs), with the
     output's permissions; then the run's record is written beside it."""
@@ -351,7 +353,7 @@ def _finish(
     record = {
         **provenance("predict", identity["config"]),
         "output": {"path": str(target), "format": fmt, "columns": columns},
-        "model": identity["model"],
+        "model": model_record(lm),  # the kind, vocabulary and embedding size, as every result
         "dtype": identity["dtype"],
         "input": identity.get("input"),
         "counts": counts,

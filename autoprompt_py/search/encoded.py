@@ -64,7 +64,7 @@ class EncodedTask:
             dev, dev_gold = single_token_facts(lm, task, task.dev, "dev", eval_ids, counts)
             label_ids = sorted(set(train_gold))  # as AutoPrompt: no trigger may be an answer
         if task.mode != "classification":
-            require_next_token(lm, task.template, objective.mask_counts)
+            require_next_token(lm, task.template, objective.mask_counts, "search")
         tensors = [
             SplitTensors(
                 task.template,

@@ -134,7 +134,7 @@ def search_then_tune(
     done = None
     if target is not None and resume and target.is_file():
         done = read_json(target, "search result")
-        done = None if done.get("interrupted") else done
+        done = None if done.get("stopped") == "interrupted" else done
     if done is not None:
         result, searched = done, False
     else:
