@@ -18,12 +18,13 @@ import torch
 from tqdm.auto import tqdm
 
 from autoprompt_py import distributed
+from autoprompt_py.chat import render, tokenize_rendered
 from autoprompt_py.data import Example
 from autoprompt_py.encoding import TemplateEncoder
 from autoprompt_py.errors import AutopromptError, warn
 from autoprompt_py.model import MaskedLM
 from autoprompt_py.model_kind import CAUSAL
-from autoprompt_py.template import Field, Literal, Predict, Template, Trigger
+from autoprompt_py.template import Field, Literal, Part, Predict, Template, Trigger
 
 
 def slot_is_last(template: Template) -> bool:
@@ -72,9 +73,20 @@ def require_next_token(
 
 
 def written_out(lm: MaskedLM, template: Template, example: Example, answer: str) -> str:
-    """The example's text as a user would write it, with ``answer`` in the slot."""
+    """The example's text as a user would write it, with ``answer`` in the slot; in a chat,
+    the text before the slot rendered as the user's message by the chat template, and the
+    answer right after its generation prompt."""
+    parts = template.parts
+    if template.chat is None:
+        return _joined(lm, parts, example, answer)
+    at = parts.index(template.predict)
+    user = _joined(lm, parts[:at], example, answer)
+    return render(lm.tokenizer, template.chat, user) + _joined(lm, parts[at:], example, answer)
+
+
+def _joined(lm: MaskedLM, parts: Sequence[Part], example: Example, answer: str) -> str:
     out: list[str] = []
-    for p in template.parts:
+    for p in parts:
         if isinstance(p, Literal):
             text = p.text
         elif isinstance(p, Field):
@@ -102,16 +114,20 @@ def report_boundary_merges(
     enc = encoder.encode(example)
     p = enc.mask_positions[0]
     end = len(enc.input_ids) - len(encoder.layout.suffix)
+    prefix = [i for i, _ in encoder.layout.prefix]
     for word, ids in zip(words, pieces):
         row = enc.input_ids[: p + 1] + list(ids) + enc.input_ids[p + 1 : end]
-        whole = lm.tokenizer(written_out(lm, template, example, word))["input_ids"]
+        whole = tokenize_rendered(lm.tokenizer, written_out(lm, template, example, word), prefix)
         whole = whole[: len(whole) - len(encoder.layout.suffix)]
         if row != whole:
             where = example.source or "the first example"
+            what = "the spaces around the slot"
+            if template.chat is not None:
+                what += " (in a chat: the words next to the chat template's own text)"
             warn(
                 f"template {template.source!r}, label word {word!r}: written out, the text "
                 f"tokenizes differently from the template's pieces ({where}); scores are of "
-                "the pieces — check the spaces around the slot"
+                f"the pieces — check {what}"
             )
             return
 

@@ -3,7 +3,8 @@
 Each part of a template is tokenized on its own (literals once, fields per example) and the
 pieces are concatenated, so the positions of trigger slots and masks are known exactly for
 WordPiece, byte-level BPE and SentencePiece alike, and a long input is cut from its
-shortenable fields only. Special tokens are added in the model's own layout.
+shortenable fields only. Special tokens are added in the model's own layout; a template read
+as a chat (``template.chat``) is framed by the decoder's chat template (``chat.py``).
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from autoprompt_py.chat import chat_frame
 from autoprompt_py.data import Example, check_fields
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.template import Field, Literal, Predict, Template, Trigger
 
 
 @functools.lru_cache(maxsize=32)
-def _spaces_are_tokens(tokenizer: PreTrainedTokenizerBase) -> bool:
+def spaces_are_tokens(tokenizer: PreTrainedTokenizerBase) -> bool:
     """True for tokenizers (byte-level BPE) that encode a leading space into the next token."""
     plain = tokenizer.encode("a", add_special_tokens=False)
     spaced = tokenizer.encode(" a", add_special_tokens=False)
@@ -38,7 +40,7 @@ def tokenize_pieces(
     tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], space_before: bool
 ) -> list[list[int]]:
     """``tokenize_piece`` for many texts in one call (the fast tokenizers batch in Rust)."""
-    prefix = " " if space_before and _spaces_are_tokens(tokenizer) else ""
+    prefix = " " if space_before and spaces_are_tokens(tokenizer) else ""
     stripped = [t.strip() for t in texts]
     todo = [i for i, t in enumerate(stripped) if t]
     out: list[list[int]] = [[] for _ in texts]
@@ -172,8 +174,26 @@ class TemplateEncoder:
         self._prefix = ([i for i, _ in layout.prefix], [t for _, t in layout.prefix])
         self._middle = ([i for i, _ in layout.middle], [t for _, t in layout.middle])
         self._suffix = ([i for i, _ in layout.suffix], [t for _, t in layout.suffix])
-        if self.next_token and not self._prefix[0] and isinstance(template.parts[0], Predict):
+        # a chat: the header before the user's message (the first part), the footer before
+        # the slot; the message's first word takes a space the header ended in
+        self._footer: list[int] = []
+        self._spaced_first: object = None
+        if template.chat is not None:
+            frame = chat_frame(tokenizer, template.chat, tuple(self._prefix[0]))
+            self._prefix = (list(frame.header), [layout.types[0]] * len(frame.header))
+            self._footer = list(frame.footer)
+            if frame.user_space:
+                self._spaced_first = template.parts[0]
+                if isinstance(self._spaced_first, Literal):
+                    text = self._spaced_first.text
+                    self._literal_ids[id(self._spaced_first)] = tokenize_piece(
+                        tokenizer, text, True
+                    )
+        elif self.next_token and not self._prefix[0] and isinstance(template.parts[0], Predict):
             self._prefix = _bos_before_slot(tokenizer, template)
+        # every token the encoder adds around the template's own (truncation leaves them)
+        self.n_special = layout.count - len(layout.prefix) + len(self._prefix[0])
+        self.n_special += len(self._footer)
         # A decoder's answer written into the slot (a search over continuations): the rows
         # read the positions before each answer token and each token of the text after it.
         self._answer = None if answer_ids is None else list(answer_ids)
@@ -218,7 +238,7 @@ class TemplateEncoder:
                     ids = (
                         field_ids[id(p)]
                         if field_ids is not None
-                        else tokenize_piece(self.tokenizer, example.fields[p.name], p.space_before)
+                        else tokenize_piece(self.tokenizer, example.fields[p.name], self._space(p))
                     )
                 elif isinstance(p, Trigger):
                     ids = [next(triggers)]
@@ -238,6 +258,9 @@ class TemplateEncoder:
                 input_ids += self._middle[0]
                 type_ids += self._middle[1]
             for p, ids in chunks:
+                if isinstance(p, Predict) and self._footer:  # a chat: the assistant's turn
+                    input_ids += self._footer
+                    type_ids += [types[s]] * len(self._footer)
                 if isinstance(p, Trigger):
                     trigger_pos.append(len(input_ids))
                 elif isinstance(p, Predict) and self.next_token:
@@ -264,8 +287,12 @@ class TemplateEncoder:
         type_ids += self._suffix[1]
         return EncodedExample(input_ids, type_ids, trigger_pos, mask_pos, truncated)
 
+    def _space(self, p: Field) -> bool:
+        """Whether a field is tokenized after a space (a chat's header may give the first)."""
+        return p.space_before or p is self._spaced_first
+
     def _truncate(self, segments: list[list[list]], example: Example, total: int) -> int:
-        budget = self.max_length - self.layout.count
+        budget = self.max_length - self.n_special
         excess = total - budget  # total: the tokens of every chunk
         if excess <= 0:
             return 0
@@ -276,7 +303,7 @@ class TemplateEncoder:
         if room < excess:
             raise AutopromptError(
                 f"{example.source or 'an example'}: template {self.template.source!r} needs "
-                f"{excess + budget + self.layout.count} tokens, more than the model's "
+                f"{excess + budget + self.n_special} tokens, more than the model's "
                 f"{self.max_length}, even with its shortenable fields emptied; use fewer "
                 "trigger tokens or a shorter template"
             )
@@ -290,7 +317,7 @@ class TemplateEncoder:
         fields = [p for p in self.template.parts if isinstance(p, Field)]
         tokenized = {
             id(p): tokenize_pieces(
-                self.tokenizer, [e.fields[p.name] for e in examples], p.space_before
+                self.tokenizer, [e.fields[p.name] for e in examples], self._space(p)
             )
             for p in fields
         }

@@ -48,6 +48,7 @@ class TemplateScore:
     predictions: list[str] | None = field(default=None, repr=False)
     verbalizer: str | None = None
     weight: float | None = None
+    chat: dict | None = None  # the template's chat (``Chat.record``), where read as one
     p_cf: dict[str, float] | None = None
     calibrated: TemplateScore | None = field(default=None, repr=False)
 
@@ -63,6 +64,8 @@ class TemplateScore:
             out["verbalizer"] = self.verbalizer
         if self.weight is not None:
             out["weight"] = self.weight
+        if self.chat is not None:
+            out["chat"] = self.chat
         if self.p_cf is not None:
             out["p_cf"] = self.p_cf
         if self.calibrated is not None:
@@ -143,7 +146,7 @@ def score_prompts(
     resolved: dict[tuple[int, bool], ResolvedVerbalizer] = {}
     for named in templates:
         require_closed(named.template, named.name)
-        space = named.template.predict.space_before
+        space = named.template.answer_space
         for vi, (vname, verbalizer) in enumerate(verbalizers):
             key = (vi, space)
             if key not in resolved:
@@ -168,6 +171,7 @@ def score_prompts(
                 multi=verb.multi_piece_words,
                 verbalizer=vname,
                 weight=weight,
+                chat=None if named.template.chat is None else named.template.chat.record(),
             )
             if calibrate_with is not None:
                 p_cf = label_p_cf(lm, named.template, verb, calibrate_with, batch_size)[order]

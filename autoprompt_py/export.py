@@ -251,6 +251,7 @@ def to_embeddings(prompt: FoundPrompt, lm: MaskedLM, file: str | Path, force: bo
         "kind": MANIFEST_KIND,
         "format": "embeddings",
         "template": prompt.template.render(),
+        "chat": json.dumps(prompt.describe()["chat"], ensure_ascii=False),
         "prompt": prompt.prompt,
         "tokens": json.dumps(list(prompt.tokens), ensure_ascii=False),
         "token_ids": json.dumps(list(prompt.token_ids)),

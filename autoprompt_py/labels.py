@@ -17,6 +17,7 @@ features, which is deterministic.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -27,7 +28,7 @@ from torch import nn
 from autoprompt_py import distributed
 from autoprompt_py.continuation import require_next_token
 from autoprompt_py.data import Example, check_fields, labels_of
-from autoprompt_py.encoding import TemplateEncoder
+from autoprompt_py.encoding import TemplateEncoder, spaces_are_tokens
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.model import MaskedLM
 from autoprompt_py.scoring import iter_mask_logits
@@ -178,9 +179,14 @@ def search_labels(
 
     tokenizer = lm.tokenizer
     vocab = VocabStrings.of(tokenizer, len(z))
-    allowed = allowed_tokens(tokenizer, len(z), filters or TokenFilters(), (), vocab)
+    space = template.answer_space
+    filters = filters or TokenFilters()
+    if not space and spaces_are_tokens(tokenizer):
+        # an answer with no space before it (a chat's) starts with a byte-level token
+        # without Ġ, which the subword filter drops; the round trip below keeps the words
+        filters = dataclasses.replace(filters, subwords=False)
+    allowed = allowed_tokens(tokenizer, len(z), filters, (), vocab)
     log_odds = log_odds.masked_fill(~allowed.to(log_odds.device)[None], float("-inf"))
-    space = template.predict.space_before
     taken: set[str] = set()
     chosen: dict[str, list[tuple[str, float]]] = {}
     for c, label in enumerate(labels):

@@ -264,7 +264,7 @@ def _probe_relation(
 ) -> RelationProbe:  # fmt: skip
     tok = lm.tokenizer
     # candidates and gold ids per template; an ensemble needs the same for all of them
-    spaces = {t.template.predict.space_before for t in members}
+    spaces = {t.template.answer_space for t in members}
     layouts = []
     for space in sorted(spaces):
         cand = vocab_token_ids(tok, list(vocab), space) if vocab is not None else None

@@ -291,6 +291,7 @@ class FoundPrompt:
         return {
             "source": self.source,
             "template": self.template.render(),
+            "chat": None if self.template.chat is None else self.template.chat.record(),
             "prompt": self.prompt,
             "mode": self.mode,
             "relation": self.relation,

@@ -7,13 +7,13 @@ carries them as ``autoprompt_py/_resources/``.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from autoprompt_py.errors import AutopromptError, shown
 from autoprompt_py.model_kind import check_kind
-from autoprompt_py.template import Template, parse_template
+from autoprompt_py.template import Chat, Template, parse_template
 from autoprompt_py.textfile import lines, parse_json, read_text
 
 if TYPE_CHECKING:  # verbalizer.py imports torch: not needed to name the shipped sets
@@ -43,6 +43,15 @@ class NamedTemplate:
     template: Template
     relation: str | None = None
     model_kind: str | None = None  # a search result's model kind (model_kind.py), else None
+
+
+def with_chat(named: list[NamedTemplate], chat: Chat | None) -> list[NamedTemplate]:
+    """``--chat``: every template read as a chat turn (``chat``, over the chat a template
+    records: ``Chat.over``); None: each as it came (a search result or tuned folder keeps the
+    chat it records)."""
+    if chat is None:
+        return named
+    return [replace(t, template=t.template.in_chat(chat.over(t.template.chat))) for t in named]
 
 
 def _is_file(path: Path) -> bool:
@@ -133,7 +142,8 @@ def template_from_result(result: dict, source: str) -> Template:
                 f"{source}: trigger.{key} must be a list of {len(ids)} strings, one per id of "
                 f"trigger.ids; {fix}"
             )
-    return template.with_triggers(ids, trigger.get("tokens"))
+    chat = Chat.from_record(result.get("chat"), source)
+    return template.with_triggers(ids, trigger.get("tokens")).in_chat(chat)
 
 
 def check_trigger_ids(

@@ -132,7 +132,7 @@ def probe_facts(
     """
     check_fields(facts, template.fields, template.source)
     require_slot_last(lm, template)
-    space = template.predict.space_before
+    space = template.answer_space
     ids = (single_token_id(lm.tokenizer, f.label, space) for f in facts)
     gold = np.array([-1 if i is None else i for i in ids], dtype=np.int64)
     if vocab_ids is not None:

@@ -12,6 +12,8 @@ A template is text with markers:
   tokenizer adds the model's own special tokens.
 
 Everything else is literal text. The parser knows nothing of tokenizers; ``encoding.py`` does.
+A template may be read as a chat turn (``Chat``): ``chat.py`` renders it with a decoder's own
+chat template.
 """
 
 from __future__ import annotations
@@ -60,11 +62,59 @@ Part = Literal | Field | Trigger | Predict
 
 
 @dataclass(frozen=True)
+class Chat:
+    """A template read as a chat (``--chat``): the text before the answer slot is the user's
+    message, ``system`` the system message (None: the chat template's own default), and the
+    slot opens the assistant's turn, read right after the generation prompt with no space
+    before it (lm-evaluation-harness's chat convention). ``chat.py`` renders it."""
+
+    system: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.system is not None and "[T]" in self.system:
+            raise AutopromptError(
+                f"--system {shown(self.system)}: trigger slots [T] go in the template (the "
+                "user's message), not in the system text; move them there"
+            )
+
+    def over(self, recorded: Chat | None) -> Chat:
+        """This ``--chat`` over the chat a result records: its system message is kept
+        unless ``--system`` gives another (re-scoring a found prompt gives its metric)."""
+        if self.system is None and recorded is not None:
+            return recorded
+        return self
+
+    def record(self) -> dict:
+        """As result files record it (``"chat": {"system": ...}``; no chat: null)."""
+        return {"system": self.system}
+
+    @classmethod
+    def from_record(cls, value: object, source: str) -> Chat | None:
+        """A result's ``chat`` entry back (null or absent: no chat)."""
+        if value is None:
+            return None
+        system = value.get("system") if isinstance(value, dict) else 0
+        if not (system is None or isinstance(system, str)):
+            raise AutopromptError(
+                f'{source}: "chat" must be null or {{"system": text or null}}, not '
+                f"{shown(value)}; restore the file autoprompt wrote"
+            )
+        return cls(system)
+
+
+def chat_settings(chat: Chat | None) -> dict:
+    """``--chat`` and ``--system`` as a command's record of its options holds them."""
+    return {"chat": chat is not None, "system": chat.system if chat is not None else None}
+
+
+@dataclass(frozen=True)
 class Template:
-    """A parsed template: one or two segments of parts, with exactly one prediction slot."""
+    """A parsed template: one or two segments of parts, with exactly one prediction slot;
+    ``chat``: read as a chat turn (None: plain text)."""
 
     segments: tuple[tuple[Part, ...], ...]
     source: str = ""
+    chat: Chat | None = None
 
     @property
     def parts(self) -> list[Part]:
@@ -91,6 +141,16 @@ class Template:
         return next(p for p in self.parts if isinstance(p, Predict))
 
     @property
+    def answer_space(self) -> bool:
+        """Whether the answer is tokenized after a space (``Ġgreat``): as written before the
+        slot, except in a chat, where it starts the assistant's turn (no space)."""
+        return self.predict.space_before and self.chat is None
+
+    def in_chat(self, chat: Chat | None) -> Template:
+        """The same template read as a chat turn (``chat``), or as plain text (None)."""
+        return replace(self, chat=chat)
+
+    @property
     def is_relational(self) -> bool:
         """True for LAMA-style templates, whose examples are (subject, object) facts."""
         return SUBJECT_FIELD in self.fields
@@ -111,7 +171,7 @@ class Template:
             return replace(p, token_id=int(token_id), token=token)
 
         segs = tuple(tuple(fill(p) for p in seg) for seg in self.segments)
-        return Template(segs, self.source)
+        return Template(segs, self.source, self.chat)
 
     def render(self, triggers: str = "marker") -> str:
         """Text of the template. ``triggers``: "marker" writes ``[T]``, "token" the fixed tokens."""

@@ -110,6 +110,27 @@ def tiny_decoder_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pat
     return {family: build_tiny_decoder(family, root / family) for family in DECODERS}
 
 
+CHAT_DECODERS = ("qwen2-chatml", "opt-llama3", "gpt2-llama3", "llama-llama3")
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """ "family-style" -> folder of a tiny decoder with a real chat template
+    (``tiny_decoders.build_chat_decoder``): Qwen2's ChatML, Llama 3's headers (on OPT, whose
+    tokenizer adds the bos that the template writes too; on GPT-2, whose does not; on the
+    SentencePiece-like llama), built once."""
+    from tiny_decoders import build_chat_decoder
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    root = tmp_path_factory.mktemp("tiny-chat-decoders")
+    out = {}
+    for name in CHAT_DECODERS:
+        family, style = name.split("-")
+        out[name] = build_chat_decoder(family, style, root / name)
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # shared resources
 # --------------------------------------------------------------------------------------------

@@ -180,3 +180,44 @@ def build_tiny_decoder(family: str, folder: Path | str) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+# Chat templates as the real models ship them: Qwen2's ChatML (a default system message) and
+# Llama 3's headers, which start with {{ bos_token }} (a tokenizer that adds bos too: twice).
+CHATML = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+LLAMA3 = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
+    "+ message['content'] | trim + '<|eot_id|>' %}"
+    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+    "{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
+    "{% endif %}"
+)
+CHAT_STYLES = {
+    "chatml": (CHATML, ["<|im_start|>", "<|im_end|>"]),
+    "llama3": (LLAMA3, ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]),
+}
+
+
+def build_chat_decoder(family: str, style: str, folder: Path | str) -> Path:
+    """``build_tiny_decoder`` with a chat template (``chatml`` or ``llama3``): its header
+    tokens added to the tokenizer as special tokens, the model's embeddings sized for them."""
+    template, specials = CHAT_STYLES[style]
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(family)
+    tokenizer.add_special_tokens({"additional_special_tokens": specials})
+    tokenizer.chat_template = template
+    torch.manual_seed(SEED)
+    model = build_model(family, tokenizer).to(torch.float32).eval()
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(20.0)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

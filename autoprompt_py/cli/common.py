@@ -226,6 +226,35 @@ def model_options(f: Callable) -> Callable:
     return functools.reduce(lambda acc, opt: opt(acc), reversed(options), in_process_group)
 
 
+def chat_options(f: Callable) -> Callable:
+    """--chat and --system, passed to the command as ``chat``: a ``template.Chat``, or None
+    (each template as given; a result or tuned folder keeps the chat it records)."""
+
+    @functools.wraps(f)
+    def with_chat(*args: Any, chat: bool, system: str | None, **kwargs: Any) -> Any:
+        from autoprompt_py.template import Chat
+
+        if system is not None and not chat:
+            raise AutopromptError("--system is the system message of --chat: add --chat")
+        return f(*args, chat=Chat(system) if chat else None, **kwargs)
+
+    options = [
+        click.option(
+            "--chat",
+            is_flag=True,
+            help="Decoders: read the template as a chat turn, rendered with the tokenizer's "
+            "chat template: the text before the answer slot is the user's message, the slot "
+            "opens the assistant's turn (docs/chat.md). Default: as the template or result.",
+        ),
+        click.option(
+            "--system",
+            default=None,
+            help="With --chat: the system message [default: the chat template's own].",
+        ),
+    ]
+    return functools.reduce(lambda acc, opt: opt(acc), reversed(options), with_chat)
+
+
 TRUST_OPTION = click.option(
     "--trust-remote-code",
     is_flag=True,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from autoprompt_py.cli.common import (
+    chat_options,
     claim_output,
     model_options,
     parse_columns,
@@ -57,6 +58,7 @@ from autoprompt_py.results import provenance, run_record_path, write_json
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @filter_options
+@chat_options
 @click.option("--output", required=True, help="Verbalizer JSON file to write.")
 @click.option("--force", is_flag=True, help="Replace an existing --output file.")
 def labels(
@@ -77,6 +79,7 @@ def labels(
     filter_non_alpha: bool,
     filter_capitalized: bool,
     stop_list: str | None,
+    chat,
     output: str,
     force: bool,
 ) -> None:
@@ -86,12 +89,13 @@ def labels(
     from autoprompt_py.errors import AutopromptError
     from autoprompt_py.labels import search_labels
     from autoprompt_py.prompt import model_record
-    from autoprompt_py.resources import load_templates
+    from autoprompt_py.resources import load_templates, with_chat
     from autoprompt_py.search import trigger_ids_from_words
+    from autoprompt_py.template import chat_settings
 
     quiet_transformers()
     claim_output(output, force=force)  # before any work; locked until the command ends
-    named = load_templates(template)
+    named = with_chat(load_templates(template), chat)
     if len(named) != 1:
         raise AutopromptError(f"--template {template}: holds {len(named)} templates; give one")
     tpl = named[0].template
@@ -109,6 +113,7 @@ def labels(
         "model": model_name, "dtype": dtype, "train": train, "template": tpl.source,
         "trigger": trigger, "label_field": label_field, "train_limit": train_limit,
         "per_class": per_class, "l2": l2, "seed": seed, "filters": filters.describe(),
+        **chat_settings(tpl.chat),
     }  # fmt: skip
     record = {
         **provenance("labels", config),

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import click
 
-from autoprompt_py.cli.common import model_options, parse_columns, quiet_transformers
+from autoprompt_py.cli.common import (
+    chat_options,
+    model_options,
+    parse_columns,
+    quiet_transformers,
+)
 from autoprompt_py.cli.evaluation_options import AGGREGATIONS, ensemble_options
 from autoprompt_py.cli.paths import DATA_FIX, InputFile
 from autoprompt_py.errors import AutopromptError
@@ -106,6 +111,7 @@ def _tokens(value: str) -> int | str:
 @click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @ensemble_options()
+@chat_options
 @model_options
 def predict(
     data,
@@ -135,6 +141,7 @@ def predict(
     weights,
     calibrate,
     content_free,
+    chat,
     model_name,
     device,
     dtype,
@@ -183,6 +190,8 @@ def predict(
         max_batch_tokens=_tokens(max_batch_tokens),
         bootstrap=bootstrap,
         seed=seed,
+        chat=chat is not None,
+        system=None if chat is None else chat.system,
     )
     preflight(config, data, output, output_format, force, resume)  # before the model loads
     quiet_transformers()

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import click
 
-from autoprompt_py.cli.common import claim_output, model_options, quiet_transformers
+from autoprompt_py.cli.common import (
+    chat_options,
+    claim_output,
+    model_options,
+    quiet_transformers,
+)
 from autoprompt_py.cli.evaluation_options import check_ensemble_options, ensemble_options
 from autoprompt_py.cli.paths import InputFile
 from autoprompt_py.cli.tables import probe_table
@@ -58,6 +63,7 @@ from autoprompt_py.errors import AutopromptError
 @click.option("--force", is_flag=True, help="Replace --output if it exists.")
 @click.option("--predictions", is_flag=True, help="Put per-fact ranks and top-10 in the JSON.")
 @ensemble_options(weights=False)
+@chat_options
 @model_options
 def probe(
     facts,
@@ -75,6 +81,7 @@ def probe(
     ensemble_rule,
     calibrate,
     content_free,
+    chat,
     model_name,
     device,
     dtype,
@@ -92,8 +99,9 @@ def probe(
         templates_by_relation,
     )
     from autoprompt_py.prompt import model_record
-    from autoprompt_py.resources import check_trigger_ids, load_templates
+    from autoprompt_py.resources import check_trigger_ids, load_templates, with_chat
     from autoprompt_py.results import provenance, write_json
+    from autoprompt_py.template import chat_settings
     from autoprompt_py.tune.folder import attach_tuned, load_templates_or_tuned, read_tuned
     from autoprompt_py.vocab import read_vocab
 
@@ -105,6 +113,7 @@ def probe(
         named += [t.__class__(t.name, t.template, None) for t in load_templates_or_tuned(template)]
     if not named:
         named = load_templates("lama_trex")
+    named = with_chat(named, chat)
     fact_sets = read_facts(facts)
     words = read_vocab(vocab) if vocab else None
     require_rows(sum(len(f) for f in fact_sets.values()), f"--facts {facts}")
@@ -199,6 +208,7 @@ def probe(
                         "device": str(lm.device),
                         "dtype": dtype,
                         "batch_size": batch_size,
+                        **chat_settings(chat),
                     },
                 ),
                 "model": model_record(lm),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from autoprompt_py.cli.common import (
+    chat_options,
     claim_output,
     model_options,
     parse_columns,
@@ -72,6 +73,7 @@ from autoprompt_py.cli.tables import notes, score_row, table
 @click.option("--force", is_flag=True, help="Replace --output if it exists.")
 @click.option("--predictions", is_flag=True, help="Put per-example predictions in the JSON.")
 @ensemble_options()
+@chat_options
 @model_options
 def score(
     data,
@@ -92,6 +94,7 @@ def score(
     weights,
     calibrate,
     content_free,
+    chat,
     model_name,
     device,
     dtype,
@@ -104,12 +107,18 @@ def score(
     from autoprompt_py.ensemble import parse_weights
     from autoprompt_py.evaluation import check_verbalizers, score_prompts
     from autoprompt_py.prompt import model_record
-    from autoprompt_py.resources import check_trigger_ids, load_templates, load_verbalizer
+    from autoprompt_py.resources import (
+        check_trigger_ids,
+        load_templates,
+        load_verbalizer,
+        with_chat,
+    )
     from autoprompt_py.results import provenance, write_json
+    from autoprompt_py.template import chat_settings
     from autoprompt_py.tune.folder import attach_tuned, load_templates_or_tuned, read_tuned
 
     claim_output(output, force=force)  # before any work; locked until the command ends
-    named = [t for spec in templates for t in load_templates_or_tuned(spec)]
+    named = with_chat([t for spec in templates for t in load_templates_or_tuned(spec)], chat)
     verbs = [(spec, load_verbalizer(spec)) for spec in verbalizers]
     n_members = len(named) * len(verbs)
     rule, cf_texts = check_ensemble_options(
@@ -187,6 +196,7 @@ def score(
                         "weights": member_weights,
                         "calibrate": calibrate,
                         "content_free": list(cf_texts) if cf_texts else None,
+                        **chat_settings(chat),
                     },
                 ),
                 "model": model_record(lm),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from autoprompt_py.cli.common import (
+    chat_options,
     claim_output,
     lock_output,
     model_options,
@@ -102,6 +103,7 @@ from autoprompt_py.results import check_output_path
     help="Exclude the label words (relation mode: the training objects).",
 )
 @filter_options
+@chat_options
 @click.option("--output", required=True, help="Result JSON file.")
 @click.option(
     "--checkpoint", default=None, help="State file, saved every iteration [default: <output>.ckpt]."
@@ -132,6 +134,7 @@ def search(
     filter_non_alpha: bool,
     filter_capitalized: bool,
     stop_list: str | None,
+    chat,
     output: str,
     checkpoint: str | None,
     resume: bool,
@@ -144,6 +147,7 @@ def search(
     from autoprompt_py.errors import AutopromptError
     from autoprompt_py.search import SearchConfig, load_task, run_search
     from autoprompt_py.search.run import default_checkpoint
+    from autoprompt_py.template import chat_settings
 
     quiet_transformers()
     ckpt = default_checkpoint(output, checkpoint)
@@ -174,6 +178,7 @@ def search(
         dev_limit,
         dev_fraction,
         config.seed,
+        chat,
     )
     require_rows(task.train, train)
     require_rows(task.dev, dev or f"{train} (dev share)")
@@ -197,6 +202,7 @@ def search(
         "initial_trigger": initial_trigger,
         "resume": resume,
         "max_batch_tokens_option": config.max_batch_tokens,
+        **chat_settings(chat),
     }
     outcome = run_search(
         lm,

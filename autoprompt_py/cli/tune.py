@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from autoprompt_py.cli.common import (
+    chat_options,
     lock_output,
     model_options,
     parse_columns,
@@ -136,13 +137,14 @@ from autoprompt_py.tune.config import INITS, METHODS  # light: no torch
     multiple=True,
     help="Any other 'search' setting as KEY=VALUE (topk=64, objective=vocab); repeatable.",
 )
+@chat_options
 def tune(
     model_name, device, dtype, batch_size, train, dev, dev_fraction, test, template, verbalizer,
     aggregation, vocab, label_field, columns, method, init, init_text, lr, steps, epochs, warmup,
     weight_decay, max_grad_norm, eval_every, time_budget, shots, dev_shots, data_seed, seed,
     dropout, output, force, resume, quiet, grad_accum=None, global_batch=None, shard=False,
     grad_checkpointing=False, search_budget=None,
-    search_iters=None, search_method="gcg", search_option=(),
+    search_iters=None, search_method="gcg", search_option=(), chat=None,
 ) -> None:  # fmt: skip
     """Train a prompt (soft vectors) or the model with it, on labeled data or facts."""
     from dataclasses import replace
@@ -172,7 +174,7 @@ def tune(
         require_peft(config.method)
     task = load_tune_task(
         template, train, dev, test, verbalizer, aggregation, vocab, label_field,
-        parse_columns(columns), dev_fraction, seed, shots, dev_shots, data_seed,
+        parse_columns(columns), dev_fraction, seed, shots, dev_shots, data_seed, chat,
     )  # fmt: skip
     if searching:
         from autoprompt_py.results import from_main, refuse_overwrite

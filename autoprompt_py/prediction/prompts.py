@@ -25,8 +25,8 @@ from autoprompt_py.data import Example
 from autoprompt_py.encoding import EncodedDataset, TemplateEncoder
 from autoprompt_py.evaluation import require_closed
 from autoprompt_py.model import MaskedLM
-from autoprompt_py.resources import NamedTemplate, load_templates
-from autoprompt_py.template import Template
+from autoprompt_py.resources import NamedTemplate, load_templates, with_chat
+from autoprompt_py.template import Chat, Template
 
 
 @runtime_checkable
@@ -82,11 +82,12 @@ class Prompt(Protocol):
 
 
 class PromptSource(Protocol):
-    """Turns one ``--template`` argument into prompts, or says it does not know it."""
+    """Turns one ``--template`` argument into prompts, or says it does not know it;
+    ``chat`` (``--chat``): every template read as a chat turn (None: as it came)."""
 
     def accepts(self, spec: str) -> bool: ...
 
-    def load(self, spec: str) -> list[Prompt]: ...
+    def load(self, spec: str, chat: Chat | None = None) -> list[Prompt]: ...
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ class TemplatePrompt:
 
     @property
     def space_before(self) -> bool:
-        return self.template.predict.space_before
+        return self.template.answer_space
 
     @property
     def truncated(self) -> int:
@@ -203,8 +204,8 @@ class TemplateSource:
     def accepts(self, spec: str) -> bool:
         return True  # the last resort: load_templates names every form it takes
 
-    def load(self, spec: str) -> list[Prompt]:
-        return [TemplatePrompt(t) for t in load_templates(spec)]
+    def load(self, spec: str, chat: Chat | None = None) -> list[Prompt]:
+        return [TemplatePrompt(t) for t in with_chat(load_templates(spec), chat)]
 
 
 class TunedPrompt(TemplatePrompt):
@@ -251,20 +252,20 @@ class TunedSource:
 
         return read_tuned(spec) is not None
 
-    def load(self, spec: str) -> list[Prompt]:
+    def load(self, spec: str, chat: Chat | None = None) -> list[Prompt]:
         from autoprompt_py.tune.folder import tuned_templates
 
-        return [TunedPrompt(t, spec) for t in tuned_templates(spec)]
+        return [TunedPrompt(t, spec) for t in with_chat(tuned_templates(spec), chat)]
 
 
 # The registry: the first source that accepts an argument loads it (a new one goes first).
 SOURCES: list[PromptSource] = [TunedSource(), TemplateSource()]
 
 
-def load_prompts(specs: Sequence[str]) -> list[Prompt]:
-    """Every prompt of every ``--template`` argument, in order."""
+def load_prompts(specs: Sequence[str], chat: Chat | None = None) -> list[Prompt]:
+    """Every prompt of every ``--template`` argument, in order (``chat``: ``--chat``)."""
     out: list[Prompt] = []
     for spec in specs:
         source = next(s for s in SOURCES if s.accepts(spec))
-        out += source.load(spec)
+        out += source.load(spec, chat)
     return out

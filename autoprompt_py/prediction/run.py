@@ -34,6 +34,7 @@ from autoprompt_py.prediction.prompts import BatchPlan, Prompt, load_prompts
 from autoprompt_py.prediction.reader import InputRow, RowReader
 from autoprompt_py.probing import ranks_of
 from autoprompt_py.resources import load_verbalizer
+from autoprompt_py.template import Chat
 from autoprompt_py.verbalizer import AGGREGATIONS
 from autoprompt_py.vocab import read_vocab, single_token_id, vocab_token_ids
 
@@ -68,10 +69,14 @@ class PredictConfig:
     max_batch_tokens: int | str = 65536
     bootstrap: int = 1000
     seed: int = 0
+    chat: bool = False  # every template read as a chat turn (template.Chat), with ``system``
+    system: str | None = None
 
     def __post_init__(self) -> None:
         if not self.templates:
             raise AutopromptError("--template: give at least one template")
+        if self.system is not None and not self.chat:
+            raise AutopromptError("--system is the system message of --chat: add --chat")
         if self.aggregation not in AGGREGATIONS:
             raise AutopromptError(f"--aggregation {self.aggregation!r}: use {AGGREGATIONS}")
         check_rule(self.ensemble_rule)
@@ -357,7 +362,7 @@ def _rounded(x: np.ndarray) -> list:
 
 def select_prompts(config: PredictConfig) -> list[Prompt]:
     """The prompts of ``--template`` (for relation sets: those of ``--relation``)."""
-    prompts = load_prompts(config.templates)
+    prompts = load_prompts(config.templates, Chat(config.system) if config.chat else None)
     if config.relation is not None:
         chosen = [p for p in prompts if p.relation in (config.relation, None)]
         if not chosen:

@@ -39,7 +39,7 @@ class EncodedTask:
         if task.mode == "classification":
             assert task.verbalizer is not None
             resolved = task.verbalizer.resolve(
-                lm.tokenizer, task.aggregation, task.template.predict.space_before
+                lm.tokenizer, task.aggregation, task.template.answer_space
             )
             among = config.objective == "labels"
             objective: Objective = ClassificationObjective(resolved, among)
@@ -55,7 +55,7 @@ class EncodedTask:
             dev_gold = [index[e.label] for e in dev]
             label_ids = list(resolved.token_ids)
         else:
-            space = task.template.predict.space_before
+            space = task.template.answer_space
             eval_ids = (
                 vocab_token_ids(lm.tokenizer, task.vocab, space) if task.vocab is not None else None
             )
@@ -123,7 +123,7 @@ def single_token_facts(
 ) -> tuple[list, list[int]]:
     """Facts whose object is one token (and in the evaluation vocabulary, for dev), with their
     object ids; the skipped are counted in ``counts[split]``."""
-    space = task.template.predict.space_before
+    space = task.template.answer_space
     allowed = set(eval_ids) if eval_ids is not None else None
     kept, gold = [], []
     for f in facts:

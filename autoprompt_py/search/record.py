@@ -87,6 +87,7 @@ def result(
     return {
         "kind": RESULT_KIND,
         "template": task.template.source,
+        "chat": None if task.template.chat is None else task.template.chat.record(),
         "prompt": prompt,
         "trigger": search.trigger_record(best),
         "mode": task.mode,

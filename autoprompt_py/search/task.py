@@ -26,7 +26,7 @@ from autoprompt_py.data import (
 )
 from autoprompt_py.errors import AutopromptError, shown
 from autoprompt_py.resources import load_templates, load_verbalizer
-from autoprompt_py.template import Template
+from autoprompt_py.template import Chat, Template
 from autoprompt_py.verbalizer import AGGREGATIONS, Verbalizer
 from autoprompt_py.vocab import read_vocab
 
@@ -92,17 +92,22 @@ def load_task(
     dev_limit: int | None = None,
     dev_fraction: float = 0.2,
     seed: int = 0,
+    chat: Chat | None = None,
 ) -> SearchTask:
     """Read and check a search task; raises AutopromptError naming the file and the fix.
 
     Without ``dev``, a seeded ``dev_fraction`` of the train examples becomes the dev set.
+    ``chat``: the template read as a chat turn (None: as given; a result keeps its own).
     """
     tpl, template_relation = load_search_template(template)
+    tpl = tpl.in_chat(chat.over(tpl.chat)) if chat is not None else tpl
     if aggregation not in AGGREGATIONS:
         raise AutopromptError(
             f"--aggregation {aggregation!r}: use one of {', '.join(AGGREGATIONS)}"
         )
     identity: dict = {"template": tpl.source}
+    if tpl.chat is not None:  # (absent otherwise: checkpoints from before chats still match)
+        identity["chat"] = tpl.chat.record()
     sources: dict = {}
     verb: Verbalizer | None = None
     vocab_words: list[str] | None = None

@@ -132,11 +132,12 @@ def tuned_templates(spec: str):
     if result is None:
         return None
     from autoprompt_py.resources import NamedTemplate
-    from autoprompt_py.template import parse_template
+    from autoprompt_py.template import Chat, parse_template
     from autoprompt_py.tune.methods import method_module
 
     template = parse_template(result["template"])
     template = method_module(result["method"]).tuned_template(template, result, spec)
+    template = template.in_chat(Chat.from_record(result.get("chat"), f"{spec}/{RESULT_FILE}"))
     return [NamedTemplate(Path(spec).name, template, result.get("relation"))]
 
 

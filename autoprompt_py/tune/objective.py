@@ -69,7 +69,7 @@ class Objective:
         self.metric = "p@1" if self.relational else "accuracy"
         self.candidates: torch.Tensor | None = None
         if self.relational and vocab is not None:
-            ids = vocab_token_ids(tokenizer, vocab, template.predict.space_before)
+            ids = vocab_token_ids(tokenizer, vocab, template.answer_space)
             if not ids:
                 raise AutopromptError("--vocab: none of its words is one token of this model")
             self.candidates = torch.tensor(ids)
@@ -101,7 +101,7 @@ class Objective:
     def encode(self, examples: Sequence[Example], template: Template | None = None) -> Encoded:
         template = template or self.template
         if self.relational:
-            space = self.template.predict.space_before
+            space = self.template.answer_space
             ids = [single_token_id(self.tokenizer, e.label, space) for e in examples]
             if self.candidates is not None:
                 allowed = set(self.candidates.tolist())

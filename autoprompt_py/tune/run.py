@@ -10,9 +10,11 @@ from pathlib import Path
 
 import torch
 
+from autoprompt_py.errors import AutopromptError
 from autoprompt_py.model import MaskedLM
 from autoprompt_py.prompt import model_record
 from autoprompt_py.results import provenance
+from autoprompt_py.template import chat_settings
 from autoprompt_py.tune.config import TuneConfig
 from autoprompt_py.tune.folder import (
     TUNE_KIND,
@@ -43,7 +45,7 @@ class TuneOutcome:
 
 def make_objective(lm: MaskedLM, task: TuneTask, config: TuneConfig) -> Objective:
     verbalizer = (
-        task.verbalizer.resolve(lm.tokenizer, task.aggregation, task.template.predict.space_before)
+        task.verbalizer.resolve(lm.tokenizer, task.aggregation, task.template.answer_space)
         if task.verbalizer is not None
         else None
     )
@@ -93,6 +95,11 @@ def tune(
 
     check_init(config, task)
     check_seed_model(task.seed, lm)
+    if config.method == "head" and task.template.chat is not None:
+        raise AutopromptError(
+            "--chat: --method head classifies the input fields without the template, so "
+            "there is no chat turn to read; drop --chat, or use another --method"
+        )
 
     layout(config, distributed.world_size())  # the global batch splits over the processes
     target = None
@@ -121,13 +128,20 @@ def tune(
     result = {
         "kind": TUNE_KIND,
         **provenance(
-            "tune", {**dataclasses.asdict(config), "lr": config.learning_rate, **(record or {})}
+            "tune",
+            {
+                **dataclasses.asdict(config),
+                "lr": config.learning_rate,
+                **chat_settings(task.template.chat),
+                **(record or {}),
+            },
         ),
         "method": config.method,
         "mode": task.mode,
         "relation": task.relation,
         "model": model_record(lm),
         "template": task.template.render(),
+        "chat": None if task.template.chat is None else task.template.chat.record(),
         "trigger_ids": task.template.trigger_ids,
         "trigger_tokens": [p.token for p in task.template.parts if hasattr(p, "token_id")],
         "verbalizer": task.verbalizer.words if task.verbalizer is not None else None,

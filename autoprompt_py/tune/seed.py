@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoprompt_py.errors import AutopromptError, shown
-from autoprompt_py.template import Template, parse_template
+from autoprompt_py.template import Chat, Template, parse_template
 
 EXPORT_KIND = "autoprompt-export"  # export.MANIFEST_KIND (export.py imports torch)
 EXPORT_MANIFESTS = ("autoprompt_export.json", "manifest.json")  # peft, optiprompt folders
@@ -73,6 +73,8 @@ def _export_template(data: dict, source: str) -> tuple[Template, tuple[int, ...]
         ids = json.loads(ids) if isinstance(ids, str) else ids
         template = parse_template(data["template"])
         selection = data.get("selection", "triggers")
+        chat = data.get("chat")
+        chat = json.loads(chat) if isinstance(chat, str) else chat  # safetensors: a string
     except (KeyError, TypeError, ValueError):
         raise AutopromptError(
             f"--template {source}: an export without its template and token_ids; export again "
@@ -88,7 +90,7 @@ def _export_template(data: dict, source: str) -> tuple[Template, tuple[int, ...]
                 "search result"
             )
         template = template.with_triggers(ids)
-    return template, tuple(ids)
+    return template.in_chat(Chat.from_record(chat, f"--template {source}")), tuple(ids)
 
 
 def _model_record(value) -> dict | None:
@@ -134,6 +136,7 @@ def read_seed(spec: str) -> tuple[Template, str | None, Seed] | None:
     result = read_tuned(path)
     if result is not None:
         template = parse_template(result["template"])
+        template = template.in_chat(Chat.from_record(result.get("chat"), str(path)))
         ids = result.get("trigger_ids") or []
         if template.num_triggers and ids and all(i is not None for i in ids):
             template = template.with_triggers(ids, result.get("trigger_tokens"))

@@ -19,7 +19,7 @@ from autoprompt_py.data import Example, check_fields, labels_of, read_examples, 
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.resources import load_templates
 from autoprompt_py.search.task import file_sha256, read_answers, relation_id, split_off_dev
-from autoprompt_py.template import Template, Trigger
+from autoprompt_py.template import Chat, Template, Trigger
 from autoprompt_py.tune.seed import Seed, read_seed
 from autoprompt_py.verbalizer import AGGREGATIONS, Verbalizer
 
@@ -103,11 +103,13 @@ def load_tune_task(
     shots: int | None = None,
     dev_shots: int | None = None,
     data_seed: int = 0,
+    chat: Chat | None = None,
 ) -> TuneTask:
     """Read and check a training task; raises AutopromptError naming the file and the fix.
 
     Files or lists of examples; without ``dev``, a seeded ``dev_fraction`` of train is dev
     (with ``shots``: ``dev_shots``, default K, per class drawn apart from the training sample).
+    ``chat``: the template read as a chat turn (None: as given; a found prompt keeps its own).
     """
     found = None
     relation = None
@@ -130,9 +132,12 @@ def load_tune_task(
         raise AutopromptError(
             f"--aggregation {aggregation!r}: use one of {', '.join(AGGREGATIONS)}"
         )
+    tpl = tpl.in_chat(chat.over(tpl.chat)) if chat is not None else tpl
     rel = tpl.is_relational
     sources: dict = {"template": tpl.source, "found": found}
     identity: dict = {"template": tpl.render(), "trigger_ids": tpl.trigger_ids}
+    if tpl.chat is not None:  # (absent otherwise: checkpoints from before chats still match)
+        identity["chat"] = tpl.chat.record()
 
     def load(data, name: str) -> list[Example]:
         if isinstance(data, list):
