@@ -34,8 +34,11 @@ KINDS = {
     "gpt2": ("tiny_decoder_dirs", "gpt2"),  # learned positions, no bos
     "llama": ("tiny_decoder_dirs", "llama"),  # rotary positions, bos
     "opt": ("tiny_decoder_dirs", "opt"),  # learned positions, bos (</s>)
+    # read through its chat template (--chat): Llama 3's headers, bos written by the template
+    "llama-chat": ("tiny_chat_dirs", "llama-llama3"),
 }
-DECODERS = ("gpt2", "llama", "opt")
+DECODERS = ("gpt2", "llama", "opt", "llama-chat")
+CHAT = ("llama-chat",)
 
 # shape -> (template before the triggers are added, multi-token words?)
 CLASSIFICATION = {
@@ -59,6 +62,10 @@ REFUSED = {
     ("tune", "decoder", "relations", "after"): ("[Y]", "relations need `[Y]` last"),
     ("tune:head", "any", "relations", "last"): ("--method head", "no fixed set of labels"),
     ("tune:head", "any", "relations", "after"): ("--method head", "no fixed set of labels"),
+    **{
+        ("tune:head", "chat", "classification", shape): ("--chat", "refused: a classification head")
+        for shape in CLASSIFICATION
+    },
 }
 DOC_ROWS = {"tune:head": "`tune` `head`", "tune": "`tune` `soft`", "search": "`search`",
             "labels": "`labels`", "probe": "`probe` over the whole vocabulary",
@@ -66,7 +73,8 @@ DOC_ROWS = {"tune:head": "`tune` `head`", "tune": "`tune` `soft`", "search": "`s
 
 
 def refusal(job: str, kind: str, mode: str, shape: str):
-    for group in ("decoder" if kind in DECODERS else "masked", "any"):
+    groups = ("chat",) if kind in CHAT else ()
+    for group in (*groups, "decoder" if kind in DECODERS else "masked", "any"):
         for key in (job, job.split(":")[0]):
             if (key, group, mode, shape) in REFUSED:
                 return key, REFUSED[(key, group, mode, shape)]
@@ -80,6 +88,12 @@ def invoke(*args):
 def model_of(request, kind: str) -> Path:
     fixture, family = KINDS[kind]
     return request.getfixturevalue(fixture)[family]
+
+
+def model_args(request, kind: str, model: Path | None = None) -> list:
+    """``--model`` (the kind's, or ``model``), on the CPU, and ``--chat`` for a chat kind."""
+    chat = ["--chat"] if kind in CHAT else []
+    return ["--model", model or model_of(request, kind), "--device", "cpu", *chat]
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +180,7 @@ def cells(job_shapes: dict[str, tuple[str, ...]], extra: tuple = ((),)) -> list:
 @pytest.mark.parametrize("kind, mode, shape", cells({"classification": SHAPES["classification"]}))
 def test_score(request, data, tmp_path, kind, mode, shape):
     out = tmp_path / "scores.json"
-    r = invoke("score", "--model", model_of(request, kind), "--device", "cpu", "--data",
+    r = invoke("score", *model_args(request, kind), "--data",
                data / "dev.tsv", "--template", template_for(mode, shape), "--bootstrap", "0",
                *task_args(data, mode, shape, train=False), "--output", out)  # fmt: skip
     if check_refused_or_ran(r, "score", kind, mode, shape):
@@ -178,7 +192,7 @@ def test_score(request, data, tmp_path, kind, mode, shape):
 @pytest.mark.parametrize("kind, mode, shape", cells({"relations": SHAPES["relations"]}))
 def test_probe(request, data, tmp_path, kind, mode, shape):
     out = tmp_path / "probe.json"
-    r = invoke("probe", "--model", model_of(request, kind), "--device", "cpu", "--facts",
+    r = invoke("probe", *model_args(request, kind), "--facts",
                data / "facts-dev.jsonl", "--template", template_for(mode, shape), "--output",
                out)  # fmt: skip
     if check_refused_or_ran(r, "probe", kind, mode, shape):
@@ -191,7 +205,7 @@ def test_probe(request, data, tmp_path, kind, mode, shape):
 
 
 def search(request, data, out: Path, kind, mode, shape, method="gcg"):
-    return invoke("search", "--model", model_of(request, kind), "--device", "cpu", "--template",
+    return invoke("search", *model_args(request, kind), "--template",
                   template_for(mode, shape, triggers=2), *task_args(data, mode, shape),
                   "--method", method, "--iters", "1", "--seed", "0", "--output", out,
                   "--quiet")  # fmt: skip
@@ -211,7 +225,7 @@ def test_search(request, data, tmp_path, kind, mode, shape, method):
     # the found prompt, scored again from its result, gives the recorded dev metric
     if mode == "classification":
         again = tmp_path / "again.json"
-        r = invoke("score", "--model", model_of(request, kind), "--device", "cpu", "--data",
+        r = invoke("score", *model_args(request, kind), "--data",
                    data / "dev.tsv", "--template", out, "--bootstrap", "0", "--output", again,
                    *task_args(data, mode, shape, train=False))  # fmt: skip
         assert r.exit_code == 0, r.output
@@ -252,7 +266,7 @@ def test_export(request, found, tmp_path, kind, mode, shape, fmt):
 @pytest.mark.parametrize("kind, mode, shape", cells({"classification": ("last", "after")}))
 def test_labels(request, data, tmp_path, kind, mode, shape):
     out = tmp_path / "words.json"
-    r = invoke("labels", "--model", model_of(request, kind), "--device", "cpu", "--train",
+    r = invoke("labels", *model_args(request, kind), "--train",
                data / "train.tsv", "--template", template_for(mode, shape), "--per-class", "2",
                "--output", out)  # fmt: skip
     if check_refused_or_ran(r, "labels", kind, mode, shape):
@@ -274,7 +288,7 @@ def test_tune(request, data, found, tmp_path, kind, mode, shape, method):
     if method == "soft" and not seeded:
         template = template_for(mode, shape, triggers=2)
     out = tmp_path / "tuned"
-    r = invoke("tune", "--model", model_of(request, kind), "--device", "cpu", "--template",
+    r = invoke("tune", *model_args(request, kind), "--template",
                template, *task_args(data, mode, shape), "--method", method, "--steps", "2",
                "--eval-every", "1", "--batch-size", "3",
                "--output", out, "--quiet")  # fmt: skip
@@ -293,7 +307,7 @@ def test_tune(request, data, found, tmp_path, kind, mode, shape, method):
     rows = tmp_path / "labels.jsonl"
     data_file = data / ("dev.tsv" if mode == "classification" else "facts-dev.jsonl")
     model = out if method == "full" else model_of(request, kind)
-    r = invoke("predict", "--model", model, "--device", "cpu", "--data",
+    r = invoke("predict", *model_args(request, kind, model), "--data",
                data_file, "--template", out, *task_args(data, mode, shape, train=False),
                "--output", rows, "--with-labels", "--bootstrap", "0")  # fmt: skip
     assert r.exit_code == 0, r.output
@@ -307,7 +321,7 @@ def test_tune(request, data, found, tmp_path, kind, mode, shape, method):
 def test_predict(request, data, tmp_path, kind, mode, shape):
     rows = tmp_path / "labels.csv"
     data_file = data / ("dev.tsv" if mode == "classification" else "facts-dev.jsonl")
-    r = invoke("predict", "--model", model_of(request, kind), "--device", "cpu", "--data",
+    r = invoke("predict", *model_args(request, kind), "--data",
                data_file, "--template", template_for(mode, shape),
                *task_args(data, mode, shape, train=False), "--output", rows, "--with-labels",
                "--bootstrap", "0")  # fmt: skip
