@@ -198,6 +198,11 @@ def build(lm: MaskedLM, task, config, objective):
     n = config.num_virtual_tokens or (len(found) if found else 8)
     # every family counts positions past the virtual tokens (a prefix's past keys shift them
     # too), so inputs are truncated to leave them room
+    if n >= lm.max_length:
+        raise AutopromptError(
+            f"--method {config.method}: {n} virtual tokens leave no room for the input in this "
+            f"model's {lm.max_length} positions; use a prompt of fewer tokens"
+        )
     objective.max_length = lm.max_length - n
     if config.method == "prefix":
         return build_prefix(lm, task, config, peft, n, init, found, layers, heads)
