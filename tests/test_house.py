@@ -31,3 +31,37 @@ def test_one_command_per_cli_module():
     modules = [module for module, _ in COMMANDS.values()]
     shared = {m for m in modules if modules.count(m) > 1}
     assert not shared, f"several commands in one module: {sorted(shared)}"
+
+
+def _layout_names() -> set[str]:
+    """The modules docs/development.md's layout names, as paths under autoprompt_py/: a name
+    on an indented line belongs to the folder of the last unindented ``folder/`` line (and
+    ``methods/`` inside ``tune/``)."""
+    import re
+
+    doc = (REPO_ROOT / "docs" / "development.md").read_text(encoding="utf-8")
+    block = doc.split("## Layout", 1)[1].split("```", 2)[1]
+    names: set[str] = set()
+    folders: list[tuple[int, str]] = []
+    for line in block.splitlines():
+        if not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip())
+        folders = [(i, f) for i, f in folders if i < indent]
+        first = line.split()[0]
+        prefix = "".join(f for _, f in folders)
+        if first.endswith("/"):
+            folders.append((indent, first))
+        names.update(prefix + n for n in re.findall(r"([\w]+\.py)\b", line))
+    return names
+
+
+def test_the_layout_in_the_docs_is_the_tree():
+    tree = {
+        str(p.relative_to(REPO_ROOT / "autoprompt_py"))
+        for p in (REPO_ROOT / "autoprompt_py").rglob("*.py")
+        if p.name != "__init__.py"
+    }
+    named = _layout_names()
+    assert not tree - named, f"modules docs/development.md's layout does not name: {tree - named}"
+    assert not named - tree, f"docs/development.md's layout names what is not there: {named - tree}"
