@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -211,9 +212,16 @@ def load_causal(
             source, dtype=dtype, output_loading_info=True, **kwargs
         )
     except Exception as e:  # transformers raises many types for a bad folder or offline hub
+        from autoprompt_py.remote_code import local_load_failure
+        from autoprompt_py.textfile import damaged_file
+
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        folder = Path(source)
+        missing = (
+            (local_load_failure(reason, name) or damaged_file(folder)) if folder.is_dir() else None
+        )
         raise AutopromptError(
-            f"--model {name}: could not load a decoder ({reason[:200]})"
+            f"--model {name}: {missing or f'could not load a decoder ({reason[:200]})'}"
         ) from None
     missing = [k for k in info.get("missing_keys") or () if "lm_head" in k or "embed_out" in k]
     if missing and not getattr(model.config, "tie_word_embeddings", False):

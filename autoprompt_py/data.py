@@ -13,7 +13,18 @@ from typing import BinaryIO
 
 from autoprompt_py.errors import AutopromptError, shown
 from autoprompt_py.template import OBJECT_FIELD, SUBJECT_FIELD
-from autoprompt_py.textfile import decode_utf8, lines, parse_json, read_text
+from autoprompt_py.textfile import (
+    decode_utf8,
+    lines,
+    load_with,
+    open_binary,
+    parse_json,
+    read_text,
+    reason,
+    regular_file,
+)
+
+DATA_FIX = "give the path of a .tsv/.csv/.jsonl file, e.g. examples/sentiment/dev.tsv in a checkout"
 
 
 @dataclass(frozen=True)
@@ -36,12 +47,7 @@ def read_examples(
     Delimited files have a header row unless ``columns`` names the columns (then every row is
     data, as in AG News' test.tsv). ``label_field=None`` reads unlabeled examples.
     """
-    path = Path(path)
-    if not path.exists():
-        raise AutopromptError(
-            f"{path}: no such data file (relative to {Path.cwd()}); give the path of a "
-            ".tsv/.csv/.jsonl file, e.g. examples/sentiment/dev.tsv in a checkout"
-        )
+    path = regular_file(path, "data file", fix=DATA_FIX)
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
         rows = _read_jsonl(path)
@@ -88,10 +94,8 @@ def read_facts(path: str | Path, relation: str | None = None) -> dict[str, list[
         files = sorted(path.glob("*.jsonl"))
         if not files:
             raise AutopromptError(f"{path}: no .jsonl fact files in the folder")
-    elif path.is_file():
-        files = [path]
     else:
-        raise AutopromptError(f"{path}: no such fact file or folder")
+        files = [regular_file(path, "fact file or folder")]
     facts: dict[str, list[Example]] = {}
     for file in files:
         examples = []
@@ -188,9 +192,9 @@ def _read_delimited(
     if not rows:
         raise AutopromptError(f"{path}: no examples in the file (it is empty)")
     if columns:
-        header = list(columns)
+        header = unique_columns(columns, "--columns")
     else:
-        header = [c.strip() for c in rows[0][1]]
+        header = unique_columns([c.strip() for c in rows[0][1]], f"{path}:{rows[0][0]}")
         rows = rows[1:]
     out = []
     for line, r in rows:
@@ -280,14 +284,7 @@ def iter_rows(
         yield from _iter_parquet(Path(path))
         return
     if stream is None:
-        try:
-            stream = open(path, "rb")  # noqa: SIM115 - closed below, as the generator ends
-        except FileNotFoundError:
-            raise AutopromptError(f"{path}: no such data file") from None
-        except IsADirectoryError:
-            raise AutopromptError(f"{path}: a folder, not a data file") from None
-        except OSError as e:
-            raise AutopromptError(f"{path}: cannot read the data file ({e.strerror})") from None
+        stream = open_binary(path, "data file")  # closed below, as the generator ends
         owned = True
     else:
         owned = False
@@ -331,7 +328,7 @@ def _iter_delimited(
     # QUOTE_NONE for TSV, as _read_delimited: bare quotes there are part of the text
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     reader = csv.reader(text, delimiter=delimiter, quoting=quoting)
-    header = list(columns) if columns else None
+    header = unique_columns(columns, "--columns") if columns else None
     start = 1
     while True:
         try:
@@ -344,7 +341,7 @@ def _iter_delimited(
         if not any(c.strip() for c in row):
             continue
         if header is None:
-            header = [c.strip() for c in row]
+            header = unique_columns([c.strip() for c in row], f"{path}:{line}")
             continue
         if len(row) != len(header):
             raise AutopromptError(
@@ -362,17 +359,38 @@ def _iter_parquet(path: Path) -> Iterator[tuple[int, dict]]:
             f"{path}: reading Parquet needs pyarrow; pip install 'autoprompt_py[parquet]' "
             "(or pip install pyarrow)"
         ) from None
-    try:
-        file = pq.ParquetFile(path)
-    except FileNotFoundError:
-        raise AutopromptError(f"{path}: no such data file") from None
-    except Exception as e:  # pyarrow.ArrowInvalid and friends: not a Parquet file
-        raise AutopromptError(f"{path}: not a Parquet file ({str(e)[:200]})") from None
+    file = load_with(path, pq.ParquetFile, "Parquet file", "give a whole Parquet file")
+    unique_columns(file.schema_arrow.names, str(path))
     number = 0
-    for batch in file.iter_batches(batch_size=1024):
+    batches = file.iter_batches(batch_size=1024)
+    while True:
+        try:
+            batch = next(batches, None)
+        except Exception as e:  # a row group cut short or damaged: pyarrow's own types
+            raise AutopromptError(
+                f"{path}: damaged Parquet file after row {number} ({reason(e)}); give a whole "
+                "Parquet file"
+            ) from None
+        if batch is None:
+            return
         for row in batch.to_pylist():
             number += 1
             yield number, row
+
+
+def unique_columns(names: Sequence[str], source: str) -> list[str]:
+    """The column names of a header (or of --columns), each named once: of two columns of one
+    name a row would keep one cell and silently drop the other. The one check every tabular
+    reader (TSV, CSV, Parquet; whole or streamed) makes; JSON objects: ``parse_json``."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise AutopromptError(
+                f"{source}: the column {shown(name)} is named twice; only one of the two could "
+                "be read: rename or remove one of them"
+            )
+        seen.add(name)
+    return list(names)
 
 
 def cell_text(value: object) -> str:

@@ -41,8 +41,10 @@ from autoprompt_py.results import (
     check_output_path,
     claim_output,
     provenance,
+    read_json,
     staged_folder,
 )
+from autoprompt_py.textfile import check_safetensors
 
 FORMATS = ("peft", "optiprompt", "embeddings")
 PEFT_INSTALL = "pip install autoprompt-py[peft]"
@@ -168,6 +170,9 @@ def load_peft_seed(base_model: torch.nn.Module, folder: str | Path, adapter_name
     The base model's own weights stay frozen; only the virtual-token embeddings train.
     """
     peft = require_peft()
+    fix = "export the prompt again with 'autoprompt export --format peft'"
+    read_json(Path(folder) / "adapter_config.json", "PEFT adapter config")
+    check_safetensors(Path(folder) / "adapter_model.safetensors", fix=fix)
     config = peft.PeftConfig.from_pretrained(str(folder))
     init = config.prompt_tuning_init
     config.inference_mode = False

@@ -18,7 +18,13 @@ from autoprompt_py.default_model import DEFAULT_MODEL, check_default_model, is_d
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.hub import check_hub_model
 from autoprompt_py.model_kind import MASKED, kind_of_config
-from autoprompt_py.remote_code import check_remote_code, refusal, remember_trusted
+from autoprompt_py.remote_code import (
+    check_remote_code,
+    local_load_failure,
+    refusal,
+    remember_trusted,
+)
+from autoprompt_py.textfile import damaged_file, regular_file
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -286,11 +292,15 @@ def _check_model_folder(path: Path, name: str) -> None:
             f"--model {name}: a file, not a model folder; give the folder save_pretrained "
             "wrote (config.json, weights, tokenizer files) or a hub id"
         )
-    if not (path / "config.json").is_file():
+    if not (path / "config.json").exists():
         raise AutopromptError(
             f"--model {name}: this folder is not a model (no config.json); give a folder "
             "saved with save_pretrained (config.json, weights, tokenizer files) or a hub id"
         )
+    for entry in sorted(path.iterdir()):
+        # transformers opens what it finds: a FIFO there would block it forever
+        if entry.exists() and not entry.is_dir():
+            regular_file(entry, "model file", "--model")
 
 
 def _load_failure(name: str, local: bool, what: str, e: Exception) -> str:
@@ -299,6 +309,9 @@ def _load_failure(name: str, local: bool, what: str, e: Exception) -> str:
     reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     reason = reason.split(" for this kind of AutoModel")[0]  # the long list of types adds nothing
     if local:
+        missing = local_load_failure(reason, name) or damaged_file(Path(name).expanduser())
+        if missing is not None:
+            return f"--model {name}: {missing}"
         return f"--model {name}: this folder does not hold a {what} ({reason[:200]})"
     return (
         f"--model {name}: could not load a {what} from the Hugging Face hub ({reason[:200]}); "

@@ -24,6 +24,7 @@ from typing import Any
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.resources import RESULT_KIND
 from autoprompt_py.results import atomic_write, refuse_overwrite
+from autoprompt_py.textfile import parse_json, read_bytes
 
 # --x choice → (index in a curve point, key in the result's "cost", axis label)
 X_AXES = {
@@ -89,17 +90,16 @@ def _number(value: Any) -> bool:
 def read_curve(path: str | Path) -> RunCurve:
     """The curve of a search result file; AutopromptError naming the file and what is wrong."""
     path = Path(path)
+    fix = "give the .json files written by autoprompt search"
+    raw = read_bytes(path, "search result file")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AutopromptError(f"{path}: no such search result file") from None
-    except IsADirectoryError:
-        raise AutopromptError(f"{path}: a folder, not a search result file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        where = f":{e.lineno}" if isinstance(e, json.JSONDecodeError) else ""
-        raise AutopromptError(
-            f"{path}{where}: not valid JSON; give the .json files written by autoprompt search"
-        ) from None
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:  # a PNG given for its result: binary, not text gone wrong
+        raise AutopromptError(f"{path}: not valid JSON; {fix}") from None
+    try:
+        data = parse_json(text, str(path))
+    except AutopromptError as e:
+        raise AutopromptError(f"{e}; {fix}") from None
     if isinstance(data, dict) and data.get("kind") == TUNE_KIND:
         return _tuning_curve(path, data)
     if not isinstance(data, dict) or data.get("kind") != RESULT_KIND:

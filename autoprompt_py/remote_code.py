@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from autoprompt_py.default_model import is_default_model
 from autoprompt_py.errors import AutopromptError
+from autoprompt_py.textfile import parse_json, read_bytes, read_text
 
 FLAG = "--trust-remote-code"
 # what the process ran with trust: name -> {"model", "revision", "code"} (results record it)
@@ -29,10 +31,16 @@ def check_remote_code(name: str | Path | None, trust_remote_code: bool = False) 
     ``trust_remote_code``. ``name`` is a local folder or a hub id (read from the local
     cache when there; an id not cached is refused by transformers itself, which is passed
     ``trust_remote_code=False``)."""
-    if trust_remote_code or is_default_model(name):
+    if is_default_model(name):
         return
     files = _json_files(str(name))
     if files is None:
+        return
+    if trust_remote_code:
+        folder = Path(str(name)).expanduser()
+        missing = missing_code(folder, *files) if folder.is_dir() else None
+        if missing is not None:
+            raise AutopromptError(f"--model {name}: {missing}")
         return
     asks = needs_code(*files)
     if asks is not None:
@@ -65,6 +73,39 @@ def needs_code(config: dict, tokenizer_config: dict | None = None) -> str | None
             f"{transformers.__version__} does not have (a newer transformers may)"
         )
     return None
+
+
+def missing_code(folder: Path, config: dict, tokenizer_config: dict | None = None) -> str | None:
+    """What a local folder lacks of the code its ``auto_map`` names (a phrase naming the
+    file and the folder), or None. transformers would say the file is missing from a hub
+    address built from the folder's path; the fix is in the folder."""
+    for cfg, where in ((config, "config.json"), (tokenizer_config or {}, "tokenizer_config.json")):
+        auto_map = cfg.get("auto_map")
+        refs = auto_map.values() if isinstance(auto_map, dict) else ()
+        for ref in refs:
+            for r in ref if isinstance(ref, list | tuple) else [ref]:
+                # "repo--module.Class" is code of another hub repository, not of the folder
+                if isinstance(r, str) and "." in r and "--" not in r:
+                    file = f"{r.rsplit('.', 1)[0]}.py"
+                    if not (folder / file).exists():
+                        return missing_file(folder, file, f"auto_map in {where} names it")
+    return None
+
+
+def missing_file(folder: Path | str, file: str, why: str) -> str:
+    return (
+        f"the folder {folder} has no {file} ({why}); put the model's code files beside its "
+        "config.json, as they were saved"
+    )
+
+
+def local_load_failure(reason: str, folder: str) -> str | None:
+    """transformers' message for a code file a local folder lacks (one that the model's code
+    imports), said of the folder rather than of a hub address built from its path."""
+    found = re.search(r"(?:have a file named |No such file or directory: ')([^\s']+?\.py)", reason)
+    if found is None:
+        return None
+    return missing_file(folder, Path(found.group(1)).name, "the model's code imports it")
 
 
 def refusal(name: str, asks: str) -> str:
@@ -126,10 +167,9 @@ def _cached(name: str, filename: str) -> Path | None:
 
 
 def _read(path: Path | None) -> dict | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8")) if path and path.is_file() else None
-    except (OSError, ValueError):  # unreadable: the load itself says what is wrong
+    if path is None or not path.exists():
         return None
+    data = parse_json(read_text(path, "model file"), str(path))
     return data if isinstance(data, dict) else None
 
 
@@ -140,4 +180,4 @@ def _known_model_type(model_type: str) -> bool:
 
 
 def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return hashlib.sha256(read_bytes(path, "model code file")).hexdigest()

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from autoprompt_py.errors import AutopromptError, shown
 from autoprompt_py.model_kind import check_kind
 from autoprompt_py.template import Chat, Template, parse_template
-from autoprompt_py.textfile import lines, parse_json, read_text
+from autoprompt_py.textfile import lines, names_file, parse_json, read_text
 
 if TYPE_CHECKING:  # verbalizer.py imports torch: not needed to name the shipped sets
     from autoprompt_py.verbalizer import Verbalizer
@@ -54,24 +54,15 @@ def with_chat(named: list[NamedTemplate], chat: Chat | None) -> list[NamedTempla
     return [replace(t, template=t.template.in_chat(chat.over(t.template.chat))) for t in named]
 
 
-def _is_file(path: Path) -> bool:
-    """``path.is_file()``, False where the text cannot be a path at all (inline template or
-    JSON longer than a file name may be: ENAMETOOLONG)."""
-    try:
-        return path.is_file()
-    except (OSError, ValueError):
-        return False
-
-
 def load_templates(spec: str, option: str = "--template") -> list[NamedTemplate]:
     """Templates from a file (.jsonl set, .txt lines, .json search result), a shipped set's
     name (``sst2``, ``lama_trex``), or template text. ``option`` names the argument in
     messages (``--relations``)."""
     path = Path(spec)
-    if _is_file(path):
+    if names_file(path):
         return _templates_from_file(path)
     shipped = shipped_dir("templates") / f"{spec}.jsonl"
-    if _is_file(shipped):
+    if names_file(shipped):
         return _templates_from_file(shipped)
     if option == "--template" and any(m in spec for m in ("{", "[", "<mask>")):
         return [NamedTemplate(spec, parse_template(spec))]
@@ -92,10 +83,10 @@ def load_verbalizer(spec: str) -> Verbalizer:
     from autoprompt_py.verbalizer import Verbalizer
 
     path = Path(spec)
-    if _is_file(path):
+    if names_file(path):
         return Verbalizer.from_file(path)
     shipped = shipped_dir("verbalizers") / f"{spec}.json"
-    if _is_file(shipped):
+    if names_file(shipped):
         return Verbalizer.from_file(shipped)
     if spec.lstrip().startswith("{"):
         return Verbalizer.from_dict(parse_json(spec, "--verbalizer: inline", False), "--verbalizer")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from autoprompt_py.errors import AutopromptError, os_fix, warn
-from autoprompt_py.textfile import parse_json, read_text
+from autoprompt_py.textfile import parse_json, read_text, special_kind
 
 
 def versions() -> dict[str, str]:
@@ -90,7 +90,7 @@ def check_output_path(
         raise AutopromptError(f"{name} is a folder; give a file name, e.g. {given}/out.json")
     if mode is not None and not stat.S_ISDIR(mode) and not stat.S_ISREG(mode):
         raise AutopromptError(
-            f"{name} is {_kind(mode)}, not a regular file; it is never replaced: choose a file name"
+            f"{name} is {special_kind(mode)}, not a regular file; it is never replaced: choose a file name"
         )
     parent = target.parent
     if not parent.is_dir():
@@ -247,16 +247,6 @@ def from_main(decide: Callable[[], T]) -> T:
     return value
 
 
-def _kind(mode: int) -> str:
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "a special file"
-
-
 def atomic_write(path: str | Path, write: Callable[[Path], None], option: str = "") -> None:
     """Call ``write(tmp)`` then rename tmp over ``path``: readers never see half a file.
 
@@ -377,8 +367,8 @@ def _busy(target: Path, lock: Path, owner: dict | None) -> AutopromptError:
 
 def _lock_owner(lock: Path) -> dict | None:
     try:
-        owner = json.loads(lock.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        owner = parse_json(read_text(lock, "lock file"), str(lock))
+    except AutopromptError:  # garbage, half-written, not a regular file: no owner to name
         return None
     if isinstance(owner, dict) and isinstance(owner.get("pid"), int):
         return owner

@@ -1,5 +1,5 @@
 """Decoders: seconds per GCG iteration against nanoGCG, and `score` throughput against a plain
-transformers loop and a bare batched forward (issue 27).
+transformers loop and a bare batched forward.
 
     python scripts/bench_causal.py                      # a tiny GPT-2 built here (seconds)
     python scripts/bench_causal.py --model gpt2 --device cuda --dtype bfloat16

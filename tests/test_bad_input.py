@@ -1,4 +1,4 @@
-"""Bad input, round 2 (issue 11): every reader refuses text that is not UTF-8, outputs are
+"""Bad input: every reader refuses text that is not UTF-8, outputs are
 checked before the model loads and never clobbered, checkpoints are JSON checked field by
 field, a second run on the same output is refused while the first holds its lock.
 

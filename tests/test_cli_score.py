@@ -114,7 +114,7 @@ def files(tmp_path_factory, tiny_model_dirs) -> dict[str, Path]:
     mlm.base_model.save_pretrained(root / "bare_encoder")  # BertModel: no MLM head
     tokenizer.save_pretrained(root / "bare_encoder")
     f["bare_encoder"] = root / "bare_encoder"
-    t5 = T5ForConditionalGeneration(  # an encoder-decoder: refused (decoders load: issue 27)
+    t5 = T5ForConditionalGeneration(  # an encoder-decoder: refused (decoders load)
         T5Config(num_layers=1, d_model=16, d_kv=8, d_ff=16, num_heads=2, vocab_size=len(tokenizer))
     )
     t5.save_pretrained(root / "seq2seq")

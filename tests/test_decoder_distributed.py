@@ -1,4 +1,4 @@
-"""Decoders under ``torchrun`` (issue 27): two processes give what one gives, for ``score``
+"""Decoders under ``torchrun``: two processes give what one gives, for ``score``
 (continuation scoring of text after the slot, next-token scoring where the slot is last) and
 for a GCG search (the prefix cache and the re-tokenization filter on every rank), soft-prompt
 tuning (DDP) and predict."""

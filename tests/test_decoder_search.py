@@ -1,4 +1,4 @@
-"""Trigger search on decoders (issue 27): a test bed with a known answer, the re-tokenization
+"""Trigger search on decoders: a test bed with a known answer, the re-tokenization
 filter, the decoder's trigger fluency, and what a search on a decoder refuses.
 
 The test bed: a tiny GPT-2 (tokenizer trained in the session) is trained here, in a few

@@ -1,4 +1,4 @@
-"""Tuning on decoders (issue 27): every PEFT adapter saved with ``task_type=CAUSAL_LM`` loads
+"""Tuning on decoders: every PEFT adapter saved with ``task_type=CAUSAL_LM`` loads
 with plain ``PeftModel.from_pretrained`` and, read one example at a time at the last token,
 reproduces the dev accuracy the tune recorded; ``full`` gives a folder that ``--model`` loads
 as a decoder; ``head`` a sequence classifier with its pad id set that transformers loads and

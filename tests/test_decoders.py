@@ -1,4 +1,4 @@
-"""Decoders (issue 27): the kind read from the checkpoint, and every label score and relation
+"""Decoders: the kind read from the checkpoint, and every label score and relation
 rank equal to an independent computation done one example at a time with plain transformers
 (the whole text tokenized at once, split at the slot, as lm-evaluation-harness does).
 

@@ -23,9 +23,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     """``mkdocs build --strict`` of this checkout, into a temporary folder."""
-    pytest.importorskip("mkdocs", reason="mkdocs is not installed: pip install -e '.[docs]'")
-    pytest.importorskip("mkdocs_click", reason="mkdocs-click is not installed: '.[docs]'")
-    pytest.importorskip("mkdocstrings", reason="mkdocstrings is not installed: '.[docs]'")
+    pytest.importorskip("mkdocs", reason="mkdocs is not installed: pip install -e '.[dev]'")
+    pytest.importorskip("mkdocs_click", reason="mkdocs-click is not installed: '.[dev]'")
+    pytest.importorskip("mkdocstrings", reason="mkdocstrings is not installed: '.[dev]'")
     out = tmp_path_factory.mktemp("site")
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "NO_MKDOCS_2_WARNING": "1"}
     proc = subprocess.run(

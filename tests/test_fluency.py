@@ -139,6 +139,6 @@ def test_shared_model_equals_direct_computation(shared_model, template, text):
     fluency = TriggerFluency(load_model(shared_model, device="cpu"), parse_template(template))
     phrase = [input_ids[p] for p in positions]
     assert float(fluency.pll([phrase])[0]) == pytest.approx(expected, abs=1e-4)
-    # a natural phrase reads better than the original AutoPrompt's trigger (issue 8, seed 0)
+    # a natural phrase reads better than the original code's seed-0 SST-2 trigger (benchmarks.md)
     found = tokenizer.convert_tokens_to_ids(["##yat", "malmo", "tragic"])
     assert fluency.perplexity(phrase) * 100 < fluency.perplexity(found)

@@ -1,4 +1,4 @@
-"""Every file option of every command is checked before the model loads (issue 25, item 2).
+"""Every file option of every command is checked before the model loads.
 
 The options are read from the click definitions, so a new command or a new file option is
 walked too: each gets a missing file, a folder, an unreadable file and an empty file, and

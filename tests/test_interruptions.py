@@ -1,6 +1,6 @@
 """A run stopped part-way continues with ``--resume`` and ends as an uninterrupted run would:
 ``tune`` after SIGTERM (what Slurm and Kubernetes send before a requeue), Ctrl-C (SIGINT) and
-kill -9 between two checkpoints (issue 25, item 3).
+kill -9 between two checkpoints.
 
 The stop comes at a fixed training step (a hook on the training step's loss, not on
 ``Objective.loss``, which dev evaluation calls too), never after a delay: the tests do not

@@ -1,4 +1,4 @@
-"""What a new user meets (issue 20): no silent overwrite, messages that point the right way,
+"""What a new user meets: no silent overwrite, messages that point the right way,
 no small untruths, a fast first contact, hand-edited inputs refused by name, SIGTERM kept."""
 
 from __future__ import annotations

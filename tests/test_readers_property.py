@@ -1,5 +1,5 @@
 """Property tests of every reader: random bytes, text in other encodings and random TSV/JSONL
-shapes give a result or an AutopromptError, never another exception (issue 11)."""
+shapes give a result or an AutopromptError, never another exception."""
 
 from __future__ import annotations
 

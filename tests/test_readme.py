@@ -141,6 +141,18 @@ def test_the_first_block_is_install_and_run_then_install_and_test():
     assert "--model" not in command  # the bundled default model, offline
 
 
+def test_the_test_line_installs_what_every_test_needs():
+    """The README's test line installs ``.[dev]``: it must hold every other extra (the docs
+    site build runs in the suite), or the tests needing them skip for its users."""
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11 reads pyproject.toml")
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    extras = project["project"]["optional-dependencies"]
+    dev = set(extras["dev"])
+    missing = {name: sorted(set(deps) - dev) for name, deps in extras.items()}
+    assert not {name: m for name, m in missing.items() if m}, "add these to the dev extra"
+    assert re.search(r'pip install "\.\[dev\]"', (REPO_ROOT / ".ci" / "run").read_text())
+
+
 def run_first_command(folder: Path) -> None:
     """The README's first line after its install, as a whole process with an empty cache."""
     argv = shlex.split(first_block()[0][len(INSTALL) :])

@@ -222,6 +222,40 @@ def test_transformers_is_told_false_where_the_check_cannot_look(custom, tmp_path
     assert not custom.marker.exists()
 
 
+@pytest.mark.parametrize(
+    "missing, why",
+    [
+        ("modeling_custom.py", "auto_map in config.json names it"),
+        ("helpers_custom.py", "the model's code imports it"),  # a file no auto_map names
+    ],
+)
+def test_a_local_folder_missing_its_code_is_named_not_a_hub_address(custom, tmp_path, missing, why):
+    """With --trust-remote-code, a code file the folder lacks is said of the folder (and the
+    file), never as a hub address built from the folder's path; nothing is imported."""
+    folder = shutil.copytree(custom.folder, tmp_path / "model")
+    marker = tmp_path / "marker.txt"  # this copy's own: trusted code may run here
+    fill = {"marker": str(marker), "model_type": MODEL_TYPE}
+    (folder / "configuration_custom.py").write_text(CONFIG_CODE.format(**fill))
+    (folder / "modeling_custom.py").write_text(MODELING_CODE.format(**fill))
+    if missing == "helpers_custom.py":
+        code = (folder / "modeling_custom.py").read_text()
+        (folder / "modeling_custom.py").write_text("from .helpers_custom import HELP\n" + code)
+    else:
+        (folder / missing).unlink()
+    out = tmp_path / "out"
+    out.mkdir()
+    r = CliRunner().invoke(main, [*commands(folder, out)["score"], "--trust-remote-code"])
+    assert r.exit_code == 2, r.output
+    assert errors(r.stderr) == [
+        f"error: --model {folder}: the folder {folder} has no {missing} ({why}); put the "
+        "model's code files beside its config.json, as they were saved"
+    ]
+    assert "huggingface.co" not in r.output and "Traceback" not in r.output
+    assert list(out.iterdir()) == []
+    # a file auto_map names is looked for before any of the code is imported
+    assert marker.exists() is (missing == "helpers_custom.py")
+
+
 HUB_ID, COMMIT = "someone/custom-bert", "a" * 40
 
 

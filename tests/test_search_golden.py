@@ -1,5 +1,5 @@
 """Fixed-seed searches, a score and a probe run give the same JSON as the golden files made
-before the search package's redesign (issue 17), minus what differs from run to run: timings,
+before the search package was split into methods, engine and state, minus what differs from run to run: timings,
 creation time and library versions.
 
 Regenerate (only when a change of results is intended, and say why in the commit):
@@ -33,7 +33,7 @@ CASES = {
     + ["--verbalizer", "sst2", "--limit", "24"],
     "probe": ["probe", "--facts", "examples/lama_mini", "--template", "[X] was born in [Y] ."],
 }
-# run-dependent fields; ``budget_overshoot`` is new (issue 20) and absent from the golden files
+# run-dependent fields; ``budget_overshoot`` came after the golden files and is absent from them
 DROP = {"elapsed_s", "created", "versions", "seconds", "budget_overshoot"}
 
 

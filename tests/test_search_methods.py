@@ -240,7 +240,7 @@ def test_time_budget_stops_within_one_iteration(lm, task, monkeypatch):
         search = TriggerSearch(lm, task, config)
         ends: list[float] = []
         state = search.run(search.start(), on_iteration=_record(ends, "seconds"))
-        # the iteration running when the budget ran out was dropped inside it (issue 20)
+        # the iteration running when the budget ran out was dropped inside it
         assert state.stopped == "budget" and state.seconds >= 0.6 > ends[-1]
         assert [r["restart"] for r in state.restarts] == [0, 1]
         first = state.restarts[0]["iterations"]

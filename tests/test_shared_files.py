@@ -1,6 +1,6 @@
 """Under torchrun, rank 0 alone decides what happens to every output, partial file and
 checkpoint (fresh, resume, replace, refuse); the other ranks learn its decision through the
-process group (``results.claim_output``, issue 25, item 1).
+process group (``results.claim_output``).
 
 A rank that looked for itself saw whatever rank 0 had just begun to write (``<out>.partial``,
 ``<out>.ckpt``) and stopped with "an interrupted run left ...", one run in two, depending on

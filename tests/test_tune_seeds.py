@@ -1,4 +1,4 @@
-"""A found prompt seeds the prompt that trains (issue 26): the ``soft`` start from a search
+"""A found prompt seeds the prompt that trains: the ``soft`` start from a search
 result is the discrete prompt itself, ``prompt`` starts as the found tokens' embeddings and
 ``prefix`` as their keys and values in every layer; ties keep the later checkpoint; search
 then tune in one run; bad input in one line."""
@@ -243,7 +243,8 @@ def test_bad_input_is_one_line_and_nothing_is_written(searched, tiny_model_dirs,
 
 
 def test_bundled_model_search_then_tune_never_below_the_search(tmp_path):
-    """The issue's CI check: search 5 iterations, tune 20 steps from it with default flags."""
+    """Search then tune as a user chains them: search 5 iterations, tune 20 steps from its
+    result with default flags."""
     train, dev = REPO / "examples/sentiment/train.tsv", REPO / "examples/sentiment/dev.tsv"
     common = ["--verbalizer", "sst2", "--train", train, "--dev", dev, "--quiet"]
     r = _cli("search", "--template", "{sentence} [T] [T] [T] It was [MASK] .", "--iters", "5",

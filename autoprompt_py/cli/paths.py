@@ -6,15 +6,14 @@ and the fix. A new file option declares ``type=InputFile(...)`` and is checked a
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 from typing import Any
 
 import click
 
+from autoprompt_py.data import DATA_FIX  # noqa: F401 - the commands take it from here
 from autoprompt_py.errors import AutopromptError, shown
-
-DATA_FIX = "give the path of a .tsv/.csv/.jsonl file, e.g. examples/sentiment/dev.tsv in a checkout"
+from autoprompt_py.textfile import reason, regular_file
 
 
 class InputFile(click.ParamType):
@@ -57,35 +56,21 @@ def option_name(param: click.Parameter | None) -> str:
 def check_input(
     path: str, option: str = "", what: str = "file", folder: bool = False, fix: str = ""
 ) -> None:
-    """Raise an ``AutopromptError`` unless ``path`` is a readable, non-empty file (or folder)."""
+    """Raise an ``AutopromptError`` unless ``path`` is a readable, non-empty regular file (or,
+    with ``folder``, a readable folder). A FIFO or a device is refused unopened
+    (``textfile.regular_file``): ``predict --data -`` is how a stream is given."""
     head = f"{option} {shown(path) if not path.strip() else path}".strip()
     if not path.strip():
         raise AutopromptError(f"{head}: an empty path; give a {what}")
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        where = "" if Path(path).is_absolute() else f" (relative to {Path.cwd()})"
-        raise AutopromptError(
-            f"{head}: no such {what}{where}" + (f"; {fix}" if fix else "")
-        ) from None
-    except (OSError, ValueError) as e:  # a file used as a folder, a link loop, a NUL byte
-        raise AutopromptError(f"{head}: cannot read the {what} ({_reason(e)})") from None
-    if stat.S_ISDIR(mode):
-        if not folder:
-            raise AutopromptError(f"{head}: a folder, not a {what}; give a file in it")
+    if folder and os.path.isdir(path):
         if not os.access(path, os.R_OK | os.X_OK):
             raise AutopromptError(f"{head}: cannot read the folder (permission denied)")
         return
-    if not stat.S_ISREG(mode):  # a FIFO or /dev/stdin: reading it to check would consume it
-        return
+    regular_file(path, what, option or None, fix)
     try:
         with open(path, "rb") as f:
             empty = f.read(1) == b""
     except OSError as e:
-        raise AutopromptError(f"{head}: cannot read the {what} ({_reason(e)})") from None
+        raise AutopromptError(f"{head}: cannot read the {what} ({reason(e)})") from None
     if empty:
         raise AutopromptError(f"{head}: an empty file (0 bytes); give a {what} with content")
-
-
-def _reason(e: BaseException) -> str:
-    return getattr(e, "strerror", None) or str(e) or type(e).__name__

@@ -57,6 +57,7 @@ from autoprompt_py.results import (
     run_record_path,
     write_json,
 )
+from autoprompt_py.textfile import open_binary
 from autoprompt_py.vocab import read_vocab
 
 
@@ -372,7 +373,7 @@ def _labels_written(target, fmt, relational, size: int) -> tuple[list, list]:
     """Gold labels and predictions (or ranks) of a partial file, for a resumed run's metrics."""
     gold: list = []
     predicted: list = []
-    with open(partial_path(target), "rb") as f:
+    with open_binary(partial_path(target), "partial output") as f:
         body = io.BytesIO(f.read(size))  # the saved part only
     for _, row in iter_rows(str(partial_path(target)), partial_format(fmt), None, body):
         gold.append(cell_text(row["gold"]))

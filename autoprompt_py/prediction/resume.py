@@ -12,6 +12,7 @@ from pathlib import Path
 
 from autoprompt_py.errors import AutopromptError, shown
 from autoprompt_py.prediction.run import PredictConfig
+from autoprompt_py.textfile import open_binary, read_text, regular_file
 
 
 def run_identity(config: PredictConfig, data: str, model: str, dtype: str, fmt: str) -> dict:
@@ -20,7 +21,7 @@ def run_identity(config: PredictConfig, data: str, model: str, dtype: str, fmt: 
     if data != "-":
         path = Path(data)
         st = path.stat()
-        with open(path, "rb") as f:
+        with open_binary(path, "data file") as f:
             head = hashlib.sha256(f.read(1 << 20)).hexdigest()
         ident["input"] = {"path": str(path.resolve()), "bytes": st.st_size, "sha256_1mb": head}
     return json.loads(json.dumps(ident))  # plain JSON: tuples as lists, as read back
@@ -42,12 +43,18 @@ def _mismatch(saved: dict, now: dict) -> str | None:
 def resume_point(target: Path, identity: dict) -> dict | None:
     """The saved record of the partial output (rows read, bytes kept), checked against this
     run; None when no window was saved yet (the run starts over)."""
-    sidecar = sidecar_path(target)
-    if not sidecar.exists():
-        return None
+    sidecar, partial = sidecar_path(target), partial_path(target)
     fix = "pass --force to start over"
+    try:  # a FIFO or a folder in their place: refused unopened, by name
+        if partial.exists():
+            regular_file(partial, "partial output")
+        if not sidecar.exists():
+            return None
+        text = read_text(sidecar, "record of the partial output")
+    except AutopromptError as e:
+        raise AutopromptError(f"--resume: {e}; {fix}") from None
     try:
-        saved = json.loads(sidecar.read_text(encoding="utf-8"))
+        saved = json.loads(text)
         point = {k: int(saved[k]) for k in ("read", "bytes", "rows", "skipped")}
         made_by = saved.get("identity", {})
         if not isinstance(made_by, dict):
@@ -62,7 +69,7 @@ def resume_point(target: Path, identity: dict) -> dict | None:
             f"--resume: {partial_path(target)} is not this run's ({why}); {fix}, or rerun with the "
             "options it was made with"
         )
-    have = partial_path(target).stat().st_size if partial_path(target).exists() else 0
+    have = partial.stat().st_size if partial.exists() else 0
     if have < point["bytes"]:
         raise AutopromptError(
             f"--resume: {partial_path(target)} holds {have} bytes, fewer than the "

@@ -15,6 +15,7 @@ from typing import BinaryIO, Protocol
 
 from autoprompt_py.data import cell_text
 from autoprompt_py.errors import AutopromptError
+from autoprompt_py.textfile import open_binary
 
 FORMATS = ("jsonl", "csv", "tsv", "parquet")
 PARTIAL_FORMAT = {"parquet": "jsonl"}  # what a format's partial file is written in
@@ -136,7 +137,7 @@ def convert_partial(
     """Write the finished ``partial`` file (in ``partial_format(fmt)``) to ``out`` as ``fmt``,
     ``group_rows`` rows at a time: the same file whether or not the run was resumed."""
     assert partial_format(fmt) == "jsonl" and fmt == "parquet"
-    with open(partial, "rb") as src, open(out, "wb") as dst:
+    with open_binary(partial, "partial output") as src, open(out, "wb") as dst:
         writer = ParquetWriter(dst, columns, True)
         rows: list[dict] = []
         for line in src:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.results import read_json, write_json
+from autoprompt_py.textfile import regular_file
 
 CHECKPOINT_KIND = "autoprompt-search-checkpoint"
 CHECKPOINT_FORMAT = 3  # 1: no format or version recorded; 2: gcg's "buffer" in the state
@@ -66,10 +67,11 @@ def load_checkpoint(path: str | Path, identity: dict) -> SearchState:
     """The saved state, if the checkpoint was made by this version for the same model, data
     and settings. It is JSON, read with ``json``: nothing in it is ever executed (no pickle)."""
     path = Path(path)
-    if not path.is_file():
+    if not (path.exists() or path.is_symlink()):
         raise AutopromptError(
             f"--resume: no checkpoint at {path}; run without --resume to start a search"
         )
+    regular_file(path, "checkpoint file", "--resume")  # a FIFO, a folder: refused unopened
     try:
         data = read_json(path, "checkpoint")
     except AutopromptError as e:  # binary garbage, a truncated file

@@ -27,6 +27,7 @@ from autoprompt_py.data import (
 from autoprompt_py.errors import AutopromptError, shown
 from autoprompt_py.resources import load_templates, load_verbalizer
 from autoprompt_py.template import Chat, Template
+from autoprompt_py.textfile import open_binary
 from autoprompt_py.verbalizer import AGGREGATIONS, Verbalizer
 from autoprompt_py.vocab import read_vocab
 
@@ -52,7 +53,7 @@ class SearchTask:
 
 def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
+    with open_binary(path, "data file") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()

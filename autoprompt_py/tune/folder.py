@@ -13,6 +13,7 @@ from pathlib import Path
 
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.results import claim_output
+from autoprompt_py.textfile import check_safetensors, names_file, regular_file
 from autoprompt_py.tune.vectors import TUNE_KIND
 
 RESULT_FILE = "result.json"
@@ -68,10 +69,7 @@ def write_folder(target: Path, force: bool, part, result: dict) -> Path:
 def read_tuned(folder: str | Path) -> dict | None:
     """The ``result.json`` of a tuned folder, or None when ``folder`` is not one."""
     path = Path(folder)
-    try:
-        if not (path / RESULT_FILE).is_file():
-            return None
-    except (OSError, ValueError):
+    if not names_file(path / RESULT_FILE):  # a FIFO there is named by read_json, unopened
         return None
     from autoprompt_py.results import read_json
 
@@ -104,6 +102,7 @@ def check_tuned(folder: Path, result: dict) -> None:
             size = path.stat().st_size
         except OSError as e:
             raise AutopromptError(f"{path}: {e.strerror} (the folder lists it); {fix}") from None
+        regular_file(path, "file the folder lists", fix=fix)  # a FIFO: refused unopened
         if size == 0:
             raise AutopromptError(f"{path}: an empty file (0 bytes); {fix}")
         if path.suffix == ".json":
@@ -111,18 +110,7 @@ def check_tuned(folder: Path, result: dict) -> None:
 
             read_json(path, "tuned folder")
         elif path.suffix == ".safetensors":
-            _check_safetensors(path, fix)
-
-
-def _check_safetensors(path: Path, fix: str) -> None:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), "pt") as f:
-            f.keys()
-    except Exception as e:  # truncated, garbage: the loader's own error type
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise AutopromptError(f"{path}: damaged safetensors file ({reason}); {fix}") from None
+            check_safetensors(path, fix=fix)
 
 
 def tuned_templates(spec: str):

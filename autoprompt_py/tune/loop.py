@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from autoprompt_py import distributed
 from autoprompt_py.errors import AutopromptError, raise_pending_stop
 from autoprompt_py.results import atomic_write, from_main, read_json, write_json
+from autoprompt_py.textfile import load_with
 from autoprompt_py.tune.config import TuneConfig
 from autoprompt_py.tune.methods import TrainablePart
 from autoprompt_py.tune.objective import Encoded, Objective
@@ -181,7 +182,7 @@ class Trainer:
 
     def _read(self) -> tuple[dict, dict]:
         where = self.checkpoint
-        if where is None or not (where / "state.json").is_file():
+        if where is None or not (where / "state.json").exists():
             raise AutopromptError(
                 f"--resume: no checkpoint at {where}; run without --resume to start"
             )
@@ -197,8 +198,13 @@ class Trainer:
                 f"--resume: the checkpoint {where} is of another run (differs in "
                 f"{', '.join(map(str, diff[:5]))}); give the same options, or --force to start over"
             )
-        tensors = torch.load(where / "tensors.pt", weights_only=True)  # never a pickle's code
-        if tensors.get("layout") != TENSORS_LAYOUT:
+        tensors = load_with(
+            where / "tensors.pt",
+            lambda path: torch.load(path, weights_only=True),  # never a pickle's code
+            "checkpoint file",
+            "start over with --force",
+        )
+        if not isinstance(tensors, dict) or tensors.get("layout") != TENSORS_LAYOUT:
             raise AutopromptError(
                 f"--resume: {where} was written by an earlier version of autoprompt; start "
                 "over with --force"

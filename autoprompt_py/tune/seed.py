@@ -18,6 +18,7 @@ from pathlib import Path
 
 from autoprompt_py.errors import AutopromptError, shown
 from autoprompt_py.template import Chat, Template, parse_template
+from autoprompt_py.textfile import load_with, names_file
 
 EXPORT_KIND = "autoprompt-export"  # export.MANIFEST_KIND (export.py imports torch)
 EXPORT_MANIFESTS = ("autoprompt_export.json", "manifest.json")  # peft, optiprompt folders
@@ -41,13 +42,6 @@ class Seed:
                 "model": (self.model or {}).get("name"), "method": self.method}  # fmt: skip
 
 
-def _is_file(path: Path) -> bool:
-    try:
-        return path.is_file()
-    except (OSError, ValueError):
-        return False
-
-
 def _is_dir(path: Path) -> bool:
     try:
         return path.is_dir()
@@ -57,13 +51,15 @@ def _is_dir(path: Path) -> bool:
 
 def safetensors_metadata(path: Path) -> dict:
     """The string metadata of a safetensors file, read from its JSON header (no torch)."""
-    try:
+
+    def header(path: Path) -> dict:
         with path.open("rb") as f:
             (size,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(min(size, 100_000_000)))
-    except (OSError, struct.error, ValueError):
-        raise AutopromptError(f"--template {path}: not a readable safetensors file") from None
-    return header.get("__metadata__") or {} if isinstance(header, dict) else {}
+            return json.loads(f.read(min(size, 100_000_000)))
+
+    fix = "export it again with 'autoprompt export --format embeddings'"
+    data = load_with(path, header, "safetensors file", fix, "--template")
+    return data.get("__metadata__") or {} if isinstance(data, dict) else {}
 
 
 def _export_template(data: dict, source: str) -> tuple[Template, tuple[int, ...]]:
@@ -109,8 +105,8 @@ def read_seed(spec: str) -> tuple[Template, str | None, Seed] | None:
     from autoprompt_py.tune.folder import read_tuned
 
     path = Path(spec)
-    if _is_file(path) and path.suffix == ".json":
-        data = parse_json(read_text(path, "--template"), str(path))
+    if names_file(path) and path.suffix == ".json":
+        data = parse_json(read_text(path, "template file", "--template"), str(path))
         if isinstance(data, dict) and data.get("kind") == RESULT_KIND:
             template = template_from_result(data, str(path))
             ids = tuple(int(i) for i in template.trigger_ids)
@@ -121,7 +117,7 @@ def read_seed(spec: str) -> tuple[Template, str | None, Seed] | None:
             seed = Seed(str(path), "export", ids, _model_record(data.get("model")))
             return template, data.get("relation"), seed
         return None
-    if _is_file(path) and path.suffix == ".safetensors":
+    if names_file(path) and path.suffix == ".safetensors":
         meta = safetensors_metadata(path)
         if meta.get("kind") != EXPORT_KIND:
             raise AutopromptError(
@@ -148,8 +144,10 @@ def read_seed(spec: str) -> tuple[Template, str | None, Seed] | None:
                     str(vectors) if vectors.is_file() else None, method)  # fmt: skip
         return template, result.get("relation"), seed
     for name in EXPORT_MANIFESTS:
-        if _is_file(path / name):
-            data = parse_json(read_text(path / name, "--template"), str(path / name))
+        if names_file(path / name):
+            data = parse_json(
+                read_text(path / name, "export manifest", "--template"), str(path / name)
+            )
             if isinstance(data, dict) and data.get("kind") == EXPORT_KIND:
                 template, ids = _export_template(data, str(path))
                 seed = Seed(str(path), "export", ids, _model_record(data.get("model")))

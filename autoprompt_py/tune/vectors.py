@@ -31,3 +31,17 @@ def write_embeddings(folder: Path, lm, template, vectors) -> dict[str, str]:
     tensors = {"embeddings": vectors.to(lm.dtype).cpu().contiguous()}
     save_file(tensors, str(folder / EMBEDDINGS_FILE), metadata=metadata)
     return {EMBEDDINGS_FILE: "the trained vectors [n, E], one per [T] slot, template in metadata"}
+
+
+def read_embeddings(path: str | Path):
+    """The ``embeddings`` tensor [n, E] of a tuned folder's (or an export's) safetensors file;
+    a truncated or damaged file, or one without that tensor, is one line naming it."""
+    from safetensors.torch import load_file
+
+    from autoprompt_py.textfile import load_with
+
+    def embeddings(path: Path):
+        return load_file(str(path))["embeddings"]
+
+    fix = "run autoprompt tune again, or give another folder"
+    return load_with(path, embeddings, "safetensors file", fix)

@@ -12,7 +12,7 @@ from autoprompt_py.model import MaskedLM
 from autoprompt_py.model_kind import check_kind
 from autoprompt_py.prompt import model_record
 from autoprompt_py.template import Template
-from autoprompt_py.tune.vectors import EMBEDDINGS_FILE
+from autoprompt_py.tune.vectors import EMBEDDINGS_FILE, read_embeddings
 
 
 def check_same_base(lm: MaskedLM, folder: str | Path, result: dict) -> None:
@@ -31,9 +31,7 @@ def check_same_base(lm: MaskedLM, folder: str | Path, result: dict) -> None:
 def load_vectors(lm: MaskedLM, folder: str | Path) -> torch.Tensor:
     """The trained vectors [n, E] of a folder (the layout ``export --format embeddings``
     writes), on the model's device."""
-    from safetensors.torch import load_file
-
-    return load_file(str(Path(folder) / EMBEDDINGS_FILE))["embeddings"].to(lm.device)
+    return read_embeddings(Path(folder) / EMBEDDINGS_FILE).to(lm.device)
 
 
 def fixed_triggers(template: Template, result: dict) -> Template:

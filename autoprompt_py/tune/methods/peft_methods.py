@@ -209,9 +209,9 @@ def build(lm: MaskedLM, task, config, objective):
     vectors, _ = init_vectors(lm, n, init, config.seed, found, config.init_text)
     seed = task.seed
     if init == "found" and seed is not None and seed.vectors and seed.method == "prompt":
-        from safetensors.torch import load_file  # a tuned prompt folder: its trained vectors
+        from autoprompt_py.tune.vectors import read_embeddings  # a tuned prompt folder's
 
-        trained = load_file(seed.vectors)["embeddings"].float()
+        trained = read_embeddings(seed.vectors).float()
         if len(trained) == n:
             vectors = trained
     common = dict(

@@ -116,9 +116,9 @@ def build(lm: MaskedLM, task, config, objective) -> SoftPart:
     init = resolve_init(config, task)
     seed = task.seed
     if init == "found" and seed is not None and seed.vectors and seed.method == "soft":
-        from safetensors.torch import load_file
+        from autoprompt_py.tune.vectors import read_embeddings
 
-        vectors = load_file(seed.vectors)["embeddings"].float()
+        vectors = read_embeddings(seed.vectors).float()
         if len(vectors) == n:
             return SoftPart(lm, task.template, vectors, found_ids(task) or None)
     vectors, ids = init_vectors(lm, n, init, config.seed, found_ids(task), config.init_text)
