@@ -101,7 +101,10 @@ def probe(
     rule, cf_texts = check_ensemble_options(ensemble, ensemble_rule, None, calibrate, content_free)
     named = [t for spec in relation_templates for t in load_templates_or_tuned(spec, "--relations")]
     if template:
-        named += [t.__class__(t.name, t.template, None) for t in load_templates_or_tuned(template)]
+        named += [
+            t.__class__(t.name, t.template, None)
+            for t in load_templates_or_tuned(template, kept=True)
+        ]
     if not named:
         named = load_templates("lama_trex")
     fact_sets = read_facts(facts)
@@ -117,7 +120,7 @@ def probe(
     base = load_model(model_name, device, dtype)
     specs = [*relation_templates, *([template] if template else [])]
     check_trigger_ids(
-        [t for spec in specs if read_tuned(spec) is None for t in load_templates(spec)],
+        [t for spec in specs if read_tuned(spec) is None for t in load_templates(spec, kept=True)],
         base.vocab_size,
         model_name,
         kind=base.kind,

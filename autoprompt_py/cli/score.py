@@ -108,7 +108,7 @@ def score(
     from autoprompt_py.tune.folder import attach_tuned, load_templates_or_tuned, read_tuned
 
     claim_output(output, force=force)  # before any work; locked until the command ends
-    named = [t for spec in templates for t in load_templates_or_tuned(spec)]
+    named = [t for spec in templates for t in load_templates_or_tuned(spec, kept=True)]
     verbs = [(spec, load_verbalizer(spec)) for spec in verbalizers]
     n_members = len(named) * len(verbs)
     rule, cf_texts = check_ensemble_options(
@@ -128,7 +128,12 @@ def score(
     quiet_transformers()
     base = load_model(model_name, device, dtype)
     check_trigger_ids(
-        [t for spec in templates if read_tuned(spec) is None for t in load_templates(spec)],
+        [
+            t
+            for spec in templates
+            if read_tuned(spec) is None
+            for t in load_templates(spec, kept=True)
+        ],
         base.vocab_size,
         model_name,
         kind=base.kind,

@@ -109,6 +109,13 @@ class _MethodOption(click.Option):
         return super().get_help_record(ctx)
 
 
+def _default(name: str):
+    """A SearchConfig field's default: written once, in the dataclass."""
+    from autoprompt_py.search.config import SearchConfig
+
+    return SearchConfig.__dataclass_fields__[name].default
+
+
 def config_options(f: Callable) -> Callable:
     """The options that become the SearchConfig (collected as ``**settings``)."""
     options = [
@@ -242,6 +249,14 @@ def config_options(f: Callable) -> Callable:
             default=65536,
             show_default=True,
             help="Padded tokens per forward pass (memory budget); auto: from the free GPU memory.",
+        ),
+        click.option(
+            "--keep",
+            type=click.IntRange(min=1),
+            default=_default("keep"),
+            show_default=True,
+            help="The result lists the N best distinct triggers on dev, each with its dev "
+            "metrics (score --template RESULT scores them all).",
         ),
         click.option(
             "--train-eval-limit",

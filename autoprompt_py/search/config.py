@@ -76,6 +76,7 @@ class SearchConfig:
     max_rows: int | None = None
     dtype: str = "float32"
     train_eval_limit: int | None = 2000
+    keep: int = 1  # the result lists the N best distinct triggers on dev (1: the best only)
 
     def __post_init__(self) -> None:
         for name, allowed in (
@@ -100,6 +101,7 @@ class SearchConfig:
             "max_rows",
             "patience",
             "max_forward_passes",
+            "keep",
         ):
             _at_least(name.replace("_", "-"), getattr(self, name), 1, "a whole number ≥ 1")
         if self.max_batch_tokens != "auto":
@@ -137,4 +139,5 @@ class SearchConfig:
         keys += ["dtype", "fluency", "select", "objective"]
         keys += self.search_method.options
         keys += ["calibrate"] if self.calibrate else []  # older checkpoints still resume
+        keys += ["keep"] if self.keep != 1 else []  # the state keeps that many
         return {k: getattr(self, k) for k in keys}

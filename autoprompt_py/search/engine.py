@@ -32,6 +32,7 @@ from autoprompt_py import distributed
 from autoprompt_py.errors import AutopromptError, raise_pending_stop
 from autoprompt_py.model import MaskedLM
 from autoprompt_py.model_kind import CAUSAL
+from autoprompt_py.search.best import Best, Known
 from autoprompt_py.search.budget import Budget, BudgetSpent
 from autoprompt_py.search.calibrated import (
     CalibratedObjective,
@@ -96,6 +97,7 @@ class TriggerSearch:
         # pseudo-perplexity (one row per slot, in the template without its fields)
         self.fluency = TriggerFluency(lm, template)
         self.budget = Budget(config, self.scorer)
+        self.best = Best(self.special_slots, config.keep)
         self._content_free: SplitTensors | None = None  # --calibrate's rows
         self.method.prepare(self)
 
@@ -115,6 +117,7 @@ class TriggerSearch:
             self.lm, other.objective, config.max_batch_tokens, config.max_rows, config.dtype
         )
         other.budget = Budget(config, other.scorer)
+        other.best = Best(other.special_slots, config.keep)
         return other
 
     def encode(self, examples: Sequence) -> SplitTensors:
@@ -221,42 +224,12 @@ class TriggerSearch:
         """Search seconds so far: the state's, plus the running iteration's."""
         return self.budget.seconds(state)
 
-    # -- best so far ----------------------------------------------------------------------------
-
-    def _better(self, scored: Scored, trigger: Sequence[int], best: dict | None) -> bool:
-        if self.special_slots(trigger):
-            return False
-        if best is None:
-            return True
-        return (scored.metric, -scored.mean_loss) > (best["dev"], -best["dev_loss"])
+    # -- best so far (best.py) ------------------------------------------------------------------
 
     def _consider(self, state: SearchState, trigger: list[int], scored: Scored) -> bool:
-        """Update this restart's and the overall best with a dev-evaluated trigger; True if
-        the overall best improved. Then a point on the curve."""
-        record = {
-            "trigger": list(trigger),
-            "dev": scored.metric,
-            "dev_loss": scored.mean_loss,
-            "iteration": state.restart_iteration,
-        }
-        if self._better(scored, trigger, state.restart_best):
-            state.restart_best = record
-        overall = (
-            None
-            if state.best_dev is None
-            else {"dev": state.best_dev, "dev_loss": state.best_dev_metrics["loss"]}
-        )
-        improved = self._better(scored, trigger, overall)
-        fewer = len(self.special_slots(trigger)) <= len(self.special_slots(state.best_trigger))
-        if state.best_dev is None and not improved and fewer:
-            # no fully real trigger yet: show the one with the fewest special tokens, unranked
-            state.best_trigger = list(trigger)
-            state.best_dev_metrics = scored.full()
-        if improved:
-            state.best_trigger = list(trigger)
-            state.best_iteration = state.iteration
-            state.best_dev = scored.metric
-            state.best_dev_metrics = scored.full()
+        """Update the best so far with a dev-evaluated trigger (``best.Best``); True if the
+        overall best improved. Then a point on the curve."""
+        improved = self.best.consider(state, trigger, scored)
         state.curve.append(
             [
                 round(self.seconds(state), 3),
@@ -265,6 +238,11 @@ class TriggerSearch:
             ]
         )
         return improved
+
+    def dev_scored(self, state: SearchState, trigger: Sequence[int]) -> Scored | Known:
+        """A trigger on dev: read from the visited set, or evaluated."""
+        evaluate = lambda: self.evaluate(self.dev, trigger)  # noqa: E731
+        return self.best.known(state, trigger, evaluate) or evaluate()
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -335,7 +313,7 @@ class TriggerSearch:
         iteration = state.iteration + 1
         self.budget.check()  # the step's own passes (the fluency bonus) may have spent it
         if move.moved:
-            scored = self.evaluate(self.dev, move.trigger)
+            scored = self.dev_scored(state, move.trigger)
             dev, dev_loss = scored.metric, scored.mean_loss
         else:
             dev, dev_loss = state.current_dev, None
@@ -385,7 +363,7 @@ class TriggerSearch:
         self.budget.begin(state)
         record = self.restart_record(state)
         initial = self.initial_ids(rng, "random")
-        scored = self.evaluate(self.dev, initial)
+        scored = self.dev_scored(state, initial)
         # commit: nothing above touched the state (Ctrl-C in the evaluation redoes it)
         state.restarts.append(record)
         state.restart += 1

@@ -57,6 +57,20 @@ def warnings(search: TriggerSearch, state: SearchState, interrupted: bool = Fals
     return out
 
 
+def kept(search: TriggerSearch, state: SearchState) -> dict:
+    """``kept`` (with ``--keep`` N > 1): the N best distinct triggers on dev, best first, each
+    with its filled template and dev metrics; ``score --template RESULT`` scores them all."""
+    if search.config.keep <= 1:
+        return {}
+    template = search.task.template
+    out = []
+    for ids, _, _, dev in state.kept:
+        words = search.words(ids)
+        prompt = template.with_triggers(ids, words).render("token")
+        out.append({"trigger": search.trigger_record(ids), "prompt": prompt, "dev": dev})
+    return {"kept": out}
+
+
 def result(
     search: TriggerSearch,
     state: SearchState,
@@ -110,6 +124,7 @@ def result(
         "unreplaced_slots": search.special_slots(best),
         "pseudo_perplexity": search.fluency.perplexity(best),
         "warnings": warnings(search, state, interrupted),
+        **kept(search, state),
         **(extra or {}),
         "data": data,
         "filters": search.filters.describe(),
