@@ -116,6 +116,12 @@ def _default(name: str):
     return SearchConfig.__dataclass_fields__[name].default
 
 
+def _across() -> list[str]:
+    from autoprompt_py.several import ACROSS
+
+    return list(ACROSS)
+
+
 def config_options(f: Callable) -> Callable:
     """The options that become the SearchConfig (collected as ``**settings``)."""
     options = [
@@ -257,6 +263,14 @@ def config_options(f: Callable) -> Callable:
             show_default=True,
             help="The result lists the N best distinct triggers on dev, each with its dev "
             "metrics (score --template RESULT scores them all).",
+        ),
+        click.option(
+            "--across",
+            type=click.Choice(_across()),
+            default=_default("across"),
+            show_default=True,
+            help="Several --model: the dev metric the search keeps is the mean over the "
+            "models, or the worst model's (min).",
         ),
         click.option(
             "--train-eval-limit",

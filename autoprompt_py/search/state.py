@@ -170,6 +170,7 @@ def _fits(value: object, hint: object) -> bool:
 
 _WHAT = {
     "model": "model",
+    "models": "set of models",
     "template": "template",
     "train": "train data",
     "dev": "dev data",
