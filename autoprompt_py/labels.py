@@ -33,6 +33,7 @@ from autoprompt_py.errors import AutopromptError
 from autoprompt_py.model import MaskedLM
 from autoprompt_py.scoring import iter_mask_logits
 from autoprompt_py.search.candidates import TokenFilters, VocabStrings, allowed_tokens
+from autoprompt_py.several import check_shared_vocabulary, shared_rows
 from autoprompt_py.template import Template
 from autoprompt_py.verbalizer import Verbalizer
 
@@ -43,8 +44,9 @@ class LabelSearch:
 
     verbalizer: dict[str, list[str]]
     scores: dict[str, list[tuple[str, float]]]
-    train_accuracy: float
+    train_accuracy: float  # several models: the mean of theirs
     n: int
+    model_accuracies: list[float] | None = None  # several models: each one's
 
 
 @contextlib.contextmanager
@@ -142,7 +144,7 @@ def fit_logistic_regression(
 
 
 def search_labels(
-    lm: MaskedLM,
+    lm: MaskedLM | Sequence[MaskedLM],
     template: Template,
     examples: Sequence[Example],
     per_class: int = 3,
@@ -155,37 +157,31 @@ def search_labels(
 
     ``template`` should have its trigger tokens fixed (open slots hold the mask token).
     Every word is checked to map back to its single token, as a verbalizer file reads it.
+    Several models (sharing a vocabulary, ``several.py``): each fits its own classifier, and
+    a word's log-odds are the mean over the models; ``model_accuracies`` holds each fit's.
     """
+    lms = list(lm) if isinstance(lm, (list, tuple)) else [lm]
+    check_shared_vocabulary(lms)
     labels = labels_of(examples)
     if len(labels) < 2:
         raise AutopromptError(
             f"{examples[0].source.rsplit(':', 1)[0] if examples else 'train'}: label search "
             f"needs at least two classes, found {len(labels)}; check --label-field"
         )
-    index = {lab: i for i, lab in enumerate(labels)}
-    x = mask_features(lm, template, examples, batch_size)
-    y = torch.tensor([index[e.label] for e in examples], device=x.device)
-    w, b = fit_logistic_regression(x, y, len(labels), l2, seed=seed)
-    accuracy = float(((x @ w.T + b).argmax(1) == y).float().mean())
-
-    with head_transform_output(lm) as (_, out_embeddings):
-        z = out_embeddings.float() @ w.T  # [vocab, classes]
-    others = (
-        z[:, None, :]
-        .expand(-1, len(labels), -1)
-        .masked_fill(torch.eye(len(labels), dtype=torch.bool, device=z.device)[None], float("-inf"))
-    )
-    log_odds = (z - others.logsumexp(-1)).T  # [classes, vocab]
-
+    rows = shared_rows(lms)
+    fits = [_log_odds(m, template, examples, labels, batch_size, l2, seed, rows) for m in lms]
+    log_odds = torch.stack([f[0].to(lms[0].device) for f in fits]).mean(0)
+    accuracies = [f[1] for f in fits]
+    lm = lms[0]
     tokenizer = lm.tokenizer
-    vocab = VocabStrings.of(tokenizer, len(z))
+    vocab = VocabStrings.of(tokenizer, rows)
     space = template.answer_space
     filters = filters or TokenFilters()
     if not space and spaces_are_tokens(tokenizer):
         # an answer with no space before it (a chat's) starts with a byte-level token
         # without Ġ, which the subword filter drops; the round trip below keeps the words
         filters = dataclasses.replace(filters, subwords=False)
-    allowed = allowed_tokens(tokenizer, len(z), filters, (), vocab)
+    allowed = allowed_tokens(tokenizer, rows, filters, (), vocab)
     log_odds = log_odds.masked_fill(~allowed.to(log_odds.device)[None], float("-inf"))
     taken: set[str] = set()
     chosen: dict[str, list[tuple[str, float]]] = {}
@@ -208,8 +204,40 @@ def search_labels(
             )
         chosen[label] = picked
     return LabelSearch(
-        {lab: [w for w, _ in ws] for lab, ws in chosen.items()}, chosen, accuracy, len(examples)
+        {lab: [w for w, _ in ws] for lab, ws in chosen.items()},
+        chosen,
+        sum(accuracies) / len(accuracies),
+        len(examples),
+        accuracies if len(lms) > 1 else None,
     )
+
+
+def _log_odds(
+    lm: MaskedLM,
+    template: Template,
+    examples: Sequence[Example],
+    labels: list[str],
+    batch_size: int,
+    l2: float,
+    seed: int,
+    rows: int,
+) -> tuple[torch.Tensor, float]:
+    """One model's classifier: each word's log-odds of each class [classes, rows], and the
+    classifier's train accuracy."""
+    index = {lab: i for i, lab in enumerate(labels)}
+    x = mask_features(lm, template, examples, batch_size)
+    y = torch.tensor([index[e.label] for e in examples], device=x.device)
+    w, b = fit_logistic_regression(x, y, len(labels), l2, seed=seed)
+    accuracy = float(((x @ w.T + b).argmax(1) == y).float().mean())
+
+    with head_transform_output(lm) as (_, out_embeddings):
+        z = out_embeddings[:rows].float() @ w.T  # [vocab, classes]
+    others = (
+        z[:, None, :]
+        .expand(-1, len(labels), -1)
+        .masked_fill(torch.eye(len(labels), dtype=torch.bool, device=z.device)[None], float("-inf"))
+    )
+    return (z - others.logsumexp(-1)).T, accuracy
 
 
 def _round_trips(tokenizer, word: str, token_id: int, space: bool) -> bool:

@@ -54,13 +54,16 @@ def with_chat(named: list[NamedTemplate], chat: Chat | None) -> list[NamedTempla
     return [replace(t, template=t.template.in_chat(chat.over(t.template.chat))) for t in named]
 
 
-def load_templates(spec: str, option: str = "--template") -> list[NamedTemplate]:
+def load_templates(
+    spec: str, option: str = "--template", kept: bool = False
+) -> list[NamedTemplate]:
     """Templates from a file (.jsonl set, .txt lines, .json search result), a shipped set's
     name (``sst2``, ``lama_trex``), or template text. ``option`` names the argument in
-    messages (``--relations``)."""
+    messages (``--relations``). A search result gives its best trigger; with ``kept``, every
+    trigger it kept (``search --keep N``), best first, named ``<stem>:<rank>``."""
     path = Path(spec)
     if names_file(path):
-        return _templates_from_file(path)
+        return _templates_from_file(path, kept)
     shipped = shipped_dir("templates") / f"{spec}.jsonl"
     if names_file(shipped):
         return _templates_from_file(shipped)
@@ -157,11 +160,36 @@ def _whole(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _templates_from_file(path: Path) -> list[NamedTemplate]:
+def _kept_templates(path: Path, data: dict) -> list[NamedTemplate]:
+    """Every trigger a search result kept (``kept``), best first."""
+    kind = (data.get("model") if isinstance(data.get("model"), dict) else {}).get("kind")
+    kept = data["kept"]
+    if not isinstance(kept, list) or not kept or not all(isinstance(k, dict) for k in kept):
+        raise AutopromptError(
+            f"{path}: 'kept' must be a list of the triggers the search kept; restore the file "
+            "'autoprompt search' wrote, or run the search again"
+        )
+    return [
+        NamedTemplate(
+            f"{path.stem}:{rank}",
+            template_from_result(
+                {"template": data.get("template"), "trigger": k.get("trigger")},
+                f"{path} (kept trigger {rank})",
+            ),
+            data.get("relation"),
+            kind,
+        )
+        for rank, k in enumerate(kept, 1)
+    ]
+
+
+def _templates_from_file(path: Path, kept: bool = False) -> list[NamedTemplate]:
     text = read_text(path, "template file")
     if path.suffix == ".json":
         data = parse_json(text, str(path))
         if isinstance(data, dict) and data.get("kind") == RESULT_KIND:
+            if kept and "kept" in data:
+                return _kept_templates(path, data)
             return [
                 NamedTemplate(
                     path.stem,

@@ -218,8 +218,7 @@ def test_score_several_templates_without_predictions(files, tmp_path):
             "macro_f1",
             "--output",
             out,
-            "--model",
-            files["roberta"],
+            model="roberta",
             verbalizer='{"0": ["terrible", "bad"], "1": ["great"]}',
         )
     )

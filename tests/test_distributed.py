@@ -56,6 +56,7 @@ VOLATILE = {"created", "world_size", "backend", "elapsed_s", "cost", "curve"}
 def files(tmp_path_factory, tiny_model_dirs) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("dist")
     f: dict[str, Path] = {"bert": tiny_model_dirs["bert"], "root": root}
+    f["electra"] = tiny_model_dirs["electra"]  # the same WordPiece vocabulary as bert
 
     def write(name: str, text: str) -> None:
         f[name] = root / name
@@ -384,6 +385,20 @@ def test_search_on_two_processes_matches_one_and_resumes_on_one(files, tmp_path,
     assert [h["trigger"] for h in c["history"]] == [h["trigger"] for h in d["history"]]
     assert_close(c["history"], d["history"])
     assert_close(c["dev"], d["dev"])
+
+
+def test_a_search_over_two_models_on_two_processes_matches_one(files, tmp_path):
+    two, one = tmp_path / "two.json", tmp_path / "one.json"
+    extra = (*METHOD_ARGS["gcg"], "--model", files["electra"])
+    r = torchrun(*search_args(files, two, *extra, iters=2))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert invoke(*search_args(files, one, *extra, iters=2)).exit_code == 0
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert len(a["dev"]["models"]) == 2 and b["world_size"] == 2
+    assert [h["trigger"] for h in a["history"]] == [h["trigger"] for h in b["history"]]
+    work = ("forward_passes", "backward_passes", "candidate_evaluations")
+    assert [a["cost"][k] for k in work] == [b["cost"][k] for k in work]
+    assert_close(stable(a), stable(b))
 
 
 def test_score_on_two_processes_matches_one(files, tmp_path):

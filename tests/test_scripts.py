@@ -266,3 +266,16 @@ def test_bench_causal_runs():
     assert "s/iter" in out and "plain loop" in out and "bare batched forward" in out
     diffs = [float(line.rsplit(" ", 1)[1]) for line in out.splitlines() if "max |ours" in line]
     assert len(diffs) == 2 and max(diffs) < 1e-4  # the same log-probabilities as the loop
+
+
+def test_bench_models_runs():
+    """The two-model iteration against its two single-model ones, on the bundled model and a
+    perturbed copy of it (offline)."""
+    out = _run(
+        [
+            str(SCRIPTS / "bench_models.py"),
+            "--iters", "1", "--warmup", "0", "--train-limit", "16", "--dev-limit", "8",
+            "--template", "{sentence} [T] [P] .", "--threads", "1",
+        ]
+    )  # fmt: skip
+    assert "ratio (sum over rounds)" in out

@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import click
@@ -163,10 +163,23 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
-def model_options(f: Callable) -> Callable:
+MODEL_HELP = (
+    "Hub id or local folder (saved with save_pretrained) of a masked LM or a decoder "
+    "(AutoModelForMaskedLM or AutoModelForCausalLM); the default "
+    f"{DEFAULT_MODEL} is a small BERT bundled in the package, for trying the tool offline "
+    "(see 'autoprompt info')."
+)
+
+
+def model_options(f: Callable | None = None, *, several: str | None = None) -> Callable:
     """--model, --device, --dtype, --batch-size; --backend and --dist-timeout, and the command
     run in the torch.distributed process group when a launcher (torchrun) started it;
-    --trust-remote-code (a model needing its own code is refused first without it)."""
+    --trust-remote-code (a model needing its own code is refused first without it).
+
+    ``several``: --model may be repeated (the command gets ``model_names``, a tuple), and
+    this sentence says what the command does with several models."""
+    if f is None:
+        return functools.partial(model_options, several=several)
 
     @functools.wraps(f)
     def in_process_group(
@@ -176,22 +189,28 @@ def model_options(f: Callable) -> Callable:
 
         def command() -> Any:
             # refused before the command writes or loads anything, on every rank
-            with trusting(trust_remote_code, kwargs.get("model_name")):
+            names = kwargs.get("model_names", (kwargs.get("model_name"),))
+            with trusting(trust_remote_code, *names):
                 return f(*args, **kwargs)
 
         return distributed.run(command, backend, kwargs.get("device", "auto"), dist_timeout)
 
-    options = [
+    model = (
         click.option(
+            "--model", "model_name", default=DEFAULT_MODEL, show_default=True, help=MODEL_HELP
+        )
+        if several is None
+        else click.option(
             "--model",
-            "model_name",
-            default=DEFAULT_MODEL,
+            "model_names",
+            multiple=True,
+            default=(DEFAULT_MODEL,),
             show_default=True,
-            help="Hub id or local folder (saved with save_pretrained) of a masked LM or a "
-            "decoder (AutoModelForMaskedLM or AutoModelForCausalLM); the "
-            f"default {DEFAULT_MODEL} is a small BERT bundled in the package, for trying the "
-            "tool offline (see 'autoprompt info').",
-        ),
+            help=f"{MODEL_HELP} Repeat for several models sharing one vocabulary: {several}",
+        )
+    )
+    options = [
+        model,
         click.option(
             "--device",
             default="auto",
@@ -267,13 +286,15 @@ _TRUST: contextvars.ContextVar[bool] = contextvars.ContextVar("trust_remote_code
 
 
 @contextlib.contextmanager
-def trusting(trust_remote_code: bool, model_name: str | None = None) -> Iterator[None]:
-    """Within it ``load_model`` passes ``trust_remote_code``; without it, ``model_name`` (when
-    given) is checked first: a model that needs its own code stops the command at once."""
+def trusting(trust_remote_code: bool, *model_names: str | None) -> Iterator[None]:
+    """Within it ``load_model`` passes ``trust_remote_code``; without it, each of
+    ``model_names`` (None: none) is checked first: a model that needs its own code stops the
+    command at once."""
     from autoprompt_py.remote_code import check_remote_code
 
-    if model_name is not None:
-        check_remote_code(model_name, trust_remote_code)
+    for model_name in model_names:
+        if model_name is not None:
+            check_remote_code(model_name, trust_remote_code)
     token = _TRUST.set(bool(trust_remote_code))
     try:
         yield
@@ -310,6 +331,16 @@ def load_model(name: str | None, device: str = "auto", dtype: str = "float32"):
 
     check_model_folder(name)
     return load(name, device, dtype, trust_remote_code=_TRUST.get())
+
+
+def load_models(names: Sequence[str], device: str = "auto", dtype: str = "float32") -> list:
+    """``load_model`` for each ``--model`` (each once), checked to share one vocabulary."""
+    from autoprompt_py.several import check_distinct, check_shared_vocabulary
+
+    check_distinct(names)
+    lms = [load_model(name, device, dtype) for name in names]
+    check_shared_vocabulary(lms)
+    return lms
 
 
 def claim_output(path: Any, option: str = "--output", **kwargs: Any):

@@ -18,7 +18,10 @@ from autoprompt_py.results import provenance, run_record_path, write_json
 
 
 @click.command("labels")
-@model_options
+@model_options(
+    several="one verbalizer for all of them (each model's classifier; a word's log-odds are "
+    "the mean over the models)."
+)
 @click.option(
     "--train",
     required=True,
@@ -62,7 +65,7 @@ from autoprompt_py.results import provenance, run_record_path, write_json
 @click.option("--output", required=True, help="Verbalizer JSON file to write.")
 @click.option("--force", is_flag=True, help="Replace an existing --output file.")
 def labels(
-    model_name: str,
+    model_names: tuple[str, ...],
     device: str,
     dtype: str,
     batch_size: int,
@@ -84,13 +87,14 @@ def labels(
     force: bool,
 ) -> None:
     """Find label words for each class (AutoPrompt's label search); write a verbalizer."""
-    from autoprompt_py.cli.common import load_model
+    from autoprompt_py.cli.common import load_models
     from autoprompt_py.data import check_fields, read_examples
     from autoprompt_py.errors import AutopromptError
     from autoprompt_py.labels import search_labels
     from autoprompt_py.prompt import model_record
     from autoprompt_py.resources import load_templates, with_chat
     from autoprompt_py.search import trigger_ids_from_words
+    from autoprompt_py.several import models_record
     from autoprompt_py.template import chat_settings
 
     quiet_transformers()
@@ -103,23 +107,28 @@ def labels(
     check_fields(examples, tpl.fields, tpl.source)
     require_rows(examples, train)
     filters = token_filters(False, filter_subwords, filter_non_alpha, filter_capitalized, stop_list)
-    lm = load_model(model_name, device, dtype)
+    lms = load_models(model_names, device, dtype)
+    lm = lms[0]
     if trigger is not None:
         tpl = tpl.with_triggers(trigger_ids_from_words(lm.tokenizer, tpl, trigger, "--trigger"))
-    found = search_labels(lm, tpl, examples, per_class, filters, batch_size, l2, seed)
+    found = search_labels(lms, tpl, examples, per_class, filters, batch_size, l2, seed)
     write_json(output, found.verbalizer)
     # the verbalizer holds words only (other commands read it); its provenance goes beside it
     config = {
-        "model": model_name, "dtype": dtype, "train": train, "template": tpl.source,
+        "model": model_names[0], "dtype": dtype, "train": train, "template": tpl.source,
         "trigger": trigger, "label_field": label_field, "train_limit": train_limit,
         "per_class": per_class, "l2": l2, "seed": seed, "filters": filters.describe(),
         **chat_settings(tpl.chat),
     }  # fmt: skip
+    if len(model_names) > 1:
+        config["models"] = list(model_names)
     record = {
         **provenance("labels", config),
         "model": model_record(lm),
+        **models_record(lms),
         "scores": {label: dict(words) for label, words in found.scores.items()},
         "train_accuracy": found.train_accuracy,
+        **({"model_accuracies": found.model_accuracies} if found.model_accuracies else {}),
         "examples": found.n,
     }
     write_json(run_record_path(output), record)

@@ -64,7 +64,10 @@ from autoprompt_py.errors import AutopromptError
 @click.option("--predictions", is_flag=True, help="Put per-fact ranks and top-10 in the JSON.")
 @ensemble_options(weights=False)
 @chat_options
-@model_options
+@model_options(
+    several="a transfer table, one column per model (P@1 with its interval), ranked by the "
+    "mean over the models."
+)
 def probe(
     facts,
     relation_templates,
@@ -82,18 +85,17 @@ def probe(
     calibrate,
     content_free,
     chat,
-    model_name,
+    model_names,
     device,
     dtype,
     batch_size,
 ) -> None:
     """Probe relational knowledge: P@1, P@10 and MRR per relation and template."""
-    from autoprompt_py.cli.common import load_model
+    from autoprompt_py.cli.common import load_models
+    from autoprompt_py.cli.transfer import probe_transfer, refuse_tuned
     from autoprompt_py.data import read_facts
     from autoprompt_py.distributed import require_rows
     from autoprompt_py.probing import (
-        KINDS,
-        averages,
         probe_templates,
         reported_kind,
         templates_by_relation,
@@ -101,6 +103,7 @@ def probe(
     from autoprompt_py.prompt import model_record
     from autoprompt_py.resources import check_trigger_ids, load_templates, with_chat
     from autoprompt_py.results import provenance, write_json
+    from autoprompt_py.several import models_record
     from autoprompt_py.template import chat_settings
     from autoprompt_py.tune.folder import attach_tuned, load_templates_or_tuned, read_tuned
     from autoprompt_py.vocab import read_vocab
@@ -110,7 +113,10 @@ def probe(
     rule, cf_texts = check_ensemble_options(ensemble, ensemble_rule, None, calibrate, content_free)
     named = [t for spec in relation_templates for t in load_templates_or_tuned(spec, "--relations")]
     if template:
-        named += [t.__class__(t.name, t.template, None) for t in load_templates_or_tuned(template)]
+        named += [
+            t.__class__(t.name, t.template, None)
+            for t in load_templates_or_tuned(template, kept=True)
+        ]
     if not named:
         named = load_templates("lama_trex")
     named = with_chat(named, chat)
@@ -123,28 +129,37 @@ def probe(
             "warning: --ensemble with one template per relation; reporting that template",
             err=True,
         )
-    quiet_transformers()
-    base = load_model(model_name, device, dtype)
     specs = [*relation_templates, *([template] if template else [])]
-    check_trigger_ids(
-        [t for spec in specs if read_tuned(spec) is None for t in load_templates(spec)],
-        base.vocab_size,
-        model_name,
-        kind=base.kind,
-    )
-    lm = attach_tuned(base, specs)
-    probes = probe_templates(
-        lm,
-        named,
-        fact_sets,
-        words,
-        batch_size,
-        per_relation,
-        dev_fraction if select_on == "dev" else None,
-        seed,
-        rule if ensemble else None,
-        cf_texts,
-    )
+    refuse_tuned(specs, model_names)
+    quiet_transformers()
+    runs, lms = [], load_models(model_names, device, dtype)
+    for model_name, base in zip(model_names, lms):
+        check_trigger_ids(
+            [
+                t
+                for spec in specs
+                if read_tuned(spec) is None
+                for t in load_templates(spec, kept=True)
+            ],
+            base.vocab_size,
+            model_name,
+            kind=base.kind,
+        )
+        lm = attach_tuned(base, specs)
+        probes = probe_templates(
+            lm,
+            named,
+            fact_sets,
+            words,
+            batch_size,
+            per_relation,
+            dev_fraction if select_on == "dev" else None,
+            seed,
+            rule if ensemble else None,
+            cf_texts,
+        )
+        runs.append(probes)
+    probes = runs[0]
     skipped_rel = [r for r in fact_sets if r not in {p.relation for p in probes}]
     if skipped_rel:
         click.echo(f"note: no template for {', '.join(skipped_rel)}; not probed", err=True)
@@ -170,20 +185,15 @@ def probe(
             f"figures on the facts outside a seeded dev split ({dev_fraction:.0%} of each "
             f"relation, seed {seed}); best template chosen on dev P@1"
         )
-    probe_table(probes, calibrate)
-    summary = {
-        kind: averages(probes, kind)
-        for kind in KINDS
-        if (kind != "best-dev" or split) and averages(probes, kind) is not None
-    }
-    if calibrate:
-        summary.update(
-            {
-                f"{kind}:calibrated": averages(probes, kind, True)
-                for kind in KINDS
-                if (kind != "best-dev" or split) and averages(probes, kind, True) is not None
-            }
-        )
+    if len(runs) > 1:
+        relations = probe_transfer(model_names, runs, seed)
+        summaries = [_summary(run, split, calibrate) for run in runs]
+        reported = {"averages": dict(zip(model_names, summaries))}
+    else:
+        probe_table(probes, calibrate)
+        summary = _summary(probes, split, calibrate)
+        relations = [p.to_json(primary, predictions) for p in probes]
+        reported = {**summary[primary], "averages": summary}
     if output is not None:
         write_json(
             output,
@@ -203,7 +213,8 @@ def probe(
                         "ensemble_rule": rule,
                         "calibrate": calibrate,
                         "content_free": list(cf_texts) if cf_texts else None,
-                        "model": model_name,
+                        "model": model_names[0],
+                        **({"models": list(model_names)} if len(model_names) > 1 else {}),
                         "model_kind": lm.kind,
                         "device": str(lm.device),
                         "dtype": dtype,
@@ -211,14 +222,34 @@ def probe(
                         **chat_settings(chat),
                     },
                 ),
-                "model": model_record(lm),
+                "model": model_record(lms[0]),
                 "reported": primary,
-                "relations": [p.to_json(primary, predictions) for p in probes],
-                **summary[primary],
-                "averages": summary,
+                **models_record(lms),
+                "relations": relations,
+                **reported,
             },
         )
         click.echo(f"wrote {output}")
+
+
+def _summary(probes, split: bool, calibrate: bool) -> dict:
+    """The micro and macro averages of each kind of reported member (and calibrated)."""
+    from autoprompt_py.probing import KINDS, averages
+
+    summary = {
+        kind: averages(probes, kind)
+        for kind in KINDS
+        if (kind != "best-dev" or split) and averages(probes, kind) is not None
+    }
+    if calibrate:
+        summary.update(
+            {
+                f"{kind}:calibrated": averages(probes, kind, True)
+                for kind in KINDS
+                if (kind != "best-dev" or split) and averages(probes, kind, True) is not None
+            }
+        )
+    return summary
 
 
 def _per_relation(value: str) -> int | None:

@@ -74,7 +74,10 @@ from autoprompt_py.cli.tables import notes, score_row, table
 @click.option("--predictions", is_flag=True, help="Put per-example predictions in the JSON.")
 @ensemble_options()
 @chat_options
-@model_options
+@model_options(
+    several="a transfer table, one column per model (each metric with its interval), ranked "
+    "by the mean over the models."
+)
 def score(
     data,
     templates,
@@ -95,30 +98,31 @@ def score(
     calibrate,
     content_free,
     chat,
-    model_name,
+    model_names,
     device,
     dtype,
     batch_size,
 ) -> None:
     """Score templates with a verbalizer on a labeled dataset; ensembles and calibration."""
-    from autoprompt_py.cli.common import load_model
+    from autoprompt_py.cli.common import load_models
+    from autoprompt_py.cli.transfer import refuse_tuned, score_transfer
     from autoprompt_py.data import check_fields, read_examples
     from autoprompt_py.distributed import require_rows
     from autoprompt_py.ensemble import parse_weights
     from autoprompt_py.evaluation import check_verbalizers, score_prompts
-    from autoprompt_py.prompt import model_record
     from autoprompt_py.resources import (
         check_trigger_ids,
         load_templates,
         load_verbalizer,
         with_chat,
     )
-    from autoprompt_py.results import provenance, write_json
     from autoprompt_py.template import chat_settings
     from autoprompt_py.tune.folder import attach_tuned, load_templates_or_tuned, read_tuned
 
     claim_output(output, force=force)  # before any work; locked until the command ends
-    named = with_chat([t for spec in templates for t in load_templates_or_tuned(spec)], chat)
+    named = with_chat(
+        [t for spec in templates for t in load_templates_or_tuned(spec, kept=True)], chat
+    )
     verbs = [(spec, load_verbalizer(spec)) for spec in verbalizers]
     n_members = len(named) * len(verbs)
     rule, cf_texts = check_ensemble_options(
@@ -135,32 +139,63 @@ def score(
             f"warning: --ensemble with one member ({named[0].name}); reporting that member",
             err=True,
         )
+    refuse_tuned(templates, model_names)
     quiet_transformers()
-    base = load_model(model_name, device, dtype)
-    check_trigger_ids(
-        [t for spec in templates if read_tuned(spec) is None for t in load_templates(spec)],
-        base.vocab_size,
-        model_name,
-        kind=base.kind,
-    )  # a tuned soft prompt's slots are ids past the vocabulary, on purpose
-    lm = attach_tuned(base, templates)
-    report = score_prompts(
-        lm,
-        named,
-        examples,
-        verbs,
-        aggregation,
-        batch_size,
-        bootstrap,
-        seed,
-        calibrate_with=cf_texts,
-        ensemble_rule=rule if ensemble else None,
-        weights=member_weights,
-    )
+    reports, lms = [], load_models(model_names, device, dtype)
+    for model_name, base in zip(model_names, lms):
+        check_trigger_ids(
+            [
+                t
+                for spec in templates
+                if read_tuned(spec) is None
+                for t in load_templates(spec, kept=True)
+            ],
+            base.vocab_size,
+            model_name,
+            kind=base.kind,
+        )  # a tuned soft prompt's slots are ids past the vocabulary, on purpose
+        lm = attach_tuned(base, templates)
+        report = score_prompts(
+            lm,
+            named,
+            examples,
+            verbs,
+            aggregation,
+            batch_size,
+            bootstrap,
+            seed,
+            calibrate_with=cf_texts,
+            ensemble_rule=rule if ensemble else None,
+            weights=member_weights,
+        )
+        reports.append(report)
+    report = reports[0]
     results = sorted(report.members, key=lambda r: -r.metrics[metric])
 
     notes(results, lm.max_length)
-    click.echo(f"{len(examples)} examples from {data}; model {model_name}; ranked by {metric}")
+    shown_examples = examples if predictions else None
+    if len(reports) > 1:
+        click.echo(f"{len(examples)} examples from {data}; {len(reports)} models")
+        scored = score_transfer(model_names, reports, metric, shown_examples)
+    else:
+        click.echo(f"{len(examples)} examples from {data}; model {model_name}; ranked by {metric}")
+        scored = _table(report, results, metric, calibrate, shown_examples)
+    if output is not None:
+        _write(output, scored, {
+            "data": str(data), "templates": list(templates), "verbalizer": verbalizers[0],
+            "verbalizers": list(verbalizers), "aggregation": aggregation,
+            "label_field": label_field, "limit": limit, "model": model_names[0],
+            **({"models": list(model_names)} if len(model_names) > 1 else {}),
+            "model_kind": lm.kind, "device": str(lm.device), "dtype": dtype,
+            "batch_size": batch_size, "bootstrap": bootstrap, "seed": seed,
+            "ensemble": ensemble, "ensemble_rule": rule, "weights": member_weights,
+            "calibrate": calibrate, "content_free": list(cf_texts) if cf_texts else None,
+            **chat_settings(chat),
+        }, len(examples), verbs, metric, lms)  # fmt: skip
+
+
+def _table(report, results, metric: str, calibrate: bool, examples) -> dict:
+    """One model's table, ranked by ``metric``; returns the JSON of its rows."""
     labels = report.labels
     header = ["rank", "n", "accuracy", "95% CI", "macro-F1"] + [f"R[{lab}]" for lab in labels]
     if calibrate:
@@ -170,48 +205,32 @@ def score(
         shown.append(("ens", report.ensemble))
     rows = [score_row(rank, r, labels) for rank, r in shown]
     table(header + ["template"], rows)
-    if output is not None:
-        write_json(
-            output,
-            {
-                **provenance(
-                    "score",
-                    {
-                        "data": str(data),
-                        "templates": list(templates),
-                        "verbalizer": verbalizers[0],
-                        "verbalizers": list(verbalizers),
-                        "aggregation": aggregation,
-                        "label_field": label_field,
-                        "limit": limit,
-                        "model": model_name,
-                        "model_kind": lm.kind,
-                        "device": str(lm.device),
-                        "dtype": dtype,
-                        "batch_size": batch_size,
-                        "bootstrap": bootstrap,
-                        "seed": seed,
-                        "ensemble": ensemble,
-                        "ensemble_rule": rule,
-                        "weights": member_weights,
-                        "calibrate": calibrate,
-                        "content_free": list(cf_texts) if cf_texts else None,
-                        **chat_settings(chat),
-                    },
-                ),
-                "model": model_record(lm),
-                "n": len(examples),
-                "verbalizer": verbs[0][1].words,
-                "verbalizers": {name: v.words for name, v in verbs},
-                "ranked_by": metric,
-                "label_scores": "log-softmax over the labels of the aggregated word scores",
-                "templates": [r.to_json(examples if predictions else None) for r in results],
-                "ensemble": report.ensemble.to_json(examples if predictions else None)
-                if report.ensemble is not None
-                else None,
-            },
-        )
-        click.echo(f"wrote {output}")
+    return {
+        "templates": [r.to_json(examples) for r in results],
+        "ensemble": report.ensemble.to_json(examples) if report.ensemble is not None else None,
+    }
+
+
+def _write(output, scored: dict, config: dict, n: int, verbs, metric: str, lms) -> None:
+    from autoprompt_py.prompt import model_record
+    from autoprompt_py.results import provenance, write_json
+    from autoprompt_py.several import models_record
+
+    write_json(
+        output,
+        {
+            **provenance("score", config),
+            "n": n,
+            "verbalizer": verbs[0][1].words,
+            "verbalizers": {name: v.words for name, v in verbs},
+            "ranked_by": metric,
+            "label_scores": "log-softmax over the labels of the aggregated word scores",
+            "model": model_record(lms[0]),
+            **models_record(lms),
+            **scored,
+        },
+    )
+    click.echo(f"wrote {output}")
 
 
 COMMANDS = [score]

@@ -23,7 +23,10 @@ from autoprompt_py.results import check_output_path
 
 
 @click.command("search")
-@model_options
+@model_options(
+    several="one trigger for all of them (the loss and the dev metric over the models, "
+    "see --across)."
+)
 @click.option(
     "--train",
     required=True,
@@ -112,7 +115,7 @@ from autoprompt_py.results import check_output_path
 @click.option("--force", is_flag=True, help="Replace an existing result and checkpoint.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def search(
-    model_name: str,
+    model_names: tuple[str, ...],
     device: str,
     dtype: str,
     batch_size: int,
@@ -143,7 +146,7 @@ def search(
     **settings,
 ) -> None:
     """Search trigger tokens for the [T] slots of a template (GCG or AutoPrompt)."""
-    from autoprompt_py.cli.common import load_model
+    from autoprompt_py.cli.common import load_models
     from autoprompt_py.errors import AutopromptError
     from autoprompt_py.search import SearchConfig, load_task, run_search
     from autoprompt_py.search.run import default_checkpoint
@@ -184,10 +187,11 @@ def search(
     require_rows(task.dev, dev or f"{train} (dev share)")
     config.check_slots(task.template.num_triggers)
     # float32 weights; --dtype runs the passes under autocast
-    lm = load_model(model_name, device, "float32")
+    lms = load_models(model_names, device, "float32")
     record = {
-        "model": model_name,
-        "device": str(lm.device),
+        "model": model_names[0],
+        **({"models": list(model_names)} if len(model_names) > 1 else {}),
+        "device": str(lms[0].device),
         "train": train,
         "dev": dev,
         "dev_fraction": None if dev else dev_fraction,
@@ -205,7 +209,7 @@ def search(
         **chat_settings(chat),
     }
     outcome = run_search(
-        lm,
+        lms if len(lms) > 1 else lms[0],
         task,
         config,
         filters,
@@ -227,6 +231,8 @@ def search(
         f"({r['method']}, {cost['seconds']:.1f} s, {cost['forward_passes']:,} forward passes); "
         f"wrote {output}"
     )
+    for m in r["dev"].get("models", []):  # several models: each one's figure
+        click.echo(f"  {m['model']}: dev {metric} {m[metric]:.4f}")
     if outcome.interrupted:
         click.echo("stopped: wrote the best trigger so far; continue with --resume", err=True)
         raise outcome.stop  # exit 130 for Ctrl-C, 143 for SIGTERM (cli/common.py)

@@ -109,6 +109,19 @@ class _MethodOption(click.Option):
         return super().get_help_record(ctx)
 
 
+def _default(name: str):
+    """A SearchConfig field's default: written once, in the dataclass."""
+    from autoprompt_py.search.config import SearchConfig
+
+    return SearchConfig.__dataclass_fields__[name].default
+
+
+def _across() -> list[str]:
+    from autoprompt_py.several import ACROSS
+
+    return list(ACROSS)
+
+
 def config_options(f: Callable) -> Callable:
     """The options that become the SearchConfig (collected as ``**settings``)."""
     options = [
@@ -242,6 +255,22 @@ def config_options(f: Callable) -> Callable:
             default=65536,
             show_default=True,
             help="Padded tokens per forward pass (memory budget); auto: from the free GPU memory.",
+        ),
+        click.option(
+            "--keep",
+            type=click.IntRange(min=1),
+            default=_default("keep"),
+            show_default=True,
+            help="The result lists the N best distinct triggers on dev, each with its dev "
+            "metrics (score --template RESULT scores them all).",
+        ),
+        click.option(
+            "--across",
+            type=click.Choice(_across()),
+            default=_default("across"),
+            show_default=True,
+            help="Several --model: the dev metric the search keeps is the mean over the "
+            "models, or the worst model's (min).",
         ),
         click.option(
             "--train-eval-limit",

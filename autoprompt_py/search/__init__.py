@@ -14,8 +14,9 @@ Modules: ``task`` (reading and checking the problem), ``tensors`` (a split as te
 ``config`` (the settings), ``state`` (the search state and checkpoints), ``budget`` (clock,
 cost, stopping rules), ``move`` (the method boundary) and ``method`` (the registry), the
 methods ``gcg`` and ``autoprompt``, ``engine`` (evaluation, best so far, restarts, the loop),
-``record`` (identity, warnings, the result), ``run`` (a whole run: locks, resume,
-checkpoints, progress bar, the result file).
+``best`` (the best so far, the kept triggers, the visited set), ``member`` (one model's
+part) and ``joint`` (several models at once), ``record`` (identity, warnings, the result),
+``run`` (a whole run: locks, resume, checkpoints, progress bar, the result file).
 """
 
 from autoprompt_py.lazy import lazy_exports

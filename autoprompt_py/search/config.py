@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.search.method import METHODS
 from autoprompt_py.search.move import Method
+from autoprompt_py.several import ACROSS
 
 POSITIONS = ("random", "sweep", "all")
 SELECT = ("loss", "metric")
@@ -49,7 +50,9 @@ class SearchConfig:
     the labels' scores only, which is what accuracy reads (relation mode: always the former).
     ``fluency`` W adds W × the trigger's pseudo-log-likelihood (``fluency.py``) to the score
     that selects among candidates (minus the mean loss, or the hit rate); the best on dev is
-    still the best dev metric.
+    still the best dev metric. ``keep`` N > 1: the result also lists the N best distinct
+    triggers on dev (``best.py``). ``across``: with several models (``joint.py``), how their
+    dev metrics combine into the one the search keeps (``several.ACROSS``: mean or min).
     """
 
     method: str = "gcg"
@@ -76,6 +79,8 @@ class SearchConfig:
     max_rows: int | None = None
     dtype: str = "float32"
     train_eval_limit: int | None = 2000
+    keep: int = 1  # the result lists the N best distinct triggers on dev (1: the best only)
+    across: str = "mean"  # several models: their dev metrics combined (several.ACROSS)
 
     def __post_init__(self) -> None:
         for name, allowed in (
@@ -84,6 +89,7 @@ class SearchConfig:
             ("select", SELECT),
             ("initial", INITIAL),
             ("objective", OBJECTIVES),
+            ("across", tuple(ACROSS)),
         ):
             if getattr(self, name) not in allowed:
                 raise AutopromptError(
@@ -100,6 +106,7 @@ class SearchConfig:
             "max_rows",
             "patience",
             "max_forward_passes",
+            "keep",
         ):
             _at_least(name.replace("_", "-"), getattr(self, name), 1, "a whole number ≥ 1")
         if self.max_batch_tokens != "auto":
@@ -137,4 +144,6 @@ class SearchConfig:
         keys += ["dtype", "fluency", "select", "objective"]
         keys += self.search_method.options
         keys += ["calibrate"] if self.calibrate else []  # older checkpoints still resume
+        keys += ["keep"] if self.keep != 1 else []  # the state keeps that many
+        keys += ["across"] if self.across != "mean" else []
         return {k: getattr(self, k) for k in keys}

@@ -32,12 +32,8 @@ from autoprompt_py import distributed
 from autoprompt_py.errors import AutopromptError, raise_pending_stop
 from autoprompt_py.model import MaskedLM
 from autoprompt_py.model_kind import CAUSAL
+from autoprompt_py.search.best import Best, Known
 from autoprompt_py.search.budget import Budget, BudgetSpent
-from autoprompt_py.search.calibrated import (
-    CalibratedObjective,
-    content_free_split,
-    search_p_cf,
-)
 from autoprompt_py.search.candidates import (
     TokenFilters,
     VocabStrings,
@@ -45,25 +41,31 @@ from autoprompt_py.search.candidates import (
     special_tokens,
 )
 from autoprompt_py.search.config import SearchConfig
-from autoprompt_py.search.encoded import EncodedTask
 from autoprompt_py.search.fluency import TriggerFluency
+from autoprompt_py.search.joint import (
+    JointFluency,
+    JointScored,
+    JointScorer,
+    JointSplit,
+    joined,
+    joint_embeddings,
+)
+from autoprompt_py.search.member import Member
 from autoprompt_py.search.move import Method
 from autoprompt_py.search.scored import Scored
-from autoprompt_py.search.scorer import (
-    ClassificationObjective,
-    TriggerScorer,
-)
 from autoprompt_py.search.state import SearchState
 from autoprompt_py.search.task import SearchTask
 from autoprompt_py.search.tensors import SplitTensors
+from autoprompt_py.several import check_shared_vocabulary, shared_rows
 
 
 class TriggerSearch:
-    """A trigger search over one task and model: encodes the data once, then ``step``s."""
+    """A trigger search over one task and model (or several models sharing a vocabulary,
+    ``joint.py``): encodes the data once, then ``step``s."""
 
     def __init__(
         self,
-        lm: MaskedLM,
+        lm: MaskedLM | Sequence[MaskedLM],
         task: SearchTask,
         config: SearchConfig | None = None,
         filters: TokenFilters | None = None,
@@ -72,32 +74,35 @@ class TriggerSearch:
         filters = filters or TokenFilters()
         config = (config or SearchConfig()).for_mode(task.mode)
         config.check_slots(task.template.num_triggers)
-        self.lm, self.task, self.config, self.filters = lm, task, config, filters
+        lms = list(lm) if isinstance(lm, (list, tuple)) else [lm]
+        check_shared_vocabulary(lms)
+        self.lms, self.lm, self.task, self.config, self.filters = lms, lms[0], task, config, filters
         self.method = method or config.search_method
-        template = task.template
-        self.encoded = EncodedTask.build(lm, task, config)
-        self.objective = self.encoded.objective
-        self.train, self.dev = self.encoded.train, self.encoded.dev
-        label_ids = self.encoded.label_ids
-        tokenizer = lm.tokenizer
-        self.scorer = TriggerScorer(
-            lm, self.objective, config.max_batch_tokens, config.max_rows, config.dtype
-        )
-        self.dev_plan = self.scorer.plan(self.dev)
-        self.vocab = VocabStrings.of(tokenizer, lm.vocab_size)
-        self.allowed = allowed_tokens(tokenizer, lm.vocab_size, filters, label_ids, self.vocab).to(
-            lm.device
+        self.members = [Member(m, task, config) for m in lms]
+        self._join_members()
+        rows, tokenizer = shared_rows(lms), self.lm.tokenizer
+        label_ids = sorted({i for m in self.members for i in m.encoded.label_ids})
+        self.vocab = VocabStrings.of(tokenizer, rows)
+        self.allowed = allowed_tokens(tokenizer, rows, filters, label_ids, self.vocab).to(
+            self.lm.device
         )
         self.special = special_tokens(tokenizer, self.vocab)
-        self.embeddings = lm.embeddings.detach()
-        if self.embeddings.dtype != torch.float32:
-            self.embeddings = self.embeddings.float()
+        # [vocab, dim] (several models: side by side, see joint.py)
+        self.embeddings = joint_embeddings(lms, rows)
         # the trigger's pseudo-log-likelihood: --fluency's selection term, and the result's
         # pseudo-perplexity (one row per slot, in the template without its fields)
-        self.fluency = TriggerFluency(lm, template)
+        self.fluency = joined([TriggerFluency(m, task.template) for m in lms], JointFluency)
         self.budget = Budget(config, self.scorer)
-        self._content_free: SplitTensors | None = None  # --calibrate's rows
+        self.best = Best(self.special_slots, config.keep)
         self.method.prepare(self)
+
+    def _join_members(self) -> None:
+        """The members' objective (the first's: one tokenizer), splits and scorers, joined."""
+        first = self.members[0]
+        self.encoded, self.objective, self.dev_plan = first.encoded, first.objective, first.dev_plan
+        self.train = joined([m.train for m in self.members], JointSplit)
+        self.dev = joined([m.dev for m in self.members], JointSplit)
+        self.scorer = joined([m.scorer for m in self.members], JointScorer)
 
     def reconfigure(self, config: SearchConfig) -> TriggerSearch:
         """The same encoded task under other search settings (memory budgets must agree):
@@ -107,19 +112,16 @@ class TriggerSearch:
         config.check_slots(self.task.template.num_triggers)
         other.config = config
         other.method = config.search_method
-        if isinstance(self.objective, ClassificationObjective):
-            other.objective = ClassificationObjective(
-                self.objective.verbalizer, config.objective == "labels"
-            )
-        other.scorer = TriggerScorer(
-            self.lm, other.objective, config.max_batch_tokens, config.max_rows, config.dtype
-        )
+        other.members = [m.reconfigure(config) for m in self.members]
+        other._join_members()
         other.budget = Budget(config, other.scorer)
+        other.best = Best(other.special_slots, config.keep)
         return other
 
-    def encode(self, examples: Sequence) -> SplitTensors:
+    def encode(self, examples: Sequence) -> SplitTensors | JointSplit:
         """Another split (a test set), encoded and judged as dev is."""
-        return self.encoded.encode(examples, self.objective)
+        parts = [m.encoded.encode(examples, m.objective) for m in self.members]
+        return joined(parts, JointSplit)
 
     # -- words ----------------------------------------------------------------------------------
 
@@ -149,28 +151,22 @@ class TriggerSearch:
     # -- evaluation -----------------------------------------------------------------------------
 
     def evaluate(
-        self, split: SplitTensors, trigger: Sequence[int], index: np.ndarray | None = None
-    ) -> Scored:
-        """A trigger on a split (or on its rows ``index``)."""
-        plan = (
-            self.dev_plan if split is self.dev and index is None else self.scorer.plan(split, index)
-        )
-        scorer, objective = self.scorer, self.objective
-        if self.config.calibrate and split is self.dev:
-            # the dev metric that picks the best trigger, on calibrated probabilities
-            if self._content_free is None:  # encoded once, at the first calibrated evaluation
-                self._content_free = content_free_split(self)
-            p_cf = search_p_cf(self, trigger, self._content_free)
-            objective = CalibratedObjective(objective, p_cf)
-            scorer = copy.copy(scorer)
-            scorer.objective = objective
-        ev = scorer.evaluate(split, self.ids(trigger), plan)
-        rows = torch.cat([idx for idx, _ in plan])
-        gold = split.gold[rows]
-        outcome, loss = ev.outcome[rows], ev.loss[rows]
-        # a count divided in Python: the loop's comparisons and the full metrics agree exactly
-        hits = int(objective.hits(outcome, gold).sum())
-        return Scored(hits / len(rows), objective, outcome, gold, loss)
+        self,
+        split: SplitTensors | JointSplit,
+        trigger: Sequence[int],
+        index: np.ndarray | None = None,
+    ) -> Scored | JointScored:
+        """A trigger on a split (or on its rows ``index``): on every model, their metrics
+        combined ``across`` them (``joint.JointScored``). ``--calibrate``: the dev metric
+        that picks the best trigger is on calibrated probabilities."""
+        calibrate = self.config.calibrate and split is self.dev
+        parts = [
+            m.evaluate(part, trigger, index, calibrate)
+            for m, part in zip(self.members, split.parts)
+        ]
+        if len(parts) == 1:
+            return parts[0]
+        return JointScored(parts, [lm.name for lm in self.lms], self.config.across)
 
     def metrics(
         self, split: SplitTensors, trigger: Sequence[int], index: np.ndarray | None = None
@@ -221,42 +217,12 @@ class TriggerSearch:
         """Search seconds so far: the state's, plus the running iteration's."""
         return self.budget.seconds(state)
 
-    # -- best so far ----------------------------------------------------------------------------
-
-    def _better(self, scored: Scored, trigger: Sequence[int], best: dict | None) -> bool:
-        if self.special_slots(trigger):
-            return False
-        if best is None:
-            return True
-        return (scored.metric, -scored.mean_loss) > (best["dev"], -best["dev_loss"])
+    # -- best so far (best.py) ------------------------------------------------------------------
 
     def _consider(self, state: SearchState, trigger: list[int], scored: Scored) -> bool:
-        """Update this restart's and the overall best with a dev-evaluated trigger; True if
-        the overall best improved. Then a point on the curve."""
-        record = {
-            "trigger": list(trigger),
-            "dev": scored.metric,
-            "dev_loss": scored.mean_loss,
-            "iteration": state.restart_iteration,
-        }
-        if self._better(scored, trigger, state.restart_best):
-            state.restart_best = record
-        overall = (
-            None
-            if state.best_dev is None
-            else {"dev": state.best_dev, "dev_loss": state.best_dev_metrics["loss"]}
-        )
-        improved = self._better(scored, trigger, overall)
-        fewer = len(self.special_slots(trigger)) <= len(self.special_slots(state.best_trigger))
-        if state.best_dev is None and not improved and fewer:
-            # no fully real trigger yet: show the one with the fewest special tokens, unranked
-            state.best_trigger = list(trigger)
-            state.best_dev_metrics = scored.full()
-        if improved:
-            state.best_trigger = list(trigger)
-            state.best_iteration = state.iteration
-            state.best_dev = scored.metric
-            state.best_dev_metrics = scored.full()
+        """Update the best so far with a dev-evaluated trigger (``best.Best``); True if the
+        overall best improved. Then a point on the curve."""
+        improved = self.best.consider(state, trigger, scored)
         state.curve.append(
             [
                 round(self.seconds(state), 3),
@@ -265,6 +231,11 @@ class TriggerSearch:
             ]
         )
         return improved
+
+    def dev_scored(self, state: SearchState, trigger: Sequence[int]) -> Scored | Known:
+        """A trigger on dev: read from the visited set, or evaluated."""
+        evaluate = lambda: self.evaluate(self.dev, trigger)  # noqa: E731
+        return self.best.known(state, trigger, evaluate) or evaluate()
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -287,7 +258,7 @@ class TriggerSearch:
         if initial is None:
             initial = self.initial_ids(rng, self.config.initial)
         initial = [int(i) for i in initial]
-        if any(not 0 <= i < self.lm.vocab_size for i in initial):
+        if any(not 0 <= i < len(self.vocab) for i in initial):
             raise AutopromptError("initial trigger ids are outside this model's vocabulary")
         state = SearchState(
             iteration=0,
@@ -335,7 +306,7 @@ class TriggerSearch:
         iteration = state.iteration + 1
         self.budget.check()  # the step's own passes (the fluency bonus) may have spent it
         if move.moved:
-            scored = self.evaluate(self.dev, move.trigger)
+            scored = self.dev_scored(state, move.trigger)
             dev, dev_loss = scored.metric, scored.mean_loss
         else:
             dev, dev_loss = state.current_dev, None
@@ -385,7 +356,7 @@ class TriggerSearch:
         self.budget.begin(state)
         record = self.restart_record(state)
         initial = self.initial_ids(rng, "random")
-        scored = self.evaluate(self.dev, initial)
+        scored = self.dev_scored(state, initial)
         # commit: nothing above touched the state (Ctrl-C in the evaluation redoes it)
         state.restarts.append(record)
         state.restart += 1

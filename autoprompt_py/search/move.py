@@ -34,9 +34,9 @@ class SearchView(Protocol):
     """The engine as a method sees it (``TriggerSearch`` implements it)."""
 
     config: Any  # the SearchConfig: its fields are every method's options
-    train: Any  # the training split, encoded (``SplitTensors``)
-    scorer: Any  # the model passes (``TriggerScorer``): gradient, candidate losses
-    embeddings: torch.Tensor  # [vocab, dim] float32 input embeddings
+    train: Any  # the training split, encoded (``SplitTensors``; several models: ``JointSplit``)
+    scorer: Any  # the model passes (``TriggerScorer``, ``JointScorer``): gradient, candidates
+    embeddings: torch.Tensor  # [vocab, dim] float32 input embeddings (several: side by side)
     allowed: torch.Tensor  # [vocab] bool: tokens the filters allow in a trigger
     counts: dict  # rows per split (read by nothing in a step; for warnings)
 

@@ -12,6 +12,7 @@ from autoprompt_py.results import provenance
 from autoprompt_py.search.engine import TriggerSearch
 from autoprompt_py.search.scorer import Cost
 from autoprompt_py.search.state import SearchState
+from autoprompt_py.several import models_record
 
 log = logging.getLogger("autoprompt_py.search")
 # the result's warnings are logged for a notebook's logging setup, and never printed by
@@ -21,18 +22,26 @@ log.addHandler(logging.NullHandler())
 
 def identity(search: TriggerSearch) -> dict:
     """What a checkpoint must match to be resumed: model, data, task and key settings."""
-    emb = search.lm.embeddings.detach()
-    stride = max(1, len(emb) // 512)  # a sample of rows tells models apart cheaply
-    sample = emb[::stride].float().cpu().contiguous().numpy().tobytes()
+    models = [model_identity(lm) for lm in search.lms]
     return {
-        "model": {
-            "vocab_size": search.lm.vocab_size,
-            "embedding_size": int(emb.shape[1]),
-            "weights_sha256": hashlib.sha256(sample).hexdigest(),
-        },
+        "model": models[0],
+        **({"models": models} if len(models) > 1 else {}),
         **search.task.identity,
         "filters": search.filters.describe(),
         "config": search.config.identity(),
+    }
+
+
+def model_identity(lm) -> dict:
+    """A model as a checkpoint tells it apart: its sizes and a hash of a sample of its
+    embedding rows."""
+    emb = lm.embeddings.detach()
+    stride = max(1, len(emb) // 512)  # a sample of rows tells models apart cheaply
+    sample = emb[::stride].float().cpu().contiguous().numpy().tobytes()
+    return {
+        "vocab_size": lm.vocab_size,
+        "embedding_size": int(emb.shape[1]),
+        "weights_sha256": hashlib.sha256(sample).hexdigest(),
     }
 
 
@@ -55,6 +64,20 @@ def warnings(search: TriggerSearch, state: SearchState, interrupted: bool = Fals
     for w in out:
         log.warning(w)
     return out
+
+
+def kept(search: TriggerSearch, state: SearchState) -> dict:
+    """``kept`` (with ``--keep`` N > 1): the N best distinct triggers on dev, best first, each
+    with its filled template and dev metrics; ``score --template RESULT`` scores them all."""
+    if search.config.keep <= 1:
+        return {}
+    template = search.task.template
+    out = []
+    for ids, _, _, dev in state.kept:
+        words = search.words(ids)
+        prompt = template.with_triggers(ids, words).render("token")
+        out.append({"trigger": search.trigger_record(ids), "prompt": prompt, "dev": dev})
+    return {"kept": out}
 
 
 def result(
@@ -95,6 +118,7 @@ def result(
         "verbalizer": task.verbalizer.words if task.verbalizer else None,
         "aggregation": task.aggregation if task.verbalizer else None,
         "model": model_record(search.lm),
+        **models_record(search.lms),
         "method": search.config.method,
         "metric": search.objective.metric,
         "train": train_metrics,
@@ -111,6 +135,7 @@ def result(
         "unreplaced_slots": search.special_slots(best),
         "pseudo_perplexity": search.fluency.perplexity(best),
         "warnings": warnings(search, state, interrupted),
+        **kept(search, state),
         **(extra or {}),
         "data": data,
         "filters": search.filters.describe(),

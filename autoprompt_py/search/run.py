@@ -106,7 +106,7 @@ def _progress_bar(
 
 
 def run_search(
-    lm: MaskedLM,
+    lm: MaskedLM | Sequence[MaskedLM],
     task: SearchTask,
     config: SearchConfig | None = None,
     filters: TokenFilters | None = None,
@@ -125,7 +125,7 @@ def run_search(
     is sized from the device's free memory. Ctrl-C (KeyboardInterrupt, or SIGTERM under the
     CLI) stops the search: the best trigger so far is written and the outcome says
     ``interrupted``. ``record`` is more configuration written into the result (the CLI passes
-    its options).
+    its options). Several models (a list of ``lm``) are searched together (``joint.py``).
     """
     started = time.perf_counter()
     filters = filters or TokenFilters()
@@ -135,7 +135,8 @@ def run_search(
         from autoprompt_py.memory import auto_max_batch_tokens
 
         # one budget for all ranks: the GPU with the least free memory decides
-        tokens = distributed.agree_min(auto_max_batch_tokens(lm, config.dtype))
+        lms = lm if isinstance(lm, (list, tuple)) else [lm]
+        tokens = distributed.agree_min(min(auto_max_batch_tokens(m, config.dtype) for m in lms))
         config = dataclasses.replace(config, max_batch_tokens=tokens)
     checkpoint = default_checkpoint(output, checkpoint)
     with output_lock(output, checkpoint):
@@ -166,7 +167,7 @@ def default_checkpoint(
 
 
 def _run(
-    lm: MaskedLM,
+    lm: MaskedLM | Sequence[MaskedLM],
     task: SearchTask,
     config: SearchConfig,
     filters: TokenFilters,
@@ -189,7 +190,7 @@ def _run(
         state = from_main(lambda: load_checkpoint(checkpoint, identity))
     else:
         initial = (
-            trigger_ids_from_words(lm.tokenizer, task.template, initial_trigger)
+            trigger_ids_from_words(search.lm.tokenizer, task.template, initial_trigger)
             if initial_trigger is not None
             else None
         )

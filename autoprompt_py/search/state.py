@@ -48,6 +48,10 @@ class SearchState:
     seconds: float = 0.0  # search time spent (start and iterations, over resumes)
     cost: dict = field(default_factory=dict)  # objective.Cost as a dict
     curve: list[list] = field(default_factory=list)  # [seconds, forward passes, best dev]
+    # best.py: every real trigger evaluated on dev [ids, dev, dev loss], and with --keep N > 1
+    # the N best [ids, dev, dev loss, full dev metrics], best first
+    visited: list[list] = field(default_factory=list)
+    kept: list[list] = field(default_factory=list)
 
 
 def save_checkpoint(path: str | Path, identity: dict, state: SearchState) -> None:
@@ -168,6 +172,7 @@ def _fits(value: object, hint: object) -> bool:
 
 _WHAT = {
     "model": "model",
+    "models": "set of models",
     "template": "template",
     "train": "train data",
     "dev": "dev data",

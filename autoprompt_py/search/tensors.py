@@ -109,6 +109,11 @@ class SplitTensors:
         return self.size
 
     @property
+    def parts(self) -> tuple[SplitTensors, ...]:
+        """The split of each model of the search: this one (``joint.JointSplit``: several)."""
+        return (self,)
+
+    @property
     def encoded(self) -> int:
         """How many rows have been encoded so far."""
         return int(self._encoded.sum())

@@ -142,11 +142,12 @@ def check_model_folder(model: str | None) -> None:
         raise module.not_a_model(model, result)
 
 
-def load_templates_or_tuned(spec: str, option: str = "--template"):
-    """``resources.load_templates``, or a tuned folder's template."""
+def load_templates_or_tuned(spec: str, option: str = "--template", kept: bool = False):
+    """``resources.load_templates`` (``kept``: every trigger a search result kept), or a
+    tuned folder's template."""
     from autoprompt_py.resources import load_templates
 
-    return tuned_templates(spec) or load_templates(spec, option)
+    return tuned_templates(spec) or load_templates(spec, option, kept)
 
 
 def attach_tuned(lm, specs):
