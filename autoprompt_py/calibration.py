@@ -17,7 +17,7 @@ import numpy as np
 from autoprompt_py.data import Example
 from autoprompt_py.ensemble import log_normalise
 from autoprompt_py.errors import AutopromptError
-from autoprompt_py.model import MaskedLM
+from autoprompt_py.language_model import LanguageModel
 from autoprompt_py.scoring import classify
 from autoprompt_py.template import Template
 from autoprompt_py.verbalizer import ResolvedVerbalizer
@@ -67,7 +67,7 @@ def calibrate(log_probs: np.ndarray, p_cf: np.ndarray) -> np.ndarray:
 
 
 def label_p_cf(
-    lm: MaskedLM,
+    lm: LanguageModel,
     template: Template,
     verbalizer: ResolvedVerbalizer,
     texts: Sequence[str],

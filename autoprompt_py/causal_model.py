@@ -15,8 +15,6 @@ padding, which the attention mask hides); the user's files are never touched.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -26,12 +24,13 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from autoprompt_py.errors import AutopromptError
+from autoprompt_py.language_model import LanguageModel
 from autoprompt_py.model_kind import CAUSAL
 
 
 @dataclass
-class CausalLM:
-    """A frozen decoder with its tokenizer, on one device (the interface of ``MaskedLM``)."""
+class CausalLM(LanguageModel):
+    """A frozen decoder with its tokenizer, on one device (``language_model.LanguageModel``, as ``MaskedLM``)."""
 
     model: nn.Module
     tokenizer: PreTrainedTokenizerBase
@@ -40,6 +39,8 @@ class CausalLM:
     # loaded with --trust-remote-code: a reload of the same model (tune --method head) may too
     trust_remote_code: bool = False
     kind: ClassVar[str] = CAUSAL
+    reads_next_token: ClassVar[bool] = True  # the slot is the token after the text before it
+    triggers_round_trip: ClassVar[bool] = True  # BPE/SentencePiece merges: nanoGCG's filter
 
     def __post_init__(self) -> None:
         self.model.eval()
@@ -53,23 +54,6 @@ class CausalLM:
             raise AutopromptError(f"--model {self.name}: this decoder has no LM head to score with")
         head.register_forward_pre_hook(self._gather_hook)
         self.uses_token_type_ids = False  # GPT-2's token types are not segments: never sent
-
-    @property
-    def device(self) -> torch.device:
-        return self.embeddings.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.embeddings.dtype
-
-    @property
-    def embeddings(self) -> torch.Tensor:
-        """The input embedding matrix, [vocab, embedding dim]."""
-        return self.model.get_input_embeddings().weight
-
-    @property
-    def vocab_size(self) -> int:
-        return self.embeddings.shape[0]
 
     @property
     def trigger_fill_id(self) -> int:
@@ -99,16 +83,6 @@ class CausalLM:
         rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
         return (hidden[rows, self._gather_at], *args[1:])
 
-    @contextlib.contextmanager
-    def head_at(self, positions: torch.Tensor) -> Iterator[None]:
-        """Within it, a forward of ``self.model`` (or a wrapper of it) runs the LM head at
-        ``positions`` ([batch, k]) only: logits [batch, k, vocab] of the token after each."""
-        self._gather_at = positions
-        try:
-            yield
-        finally:
-            self._gather_at = None
-
     def mask_logits(
         self,
         mask_positions: torch.Tensor,
@@ -124,12 +98,7 @@ class CausalLM:
             kwargs["inputs_embeds"] = inputs_embeds
         else:
             kwargs["input_ids"] = input_ids
-        autocast = (
-            torch.autocast(self.device.type, dtype=self.autocast_dtype)
-            if self.autocast_dtype is not None
-            else contextlib.nullcontext()
-        )
-        with self.head_at(mask_positions), autocast:
+        with self.head_at(mask_positions), self.autocast():
             out = self.model(**kwargs, return_dict=True)
         return out.logits
 
@@ -158,12 +127,7 @@ class CausalLM:
         if p_max < 1:
             return self.mask_logits(mask_positions, attention_mask, input_ids=input_ids)
         prefix_mask = (torch.arange(p_max, device=lead.device)[None, :] < lead[:, None]).long()
-        autocast = (
-            torch.autocast(self.device.type, dtype=self.autocast_dtype)
-            if self.autocast_dtype is not None
-            else contextlib.nullcontext()
-        )
-        with autocast:
+        with self.autocast():
             cache = self.model(
                 input_ids=input_ids[::group, :p_max],
                 attention_mask=prefix_mask,
@@ -179,7 +143,7 @@ class CausalLM:
         rest_mask = (steps[None, :] < (lengths - starts)[:, None]).long()
         rest_ids = input_ids.gather(1, take) * rest_mask
         full_mask = torch.cat([prefix_mask.repeat_interleave(group, 0), rest_mask], 1)
-        with self.head_at(mask_positions - starts[:, None]), autocast:
+        with self.head_at(mask_positions - starts[:, None]), self.autocast():
             out = self.model(
                 input_ids=rest_ids,
                 attention_mask=full_mask,
@@ -190,9 +154,25 @@ class CausalLM:
             )
         return out.logits
 
-    def word_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Input embeddings of ids, as the model's embedding layer looks them up."""
-        return self.model.get_input_embeddings()(input_ids)
+    def peft_task_type(self, peft: Any, method: str) -> Any:
+        return peft.TaskType.CAUSAL_LM  # loads back as PeftModelForCausalLM
+
+    def sequence_head_options(self) -> dict[str, Any]:
+        """The head reads the last token that is not pad: a pad id must be set (eos where the
+        tokenizer has none)."""
+        tok = self.tokenizer
+        return {
+            "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        }
+
+    def head_input_ids(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_id: int | None
+    ) -> torch.Tensor:
+        """Right padding filled with the pad id: the head reads the last token that is not."""
+        return input_ids.masked_fill(attention_mask == 0, pad_id)
+
+    def prefix_key_values(self, ids: list[int], layers: int) -> torch.Tensor:
+        return _cached_key_values(self, ids)  # a decoder's cache holds its keys after RoPE
 
 
 def load_causal(
@@ -235,3 +215,19 @@ def load_causal(
         tokenizer.mask_token = None
     trusted = bool(kwargs.get("trust_remote_code", False))
     return CausalLM(model.to(device), tokenizer, name, autocast_dtype, trusted)
+
+
+def _cached_key_values(lm: CausalLM, ids: list[int]) -> torch.Tensor:
+    """``CausalLM.prefix_key_values``: the keys and values its cache holds after reading
+    ``ids`` (positions 0..n-1), as PEFT's prefix embedding lays them out."""
+    input_ids = torch.tensor([ids], device=lm.device)
+    with torch.no_grad():
+        out = lm.model(
+            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=True
+        )
+    cache = getattr(out, "cache", None) or out.past_key_values
+    rows = []
+    for layer in cache.layers:  # [1, kv heads, n, head size] each
+        k, v = (t[0].transpose(0, 1).reshape(len(ids), -1) for t in (layer.keys, layer.values))
+        rows.append(torch.cat([k, v], dim=-1))
+    return torch.cat(rows, dim=-1).float().cpu()

@@ -22,8 +22,7 @@ from autoprompt_py.chat import render, tokenize_rendered
 from autoprompt_py.data import Example
 from autoprompt_py.encoding import TemplateEncoder
 from autoprompt_py.errors import AutopromptError, warn
-from autoprompt_py.model import MaskedLM
-from autoprompt_py.model_kind import CAUSAL
+from autoprompt_py.language_model import LanguageModel
 from autoprompt_py.template import Field, Literal, Part, Predict, Template, Trigger
 
 
@@ -33,15 +32,15 @@ def slot_is_last(template: Template) -> bool:
 
 
 def needs_continuation(
-    lm: MaskedLM, template: Template, candidates: Sequence[Sequence[int]] | None
+    lm: LanguageModel, template: Template, candidates: Sequence[Sequence[int]] | None
 ) -> bool:
     """True for a decoder that must score candidates as continuations (see the module doc)."""
-    if lm.kind != CAUSAL:
+    if not lm.reads_next_token:
         return False
     return not slot_is_last(template) or any(len(c) > 1 for c in candidates or ())
 
 
-def require_slot_last(lm: MaskedLM, template: Template) -> None:
+def require_slot_last(lm: LanguageModel, template: Template) -> None:
     """Ranking the whole vocabulary on a decoder reads the next token, so [Y] must be last
     (text after it would make every token of the vocabulary a continuation to score)."""
     if needs_continuation(lm, template, None):
@@ -53,11 +52,11 @@ def require_slot_last(lm: MaskedLM, template: Template) -> None:
 
 
 def require_next_token(
-    lm: MaskedLM, template: Template, mask_counts: Sequence[int], command: str
+    lm: LanguageModel, template: Template, mask_counts: Sequence[int], command: str
 ) -> None:
     """``command`` on a decoder reads the next token at the slot: the slot must be last and
     every answer one token (continuation losses are not searched over there)."""
-    if lm.kind != CAUSAL:
+    if not lm.reads_next_token:
         return
     if not slot_is_last(template):
         raise AutopromptError(
@@ -72,7 +71,7 @@ def require_next_token(
         )
 
 
-def written_out(lm: MaskedLM, template: Template, example: Example, answer: str) -> str:
+def written_out(lm: LanguageModel, template: Template, example: Example, answer: str) -> str:
     """The example's text as a user would write it, with ``answer`` in the slot; in a chat,
     the text before the slot rendered as the user's message by the chat template, and the
     answer right after its generation prompt."""
@@ -84,7 +83,7 @@ def written_out(lm: MaskedLM, template: Template, example: Example, answer: str)
     return render(lm.tokenizer, template.chat, user) + _joined(lm, parts[at:], example, answer)
 
 
-def _joined(lm: MaskedLM, parts: Sequence[Part], example: Example, answer: str) -> str:
+def _joined(lm: LanguageModel, parts: Sequence[Part], example: Example, answer: str) -> str:
     out: list[str] = []
     for p in parts:
         if isinstance(p, Literal):
@@ -101,14 +100,14 @@ def _joined(lm: MaskedLM, parts: Sequence[Part], example: Example, answer: str) 
 
 
 def report_boundary_merges(
-    lm: MaskedLM, template: Template, example: Example, words: Sequence[str],
+    lm: LanguageModel, template: Template, example: Example, words: Sequence[str],
     pieces: Sequence[Sequence[int]],
 ) -> None:  # fmt: skip
     """Warn when a label word's row (the template's pieces, each tokenized on its own) is not
     what the tokenizer makes of the text written out: a merge across a boundary, or a
     SentencePiece ``▁`` before text that follows without a space. Checked on one example."""
     vocab = len(lm.tokenizer)  # a soft prompt's slots are ids past it: they have no text
-    if lm.kind != CAUSAL or any(t is None or t >= vocab for t in template.trigger_ids):
+    if not lm.reads_next_token or any(t is None or t >= vocab for t in template.trigger_ids):
         return
     encoder = TemplateEncoder(template, lm.tokenizer, lm.max_length, n_masks=1)
     enc = encoder.encode(example)
@@ -161,7 +160,7 @@ def check_aggregation(aggregation: str, template_name: str) -> None:
 
 
 def continuation_log_probs(
-    lm: MaskedLM,
+    lm: LanguageModel,
     template: Template,
     examples: Sequence[Example],
     candidates: Sequence[Sequence[int]],
@@ -226,7 +225,7 @@ def continuation_log_probs(
 
 
 def _sequence_log_probs(
-    lm: MaskedLM,
+    lm: LanguageModel,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     positions: torch.Tensor,

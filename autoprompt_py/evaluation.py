@@ -12,8 +12,8 @@ from autoprompt_py.calibration import calibrate, label_p_cf
 from autoprompt_py.data import Example, labels_of
 from autoprompt_py.ensemble import combine, log_normalise
 from autoprompt_py.errors import AutopromptError, shown
+from autoprompt_py.language_model import LanguageModel
 from autoprompt_py.metrics import classification_metrics
-from autoprompt_py.model import MaskedLM
 from autoprompt_py.resources import NamedTemplate
 from autoprompt_py.scoring import classify
 from autoprompt_py.template import Template
@@ -116,7 +116,7 @@ def check_verbalizers(
 
 
 def score_prompts(
-    lm: MaskedLM,
+    lm: LanguageModel,
     templates: Sequence[NamedTemplate],
     examples: Sequence[Example],
     verbalizers: Sequence[tuple[str, Verbalizer]],
@@ -201,7 +201,7 @@ def _ensemble(members, labels, gold, rule, weights, bootstrap, seed) -> Template
 
 
 def score_templates(
-    lm: MaskedLM,
+    lm: LanguageModel,
     templates: Sequence[NamedTemplate],
     examples: Sequence[Example],
     verbalizer: Verbalizer,

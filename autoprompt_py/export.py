@@ -33,8 +33,8 @@ import torch
 
 from autoprompt_py import remote_code
 from autoprompt_py.errors import AutopromptError
-from autoprompt_py.model import MaskedLM, config_value
-from autoprompt_py.model_kind import CAUSAL
+from autoprompt_py.language_model import LanguageModel
+from autoprompt_py.model import config_value
 from autoprompt_py.prompt import FoundPrompt, model_record
 from autoprompt_py.results import (
     atomic_write,
@@ -90,7 +90,7 @@ def check_target(out: str | Path, force: bool, fmt: str) -> Path:
 
 
 def export_prompt(
-    prompt: FoundPrompt, lm: MaskedLM, fmt: str, out: str | Path, force: bool = False
+    prompt: FoundPrompt, lm: LanguageModel, fmt: str, out: str | Path, force: bool = False
 ) -> Path:
     """Write ``prompt`` in one of ``FORMATS``; returns the path written."""
     writer = {"peft": to_peft, "optiprompt": to_optiprompt, "embeddings": to_embeddings}
@@ -99,7 +99,7 @@ def export_prompt(
     return writer[fmt](prompt, lm, out, force=force)
 
 
-def manifest(prompt: FoundPrompt, lm: MaskedLM, fmt: str, files: dict[str, str]) -> dict:
+def manifest(prompt: FoundPrompt, lm: LanguageModel, fmt: str, files: dict[str, str]) -> dict:
     """What an export folder records: the prompt, the model, and the usual provenance."""
     head = provenance(
         "export",
@@ -118,7 +118,9 @@ def manifest(prompt: FoundPrompt, lm: MaskedLM, fmt: str, files: dict[str, str])
 # ------------------------------------------------------------------------------------ PEFT
 
 
-def to_peft(prompt: FoundPrompt, lm: MaskedLM, folder: str | Path, force: bool = False) -> Path:
+def to_peft(
+    prompt: FoundPrompt, lm: LanguageModel, folder: str | Path, force: bool = False
+) -> Path:
     """A prompt-tuning adapter folder that ``PeftModel.from_pretrained(base, folder)`` loads,
     whose virtual-token embeddings are the prompt's token embeddings."""
     peft = require_peft()
@@ -128,9 +130,8 @@ def to_peft(prompt: FoundPrompt, lm: MaskedLM, folder: str | Path, force: bool =
     prompt.check_model(lm)
     vectors = prompt.embeddings(lm).float().contiguous()
     config = lm.model.config
-    causal = lm.kind == CAUSAL  # a decoder's adapter loads as PeftModelForCausalLM
     peft_config = peft.PromptTuningConfig(
-        task_type=peft.TaskType.CAUSAL_LM if causal else peft.TaskType.FEATURE_EXTRACTION,
+        task_type=lm.peft_task_type(peft, "prompt"),  # a decoder's: PeftModelForCausalLM
         num_virtual_tokens=len(prompt),
         token_dim=int(vectors.shape[1]),
         num_transformer_submodules=1,
@@ -191,7 +192,7 @@ def load_peft_seed(base_model: torch.nn.Module, folder: str | Path, adapter_name
 
 
 def to_optiprompt(
-    prompt: FoundPrompt, lm: MaskedLM, folder: str | Path, force: bool = False
+    prompt: FoundPrompt, lm: LanguageModel, folder: str | Path, force: bool = False
 ) -> Path:
     """OptiPrompt's starting point: the dense template and the vectors its ``[Vi]`` start from."""
     target = check_target(folder, force, "optiprompt")
@@ -233,7 +234,9 @@ def to_optiprompt(
 # ------------------------------------------------------------------------------ safetensors
 
 
-def to_embeddings(prompt: FoundPrompt, lm: MaskedLM, file: str | Path, force: bool = False) -> Path:
+def to_embeddings(
+    prompt: FoundPrompt, lm: LanguageModel, file: str | Path, force: bool = False
+) -> Path:
     """One safetensors file: ``embeddings`` [n, E], ``token_ids`` [n], string metadata."""
     from safetensors.torch import save_file
 

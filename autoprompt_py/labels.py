@@ -30,7 +30,7 @@ from autoprompt_py.continuation import require_next_token
 from autoprompt_py.data import Example, check_fields, labels_of
 from autoprompt_py.encoding import TemplateEncoder, spaces_are_tokens
 from autoprompt_py.errors import AutopromptError
-from autoprompt_py.model import MaskedLM
+from autoprompt_py.language_model import LanguageModel
 from autoprompt_py.scoring import iter_mask_logits
 from autoprompt_py.search.candidates import TokenFilters, VocabStrings, allowed_tokens
 from autoprompt_py.several import check_shared_vocabulary, shared_rows
@@ -50,7 +50,7 @@ class LabelSearch:
 
 
 @contextlib.contextmanager
-def head_transform_output(lm: MaskedLM) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
+def head_transform_output(lm: LanguageModel) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
     """Capture the MLM head's transform output at the mask positions during forwards.
 
     Yields (captured list, output embedding matrix [vocab, dim]): each forward appends a
@@ -83,7 +83,7 @@ def head_transform_output(lm: MaskedLM) -> Iterator[tuple[list[torch.Tensor], to
 
 
 def mask_features(
-    lm: MaskedLM, template: Template, examples: Sequence[Example], batch_size: int = 32
+    lm: LanguageModel, template: Template, examples: Sequence[Example], batch_size: int = 32
 ) -> torch.Tensor:
     """The head's transform output at the prediction slot of each example, [examples, dim]."""
     check_fields(examples, template.fields, template.source)
@@ -144,7 +144,7 @@ def fit_logistic_regression(
 
 
 def search_labels(
-    lm: MaskedLM | Sequence[MaskedLM],
+    lm: LanguageModel | Sequence[LanguageModel],
     template: Template,
     examples: Sequence[Example],
     per_class: int = 3,
@@ -213,7 +213,7 @@ def search_labels(
 
 
 def _log_odds(
-    lm: MaskedLM,
+    lm: LanguageModel,
     template: Template,
     examples: Sequence[Example],
     labels: list[str],

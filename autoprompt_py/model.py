@@ -3,11 +3,9 @@ positions; ``load_model`` loads either kind (a decoder through ``causal_model.py
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -17,6 +15,7 @@ from autoprompt_py.causal_model import load_causal
 from autoprompt_py.default_model import DEFAULT_MODEL, check_default_model, is_default_model
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.hub import check_hub_model
+from autoprompt_py.language_model import LanguageModel
 from autoprompt_py.model_kind import MASKED, kind_of_config
 from autoprompt_py.remote_code import (
     check_remote_code,
@@ -69,7 +68,7 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 @dataclass
-class MaskedLM:
+class MaskedLM(LanguageModel):
     """A frozen masked LM with its tokenizer, on one device.
 
     ``mask_logits`` runs the encoder over the whole input but the MLM head only at the given
@@ -84,6 +83,8 @@ class MaskedLM:
     # loaded with --trust-remote-code: a reload of the same model (tune --method head) may too
     trust_remote_code: bool = False
     kind: ClassVar[str] = MASKED  # decoders: causal_model.CausalLM, the same interface
+    reads_next_token: ClassVar[bool] = False  # the slot is a mask, read with text on both sides
+    triggers_round_trip: ClassVar[bool] = False  # results are scored from the ids
 
     def __post_init__(self) -> None:
         self.model.eval()
@@ -93,23 +94,6 @@ class MaskedLM:
         # output, so gathering the mask positions there is exact for all families.
         self.model.base_model.register_forward_hook(self._gather_hook)
         self.uses_token_type_ids = "token_type_ids" in self.tokenizer.model_input_names
-
-    @property
-    def device(self) -> torch.device:
-        return self.embeddings.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.embeddings.dtype
-
-    @property
-    def embeddings(self) -> torch.Tensor:
-        """The input embedding matrix, [vocab, embedding dim]."""
-        return self.model.get_input_embeddings().weight
-
-    @property
-    def vocab_size(self) -> int:
-        return self.embeddings.shape[0]
 
     @property
     def trigger_fill_id(self) -> int:
@@ -142,16 +126,6 @@ class MaskedLM:
         output.last_hidden_state = gathered
         return output
 
-    @contextlib.contextmanager
-    def head_at(self, positions: torch.Tensor) -> Iterator[None]:
-        """Within it, a forward of ``self.model`` (or of a wrapper of it, such as a PEFT
-        model) runs the MLM head at ``positions`` ([batch, k]) only: logits [batch, k, vocab]."""
-        self._gather_at = positions
-        try:
-            yield
-        finally:
-            self._gather_at = None
-
     def mask_logits(
         self,
         mask_positions: torch.Tensor,
@@ -168,12 +142,7 @@ class MaskedLM:
             kwargs["input_ids"] = input_ids
         if token_type_ids is not None and self.uses_token_type_ids:
             kwargs["token_type_ids"] = token_type_ids
-        autocast = (
-            torch.autocast(self.device.type, dtype=self.autocast_dtype)
-            if self.autocast_dtype is not None
-            else contextlib.nullcontext()
-        )
-        with self.head_at(mask_positions), autocast:
+        with self.head_at(mask_positions), self.autocast():
             out = self.model(**kwargs, return_dict=True)
         return out.logits
 
@@ -192,9 +161,21 @@ class MaskedLM:
             mask_positions, attention_mask, input_ids=input_ids, token_type_ids=token_type_ids
         )
 
-    def word_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Input embeddings of ids, as the model's embedding layer looks them up."""
-        return self.model.get_input_embeddings()(input_ids)
+    def peft_task_type(self, peft: Any, method: str) -> Any:
+        # a masked LM has no task type of its own: LoRA wraps the model as it is, and prompt
+        # learning's feature-extraction forward returns the MLM's own output
+        return None if method == "lora" else peft.TaskType.FEATURE_EXTRACTION
+
+    def sequence_head_options(self) -> dict[str, Any]:
+        return {}
+
+    def head_input_ids(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_id: int | None
+    ) -> torch.Tensor:
+        return input_ids  # the head reads the first token
+
+    def prefix_key_values(self, ids: list[int], layers: int) -> torch.Tensor:
+        return _hooked_key_values(self, ids, layers)
 
 
 def load_model(
@@ -203,7 +184,7 @@ def load_model(
     dtype: str = "float32",
     autocast: bool | None = None,
     trust_remote_code: bool = False,
-) -> MaskedLM:
+) -> LanguageModel:
     """Load a masked LM and its tokenizer from a local folder or a hub id; without a name (or
     with ``"bert-tiny-splade"``/``"default"``), the small model bundled in the package. A
     decoder (the kind read from the config: ``model_kind.py``) loads as a ``CausalLM``.
@@ -327,3 +308,49 @@ def config_value(config: object, *names: str) -> int | None:
         if isinstance(value, int):
             return value
     return None
+
+
+# the key and value projections of an attention layer, by family: BERT, RoBERTa, ELECTRA,
+# ALBERT ("key"/"value"), DeBERTa-v2 ("key_proj"), DistilBERT ("k_lin"), others ("k_proj")
+KEY_VALUE_NAMES = (("key", "value"), ("key_proj", "value_proj"), ("k_lin", "v_lin"),
+                   ("k_proj", "v_proj"))  # fmt: skip
+
+
+def key_value_modules(model: torch.nn.Module) -> tuple[list, list]:
+    """The key and value projections of every attention layer (by the names families use)."""
+    for key_name, value_name in KEY_VALUE_NAMES:
+        keys = [m for n, m in model.named_modules() if n.rsplit(".", 1)[-1] == key_name]
+        values = [m for n, m in model.named_modules() if n.rsplit(".", 1)[-1] == value_name]
+        if keys and len(keys) == len(values):
+            return keys, values
+    raise AutopromptError(
+        f"--method prefix: no key/value projections found in {type(model).__name__}; use "
+        "--init random (PEFT's own start)"
+    )
+
+
+def _hooked_key_values(lm: MaskedLM, ids: list[int], layers: int) -> torch.Tensor:
+    """``MaskedLM.prefix_key_values``: the outputs of every layer's key and value
+    projections, caught by hooks while the model reads ``ids`` alone."""
+    keys, values = key_value_modules(lm.model)
+    out: dict[str, list[torch.Tensor]] = {"k": [], "v": []}
+    hooks = [m.register_forward_hook(lambda _m, _i, o, w=w: out[w].append(o.detach()))
+             for ms, w in ((keys, "k"), (values, "v")) for m in ms]  # fmt: skip
+    input_ids = torch.tensor([ids], device=lm.device)
+    mask = torch.ones_like(input_ids)
+    was_training = lm.model.training
+    lm.model.eval()
+    try:
+        with torch.no_grad():
+            lm.model(input_ids=input_ids, attention_mask=mask)
+    finally:
+        for h in hooks:
+            h.remove()
+        lm.model.train(was_training)
+    if len(out["k"]) != layers or len(out["v"]) != layers:  # ALBERT: one module, called per layer
+        raise AutopromptError(
+            f"--method prefix: found {len(out['k'])} key projections run for {layers} layers; "
+            "use --init random (PEFT's own start)"
+        )
+    rows = [torch.cat([k[0], v[0]], dim=-1) for k, v in zip(out["k"], out["v"])]  # [n, 2H] each
+    return torch.cat(rows, dim=-1).float().cpu()

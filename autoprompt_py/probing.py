@@ -24,8 +24,8 @@ from autoprompt_py.encoding import TemplateEncoder
 from autoprompt_py.ensemble import EnsembleAccumulator, log_normalise
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.evaluation import require_closed
+from autoprompt_py.language_model import LanguageModel
 from autoprompt_py.metrics import rank_metrics
-from autoprompt_py.model import MaskedLM
 from autoprompt_py.resources import NamedTemplate
 from autoprompt_py.scoring import iter_mask_logits
 from autoprompt_py.template import Template
@@ -35,7 +35,7 @@ KINDS = ("first", "best-dev", "ensemble")
 
 
 def candidate_log_probs(
-    lm: MaskedLM,
+    lm: LanguageModel,
     template: Template,
     facts: Sequence[Example],
     candidates: Sequence[int] | None,
@@ -209,7 +209,7 @@ def relation_split(
 
 
 def probe_templates(
-    lm: MaskedLM,
+    lm: LanguageModel,
     templates: Sequence[NamedTemplate],
     facts: Mapping[str, Sequence[Example]],
     vocab: Sequence[str] | None = None,
@@ -390,7 +390,7 @@ class RelationScore:
 
 
 def probe_relations(
-    lm: MaskedLM,
+    lm: LanguageModel,
     templates: Sequence[NamedTemplate],
     facts: Mapping[str, Sequence[Example]],
     vocab: Sequence[str] | None = None,

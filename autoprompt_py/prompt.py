@@ -39,12 +39,12 @@ from autoprompt_py.template import (
 from autoprompt_py.textfile import parse_json, read_text
 
 if TYPE_CHECKING:
-    from autoprompt_py.model import MaskedLM
+    from autoprompt_py.language_model import LanguageModel
 
 TOKEN_CHOICES = ("auto", "triggers", "all")
 
 
-def model_record(lm: MaskedLM) -> dict[str, Any]:
+def model_record(lm: LanguageModel) -> dict[str, Any]:
     """What identifies a model's vocabulary and embedding space, as result files record it."""
     return {
         "name": lm.name,
@@ -193,7 +193,7 @@ class FoundPrompt:
 
     # ---------------------------------------------------------------- the model
 
-    def check_model(self, lm: MaskedLM) -> None:
+    def check_model(self, lm: LanguageModel) -> None:
         """Refuse a model whose vocabulary or embedding size differs from the search's model.
 
         Token ids only mean the same tokens in the same vocabulary: the sizes must match the
@@ -249,7 +249,7 @@ class FoundPrompt:
                     f"the file: the vocabularies differ; export with --model {searched}"
                 )
 
-    def embeddings(self, lm: MaskedLM) -> torch.Tensor:
+    def embeddings(self, lm: LanguageModel) -> torch.Tensor:
         """[n_tokens, embedding size]: a copy of the input embedding rows of the tokens."""
         ids = torch.tensor(self.token_ids, dtype=torch.long, device=lm.embeddings.device)
         with torch.no_grad():

@@ -19,14 +19,14 @@ from autoprompt_py.continuation import (
 )
 from autoprompt_py.data import Example, check_fields
 from autoprompt_py.encoding import Batch, EncodedDataset, TemplateEncoder
-from autoprompt_py.model import MaskedLM
+from autoprompt_py.language_model import LanguageModel
 from autoprompt_py.template import Template
 from autoprompt_py.verbalizer import ResolvedVerbalizer
 from autoprompt_py.vocab import single_token_id
 
 
 def iter_mask_logits(
-    lm: MaskedLM,
+    lm: LanguageModel,
     dataset: EncodedDataset,
     batch_size: int,
     desc: str | None = None,
@@ -70,7 +70,7 @@ class Classification:
 
 
 def classify(
-    lm: MaskedLM,
+    lm: LanguageModel,
     template: Template,
     examples: Sequence[Example],
     verbalizer: ResolvedVerbalizer,
@@ -118,7 +118,7 @@ class Probe:
 
 
 def probe_facts(
-    lm: MaskedLM,
+    lm: LanguageModel,
     template: Template,
     facts: Sequence[Example],
     vocab_ids: Sequence[int] | None = None,

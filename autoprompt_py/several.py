@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from autoprompt_py.errors import AutopromptError, shown
 
 if TYPE_CHECKING:
-    from autoprompt_py.model import MaskedLM
+    from autoprompt_py.language_model import LanguageModel
 
 # how the models' dev metrics become the one a search keeps (``SearchConfig.across``)
 ACROSS: dict[str, Callable[[Sequence[float]], float]] = {
@@ -40,7 +40,7 @@ def check_distinct(names: Sequence[str], option: str = "--model") -> None:
         seen[key] = str(name)
 
 
-def check_shared_vocabulary(lms: Sequence[MaskedLM]) -> None:
+def check_shared_vocabulary(lms: Sequence[LanguageModel]) -> None:
     """Refuse models that do not share one vocabulary (token → id) or one kind, naming the
     first differing token and its ids."""
     first = lms[0]
@@ -77,13 +77,13 @@ def _id(token_id: int | None) -> str:
     return "absent" if token_id is None else f"id {token_id}"
 
 
-def shared_rows(lms: Sequence[MaskedLM]) -> int:
+def shared_rows(lms: Sequence[LanguageModel]) -> int:
     """Embedding rows every model has (models pad their matrices differently; rows past the
     tokenizer's vocabulary are never trigger tokens)."""
     return min(lm.vocab_size for lm in lms)
 
 
-def models_record(lms: Sequence[MaskedLM]) -> dict[str, Any]:
+def models_record(lms: Sequence[LanguageModel]) -> dict[str, Any]:
     """``models``: every model's identity, where a record holds several (else nothing)."""
     if len(lms) == 1:
         return {}

@@ -65,3 +65,21 @@ def test_the_layout_in_the_docs_is_the_tree():
     named = _layout_names()
     assert not tree - named, f"modules docs/development.md's layout does not name: {tree - named}"
     assert not named - tree, f"docs/development.md's layout names what is not there: {named - tree}"
+
+
+def test_only_the_model_modules_ask_the_kind():
+    """Every question whose answer depends on the model's kind is a member of
+    ``LanguageModel``; outside the model modules the kind is only recorded and compared
+    (provenance), never branched on."""
+    import re
+
+    model_modules = {"model.py", "causal_model.py", "model_kind.py", "language_model.py"}
+    branch = re.compile(r"[!=]= *CAUSAL\b|[!=]= *MASKED\b|\bCAUSAL *[!=]=|\bMASKED *[!=]=")
+    found = [
+        f"{p.relative_to(REPO_ROOT)}:{i}"
+        for p in (REPO_ROOT / "autoprompt_py").rglob("*.py")
+        if str(p.relative_to(REPO_ROOT / "autoprompt_py")) not in model_modules
+        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+        if branch.search(line)
+    ]
+    assert not found, f"a branch on the model's kind outside the model modules: {found}"

@@ -21,8 +21,8 @@ import numpy as np
 from autoprompt_py import distributed
 from autoprompt_py.data import cell_text, iter_rows
 from autoprompt_py.errors import AutopromptError, raise_pending_stop
+from autoprompt_py.language_model import LanguageModel
 from autoprompt_py.metrics import classification_metrics, rank_metrics
-from autoprompt_py.model import MaskedLM
 from autoprompt_py.prediction.prefetch import prefetch
 from autoprompt_py.prediction.reader import RowReader
 from autoprompt_py.prediction.resume import (
@@ -150,7 +150,7 @@ def write_predictions(
     config: PredictConfig,
     data: str,
     output: str,
-    lm: MaskedLM,
+    lm: LanguageModel,
     model: str,
     dtype: str = "float32",
     output_format_: str | None = None,
@@ -325,7 +325,7 @@ def _finish(
     columns: list[str],
     group_rows: int,
     summary: PredictSummary,
-    lm: MaskedLM,
+    lm: LanguageModel,
 ) -> None:
     """The partial file becomes the output (converted where its format differs), with the
     output's permissions; then the run's record is written beside it."""

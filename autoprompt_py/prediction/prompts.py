@@ -24,7 +24,7 @@ from autoprompt_py.continuation import (
 from autoprompt_py.data import Example
 from autoprompt_py.encoding import EncodedDataset, TemplateEncoder
 from autoprompt_py.evaluation import require_closed
-from autoprompt_py.model import MaskedLM
+from autoprompt_py.language_model import LanguageModel
 from autoprompt_py.resources import NamedTemplate, load_templates, with_chat
 from autoprompt_py.template import Chat, Template
 
@@ -46,13 +46,15 @@ class Prompt(Protocol):
     @property
     def space_before(self) -> bool: ...  # a space before the prediction slot
 
-    def encode(self, lm: MaskedLM, examples: Sequence[Example], n_masks: int) -> EncodedDataset:
+    def encode(
+        self, lm: LanguageModel, examples: Sequence[Example], n_masks: int
+    ) -> EncodedDataset:
         """The examples encoded for ``mask_logits`` (no model work: it may run in a thread)."""
         ...
 
     def mask_logits(
         self,
-        lm: MaskedLM,
+        lm: LanguageModel,
         examples: Sequence[Example],
         n_masks: int,
         plan: BatchPlan,
@@ -65,13 +67,13 @@ class Prompt(Protocol):
     @property
     def truncated(self) -> int: ...  # inputs cut so far
 
-    def check(self, lm: MaskedLM) -> None:
+    def check(self, lm: LanguageModel) -> None:
         """Refuse, before any output is opened, a prompt this model cannot read."""
         ...
 
     def continuation(
         self,
-        lm: MaskedLM,
+        lm: LanguageModel,
         examples: Sequence[Example],
         candidates: Sequence[Sequence[int]] | None,
         batch_size: int,
@@ -149,10 +151,12 @@ class TemplatePrompt:
     def truncated(self) -> int:
         return self._truncated
 
-    def check(self, lm: MaskedLM) -> None:
+    def check(self, lm: LanguageModel) -> None:
         pass  # a written template fits any model (encoding refuses what it cannot read)
 
-    def encode(self, lm: MaskedLM, examples: Sequence[Example], n_masks: int) -> EncodedDataset:
+    def encode(
+        self, lm: LanguageModel, examples: Sequence[Example], n_masks: int
+    ) -> EncodedDataset:
         encoder = TemplateEncoder(self.template, lm.tokenizer, lm.max_length, n_masks=n_masks)
         dataset = encoder.encode_all(examples)
         if n_masks == 1:
@@ -161,7 +165,7 @@ class TemplatePrompt:
 
     def mask_logits(
         self,
-        lm: MaskedLM,
+        lm: LanguageModel,
         examples: Sequence[Example],
         n_masks: int,
         plan: BatchPlan,
@@ -184,7 +188,7 @@ class TemplatePrompt:
 
     def continuation(
         self,
-        lm: MaskedLM,
+        lm: LanguageModel,
         examples: Sequence[Example],
         candidates: Sequence[Sequence[int]] | None,
         batch_size: int,
@@ -215,24 +219,26 @@ class TunedPrompt(TemplatePrompt):
     def __init__(self, named: NamedTemplate, folder: str) -> None:
         super().__init__(named)
         self.folder = folder
-        self._attached: tuple[MaskedLM, MaskedLM] | None = None  # (base, with the part)
+        self._attached: tuple[LanguageModel, LanguageModel] | None = None  # (base, with the part)
 
-    def _with_part(self, lm: MaskedLM) -> MaskedLM:
+    def _with_part(self, lm: LanguageModel) -> LanguageModel:
         from autoprompt_py.tune.folder import attach_tuned
 
         if self._attached is None or self._attached[0] is not lm:  # attached once per model
             self._attached = (lm, attach_tuned(lm, [self.folder]))
         return self._attached[1]
 
-    def check(self, lm: MaskedLM) -> None:
+    def check(self, lm: LanguageModel) -> None:
         self._with_part(lm)  # attaching refuses a folder of another model or kind
 
-    def encode(self, lm: MaskedLM, examples: Sequence[Example], n_masks: int) -> EncodedDataset:
+    def encode(
+        self, lm: LanguageModel, examples: Sequence[Example], n_masks: int
+    ) -> EncodedDataset:
         return super().encode(self._with_part(lm), examples, n_masks)  # its max_length
 
     def mask_logits(
         self,
-        lm: MaskedLM,
+        lm: LanguageModel,
         examples: Sequence[Example],
         n_masks: int,
         plan: BatchPlan,

@@ -29,7 +29,7 @@ from autoprompt_py.data import Example
 from autoprompt_py.encoding import EncodedDataset
 from autoprompt_py.ensemble import Combined, EnsembleAccumulator, check_rule, combine, log_normalise
 from autoprompt_py.errors import AutopromptError
-from autoprompt_py.model import MaskedLM
+from autoprompt_py.language_model import LanguageModel
 from autoprompt_py.prediction.prompts import BatchPlan, Prompt, load_prompts
 from autoprompt_py.prediction.reader import InputRow, RowReader
 from autoprompt_py.probing import ranks_of
@@ -104,7 +104,7 @@ class _Member:
 class Predictor:
     """The loaded prompts of a config on one model; ``window(rows)`` → output rows."""
 
-    def __init__(self, config: PredictConfig, lm: MaskedLM) -> None:
+    def __init__(self, config: PredictConfig, lm: LanguageModel) -> None:
         self.config = config
         self.lm = lm
         tokens = config.max_batch_tokens
@@ -412,7 +412,7 @@ def open_reader(config: PredictConfig, data: str) -> RowReader:
     )
 
 
-def predict(config: PredictConfig, data: str, lm: MaskedLM | None = None) -> Iterator[dict]:
+def predict(config: PredictConfig, data: str, lm: LanguageModel | None = None) -> Iterator[dict]:
     """Output rows of ``data`` in input order, read and scored a window at a time (the API
     under ``autoprompt predict``; ``write_predictions`` writes them to a file). Without
     ``lm``, the bundled model."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from autoprompt_py.continuation import check_aggregation, needs_continuation, require_next_token
 from autoprompt_py.encoding import TemplateEncoder
 from autoprompt_py.errors import AutopromptError
-from autoprompt_py.model import MaskedLM
+from autoprompt_py.language_model import LanguageModel
 from autoprompt_py.search.config import SearchConfig
 from autoprompt_py.search.continued import ContinuationObjective
 from autoprompt_py.search.scorer import ClassificationObjective, Objective, RelationObjective
@@ -25,7 +25,7 @@ class EncodedTask:
     training object as AutoPrompt does); ``counts`` holds the facts skipped per split
     (``split_counts`` adds rows and truncations)."""
 
-    lm: MaskedLM
+    lm: LanguageModel
     task: SearchTask
     objective: Objective
     train: SplitTensors
@@ -34,7 +34,7 @@ class EncodedTask:
     counts: dict[str, dict]
 
     @classmethod
-    def build(cls, lm: MaskedLM, task: SearchTask, config: SearchConfig) -> EncodedTask:
+    def build(cls, lm: LanguageModel, task: SearchTask, config: SearchConfig) -> EncodedTask:
         counts: dict[str, dict] = {}
         if task.mode == "classification":
             assert task.verbalizer is not None
@@ -114,7 +114,7 @@ class EncodedTask:
 
 
 def single_token_facts(
-    lm: MaskedLM,
+    lm: LanguageModel,
     task: SearchTask,
     facts: list,
     split: str,

@@ -30,8 +30,7 @@ import torch
 
 from autoprompt_py import distributed
 from autoprompt_py.errors import AutopromptError, raise_pending_stop
-from autoprompt_py.model import MaskedLM
-from autoprompt_py.model_kind import CAUSAL
+from autoprompt_py.language_model import LanguageModel
 from autoprompt_py.search.best import Best, Known
 from autoprompt_py.search.budget import Budget, BudgetSpent
 from autoprompt_py.search.candidates import (
@@ -65,7 +64,7 @@ class TriggerSearch:
 
     def __init__(
         self,
-        lm: MaskedLM | Sequence[MaskedLM],
+        lm: LanguageModel | Sequence[LanguageModel],
         task: SearchTask,
         config: SearchConfig | None = None,
         filters: TokenFilters | None = None,
@@ -137,7 +136,7 @@ class TriggerSearch:
         split when written out) would not reproduce as text: nanoGCG's filter drops it.
         Masked LMs keep every candidate (their results are scored from the ids)."""
         triggers = np.asarray(triggers)
-        if self.lm.kind != CAUSAL or not len(triggers):
+        if not self.lm.triggers_round_trip or not len(triggers):
             return np.ones(len(triggers), dtype=bool)
         tok = self.lm.tokenizer
         texts = tok.batch_decode(triggers.tolist())

@@ -33,8 +33,7 @@ import torch
 from autoprompt_py.data import Example, check_fields
 from autoprompt_py.encoding import TemplateEncoder
 from autoprompt_py.errors import AutopromptError
-from autoprompt_py.model import MaskedLM
-from autoprompt_py.model_kind import CAUSAL
+from autoprompt_py.language_model import LanguageModel
 from autoprompt_py.template import Template
 
 
@@ -57,7 +56,7 @@ class TriggerFluency:
 
     def __init__(
         self,
-        lm: MaskedLM,
+        lm: LanguageModel,
         template: Template,
         example: Example | None = None,
         max_rows: int = 1024,
@@ -107,7 +106,7 @@ class TriggerFluency:
         """log p(token | rest) per slot, float32 [C, L], each slot masked in turn (on a
         decoder: log p(token | the text before it), all slots of a candidate in one row)."""
         ids = self._as_batch(triggers)
-        if self.lm.kind == CAUSAL:
+        if self.lm.reads_next_token:  # log p(token | the text before it), not masked in turn
             return self._causal_log_probs(ids)
         n_cand, n_slots = ids.shape
         n_rows = n_cand * n_slots

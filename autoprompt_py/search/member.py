@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from autoprompt_py.model import MaskedLM
+from autoprompt_py.language_model import LanguageModel
 from autoprompt_py.search.calibrated import (
     CalibratedObjective,
     content_free_split,
@@ -29,7 +29,7 @@ class Member:
     """A model of a search: ``encoded`` (its objective, train and dev splits), ``scorer``
     (its model passes) and ``dev_plan`` (dev's evaluation chunks, cut once)."""
 
-    def __init__(self, lm: MaskedLM, task: SearchTask, config: SearchConfig) -> None:
+    def __init__(self, lm: LanguageModel, task: SearchTask, config: SearchConfig) -> None:
         self.lm, self.task = lm, task
         self.encoded = EncodedTask.build(lm, task, config)
         self.objective = self.encoded.objective

@@ -17,7 +17,7 @@ from typing import Any
 
 from autoprompt_py.encoding import tokenize_piece
 from autoprompt_py.errors import AutopromptError, shown
-from autoprompt_py.model import MaskedLM
+from autoprompt_py.language_model import LanguageModel
 from autoprompt_py.results import from_main, output_lock, write_json
 from autoprompt_py.search import record as record_of
 from autoprompt_py.search.candidates import TokenFilters
@@ -106,7 +106,7 @@ def _progress_bar(
 
 
 def run_search(
-    lm: MaskedLM | Sequence[MaskedLM],
+    lm: LanguageModel | Sequence[LanguageModel],
     task: SearchTask,
     config: SearchConfig | None = None,
     filters: TokenFilters | None = None,
@@ -167,7 +167,7 @@ def default_checkpoint(
 
 
 def _run(
-    lm: MaskedLM | Sequence[MaskedLM],
+    lm: LanguageModel | Sequence[LanguageModel],
     task: SearchTask,
     config: SearchConfig,
     filters: TokenFilters,

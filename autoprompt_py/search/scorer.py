@@ -33,8 +33,9 @@ import torch.nn.functional as F
 
 from autoprompt_py import distributed
 from autoprompt_py.encoding import Batch
+from autoprompt_py.language_model import LanguageModel
 from autoprompt_py.metrics import classification_metrics, rank_metrics
-from autoprompt_py.model import DTYPES, MaskedLM
+from autoprompt_py.model import DTYPES
 from autoprompt_py.search.tensors import SplitTensors, length_chunks
 from autoprompt_py.verbalizer import ResolvedVerbalizer, consume_logsumexp
 
@@ -217,7 +218,7 @@ class TriggerScorer:
 
     def __init__(
         self,
-        lm: MaskedLM,
+        lm: LanguageModel,
         objective: Objective,
         max_batch_tokens: int = 65536,
         max_rows: int | None = None,

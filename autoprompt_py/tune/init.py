@@ -7,12 +7,6 @@ import torch
 
 from autoprompt_py.encoding import tokenize_piece
 from autoprompt_py.errors import AutopromptError
-from autoprompt_py.model_kind import CAUSAL
-
-# the key and value projections of an attention layer, by family: BERT, RoBERTa, ELECTRA,
-# ALBERT ("key"/"value"), DeBERTa-v2 ("key_proj"), DistilBERT ("k_lin"), others ("k_proj")
-KEY_VALUE_NAMES = (("key", "value"), ("key_proj", "value_proj"), ("k_lin", "v_lin"),
-                   ("k_proj", "v_proj"))  # fmt: skip
 
 
 def start_ids(
@@ -61,61 +55,8 @@ def init_vectors(
     return emb[torch.tensor(ids, device=emb.device)].cpu().clone(), ids
 
 
-def key_value_modules(model: torch.nn.Module) -> tuple[list, list]:
-    """The key and value projections of every attention layer (by the names families use)."""
-    for key_name, value_name in KEY_VALUE_NAMES:
-        keys = [m for n, m in model.named_modules() if n.rsplit(".", 1)[-1] == key_name]
-        values = [m for n, m in model.named_modules() if n.rsplit(".", 1)[-1] == value_name]
-        if keys and len(keys) == len(values):
-            return keys, values
-    raise AutopromptError(
-        f"--method prefix: no key/value projections found in {type(model).__name__}; use "
-        "--init random (PEFT's own start)"
-    )
-
-
 def prefix_activations(lm, ids: list[int], layers: int) -> torch.Tensor:
-    """[n, layers × 2 × hidden]: per token, the key and then the value its hidden state gives in
-    each layer when the model reads the tokens alone (positions 0..n-1, one segment), laid out
-    as PEFT's ``PrefixTuningConfig`` embedding (``get_prompt`` views it [n, 2·layers, heads,
-    head size]: layer l's key at 2l, its value at 2l + 1)."""
-    if getattr(lm, "kind", None) == CAUSAL:  # a decoder's cache holds its keys after RoPE
-        return _cached_key_values(lm, ids)
-    keys, values = key_value_modules(lm.model)
-    out: dict[str, list[torch.Tensor]] = {"k": [], "v": []}
-    hooks = [m.register_forward_hook(lambda _m, _i, o, w=w: out[w].append(o.detach()))
-             for ms, w in ((keys, "k"), (values, "v")) for m in ms]  # fmt: skip
-    input_ids = torch.tensor([ids], device=lm.device)
-    mask = torch.ones_like(input_ids)
-    was_training = lm.model.training
-    lm.model.eval()
-    try:
-        with torch.no_grad():
-            lm.model(input_ids=input_ids, attention_mask=mask)
-    finally:
-        for h in hooks:
-            h.remove()
-        lm.model.train(was_training)
-    if len(out["k"]) != layers or len(out["v"]) != layers:  # ALBERT: one module, called per layer
-        raise AutopromptError(
-            f"--method prefix: found {len(out['k'])} key projections run for {layers} layers; "
-            "use --init random (PEFT's own start)"
-        )
-    rows = [torch.cat([k[0], v[0]], dim=-1) for k, v in zip(out["k"], out["v"])]  # [n, 2H] each
-    return torch.cat(rows, dim=-1).float().cpu()
-
-
-def _cached_key_values(lm, ids: list[int]) -> torch.Tensor:
-    """``prefix_activations`` of a decoder: the keys and values its cache holds after reading
-    ``ids`` (positions 0..n-1), as PEFT's prefix embedding lays them out."""
-    input_ids = torch.tensor([ids], device=lm.device)
-    with torch.no_grad():
-        out = lm.model(
-            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=True
-        )
-    cache = getattr(out, "cache", None) or out.past_key_values
-    rows = []
-    for layer in cache.layers:  # [1, kv heads, n, head size] each
-        k, v = (t[0].transpose(0, 1).reshape(len(ids), -1) for t in (layer.keys, layer.values))
-        rows.append(torch.cat([k, v], dim=-1))
-    return torch.cat(rows, dim=-1).float().cpu()
+    """[n, layers × 2 × hidden]: the keys and values the model gives ``ids`` in every layer,
+    as PEFT's ``PrefixTuningConfig`` embedding lays them out (``LanguageModel.prefix_key_values``:
+    a masked LM's projections, a decoder's cache)."""
+    return lm.prefix_key_values(ids, layers)

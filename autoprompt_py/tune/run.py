@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from autoprompt_py.errors import AutopromptError
-from autoprompt_py.model import MaskedLM
+from autoprompt_py.language_model import LanguageModel
 from autoprompt_py.prompt import model_record
 from autoprompt_py.results import provenance
 from autoprompt_py.template import chat_settings
@@ -43,7 +43,7 @@ class TuneOutcome:
     interruption: KeyboardInterrupt | None = None  # to re-raise once the folder is written
 
 
-def make_objective(lm: MaskedLM, task: TuneTask, config: TuneConfig) -> Objective:
+def make_objective(lm: LanguageModel, task: TuneTask, config: TuneConfig) -> Objective:
     verbalizer = (
         task.verbalizer.resolve(lm.tokenizer, task.aggregation, task.template.answer_space)
         if task.verbalizer is not None
@@ -60,7 +60,7 @@ def make_objective(lm: MaskedLM, task: TuneTask, config: TuneConfig) -> Objectiv
     )
 
 
-def nearest_tokens(lm: MaskedLM, vectors: torch.Tensor, k: int = 5) -> list[list[int]]:
+def nearest_tokens(lm: LanguageModel, vectors: torch.Tensor, k: int = 5) -> list[list[int]]:
     """Per vector, the ids of the k vocabulary tokens nearest by cosine."""
     emb = torch.nn.functional.normalize(lm.embeddings.detach().float(), dim=1)
     v = torch.nn.functional.normalize(vectors.detach().float().to(emb.device), dim=1)
@@ -68,7 +68,7 @@ def nearest_tokens(lm: MaskedLM, vectors: torch.Tensor, k: int = 5) -> list[list
 
 
 def tune(
-    lm: MaskedLM,
+    lm: LanguageModel,
     task: TuneTask,
     config: TuneConfig | None = None,
     output: str | Path | None = None,

@@ -8,14 +8,14 @@ from pathlib import Path
 import torch
 
 from autoprompt_py.errors import AutopromptError
-from autoprompt_py.model import MaskedLM
+from autoprompt_py.language_model import LanguageModel
 from autoprompt_py.model_kind import check_kind
 from autoprompt_py.prompt import model_record
 from autoprompt_py.template import Template
 from autoprompt_py.tune.vectors import EMBEDDINGS_FILE, read_embeddings
 
 
-def check_same_base(lm: MaskedLM, folder: str | Path, result: dict) -> None:
+def check_same_base(lm: LanguageModel, folder: str | Path, result: dict) -> None:
     """A prompt tuned on one model is read by that model only (same name and sizes)."""
     want, have = result["model"], model_record(lm)
     check_kind(want.get("kind"), lm.kind, f"--template {folder}", lm.name)
@@ -28,7 +28,7 @@ def check_same_base(lm: MaskedLM, folder: str | Path, result: dict) -> None:
         )
 
 
-def load_vectors(lm: MaskedLM, folder: str | Path) -> torch.Tensor:
+def load_vectors(lm: LanguageModel, folder: str | Path) -> torch.Tensor:
     """The trained vectors [n, E] of a folder (the layout ``export --format embeddings``
     writes), on the model's device."""
     return read_embeddings(Path(folder) / EMBEDDINGS_FILE).to(lm.device)

@@ -8,13 +8,13 @@ import torch
 from torch import nn
 
 from autoprompt_py.encoding import Batch
-from autoprompt_py.model import MaskedLM
+from autoprompt_py.language_model import LanguageModel
 
 
 class FullPart:
     method = "full"
 
-    def __init__(self, lm: MaskedLM, template) -> None:
+    def __init__(self, lm: LanguageModel, template) -> None:
         self.lm = lm
         self.template = template
         lm.model.requires_grad_(True)
@@ -49,7 +49,7 @@ class FullPart:
         return {"model": "save_pretrained masked LM: --model this folder (score, probe, search)"}
 
 
-def build(lm: MaskedLM, task, config, objective) -> FullPart:
+def build(lm: LanguageModel, task, config, objective) -> FullPart:
     return FullPart(lm, task.template)
 
 
@@ -63,7 +63,7 @@ def tuned_template(template, result: dict, folder: str):
     return fixed_triggers(template, result)
 
 
-def attach(lm: MaskedLM, folder: str, result: dict) -> MaskedLM:
+def attach(lm: LanguageModel, folder: str, result: dict) -> LanguageModel:
     if Path(lm.name).resolve() != Path(folder).resolve():
         from autoprompt_py.errors import AutopromptError
 

@@ -10,15 +10,14 @@ from torch import nn
 
 from autoprompt_py.default_model import check_default_model, is_default_model
 from autoprompt_py.encoding import Batch
-from autoprompt_py.model import MaskedLM
-from autoprompt_py.model_kind import CAUSAL
+from autoprompt_py.language_model import LanguageModel
 from autoprompt_py.tune.task import fields_only
 
 
 class HeadPart:
     method = "head"
 
-    def __init__(self, lm: MaskedLM, model: nn.Module, template) -> None:
+    def __init__(self, lm: LanguageModel, model: nn.Module, template) -> None:
         self.lm = lm
         self.model = model
         self.template = template
@@ -32,9 +31,7 @@ class HeadPart:
 
     def logits(self, batches: dict[int, Batch]) -> dict[int, torch.Tensor]:
         b = batches[0]
-        ids = b.input_ids
-        if self.lm.kind == CAUSAL:  # a decoder's head reads the last token that is not pad
-            ids = ids.masked_fill(b.attention_mask == 0, self.model.config.pad_token_id)
+        ids = self.lm.head_input_ids(b.input_ids, b.attention_mask, self.model.config.pad_token_id)
         kwargs = {"input_ids": ids, "attention_mask": b.attention_mask}
         if self.uses_token_type_ids:
             kwargs["token_type_ids"] = b.token_type_ids
@@ -55,21 +52,16 @@ class HeadPart:
         return {"model": "save_pretrained AutoModelForSequenceClassification"}
 
 
-def model_source(lm: MaskedLM) -> str:
+def model_source(lm: LanguageModel) -> str:
     return str(check_default_model()) if is_default_model(lm.name) else lm.name
 
 
-def build(lm: MaskedLM, task, config, objective) -> HeadPart:
+def build(lm: LanguageModel, task, config, objective) -> HeadPart:
     from transformers import AutoModelForSequenceClassification
 
     labels = task.verbalizer.labels
     torch.manual_seed(config.seed)  # the new head's initial weights
-    extra = {}
-    if lm.kind == CAUSAL:  # the head reads the last non-pad token: a pad id must be set
-        tok = lm.tokenizer
-        extra["pad_token_id"] = (
-            tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        )
+    extra = lm.sequence_head_options()  # a decoder's: the pad id its head reads up to
     model = AutoModelForSequenceClassification.from_pretrained(
         model_source(lm),
         num_labels=len(labels),
@@ -98,7 +90,7 @@ def tuned_template(template, result: dict, folder: str):
     raise _no_prompt(folder)
 
 
-def attach(lm: MaskedLM, folder: str, result: dict) -> MaskedLM:
+def attach(lm: LanguageModel, folder: str, result: dict) -> LanguageModel:
     raise _no_prompt(folder)
 
 

@@ -18,8 +18,8 @@ from torch import nn
 from autoprompt_py.encoding import Batch
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.export import PEFT_INSTALL
-from autoprompt_py.model import MaskedLM, config_value
-from autoprompt_py.model_kind import CAUSAL
+from autoprompt_py.language_model import LanguageModel
+from autoprompt_py.model import config_value
 from autoprompt_py.tune.init import init_vectors
 
 
@@ -33,7 +33,7 @@ def require_peft(method: str):
     return peft
 
 
-def prepend_logits(lm: MaskedLM, prompts: torch.Tensor, b: Batch) -> torch.Tensor:
+def prepend_logits(lm: LanguageModel, prompts: torch.Tensor, b: Batch) -> torch.Tensor:
     """Mask logits with ``prompts`` [batch or 1, n, E] before every input."""
     embeds = lm.word_embeddings(b.input_ids)
     n = prompts.shape[1]
@@ -49,10 +49,10 @@ def prepend_logits(lm: MaskedLM, prompts: torch.Tensor, b: Batch) -> torch.Tenso
 
 
 class PrependLM:
-    """A ``MaskedLM`` that reads fixed virtual-token vectors [n, E] before every input, for
+    """A ``LanguageModel`` that reads fixed virtual-token vectors [n, E] before every input, for
     ``score`` / ``probe`` of a tuned ``prompt`` or ``ptuning`` folder."""
 
-    def __init__(self, lm: MaskedLM, vectors: torch.Tensor) -> None:
+    def __init__(self, lm: LanguageModel, vectors: torch.Tensor) -> None:
         self.lm, self.vectors = lm, vectors
 
     def __getattr__(self, name: str):
@@ -70,7 +70,7 @@ class PrependLM:
         return prepend_logits(self.lm, self.vectors[None], b)
 
 
-def prefix_logits(lm: MaskedLM, peft_model, b: Batch) -> torch.Tensor:
+def prefix_logits(lm: LanguageModel, peft_model, b: Batch) -> torch.Tensor:
     """Mask logits through PEFT's prefix-tuning forward (the prefixes are past keys and
     values of every layer, so positions do not move); the MLM head at the masks only."""
     # PEFT's prompt-learning forward drops token types (one-segment templates: all zero)
@@ -79,9 +79,9 @@ def prefix_logits(lm: MaskedLM, peft_model, b: Batch) -> torch.Tensor:
 
 
 class PrefixLM:
-    """A ``MaskedLM`` read through a prefix-tuning PEFT model (``score`` / ``probe``)."""
+    """A ``LanguageModel`` read through a prefix-tuning PEFT model (``score`` / ``probe``)."""
 
-    def __init__(self, lm: MaskedLM, peft_model) -> None:
+    def __init__(self, lm: LanguageModel, peft_model) -> None:
         self.lm, self.peft_model = lm, peft_model.eval()
 
     def __getattr__(self, name: str):
@@ -100,7 +100,7 @@ class PrefixLM:
 
 
 class _PeftPart:
-    def __init__(self, lm: MaskedLM, template, peft_model, peft) -> None:
+    def __init__(self, lm: LanguageModel, template, peft_model, peft) -> None:
         self.lm, self.template, self.peft_model, self.peft = lm, template, peft_model, peft
 
     def trainable(self) -> list[nn.Parameter]:
@@ -166,20 +166,19 @@ class PromptPart(_PeftPart):
         return {**files, **write_embeddings(folder, self.lm, self.template, vectors)}
 
 
-def _task_type(peft, lm: MaskedLM):
-    """PEFT's task type as saved in the adapter: a decoder's adapter loads as
-    ``PeftModelForCausalLM``; a masked LM has no task type of its own."""
-    return peft.TaskType.CAUSAL_LM if lm.kind == CAUSAL else peft.TaskType.FEATURE_EXTRACTION
+def _task_type(peft, lm: LanguageModel, method: str = "prompt"):
+    """PEFT's task type as saved in the adapter (``LanguageModel.peft_task_type``)."""
+    return lm.peft_task_type(peft, method)
 
 
-def build(lm: MaskedLM, task, config, objective):
+def build(lm: LanguageModel, task, config, objective):
     peft = require_peft(config.method)
     torch.manual_seed(config.seed)
     if config.method == "lora":
         kwargs = dict(r=config.lora_r, lora_alpha=config.lora_alpha,
                       lora_dropout=config.lora_dropout)  # fmt: skip
-        if lm.kind == CAUSAL:
-            kwargs["task_type"] = peft.TaskType.CAUSAL_LM
+        if (task_type := _task_type(peft, lm, "lora")) is not None:
+            kwargs["task_type"] = task_type
         try:
             cfg = peft.LoraConfig(**kwargs)
             model = peft.get_peft_model(lm.model, cfg)
@@ -235,7 +234,9 @@ def build(lm: MaskedLM, task, config, objective):
     return part
 
 
-def build_prefix(lm: MaskedLM, task, config, peft, n, init, found, layers, heads) -> PrefixPart:
+def build_prefix(
+    lm: LanguageModel, task, config, peft, n, init, found, layers, heads
+) -> PrefixPart:
     """Prefix tuning started from real words (Li & Liang 2021): each virtual token's key and
     value in every layer are those the start tokens (found, text or vocab) produce when the
     model reads them; ``--init random`` keeps PEFT's own start."""
@@ -273,7 +274,7 @@ def tuned_template(template, result: dict, folder: str):
     return fixed_triggers(template, result)
 
 
-def attach(lm: MaskedLM, folder: str, result: dict):
+def attach(lm: LanguageModel, folder: str, result: dict):
     from autoprompt_py.tune.methods.attach import check_same_base, load_vectors
 
     check_same_base(lm, folder, result)

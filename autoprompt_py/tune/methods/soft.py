@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from autoprompt_py.encoding import Batch
-from autoprompt_py.model import MaskedLM
+from autoprompt_py.language_model import LanguageModel
 from autoprompt_py.template import Template
 from autoprompt_py.tune.init import init_vectors
 
@@ -29,9 +29,11 @@ def vector_template(template: Template, first_id: int, n: int | None = None) -> 
 
 
 class SoftPromptLM:
-    """A ``MaskedLM`` whose ids ≥ ``first_id`` are the rows of ``vectors`` [n, E]."""
+    """A ``LanguageModel`` whose ids ≥ ``first_id`` are the rows of ``vectors`` [n, E]."""
 
-    def __init__(self, lm: MaskedLM, vectors: torch.Tensor, first_id: int | None = None) -> None:
+    def __init__(
+        self, lm: LanguageModel, vectors: torch.Tensor, first_id: int | None = None
+    ) -> None:
         self.lm = lm
         self.vectors = vectors
         self.first_id = lm.vocab_size if first_id is None else first_id
@@ -68,7 +70,9 @@ class SoftPromptLM:
 class SoftPart:
     method = "soft"
 
-    def __init__(self, lm: MaskedLM, template: Template, vectors: torch.Tensor, start_ids) -> None:
+    def __init__(
+        self, lm: LanguageModel, template: Template, vectors: torch.Tensor, start_ids
+    ) -> None:
         self.lm = lm
         self.source_template = template
         self.vectors = nn.Parameter(vectors.to(lm.device, torch.float32))
@@ -106,7 +110,7 @@ class SoftPart:
         return write_embeddings(folder, self.lm, self.source_template, self.vectors.detach())
 
 
-def build(lm: MaskedLM, task, config, objective) -> SoftPart:
+def build(lm: LanguageModel, task, config, objective) -> SoftPart:
     """The slots start where ``--init`` says (``auto``: what the template found): a search
     result's trigger embeddings make step 0 the discrete prompt itself, a tuned ``soft``
     folder's trained vectors continue its run."""
@@ -133,7 +137,7 @@ def tuned_template(template: Template, result: dict, folder: str) -> Template:
     return vector_template(template, int(result["model"]["vocab_size"]))
 
 
-def attach(lm: MaskedLM, folder: str, result: dict) -> SoftPromptLM:
+def attach(lm: LanguageModel, folder: str, result: dict) -> SoftPromptLM:
     from autoprompt_py.tune.methods.attach import check_same_base, load_vectors
 
     check_same_base(lm, folder, result)

@@ -1,0 +1,139 @@
+"""The one interface of a language model, whatever its kind.
+
+``MaskedLM`` (``model.py``) and ``CausalLM`` (``causal_model.py``) implement it; a third kind
+(an encoder-decoder, say) would be a third subclass and one line in ``model_kind.py``. What
+both kinds do alike is written here once; every question whose answer depends on the kind is
+a member with one answer per subclass, so that no module outside the model modules asks which
+kind it holds (the provenance checks that compare a recorded kind with the model's aside).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+
+class LanguageModel(ABC):
+    """A frozen language model with its tokenizer, on one device."""
+
+    model: nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+    # float32 weights with the forward under autocast to this dtype (bf16 on GPUs), or None
+    autocast_dtype: torch.dtype | None
+    # loaded with --trust-remote-code: a reload of the same model (tune --method head) may too
+    trust_remote_code: bool
+    uses_token_type_ids: bool
+
+    kind: ClassVar[str]  # what results record (model_kind.MASKED, model_kind.CAUSAL)
+    # the answer slot is the next token after the text before it (a decoder), not a mask
+    # read with the text on both sides; text after the slot is then scored as a continuation
+    reads_next_token: ClassVar[bool]
+    # a candidate trigger must read back as the same ids from its text (BPE and SentencePiece
+    # merges): results are written as text, and a decoder's found prompt must reproduce
+    triggers_round_trip: ClassVar[bool]
+
+    _gather_at: torch.Tensor | None
+
+    # -- what every kind shares ----------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self.embeddings.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embeddings.dtype
+
+    @property
+    def embeddings(self) -> torch.Tensor:
+        """The input embedding matrix, [vocab, embedding dim]."""
+        return self.model.get_input_embeddings().weight
+
+    @property
+    def vocab_size(self) -> int:
+        return self.embeddings.shape[0]
+
+    def word_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Input embeddings of ids, as the model's embedding layer looks them up."""
+        return self.model.get_input_embeddings()(input_ids)
+
+    @contextlib.contextmanager
+    def head_at(self, positions: torch.Tensor) -> Iterator[None]:
+        """Within it, a forward of ``self.model`` (or of a wrapper of it, such as a PEFT
+        model) runs the LM head at ``positions`` ([batch, k]) only: logits [batch, k, vocab]."""
+        self._gather_at = positions
+        try:
+            yield
+        finally:
+            self._gather_at = None
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The forward's autocast (``autocast_dtype``), or nothing."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    # -- what each kind answers ----------------------------------------------------------------
+
+    @property
+    @abstractmethod
+    def trigger_fill_id(self) -> int:
+        """What open trigger slots hold when a search starts (``--initial mask``)."""
+
+    @property
+    @abstractmethod
+    def max_length(self) -> int:
+        """The longest input, special tokens included, that both tokenizer and model accept."""
+
+    @abstractmethod
+    def mask_logits(
+        self,
+        mask_positions: torch.Tensor,
+        attention_mask: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits [batch, k, vocab] of the answer at each of ``mask_positions`` ([batch, k])."""
+
+    @abstractmethod
+    def shared_prefix_logits(
+        self,
+        mask_positions: torch.Tensor,
+        attention_mask: torch.Tensor,
+        input_ids: torch.Tensor,
+        split_at: torch.Tensor,
+        group: int,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``mask_logits`` of rows in groups of ``group`` that share their first ``split_at``
+        tokens (a decoder runs that prefix once; a masked LM shares nothing)."""
+
+    @abstractmethod
+    def peft_task_type(self, peft: Any, method: str) -> Any:
+        """The PEFT task type its ``method`` adapter (``lora``, ``prompt``, ...) is saved with
+        and loads back as; None: PEFT's own model for the method, no task type."""
+
+    @abstractmethod
+    def sequence_head_options(self) -> dict[str, Any]:
+        """More ``AutoModelForSequenceClassification.from_pretrained`` options a
+        classification head on this model needs (a decoder's: the pad id it reads up to)."""
+
+    @abstractmethod
+    def head_input_ids(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_id: int | None
+    ) -> torch.Tensor:
+        """The ids a classification head on this model is given for a right-padded batch."""
+
+    @abstractmethod
+    def prefix_key_values(self, ids: list[int], layers: int) -> torch.Tensor:
+        """[n, layers × 2 × hidden]: per token, the key and then the value of each layer when
+        the model reads ``ids`` alone (positions 0..n-1), laid out as PEFT's prefix-tuning
+        embedding (layer l's key at 2l, its value at 2l + 1)."""
