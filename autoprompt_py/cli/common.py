@@ -197,7 +197,13 @@ def model_options(f: Callable | None = None, *, several: str | None = None) -> C
 
     model = (
         click.option(
-            "--model", "model_name", default=DEFAULT_MODEL, show_default=True, help=MODEL_HELP
+            "--model",
+            "model_name",
+            multiple=True,  # given twice, refused by name: never the last one silently
+            default=(DEFAULT_MODEL,),
+            show_default=True,
+            callback=one_model,
+            help=MODEL_HELP,
         )
         if several is None
         else click.option(
@@ -331,6 +337,17 @@ def load_model(name: str | None, device: str = "auto", dtype: str = "float32"):
 
     check_model_folder(name)
     return load(name, device, dtype, trust_remote_code=_TRUST.get())
+
+
+def one_model(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> str:
+    """A command that reads one model: ``--model`` given twice is refused (click would keep
+    the last one without a word)."""
+    if len(value) > 1:
+        raise AutopromptError(
+            f"--model given {len(value)} times; '{ctx.info_name}' reads one model (several "
+            "models sharing a vocabulary: search, labels, score and probe); give one"
+        )
+    return value[0]
 
 
 def load_models(names: Sequence[str], device: str = "auto", dtype: str = "float32") -> list:

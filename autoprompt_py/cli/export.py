@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from autoprompt_py.cli.common import lock_output, quiet_transformers, trust_option
+from autoprompt_py.cli.common import lock_output, one_model, quiet_transformers, trust_option
 from autoprompt_py.cli.paths import InputFile
 from autoprompt_py.default_model import DEFAULT_MODEL
 from autoprompt_py.errors import AutopromptError
@@ -26,8 +26,11 @@ TOKEN_CHOICES = ("auto", "triggers", "all")  # prompt.TOKEN_CHOICES
 @click.option(
     "--model",
     "model_name",
-    help="Hub id or local folder of the masked LM whose embeddings seed the export "
-    f"[default: the model the search result names; with --template, {DEFAULT_MODEL}].",
+    multiple=True,
+    callback=lambda ctx, param, value: one_model(ctx, param, value) if value else None,
+    help="Hub id or local folder of the model (masked LM or decoder) whose embeddings seed "
+    f"the export [default: the model the search result names; with --template, "
+    f"{DEFAULT_MODEL}].",
 )
 @click.option(
     "--format",
