@@ -66,6 +66,8 @@ def run_case(name: str, out_dir: Path) -> dict:
     if name.startswith("search"):
         for key, default in NEW_SETTINGS.items():
             assert data["config"].pop(key) == default, key
+    else:  # score and probe results now record the model as every result does
+        assert data.pop("model")["kind"] == data["config"]["model_kind"]
     return normalized(data)
 
 
