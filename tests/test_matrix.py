@@ -102,8 +102,8 @@ def model_of(request, kind: str) -> Path | list[Path]:
 
 def model_args(request, kind: str, model: Path | None = None, device: bool = True) -> list:
     """``--model`` (the kind's, each of several, or ``model``), on the CPU, and ``--chat``
-    for a chat kind."""
-    chat = ["--chat"] if kind in CHAT else []
+    for a chat kind (``export`` takes neither: it reads the chat the result records)."""
+    chat = ["--chat"] if kind in CHAT and device else []
     models = model_of(request, kind) if model is None else model
     models = models if isinstance(models, list) else [models]
     return [*(a for m in models for a in ("--model", m)), *(["--device", "cpu"] * device), *chat]
