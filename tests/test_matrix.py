@@ -71,7 +71,7 @@ REFUSED = {
     },
     **{
         (job, "several", mode, shape): ("--model given 2 times", "refused: one model")
-        for job in ("tune", "predict", "export")
+        for job in ("tune", "export")
         for mode in SHAPES
         for shape in SHAPES[mode]
     },

@@ -230,3 +230,110 @@ def test_probe_over_two_models_prints_a_transfer_table(bed, tmp_path):
     assert all({"p@1", "p@10", "mrr", "p@1_ci95"} <= set(m) for m in template["models"])
     assert sorted(data["averages"]) == sorted([str(bed["first"]), str(bed["second"])])
     assert len(data["models"]) == 2
+
+
+# -- predict: the models' ensemble ------------------------------------------------------------
+
+
+def predict_rows(bed, out, models, *args):
+    r = invoke("predict", *(a for m in models for a in ("--model", bed[m])), "--device", "cpu",
+               *args, "--output", out)  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    return [json.loads(line) for line in out.read_text().splitlines()], r
+
+
+def test_predict_over_two_models_averages_each_models_probabilities(bed, tmp_path):
+    """Independent check: each model's own predict run, averaged by hand."""
+    args = ["--data", bed["data"], "--template", f"{{sentence}} {KEYS['first']} [P] .",
+            "--template", f"{{sentence}} {SHARED} [P] .", "--ensemble", "--calibrate",
+            "--verbalizer", "sst2", "--with-labels", "--bootstrap", "0"]  # fmt: skip
+    alone = [predict_rows(bed, tmp_path / f"{m}.jsonl", [m], *args)[0] for m in ("first", "second")]
+    both, r = predict_rows(bed, tmp_path / "both.jsonl", ["first", "second"], *args)
+    assert len(both) == len(alone[0]) > 0
+    for row, a, b in zip(both, *alone):
+        for label in ("0", "1"):
+            assert row[f"p_{label}"] == pytest.approx(
+                (a[f"p_{label}"] + b[f"p_{label}"]) / 2, abs=2e-6
+            )
+        assert row["prediction"] == max(("0", "1"), key=lambda lab: row[f"p_{lab}"])
+        assert row["margin"] == pytest.approx(abs(row["p_0"] - row["p_1"]), abs=2e-6)
+    accuracy = np.mean([row["prediction"] == row["gold"] for row in both])
+    assert f"accuracy {accuracy:.4f}" in r.stderr  # --with-labels: the averaged predictions
+    record = json.loads((tmp_path / "both.jsonl.run.json").read_text())
+    assert [m["name"] for m in record["models"]] == [str(bed["first"]), str(bed["second"])]
+    assert record["model_ensemble"] == "mean-probability"
+    assert record["metrics"]["accuracy"] == pytest.approx(accuracy)
+    assert "models" not in json.loads((tmp_path / "first.jsonl.run.json").read_text())
+
+
+def test_predict_relations_over_two_models_averages_every_candidate(bed, tmp_path):
+    words = ["florence", "tokyo", "spain", "greece", "russia", "dickens", "fun", "fine"]
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(words) + "\n")
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text("".join(json.dumps({"sub_label": s, "obj_label": o}) + "\n"
+                             for s, o in [("dante", "tokyo"), ("mozart", "spain")]))  # fmt: skip
+    args = ["--data", facts, "--template", "[X] was born in [Y] .", "--vocab", vocab,
+            "--top-k", "8", "--with-labels"]  # fmt: skip
+    alone = [predict_rows(bed, tmp_path / f"{m}.jsonl", [m], *args)[0] for m in ("first", "second")]
+    both, _ = predict_rows(bed, tmp_path / "both.jsonl", ["first", "second"], *args)
+    have = {w for w in words if w in both[0].values()}
+    assert len(have) >= 2  # the words that are one token of the vocabulary: every candidate shown
+
+    def probs(row):
+        return {row[f"top_{j}"]: row[f"p_{j}"] for j in range(1, 9) if f"top_{j}" in row}
+
+    for row, a, b in zip(both, *alone):
+        pa, pb, mean = probs(a), probs(b), probs(row)
+        assert set(mean) == set(pa) == set(pb)
+        for word, p in mean.items():
+            assert p == pytest.approx((pa[word] + pb[word]) / 2, abs=2e-6)
+        assert row["prediction"] == row["top_1"] and row["p"] == max(mean.values())
+        assert row["rank"] == 1 + sum(p > mean[row["gold"]] for p in mean.values())
+
+
+def test_predict_refuses_models_that_do_not_share_a_vocabulary(tiny_model_dirs, bed, tmp_path):
+    out = tmp_path / "p.jsonl"
+    r = CliRunner().invoke(
+        main,
+        ["predict", "--model", str(tiny_model_dirs["bert"]), "--model",
+         str(tiny_model_dirs["roberta"]), "--device", "cpu", "--data", str(bed["data"]),
+         "--template", TEMPLATE.replace(" [T]", ""), "--verbalizer", "sst2", "--output", str(out)],
+    )  # fmt: skip
+    assert r.exit_code == 2, r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert "its vocabulary differs" in lines[0] and "share one tokenizer" in lines[0]
+    assert not list(tmp_path.iterdir())  # no output, partial or record
+    r = invoke("predict", "--model", bed["first"], "--model", str(bed["first"]) + "/",
+               "--device", "cpu", "--data", bed["data"], "--template", "{sentence} [P] .",
+               "--verbalizer", "sst2", "--output", out)  # fmt: skip
+    assert r.exit_code == 2 and "given twice" in r.stderr and not list(tmp_path.iterdir())
+
+
+def test_predict_resumed_with_another_set_of_models_is_refused(bed, tmp_path):
+    from autoprompt_py.prediction.output import write_predictions
+    from autoprompt_py.prediction.run import PredictConfig
+
+    config = PredictConfig(("{sentence} [P] .",), ("sst2",), window=2)
+    lms = [load_model(str(bed[m]), "cpu") for m in ("first", "second")]
+    names = [str(bed["first"]), str(bed["second"])]
+    whole, part = tmp_path / "whole.csv", tmp_path / "part.csv"
+    write_predictions(config, str(bed["data"]), str(whole), lms, names, progress=False)
+
+    def stop(n: int) -> None:
+        if n == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_predictions(config, str(bed["data"]), str(part), lms, names, progress=False,
+                          on_window=stop)  # fmt: skip
+    for other, other_names in (
+        (lms[:1], names[:1]), (lms[::-1], names[::-1])
+    ):  # fmt: skip
+        with pytest.raises(AutopromptError, match="made from another model"):
+            write_predictions(config, str(bed["data"]), str(part), other, other_names,
+                              progress=False, resume=True)  # fmt: skip
+    s = write_predictions(config, str(bed["data"]), str(part), lms, names, progress=False,
+                          resume=True)  # fmt: skip
+    assert s.resumed_from == 4 and part.read_bytes() == whole.read_bytes()

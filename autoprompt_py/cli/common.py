@@ -345,7 +345,7 @@ def one_model(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
     if len(value) > 1:
         raise AutopromptError(
             f"--model given {len(value)} times; '{ctx.info_name}' reads one model (several "
-            "models sharing a vocabulary: search, labels, score and probe); give one"
+            "models sharing a vocabulary: search, labels, score, probe and predict); give one"
         )
     return value[0]
 

@@ -112,7 +112,10 @@ def _tokens(value: str) -> int | str:
 @click.option("--seed", type=int, default=0, show_default=True)
 @ensemble_options()
 @chat_options
-@model_options
+@model_options(
+    several="their ensemble: each row's probabilities are the mean of the models' "
+    "probabilities, and the prediction is read off the mean."
+)
 def predict(
     data,
     templates,
@@ -142,7 +145,7 @@ def predict(
     calibrate,
     content_free,
     chat,
-    model_name,
+    model_names,
     device,
     dtype,
     batch_size,
@@ -151,7 +154,7 @@ def predict(
 
     Every row gets each label's probability, the predicted label and its margin; for relation
     templates ([X] ... [Y]), the top-k objects with their probabilities."""
-    from autoprompt_py.cli.common import load_model
+    from autoprompt_py.cli.common import load_model, load_models
     from autoprompt_py.ensemble import parse_weights
     from autoprompt_py.prediction.output import preflight, write_predictions
     from autoprompt_py.prediction.run import PredictConfig
@@ -193,11 +196,26 @@ def predict(
         chat=chat is not None,
         system=None if chat is None else chat.system,
     )
+    several = len(model_names) > 1
+    if several:  # a model named twice is refused before the output is claimed
+        from autoprompt_py.several import check_distinct
+
+        check_distinct(model_names)
     preflight(config, data, output, output_format, force, resume)  # before the model loads
     quiet_transformers()
-    lm = load_model(model_name, device, dtype)
+    # several models: loaded and checked to share one vocabulary before the output is opened
+    lms = load_models(model_names, device, dtype) if several else None
+    lm = lms[0] if several else load_model(model_names[0], device, dtype)
     summary = write_predictions(
-        config, data, output, lm, model_name, dtype, output_format, force, resume
+        config,
+        data,
+        output,
+        lms if several else lm,
+        list(model_names) if several else model_names[0],
+        dtype,
+        output_format,
+        force,
+        resume,
     )
     echo = lambda text: click.echo(text, err=True)  # noqa: E731 - stdout may be the data
     if summary.resumed_from:
@@ -205,7 +223,8 @@ def predict(
     if summary.skipped:
         echo(f"note: {summary.skipped} rows skipped: a text field missing or empty (--on-error)")
     if summary.truncated:
-        echo(f"note: {summary.truncated} inputs were cut to the model's {lm.max_length} tokens")
+        positions = min(m.max_length for m in lms) if several else lm.max_length
+        echo(f"note: {summary.truncated} inputs were cut to the model's {positions} tokens")
     m = summary.metrics
     if m is not None:
         if "accuracy" in m:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from autoprompt_py.data import cell_text, iter_rows
 from autoprompt_py.errors import AutopromptError, raise_pending_stop
 from autoprompt_py.language_model import LanguageModel
 from autoprompt_py.metrics import classification_metrics, rank_metrics
+from autoprompt_py.prediction.models import RULE, make_predictor
 from autoprompt_py.prediction.prefetch import prefetch
 from autoprompt_py.prediction.reader import RowReader
 from autoprompt_py.prediction.resume import (
@@ -57,6 +58,7 @@ from autoprompt_py.results import (
     run_record_path,
     write_json,
 )
+from autoprompt_py.several import models_record
 from autoprompt_py.textfile import open_binary
 from autoprompt_py.vocab import read_vocab
 
@@ -150,8 +152,8 @@ def write_predictions(
     config: PredictConfig,
     data: str,
     output: str,
-    lm: LanguageModel,
-    model: str,
+    lm: LanguageModel | Sequence[LanguageModel],
+    model: str | Sequence[str],
     dtype: str = "float32",
     output_format_: str | None = None,
     force: bool = False,
@@ -167,10 +169,13 @@ def write_predictions(
     ``resume`` continues such a partial file (same config, model and input, or refused with
     the reason) and the finished file is byte for byte the uninterrupted run's.
     ``on_window(n)`` is called after the n-th window is saved (tests interrupt there).
+    Several models (``lm`` and ``model`` lists): their ensemble (``prediction.models``).
     """
     fmt = output_format(output, output_format_)
     target = check_paths(data, output, force, resume, fmt)
-    identity = run_identity(config, data, model, dtype, fmt)
+    # one model: its name, as ever; several: every name, so --resume refuses another set
+    names = model if isinstance(model, str) else list(model) if len(model) > 1 else model[0]
+    identity = run_identity(config, data, names, dtype, fmt)
     reader = open_reader(config, data)
     main = distributed.is_main()
     skip, offset, earlier = 0, 0, PredictSummary()
@@ -182,7 +187,7 @@ def write_predictions(
             earlier = PredictSummary(point["rows"], point["skipped"], point["read"])
     elif target is not None and main:
         sidecar_path(target).unlink(missing_ok=True)  # a fresh start: an old record is void
-    predictor = Predictor(config, lm)
+    predictor = make_predictor(config, lm)
     keep = _keep_names(config, data)
     columns = predictor.columns(keep)
     summary = PredictSummary(earlier.rows, earlier.skipped, earlier.read, resumed_from=skip)
@@ -263,7 +268,7 @@ def write_predictions(
         finally:
             if target is not None and main:
                 stream.close()
-        summary.truncated = sum(m.prompt.truncated for m in predictor.members)
+        summary.truncated = predictor.truncated
         if config.with_labels:
             summary.metrics = _metrics(config, predictor, gold, predicted)
         if target is not None and main:
@@ -325,7 +330,7 @@ def _finish(
     columns: list[str],
     group_rows: int,
     summary: PredictSummary,
-    lm: LanguageModel,
+    lm: LanguageModel | Sequence[LanguageModel],
 ) -> None:
     """The partial file becomes the output (converted where its format differs), with the
     output's permissions; then the run's record is written beside it."""
@@ -351,10 +356,14 @@ def _finish(
     partial.unlink(missing_ok=True)
     sidecar_path(target).unlink(missing_ok=True)
     counts = {k: v for k, v in asdict(summary).items() if k != "metrics"}
+    lms = list(lm) if isinstance(lm, (list, tuple)) else [lm]
+    # several models: each one's record, and how their probabilities were combined
+    several = {**models_record(lms), "model_ensemble": RULE} if len(lms) > 1 else {}
     record = {
         **provenance("predict", identity["config"]),
         "output": {"path": str(target), "format": fmt, "columns": columns},
-        "model": model_record(lm),  # the kind, vocabulary and embedding size, as every result
+        "model": model_record(lms[0]),  # the kind, vocabulary and embedding size, as every result
+        **several,
         "dtype": identity["dtype"],
         "input": identity.get("input"),
         "counts": counts,

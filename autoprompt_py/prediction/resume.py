@@ -15,8 +15,11 @@ from autoprompt_py.prediction.run import PredictConfig
 from autoprompt_py.textfile import open_binary, read_text, regular_file
 
 
-def run_identity(config: PredictConfig, data: str, model: str, dtype: str, fmt: str) -> dict:
-    """What a partial output must match to be resumed: the config, model and input."""
+def run_identity(
+    config: PredictConfig, data: str, model: str | list[str], dtype: str, fmt: str
+) -> dict:
+    """What a partial output must match to be resumed: the config, model (several: every
+    one's name) and input."""
     ident = {"config": asdict(config), "model": model, "dtype": dtype, "format": fmt}
     if data != "-":
         path = Path(data)

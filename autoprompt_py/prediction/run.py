@@ -258,18 +258,24 @@ class Predictor:
         if encoded is None:
             encoded = self.prepare(examples)
         if self.relational:
-            return self._relation_rows(rows, examples, encoded)
+            return self.relation_rows(rows, examples, *self.relation_scores(examples, encoded))
+        top, probs, _ = self.label_scores(examples, encoded)
+        return self.label_rows(rows, top, probs)
+
+    def label_scores(self, examples, encoded: dict) -> tuple[np.ndarray, np.ndarray, object]:
+        """(predicted label per row, label probabilities [rows, labels]; vote: the shares,
+        vote's tiebreak or None)."""
         parts = []
         for i, m in enumerate(self.members):
             mine = {k: encoded[(i, k)] for k in self.masks_needed(m)}
             lp = log_normalise(self._member_scores(m, examples, mine))[:, m.order]
             parts.append(calibrate(lp, m.p_cf) if m.p_cf is not None else lp)
         if len(parts) == 1:
-            top, probs = parts[0].argmax(1), np.exp(parts[0])
-        else:
-            c = combine(parts, self.config.ensemble_rule, self.config.weights)
-            top = c.argmax()
-            probs = np.exp(c.scores) if c.tiebreak is None else c.scores  # vote: the shares
+            return parts[0].argmax(1), np.exp(parts[0]), None
+        c = combine(parts, self.config.ensemble_rule, self.config.weights)
+        return c.argmax(), np.exp(c.scores) if c.tiebreak is None else c.scores, c.tiebreak
+
+    def label_rows(self, rows: Sequence[InputRow], top, probs: np.ndarray) -> list[dict]:
         ordered = np.sort(probs, 1)
         margin = ordered[:, -1] - (ordered[:, -2] if probs.shape[1] > 1 else 0.0)
         probs = _rounded(probs)
@@ -283,7 +289,8 @@ class Predictor:
             out.append(row)
         return out
 
-    def _relation_rows(self, rows, examples, encoded: dict) -> list[dict]:
+    def relation_scores(self, examples, encoded: dict) -> tuple[np.ndarray, np.ndarray | None]:
+        """(log-probabilities [rows, candidates]; vote: the shares, tiebreak) of the members."""
         rule = self.config.ensemble_rule
         acc = EnsembleAccumulator(rule) if len(self.members) > 1 else None
         for wi, m in enumerate(self.members):
@@ -291,15 +298,13 @@ class Predictor:
             if m.p_cf is not None:
                 lp = calibrate(lp, m.p_cf).astype(np.float32)
             if acc is None:
-                scores, tiebreak = lp, None
-            else:
-                acc.add(lp, 1.0 if self.config.weights is None else self.config.weights[wi])
+                return lp, None
+            acc.add(lp, 1.0 if self.config.weights is None else self.config.weights[wi])
             del lp
-        if acc is not None:
-            c = acc.result()
-            scores, tiebreak = c.scores, c.tiebreak
-            if tiebreak is None:
-                scores = log_normalise(scores)
+        c = acc.result()
+        return (log_normalise(c.scores), None) if c.tiebreak is None else (c.scores, c.tiebreak)
+
+    def relation_rows(self, rows, examples, scores, tiebreak) -> list[dict]:
         k = min(self.config.top_k, scores.shape[1])
         # ties broken by the mean log-probability for vote, as Combined.ranks does
         key = torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float64))
@@ -350,6 +355,11 @@ class Predictor:
         rank = ["rank"] if self.config.with_labels else []
         tops = [c for j in range(1, k + 1) for c in (f"top_{j}", f"p_{j}")]
         return head + ["prediction", "p"] + rank + tops
+
+    @property
+    def truncated(self) -> int:
+        """Inputs cut to the model's positions (each member's count, summed)."""
+        return sum(m.prompt.truncated for m in self.members)
 
     def member_names(self) -> list[str]:
         return [m.prompt.text for m in self.members]
@@ -412,14 +422,18 @@ def open_reader(config: PredictConfig, data: str) -> RowReader:
     )
 
 
-def predict(config: PredictConfig, data: str, lm: LanguageModel | None = None) -> Iterator[dict]:
+def predict(
+    config: PredictConfig, data: str, lm: LanguageModel | Sequence[LanguageModel] | None = None
+) -> Iterator[dict]:
     """Output rows of ``data`` in input order, read and scored a window at a time (the API
     under ``autoprompt predict``; ``write_predictions`` writes them to a file). Without
-    ``lm``, the bundled model."""
+    ``lm``, the bundled model; a list of models: their ensemble (``prediction.models``)."""
+    from autoprompt_py.prediction.models import make_predictor
+
     if lm is None:
         from autoprompt_py.model import load_model
 
         lm = load_model()
-    predictor = Predictor(config, lm)
+    predictor = make_predictor(config, lm)
     for rows in open_reader(config, data).windows(predictor.window_rows):
         yield from predictor.window(rows)
