@@ -38,7 +38,7 @@ _EXPORTS = {
     "CausalLM": "autoprompt_py.causal_model",
     "load_model": "autoprompt_py.model",
     "PredictConfig": "autoprompt_py.prediction.run",
-    "predict": "autoprompt_py.prediction.run",
+    "predict": "autoprompt_py.prediction.models",
     "write_predictions": "autoprompt_py.prediction.output",
     "probe_templates": "autoprompt_py.probing",
     "FoundPrompt": "autoprompt_py.prompt",

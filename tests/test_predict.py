@@ -16,9 +16,10 @@ from autoprompt_py.data import read_examples
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.evaluation import score_prompts
 from autoprompt_py.model import load_model
+from autoprompt_py.prediction.models import predict
 from autoprompt_py.prediction.output import write_predictions
 from autoprompt_py.prediction.reader import RowReader
-from autoprompt_py.prediction.run import PredictConfig, predict
+from autoprompt_py.prediction.run import PredictConfig
 from autoprompt_py.probing import probe_templates
 from autoprompt_py.resources import load_templates, load_verbalizer
 

@@ -332,7 +332,8 @@ def test_bench_tune_runs(capsys):
 def test_predict_runs_a_tuned_folder_as_score_does(tiny_model_dirs, tmp_path):
     """predict --template TUNED_FOLDER: the folder's prompt source plugs into predict, and its
     predictions are those of the tuned prompt scored directly."""
-    from autoprompt_py.prediction.run import PredictConfig, predict
+    from autoprompt_py.prediction.models import predict
+    from autoprompt_py.prediction.run import PredictConfig
 
     path = tiny_model_dirs["bert"]
     lm = load_model(path, device="cpu")

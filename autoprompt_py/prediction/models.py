@@ -1,4 +1,5 @@
-"""``predict`` with ``--model`` given more than once: a model ensemble.
+"""``predict``, the API under ``autoprompt predict`` (one model or several), and its model
+ensemble: ``--model`` given more than once.
 
 Each model scores every row with every prompt member as one model does (its own members'
 ensemble and calibration); the models' probabilities are then averaged, label by label (for
@@ -11,7 +12,7 @@ thing to every model.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -19,7 +20,7 @@ from autoprompt_py.ensemble import Combined
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.language_model import LanguageModel
 from autoprompt_py.prediction.reader import InputRow
-from autoprompt_py.prediction.run import PredictConfig, Predictor
+from autoprompt_py.prediction.run import PredictConfig, Predictor, open_reader
 
 RULE = "mean-probability"  # how the models are combined, as the run record names it
 
@@ -103,3 +104,18 @@ def make_predictor(config: PredictConfig, lms: LanguageModel | Sequence[Language
     if not isinstance(lms, (list, tuple)):
         return Predictor(config, lms)
     return Predictor(config, lms[0]) if len(lms) == 1 else ModelEnsemble(config, lms)
+
+
+def predict(
+    config: PredictConfig, data: str, lm: LanguageModel | Sequence[LanguageModel] | None = None
+) -> Iterator[dict]:
+    """Output rows of ``data`` in input order, read and scored a window at a time (the API
+    under ``autoprompt predict``; ``write_predictions`` writes them to a file). Without
+    ``lm``, the bundled model; a list of models: their ensemble (``make_predictor``)."""
+    if lm is None:
+        from autoprompt_py.model import load_model
+
+        lm = load_model()
+    predictor = make_predictor(config, lm)
+    for rows in open_reader(config, data).windows(predictor.window_rows):
+        yield from predictor.window(rows)

@@ -11,7 +11,7 @@ process writes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -420,20 +420,3 @@ def open_reader(config: PredictConfig, data: str) -> RowReader:
         config.on_error,
         config.limit,
     )
-
-
-def predict(
-    config: PredictConfig, data: str, lm: LanguageModel | Sequence[LanguageModel] | None = None
-) -> Iterator[dict]:
-    """Output rows of ``data`` in input order, read and scored a window at a time (the API
-    under ``autoprompt predict``; ``write_predictions`` writes them to a file). Without
-    ``lm``, the bundled model; a list of models: their ensemble (``prediction.models``)."""
-    from autoprompt_py.prediction.models import make_predictor
-
-    if lm is None:
-        from autoprompt_py.model import load_model
-
-        lm = load_model()
-    predictor = make_predictor(config, lm)
-    for rows in open_reader(config, data).windows(predictor.window_rows):
-        yield from predictor.window(rows)
