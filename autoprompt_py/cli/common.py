@@ -163,10 +163,13 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
-def model_options(f: Callable) -> Callable:
+def model_options(f: Callable | None = None, *, batch_size: int = 32) -> Callable:
     """--model, --device, --dtype, --batch-size; --backend and --dist-timeout, and the command
     run in the torch.distributed process group when a launcher (torchrun) started it;
-    --trust-remote-code (a model needing its own code is refused first without it)."""
+    --trust-remote-code (a model needing its own code is refused first without it).
+    ``@model_options(batch_size=N)``: another --batch-size default (tune: TuneConfig's)."""
+    if f is None:
+        return functools.partial(model_options, batch_size=batch_size)
 
     @functools.wraps(f)
     def in_process_group(
@@ -204,7 +207,9 @@ def model_options(f: Callable) -> Callable:
             default="float32",
             show_default=True,
         ),
-        click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
+        click.option(
+            "--batch-size", type=click.IntRange(min=1), default=batch_size, show_default=True
+        ),
         click.option(
             "--backend",
             type=click.Choice(["auto", "nccl", "gloo"]),
