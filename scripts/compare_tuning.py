@@ -1,6 +1,6 @@
-"""Compare what `autoprompt tune` trains: every method × init, few-shot (K per class) and full
-data, over data seeds, at equal steps; mean ± std of the dev and test metric, seconds and
-trainable parameters.
+"""Compare what `autoprompt tune` trains: every method × init × selection rule, few-shot (K per
+class) and full data, over data seeds, at equal steps; mean ± std of the dev, held-out and
+test metric, seconds and trainable parameters.
 
     python scripts/compare_tuning.py --tasks sst2 --methods untrained,full,head,soft \
         --shots 16 --data-seeds 0-4 --steps 150 --threads 1 --output compare_tuning.json
@@ -15,11 +15,20 @@ rate, ``ptuning-lstm`` for P-tuning's LSTM encoder. Relations: ``searched`` is t
 trigger a ``--search-seconds`` GCG search finds (scored as it is), ``soft:found`` the soft
 prompt trained from it (OptiPrompt). ``--quick`` runs a reduced
 setting on the files under ``examples/`` (CI runs it, so the script cannot rot).
+
+Selection rules (``--rules``, ``tune --select``): one training run serves ``best-dev``,
+``last`` and ``average`` (it keeps the last ``--average-last`` checkpoints, and the held-out
+and test splits are scored at every evaluation, so the best-on-dev and the last checkpoint are
+read off it); ``cv`` is a run of its own. ``--held-out N`` scores N rows of the dev pool (apart
+from the dev sample) at the same checkpoints: a split to choose settings on, so that the test
+split stays one no choice was made on. ``--steps`` and ``--lr`` may list several values (a
+grid); ``default`` is TuneConfig's per-method default.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -52,8 +61,24 @@ def split3(rows: list, seed: int = 0) -> tuple[list, list, list]:
     return pick(perm[:a]), pick(perm[a:b]), pick(perm[b:])
 
 
-def load_data(name: str, quick: bool):
-    """(train, dev, test, verbalizer, template, soft template, per_class) for a task."""
+def hold_out(dev: list, n: int) -> tuple[list, list]:
+    """(the dev pool less ``n`` rows, those ``n`` rows), drawn with seed 0."""
+    if not n:
+        return dev, []
+    perm = np.random.default_rng(0).permutation(len(dev))
+    held = set(perm[:n].tolist())
+    return [e for i, e in enumerate(dev) if i not in held], [dev[i] for i in sorted(held)]
+
+
+def load_data(name: str, quick: bool, held: int = 0):
+    """(train, dev, test, verbalizer, template, soft template, per_class, held-out) for a
+    task."""
+    *data, per_class = _load_data(name, quick)
+    dev, held_rows = hold_out(data[1], held)
+    return (data[0], dev, *data[2:], per_class, held_rows)
+
+
+def _load_data(name: str, quick: bool):
     from autoprompt_py.data import read_examples, read_facts
     from autoprompt_py.search.task import split_off_dev as split_dev
     from autoprompt_py.textfile import parse_json, read_text
@@ -96,7 +121,7 @@ def searched_template(lm, data, seed: int, args):
 
     key = (id(data), seed)
     if key not in _SEARCHED:
-        train, dev, _, verb, _, soft_template, _ = data
+        train, dev, _, verb, _, soft_template, *_ = data
         task = SearchTask(parse_template(soft_template), train, dev)
         config = SearchConfig(time_budget=args.search_seconds, iters=100_000, seed=seed)
         result = run_search(lm, task, config, progress=False).result
@@ -104,13 +129,14 @@ def searched_template(lm, data, seed: int, args):
     return _SEARCHED[key]
 
 
-def run_one(lm_factory, data, method: str, shots, seed: int, args) -> dict:
+def run_one(lm_factory, data, method: str, shots, seed: int, args, steps=None) -> list[dict]:
+    """One method on one data seed: a result per selection rule of ``args.rules``."""
     from autoprompt_py.tune import TuneConfig, load_tune_task, tune
     from autoprompt_py.tune.loop import evaluate
     from autoprompt_py.tune.methods import build_part
     from autoprompt_py.tune.run import make_objective
 
-    train, dev, test, verb, template, soft_template, per_class = data
+    train, dev, test, verb, template, soft_template, per_class, held = data
     name, _, lr = method.partition("@")
     name, _, init = name.partition(":")
     name, _, encoder = name.partition("-")  # ptuning-lstm: P-tuning's LSTM encoder
@@ -133,30 +159,116 @@ def run_one(lm_factory, data, method: str, shots, seed: int, args) -> dict:
     )  # fmt: skip
     lm = lm_factory()
     started = time.perf_counter()
+
+    def scores(part, objective) -> dict:
+        out = {}
+        for split, rows in (("held", held), ("test", task.test)):
+            if rows:
+                out[split] = evaluate(part, objective, objective.encode(rows, part.template),
+                                      64, lm.device)[0]  # fmt: skip
+        return out
+
     if name in ("untrained", "searched"):
         config = TuneConfig(method="full", eval_batch_size=64)
         objective = make_objective(lm, task, config)
         part = build_part(lm, task, config, objective)
         d, _ = evaluate(part, objective, objective.encode(task.dev), 64, lm.device)
-        t, _ = evaluate(part, objective, objective.encode(task.test), 64, lm.device)
-        return {"dev": d, "test": t, "seconds": time.perf_counter() - started, "trainable": 0}
+        got = scores(part, objective)
+        return [{"rule": None, "dev": d, **got, "seconds": time.perf_counter() - started,
+                 "trainable": 0}]  # fmt: skip
     config = TuneConfig(
         method=name, init=init or ("vocab" if name == "soft" else "found"), init_text=init_text,
-        encoder=encoder or "mlp", lr=float(lr) if lr else None, steps=args.steps,
-        batch_size=args.batch_size,
-        eval_every=args.eval_every, seed=seed, shots=k, dev_shots=dev_k,
-        data_seed=seed,
+        encoder=encoder or "mlp", lr=float(lr) if lr else None, steps=steps,
+        batch_size=args.batch_size, eval_every=args.eval_every, seed=seed, shots=k,
+        dev_shots=dev_k, data_seed=seed, average_last=args.average_last,
+        cv_folds=args.cv_folds,
     )  # fmt: skip
-    out = tune(lm, task, config, progress=False).result
-    m = out["metric"]
-    return {
-        "dev": out["dev"][m],
-        "test": out["test"][m],
-        "start_dev": out["start"][m],
-        "seconds": time.perf_counter() - started,
-        "trainable": out["trainable_parameters"],
-        "projection_dev": (out.get("projection") or {}).get("dev", {}).get(m),
-    }
+    rules = args.rules.split(",")
+    runs = []
+    one = [r for r in rules if r in ("best-dev", "last", "average")]
+    if one:  # one trajectory: it keeps the average and a copy of every evaluated checkpoint
+        objective = make_objective(lm, task, config)
+        at: dict = {}
+        outcome = tune(
+            lm,
+            task,
+            dataclasses.replace(config, select="average"),
+            progress=False,
+            watch=lambda step, part: at.update({step: part.state()}),
+        )
+        out = outcome.result
+        m = out["metric"]
+        curve = out["curve"]
+        best = max(curve, key=lambda p: (p["dev"], p["step"]))  # a tie keeps the later one
+        picks = {"average": (out["best_step"], out["dev"][m], scores(outcome.part, objective))}
+        done: dict = {}  # held-out and test at the kept checkpoint, once a checkpoint
+        for rule, p in (("last", curve[-1]), ("best-dev", best)):
+            if p["step"] not in done:
+                outcome.part.load_state(at[p["step"]])
+                done[p["step"]] = scores(outcome.part, objective)
+            picks[rule] = (p["step"], p["dev"], done[p["step"]])
+        seconds = time.perf_counter() - started
+        for rule in one:
+            step, d, got = picks[rule]
+            runs.append({"rule": rule, "dev": d, **got, "kept_step": step, "seconds": seconds,
+                         "start_dev": out["start"][m], "steps": out["total_steps"],
+                         "lr": out["config"]["lr"],
+                         "trainable": out["trainable_parameters"]})  # fmt: skip
+    if "cv" in rules:
+        started = time.perf_counter()
+        lm = lm_factory()
+        outcome = tune(lm, task, dataclasses.replace(config, select="cv"), progress=False)
+        out = outcome.result
+        m = out["metric"]
+        objective = make_objective(lm, task, config)
+        runs.append({"rule": "cv", "dev": out["dev"][m],
+                     **scores(outcome.part, objective), "kept_step": out["best_step"],
+                     "seconds": time.perf_counter() - started, "start_dev": out["start"][m],
+                     "steps": out["total_steps"], "lr": out["config"]["lr"],
+                     "trainable": out["trainable_parameters"],
+                     "cv": out["select"]["cv"]})  # fmt: skip
+    return runs
+
+
+def report(runs: list[dict]) -> None:
+    """The table: mean ± std over data seeds of each task × K × method × steps × rule."""
+    print("| task | K | method | steps | rule | dev | held-out | test | seconds | trainable |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    groups: dict = {}
+    for r in runs:
+        key = (r["task"], r["shots"], r["method"], r.get("grid_steps"), r.get("rule"))
+        groups.setdefault(key, []).append(r)
+
+    def cell(rs, key):
+        if any(key not in r for r in rs):
+            return "–"
+        v = np.array([r[key] for r in rs])
+        return f"{v.mean():.3f} ± {v.std():.3f}"
+
+    for (task_name, shots, method, steps, rule), rs in groups.items():
+        secs = np.mean([r["seconds"] for r in rs])
+        print(
+            f"| {task_name} | {shots or 'all'} | {method} | {steps or '–'} | {rule or '–'} | "
+            f"{cell(rs, 'dev')} | {cell(rs, 'held')} | {cell(rs, 'test')} | {secs:.1f} | "
+            f"{rs[0]['trainable']:,} |"
+        )
+
+
+def pivot(runs: list[dict], metric: str) -> None:
+    """One row per task × K × method × steps, one column per rule: ``metric``'s mean ± std."""
+    rules = [r for r in ("best-dev", "last", "average", "cv") if any(x["rule"] == r for x in runs)]
+    cells: dict = {}
+    for r in runs:
+        if metric in r:
+            key = (r["task"], r["shots"], r["method"], r.get("grid_steps"))
+            cells.setdefault(key, {}).setdefault(r.get("rule") or "–", []).append(r[metric])
+    print(f"| task | K | method | steps | {' | '.join(['untrained', *rules])} ({metric}) |")
+    print("|---|---|---|---|" + "---|" * (len(rules) + 1))
+    for (task_name, shots, method, steps), by in cells.items():
+        row = [f"{np.mean(v):.3f} ± {np.std(v):.3f}" if (v := by.get(r)) else ""
+               for r in ["–", *rules]]  # fmt: skip
+        head = f"| {task_name} | {shots or 'all'} | {method} | {steps or '–'} |"
+        print(f"{head} {' | '.join(row)} |")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -164,16 +276,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", default=None, help="default: the bundled model")
     ap.add_argument("--tasks", default="sst2")
     ap.add_argument("--methods", default="untrained,full,head,soft:vocab")
+    ap.add_argument("--rules", default="best-dev,last,average",
+                    help="selection rules: best-dev, last, average (one run), cv")  # fmt: skip
     ap.add_argument("--shots", default="16", help="comma-separated K per class; 0: all rows")
     ap.add_argument("--dev-shots", type=int, default=16)
     ap.add_argument(
         "--full-dev-shots", type=int, default=0,
         help="with --shots 0, dev examples per class (0: the whole dev split)",
     )  # fmt: skip
+    ap.add_argument("--held-out", type=int, default=0, help="rows of the dev pool to score")
     ap.add_argument("--data-seeds", default="0-4")
-    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--steps", default="150", help="comma-separated; default: by method")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--eval-every", type=int, default=25)
+    ap.add_argument("--average-last", type=int, default=3)
+    ap.add_argument("--cv-folds", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument(
         "--search-seconds", type=float, default=60.0,
@@ -181,11 +298,19 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="a reduced setting on examples/ (CI)")
     ap.add_argument("--output", default=None, help="write every run as JSON")
+    ap.add_argument("--report", default=None, help="the tables of a run's JSON lines (stderr)")
+    ap.add_argument("--pivot", default=None, help="with --report: a column per rule of this")
     args = ap.parse_args(argv)
+    if args.report:
+        lines = Path(args.report).read_text(encoding="utf-8").splitlines()
+        runs = [r for x in lines if x.startswith("{") and "task" in (r := json.loads(x))]
+        pivot(runs, args.pivot) if args.pivot else report(runs)
+        return
     if args.quick:
-        args.tasks, args.data_seeds, args.steps, args.eval_every = "quick", "0", 2, 2
-        args.shots, args.dev_shots = "4", 4
-        args.methods = "untrained,full,soft:vocab"
+        args.tasks, args.data_seeds, args.steps, args.eval_every = "quick", "0", "2", 1
+        args.shots, args.dev_shots, args.held_out = "4", 4, 8
+        args.methods, args.rules = "untrained,full,soft:vocab", "best-dev,last,average,cv"
+        args.cv_folds = 2
 
     import torch
 
@@ -197,28 +322,18 @@ def main(argv: list[str] | None = None) -> None:
     lm_factory = lambda: load_model(args.model, device="cpu")  # noqa: E731 (fresh weights per run)
     runs = []
     for task_name in args.tasks.split(","):
-        data = load_data(task_name, args.quick)
+        data = load_data(task_name, args.quick, args.held_out)
         for shots in [int(s) for s in args.shots.split(",")]:
-            shots_here = shots if data[6] or shots == 0 else shots
             for method in args.methods.split(","):
-                for seed in seeds(args.data_seeds):
-                    r = run_one(lm_factory, data, method, shots_here, seed, args)
-                    r.update(task=task_name, method=method, shots=shots, seed=seed)
-                    runs.append(r)
-                    print(json.dumps(r), file=sys.stderr, flush=True)
-    print("| task | K | method | dev | test | seconds | trainable |")
-    print("|---|---|---|---|---|---|---|")
-    groups: dict = {}
-    for r in runs:
-        groups.setdefault((r["task"], r["shots"], r["method"]), []).append(r)
-    for (task_name, shots, method), rs in groups.items():
-        dev = np.array([r["dev"] for r in rs])
-        test = np.array([r["test"] for r in rs])
-        secs = np.mean([r["seconds"] for r in rs])
-        print(
-            f"| {task_name} | {shots or 'all'} | {method} | {dev.mean():.3f} ± {dev.std():.3f} | "
-            f"{test.mean():.3f} ± {test.std():.3f} | {secs:.1f} | {rs[0]['trainable']:,} |"
-        )
+                for steps in args.steps.split(",")[: 1 if method == "untrained" else None]:
+                    n = None if steps == "default" else int(steps)
+                    for seed in seeds(args.data_seeds):
+                        for r in run_one(lm_factory, data, method, shots, seed, args, n):
+                            r.update(task=task_name, method=method, shots=shots, seed=seed,
+                                     grid_steps=steps)  # fmt: skip
+                            runs.append(r)
+                            print(json.dumps(r), file=sys.stderr, flush=True)
+    report(runs)
     if args.output:
         Path(args.output).write_text(json.dumps(runs, indent=1) + "\n", encoding="utf-8")
 

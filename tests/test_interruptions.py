@@ -83,10 +83,11 @@ def whole(tiny_model_dirs, tmp_path_factory) -> Path:
     return out
 
 
-def assert_same_run(folder: Path, whole: Path) -> None:
+def assert_same_run(folder: Path, whole: Path, steps: int | None = 6) -> None:
     a = json.loads((folder / "result.json").read_text())
     b = json.loads((whole / "result.json").read_text())
-    assert not a["interrupted"] and a["steps"] == b["steps"] == 6
+    assert not a["interrupted"] and a["steps"] == b["steps"] == (steps or b["steps"])
+    assert a["select"] == b["select"]
     assert [(c["step"], c["dev"]) for c in a["curve"]] == [
         (c["step"], c["dev"]) for c in b["curve"]
     ]
@@ -123,6 +124,24 @@ def test_tune_resumes_after_a_signal(
     assert r.exit_code == 0, r.output
     assert_same_run(out, whole)
     assert not Path(f"{out}.lock").exists()
+
+
+def test_cv_resumes_after_a_signal_inside_a_fold(tiny_model_dirs, tmp_path, monkeypatch):
+    model, cv = tiny_model_dirs["bert"], ("--select", "cv", "--cv-folds", "2")
+    whole = tmp_path / "whole"
+    assert invoke(tune_args(model, whole, *cv)).exit_code == 0
+    out = tmp_path / "t"
+    signal_at(monkeypatch, 8, signal.SIGTERM)  # the second fold's second step (6 a fold)
+    r = invoke(tune_args(model, out, *cv))
+    assert r.exit_code == 143 and "terminated (SIGTERM)" in r.stderr, r.output
+    assert not out.exists()  # nothing trained on all rows yet: no folder
+    ckpt = Path(f"{out}.ckpt")
+    assert json.loads((ckpt / "fold-0" / "state.json").read_text())["state"]["finished"]
+    assert not json.loads((ckpt / "fold-1" / "state.json").read_text())["state"]["finished"]
+    monkeypatch.undo()
+    r = invoke(tune_args(model, out, *cv, "--resume"))
+    assert r.exit_code == 0, r.output
+    assert_same_run(out, whole, steps=None)
 
 
 def test_tune_resumes_after_kill_9_between_checkpoints(tiny_model_dirs, tmp_path, whole):

@@ -21,6 +21,24 @@ def _run(args: list[str]) -> str:
     return proc.stdout
 
 
+def test_compare_tuning_quick_runs(capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compare_tuning", SCRIPTS / "compare_tuning.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--quick", "--threads", "1"])
+    out, err = capsys.readouterr()
+    table = [line for line in out.splitlines() if line.startswith("| quick")]
+    assert len(table) == 1 + 2 * 4  # untrained; full and soft under each of the four rules
+    runs = [json.loads(x) for x in err.splitlines() if x.startswith("{")]
+    assert {r["method"] for r in runs} == {"untrained", "full", "soft:vocab"}
+    assert {r["rule"] for r in runs} == {None, "best-dev", "last", "average", "cv"}
+    assert all("held" in r and "test" in r for r in runs)  # the held-out split beside test
+    cv = next(r for r in runs if r["rule"] == "cv")
+    assert cv["kept_step"] == cv["cv"]["chosen"] == cv["steps"]
+
+
 @pytest.mark.slow
 def test_bench_score_runs(shared_model, shared_data):
     out = _run(

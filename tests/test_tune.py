@@ -1,5 +1,6 @@
 """autoprompt tune: forwards equal a direct computation, only the trainable part moves, resume
-equals an uninterrupted run, the saved folder scores as the run measured, bad input."""
+equals an uninterrupted run (for every selection rule), each rule ends with the weights it
+names, the saved folder scores as the run measured, bad input."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from autoprompt_py.model import load_model
 from autoprompt_py.scoring import classify, probe_facts
 from autoprompt_py.template import parse_template
 from autoprompt_py.tune import TuneConfig, load_tune_task, tune
+from autoprompt_py.tune.config import SMALL_DEV_RULE
 from autoprompt_py.tune.folder import attach_tuned, tuned_templates
 from autoprompt_py.tune.loop import Trainer
 from autoprompt_py.tune.methods import build_part
@@ -102,10 +104,22 @@ def test_only_the_trainable_part_moves(tiny_model_dirs, family):
     assert out.result["trainable_parameters"] == 2 * lm.embeddings.shape[1]
 
 
-@pytest.mark.parametrize("method", ["soft", "full"])
-def test_resume_equals_an_uninterrupted_run(tiny_model_dirs, tmp_path, monkeypatch, method):
+@pytest.mark.parametrize(
+    "method, rule, stop",
+    [
+        ("soft", "best-dev", 4),
+        ("soft", "last", 2),  # from the checkpoint of step 0
+        ("full", "best-dev", 4),
+        ("full", "average", 4),
+        ("soft", "cv", 8),  # inside the second fold: the run stops with nothing written
+        ("full", "cv", 14),  # inside the training on all rows, after the folds
+    ],
+)
+def test_resume_equals_an_uninterrupted_run(tiny_model_dirs, tmp_path, monkeypatch, method, rule,
+                                            stop):  # fmt: skip
     path = tiny_model_dirs["bert"]
-    kw = dict(init="vocab", lr=0.05 if method == "soft" else 1e-3, steps=6)
+    kw = dict(init="vocab", lr=0.05 if method == "soft" else 1e-3, steps=6, select=rule)
+    kw |= dict(average_last=2, cv_folds=2)
 
     def run(output, resume=False):
         lm = load_model(path, device="cpu")
@@ -113,24 +127,110 @@ def test_resume_equals_an_uninterrupted_run(tiny_model_dirs, tmp_path, monkeypat
         return tune(lm, task, config, output=output, resume=resume, force=True, progress=False)
 
     whole = run(tmp_path / "whole")
-    original = Trainer.step
+    original, calls = Trainer.step, [0]
 
-    def stop_at_4(self):
-        if self.state.step == 3:
+    def stop_once(self):  # the stop-th optimizer step of the run, whichever phase it is in
+        calls[0] += 1
+        if calls[0] == stop:
             raise KeyboardInterrupt
         return original(self)
 
-    monkeypatch.setattr(Trainer, "step", stop_at_4)
-    cut = run(tmp_path / "cut")
-    assert cut.interrupted and cut.result["steps"] == 3
+    monkeypatch.setattr(Trainer, "step", stop_once)
+    try:
+        cut = run(tmp_path / "cut")
+        assert cut.interrupted and cut.result["steps"] == (stop - 1 if rule != "cv" else 1)
+    except KeyboardInterrupt:
+        assert rule == "cv" and not (tmp_path / "cut").exists()  # no weights on all rows yet
     monkeypatch.setattr(Trainer, "step", original)
     resumed = run(tmp_path / "cut", resume=True)
     assert [p["dev"] for p in resumed.result["curve"]] == [p["dev"] for p in whole.result["curve"]]
     assert [p["train_loss"] or 0 for p in resumed.result["curve"]] == pytest.approx(
         [p["train_loss"] or 0 for p in whole.result["curve"]], rel=1e-6
     )
+    assert resumed.result["select"] == whole.result["select"]
+    assert resumed.result["dev"] == whole.result["dev"]
     for k, v in whole.part.state().items():
         torch.testing.assert_close(resumed.part.state()[k], v, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "method, rule, keep, kept",
+    [("full", "last", 3, [6]), ("soft", "last", 1, [6]), ("full", "average", 2, [4, 6]),
+     ("soft", "average", 9, [2, 4, 6])],  # the start is averaged only while nothing trained
+)  # fmt: skip
+def test_last_and_average_end_at_the_kept_checkpoints(tiny_model_dirs, method, rule, keep, kept):
+    lm = load_model(tiny_model_dirs["bert"], device="cpu")
+    lr = 0.05 if method == "soft" else 1e-3
+    task, config, _, _ = make(lm, fixed_trigger_template(lm), method, init="vocab", lr=lr,
+                              steps=6, select=rule, average_last=keep)  # fmt: skip
+    seen: dict = {}  # every evaluated checkpoint's trainable weights, as the run went
+    out = tune(lm, task, config, progress=False,
+               watch=lambda step, part: seen.update({step: part.state()}))  # fmt: skip
+    assert sorted(seen) == [0, 2, 4, 6]
+    assert out.result["select"]["kept_steps"] == kept and out.result["best_step"] == 6
+    assert out.result["select"]["rule"] == rule == out.result["config"]["select"]
+    assert not torch.equal(seen[4][next(iter(seen[4]))], seen[6][next(iter(seen[6]))])
+    got = out.part.state()
+    for k, v in got.items():
+        if v.is_floating_point():  # the mean in float64, independently of the run's own
+            want = torch.stack([seen[s][k].double() for s in kept]).mean(0).to(v.dtype)
+            torch.testing.assert_close(v, want, rtol=0, atol=1e-7)
+        else:
+            assert torch.equal(v, seen[6][k])
+    if rule == "last" or len(kept) == 1:
+        assert out.result["dev"]["accuracy"] == out.result["curve"][-1]["dev"]
+
+
+def test_cv_chooses_the_steps_on_folds_and_trains_on_all_rows(tiny_model_dirs):
+    path = tiny_model_dirs["bert"]
+
+    def run(**kw):
+        lm = load_model(path, device="cpu")
+        task, config, _, _ = make(lm, fixed_trigger_template(lm), "full", init="vocab", lr=1e-3,
+                                  **kw)  # fmt: skip
+        return task, tune(lm, task, config, progress=False)
+
+    task, out = run(steps=6, select="cv", cv_folds=3)
+    cv = out.result["select"]["cv"]
+    assert cv["steps"] == [2, 4, 6] and cv["fold_sizes"] == [2, 2, 2]  # a class each
+    assert len(cv["metric"]) == len(cv["loss"]) == 3
+    best = max(range(3), key=lambda i: (cv["metric"][i], -cv["loss"][i], cv["steps"][i]))
+    assert cv["chosen"] == cv["steps"][best] == out.result["total_steps"] == out.result["steps"]
+    assert out.result["data"]["n_train"] == len(task.train) == 6
+    # the weights: a run on all rows for the chosen number of steps, its last step kept
+    _, plain = run(steps=cv["chosen"], select="last")
+    assert [p["dev"] for p in plain.result["curve"]] == [p["dev"] for p in out.result["curve"]]
+    for k, v in plain.part.state().items():
+        torch.testing.assert_close(out.part.state()[k], v, rtol=0, atol=0)
+
+
+def test_auto_resolves_by_the_dev_set_and_the_start():
+    from autoprompt_py.tune.select import resolve_rule
+
+    assert resolve_rule(TuneConfig(method="full"), 100, "vocab")[0] == "best-dev"
+    assert resolve_rule(TuneConfig(method="full"), 99, "vocab")[0] == SMALL_DEV_RULE
+    assert resolve_rule(TuneConfig(method="soft"), 32, "vocab")[0] == SMALL_DEV_RULE
+    # vectors from a found prompt keep the best on dev: never below the found prompt there
+    assert resolve_rule(TuneConfig(method="soft"), 32, "found")[0] == "best-dev"
+    assert resolve_rule(TuneConfig(method="full", select="cv"), 500, "found")[0] == "cv"
+    budget = resolve_rule(TuneConfig(method="full", time_budget=5), 32, "vocab")[0]
+    assert budget == (SMALL_DEV_RULE if SMALL_DEV_RULE != "cv" else "last")
+
+
+@pytest.mark.parametrize("rule", ["best-dev", "last", "average", "cv", "auto"])
+def test_each_selection_rule_runs_through_the_cli(tiny_model_dirs, tmp_path, rule):
+    out = tmp_path / "t"
+    r = _cli("tune", "--model", tiny_model_dirs["bert"], "--device", "cpu",
+             "--train", REPO / "examples/sst2_mini.tsv", "--template", "{sentence} It was [MASK] .",
+             "--verbalizer", "sst2", "--method", "full", "--steps", "4", "--eval-every", "2",
+             "--batch-size", "4", "--lr", "1e-3", "--select", rule, "--cv-folds", "2",
+             "--quiet", "--output", out)  # fmt: skip
+    assert r.exit_code == 0, r.output
+    result = json.loads((out / "result.json").read_text())
+    want = SMALL_DEV_RULE if rule == "auto" else rule  # dev: 8 rows
+    assert result["select"]["rule"] == want and result["select"]["asked"] == rule
+    assert f"({want}" in r.output and result["config"]["select"] == rule
+    assert (result["select"]["cv"] is not None) == (want == "cv")
 
 
 def test_the_saved_folder_scores_as_the_run_measured(tiny_model_dirs, tmp_path):
@@ -238,6 +338,12 @@ BASE = ["tune", "--train", REPO / "examples/sentiment/train.tsv", "--verbalizer"
         (["--template", "[X] was born in [Y] .", "--method", "head"], "--method head"),
         (["--template", "{sentence} It was [P] .", "--method", "lora"], "PEFT"),
         (["--template", "{sentence} It was [P] .", "--output", "EXISTING"], "already exists"),
+        (
+            ["--template", "{sentence} It was [P] .", "--select", "cv", "--time-budget", "5"],
+            "--select cv",
+        ),
+        (["--template", "{sentence} It was [P] .", "--cv-folds", "1"], "--cv-folds 1"),
+        (["--template", "{sentence} It was [P] .", "--average-last", "0"], "--average-last"),
     ],
 )
 def test_bad_input_is_one_line_before_the_model_loads(tmp_path, monkeypatch, args, says):
@@ -266,22 +372,6 @@ def test_bad_input_is_one_line_before_the_model_loads(tmp_path, monkeypatch, arg
     errors = [line for line in r.output.splitlines() if line.lower().startswith("error:")]
     assert len(errors) == 1 and says in errors[0], r.output  # one line, no traceback
     assert not (tmp_path / "new").exists()
-
-
-def test_compare_tuning_quick_runs(capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "compare_tuning", REPO / "scripts/compare_tuning.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.main(["--quick", "--threads", "1"])
-    out, err = capsys.readouterr()
-    table = [line for line in out.splitlines() if line.startswith("| quick")]
-    assert len(table) == 3
-    runs = [json.loads(x) for x in err.splitlines() if x.startswith("{")]
-    assert {r["method"] for r in runs} == {"untrained", "full", "soft:vocab"}
 
 
 def test_plot_draws_a_tuning_curve(tiny_model_dirs, tmp_path):

@@ -74,6 +74,7 @@ def test_soft_from_a_search_result_is_the_discrete_prompt(searched):
     assert out.result["init"] == "found" and out.result["seed"]["kind"] == "search"
     assert abs(out.result["start"][m] - result["dev"][m]) <= 1e-6  # step 0 = where search ended
     assert out.result["dev"][m] >= result["dev"][m]
+    assert out.result["select"]["rule"] == "best-dev"  # auto, from a found start: never below it
 
 
 def test_prompt_starts_as_the_found_tokens_and_prefix_as_their_keys_and_values(searched):
@@ -108,7 +109,8 @@ def test_a_tie_keeps_the_later_checkpoint(tiny_model_dirs, monkeypatch):
     lm = load_model(tiny_model_dirs["bert"], device="cpu")
     task = load_tune_task(TEMPLATE, rows(), rows(), verbalizer=VERB)
     # a step too small to move any prediction: every evaluation ties with the start
-    config = TuneConfig(init="vocab", lr=1e-12, steps=4, eval_every=2, batch_size=3)
+    config = TuneConfig(init="vocab", lr=1e-12, steps=4, eval_every=2, batch_size=3,
+                        select="best-dev")  # fmt: skip
     out = tune(lm, task, config, progress=False)
     devs = [p["dev"] for p in out.result["curve"]]
     assert len(set(devs)) == 1 and out.result["best_step"] == 4

@@ -171,15 +171,18 @@ MODEL_HELP = (
 )
 
 
-def model_options(f: Callable | None = None, *, several: str | None = None) -> Callable:
+def model_options(
+    f: Callable | None = None, *, several: str | None = None, batch_size: int = 32
+) -> Callable:
     """--model, --device, --dtype, --batch-size; --backend and --dist-timeout, and the command
     run in the torch.distributed process group when a launcher (torchrun) started it;
     --trust-remote-code (a model needing its own code is refused first without it).
 
     ``several``: --model may be repeated (the command gets ``model_names``, a tuple), and
-    this sentence says what the command does with several models."""
+    this sentence says what the command does with several models. ``batch_size``: another
+    --batch-size default (tune: TuneConfig's)."""
     if f is None:
-        return functools.partial(model_options, several=several)
+        return functools.partial(model_options, several=several, batch_size=batch_size)
 
     @functools.wraps(f)
     def in_process_group(
@@ -230,7 +233,9 @@ def model_options(f: Callable | None = None, *, several: str | None = None) -> C
             default="float32",
             show_default=True,
         ),
-        click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
+        click.option(
+            "--batch-size", type=click.IntRange(min=1), default=batch_size, show_default=True
+        ),
         click.option(
             "--backend",
             type=click.Choice(["auto", "nccl", "gloo"]),

@@ -14,11 +14,13 @@ from autoprompt_py.cli.common import (
 )
 from autoprompt_py.cli.paths import DATA_FIX, InputFile
 from autoprompt_py.cli.search_options import MethodChoice
-from autoprompt_py.tune.config import INITS, METHODS  # light: no torch
+from autoprompt_py.tune.config import INITS, METHODS, SELECTS, TuneConfig  # light: no torch
+
+DEFAULTS = TuneConfig()  # the defaults are TuneConfig's: written once, read here
 
 
 @click.command("tune")
-@model_options
+@model_options(batch_size=DEFAULTS.batch_size)
 @click.option(
     "--train",
     required=True,
@@ -61,37 +63,75 @@ from autoprompt_py.tune.config import INITS, METHODS  # light: no torch
 @click.option(
     "--method",
     type=click.Choice(METHODS),
-    default="soft",
+    default=DEFAULTS.method,
     show_default=True,
     help="What trains: soft ([T] slots as vectors), full (every weight, PET), head "
     "(classification head, no prompt); prompt, ptuning, prefix, lora need PEFT.",
 )
 @click.option(
+    "--select",
+    type=click.Choice(SELECTS),
+    default=DEFAULTS.select,
+    show_default=True,
+    help="The weights the run ends with: best-dev (the best checkpoint on dev), last (the "
+    "final step's), average (mean of the last --average-last checkpoints), cv (steps chosen "
+    "by --cv-folds cross-validation on --train, then trained on all of it); auto: best-dev "
+    "with 100 dev examples or more, else the rule measured best (docs/tuning.md).",
+)
+@click.option(
+    "--average-last",
+    type=int,
+    default=DEFAULTS.average_last,
+    show_default=True,
+    help="--select average: how many evaluated checkpoints.",
+)
+@click.option(
+    "--cv-folds",
+    type=int,
+    default=DEFAULTS.cv_folds,
+    show_default=True,
+    help="--select cv: folds of the training examples.",
+)
+@click.option(
     "--init",
     type=click.Choice(INITS),
-    default="auto",
+    default=DEFAULTS.init,
     show_default=True,
     help="Where trained vectors start; auto: what --template found (a search result, an "
     "exported prompt or a tuned folder), else vocab (docs/seeding.md).",
 )
 @click.option("--init-text", default=None, help="Words the vectors start from (--init text).")
-@click.option("--lr", type=float, default=None, help="Learning rate [default: by method].")
-@click.option("--steps", type=int, default=None, help="Optimizer steps [default: 200].")
+@click.option(
+    "--lr",
+    type=float,
+    default=None,
+    help="Learning rate [default: by method, and with --shots its few-shot default].",
+)
+@click.option(
+    "--steps",
+    type=int,
+    default=None,
+    help="Optimizer steps [default: 200; with --shots by method (docs/tuning.md)].",
+)
 @click.option(
     "--epochs", type=float, default=None, help="Passes over --train (instead of --steps)."
 )
-@click.option("--warmup", type=float, default=0.1, show_default=True, help="Share of the steps.")
-@click.option("--weight-decay", type=float, default=0.0, show_default=True)
-@click.option("--max-grad-norm", type=float, default=1.0, show_default=True)
-@click.option("--eval-every", type=int, default=50, show_default=True)
+@click.option(
+    "--warmup", type=float, default=DEFAULTS.warmup, show_default=True, help="Share of the steps."
+)
+@click.option("--weight-decay", type=float, default=DEFAULTS.weight_decay, show_default=True)
+@click.option("--max-grad-norm", type=float, default=DEFAULTS.max_grad_norm, show_default=True)
+@click.option("--eval-every", type=int, default=DEFAULTS.eval_every, show_default=True)
 @click.option("--time-budget", type=float, default=None, help="Stop after this many seconds.")
 @click.option("--shots", type=int, default=None, help="K training examples per class (facts: K).")
 @click.option("--dev-shots", type=int, default=None, help="K dev examples per class.")
-@click.option("--data-seed", type=int, default=0, show_default=True, help="Seeds --shots.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--data-seed", type=int, default=DEFAULTS.data_seed, show_default=True, help="Seeds --shots."
+)
+@click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)
 @click.option(
     "--dropout/--no-dropout",
-    default=True,
+    default=DEFAULTS.dropout,
     show_default=True,
     help="The model's own dropout while training (off: torchrun runs equal one process).",
 )
@@ -140,7 +180,8 @@ from autoprompt_py.tune.config import INITS, METHODS  # light: no torch
 @chat_options
 def tune(
     model_name, device, dtype, batch_size, train, dev, dev_fraction, test, template, verbalizer,
-    aggregation, vocab, label_field, columns, method, init, init_text, lr, steps, epochs, warmup,
+    aggregation, vocab, label_field, columns, method, select, average_last, cv_folds, init,
+    init_text, lr, steps, epochs, warmup,
     weight_decay, max_grad_norm, eval_every, time_budget, shots, dev_shots, data_seed, seed,
     dropout, output, force, resume, quiet, grad_accum=None, global_batch=None, shard=False,
     grad_checkpointing=False, search_budget=None,
@@ -155,7 +196,8 @@ def tune(
     from autoprompt_py.tune.folder import check_output_folder
 
     config = TuneConfig(
-        method=method, init=init, init_text=init_text, lr=lr, steps=steps, epochs=epochs,
+        method=method, select=select, average_last=average_last, cv_folds=cv_folds, init=init,
+        init_text=init_text, lr=lr, steps=steps, epochs=epochs,
         batch_size=batch_size, warmup=warmup, weight_decay=weight_decay,
         max_grad_norm=max_grad_norm, eval_every=eval_every, time_budget=time_budget, seed=seed,
         shots=shots, dev_shots=dev_shots, data_seed=data_seed, dtype=dtype, dropout=dropout,
@@ -206,11 +248,11 @@ def tune(
         outcome = run_tune(lm, task, config, output, force, resume, progress=not quiet)
     r = outcome.result
     m = r["metric"]
-    line = f"dev {m} {r['start'][m]:.4f} → {r['dev'][m]:.4f} (best at step {r['best_step']})"
+    line = f"dev {m} {r['start'][m]:.4f} → {r['dev'][m]:.4f} ({kept_phrase(r)})"
     if r["test"] is not None:
         line += f"; test {m} {r['test'][m]:.4f}"
     click.echo(line)
-    if r["dev"]["small"]:
+    if r["dev"]["small"] and r["select"]["rule"] == "best-dev":
         n = r["dev"]["n"]
         click.echo(
             f"note: dev has {n} examples, so its {m} moves in steps of 1/{n} = {1 / n:.3f}: "
@@ -225,6 +267,17 @@ def tune(
     )
     if outcome.interruption is not None:
         raise outcome.interruption
+
+
+def kept_phrase(r: dict) -> str:
+    """What the run kept, in words: the rule and its step(s)."""
+    sel = r["select"]
+    rule = sel["rule"] + (", auto" if sel["asked"] == "auto" else "")
+    if sel["rule"] == "average":
+        return f"{rule}: mean of the checkpoints of steps {', '.join(map(str, sel['kept_steps']))}"
+    if sel["rule"] == "cv":
+        return f"{rule}: {sel['cv']['chosen']} steps chosen on {sel['cv']['folds']} folds"
+    return f"{rule}: step {r['best_step']}"
 
 
 def search_settings(config, budget, iters, method, options, task):

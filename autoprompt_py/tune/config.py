@@ -16,6 +16,11 @@ from autoprompt_py.tune.methods import REGISTRY
 METHODS = tuple(REGISTRY)  # soft, full, head, prompt, ptuning, prefix, lora
 INITS = ("auto", "found", "text", "vocab", "random")
 ENCODERS = ("mlp", "lstm")
+# which weights a run ends with (``tune/select.py``): ``auto`` is ``best-dev`` with a dev set
+# of SMALL_DEV examples or more, else the rule measured best on held-out data with small dev
+SELECTS = ("auto", "best-dev", "last", "average", "cv")
+SMALL_DEV = 100
+SMALL_DEV_RULE = "last"  # measured best on held-out data at K = 16 (docs/tuning.md)
 PEFT_METHODS = ("prompt", "ptuning", "prefix", "lora")
 # methods whose trainable part is a few vectors in the input: they take --init
 VECTOR_METHODS = ("soft", "prompt", "ptuning", "prefix")
@@ -29,6 +34,17 @@ DEFAULT_LR = {
     "lora": 1e-3,
     "full": 1e-4,
     "head": 1e-4,
+}
+DEFAULT_STEPS = 200
+# with --shots (K per class): (learning rate, steps) per method, chosen on held-out SST-2
+# sentences at K = 16 under SMALL_DEV_RULE (docs/tuning.md, docs/select-runs.jsonl); the
+# methods not measured there keep DEFAULT_LR and DEFAULT_STEPS
+FEW_SHOT = {
+    "full": (1e-4, 250),
+    "lora": (1e-3, 100),
+    "soft": (1e-2, 250),
+    "prompt": (1e-2, 250),
+    "head": (1e-4, 250),
 }
 
 
@@ -49,15 +65,21 @@ class TuneConfig:
     std). ``steps`` optimizer steps of ``batch_size`` examples (or ``epochs`` passes over the
     training set, whichever is given); AdamW with a linear warmup over ``warmup`` of the steps
     and a linear decay to 0; gradients clipped to ``max_grad_norm``; dev scored every
-    ``eval_every`` steps and the best kept. ``shots`` K: K training examples per class, drawn
-    with ``data_seed`` (LM-BFF's protocol); ``dev_shots`` likewise for dev.
+    ``eval_every`` steps; ``select`` decides the weights the run ends with (``select.py``:
+    ``best-dev``, ``last``, ``average`` of the last ``average_last`` checkpoints, ``cv`` on
+    ``cv_folds`` folds, ``auto`` by the dev set's size). ``shots`` K: K training examples per
+    class, drawn with ``data_seed`` (LM-BFF's protocol); ``dev_shots`` likewise for dev; with
+    ``shots``, ``lr`` and ``steps`` default to ``FEW_SHOT``'s per-method values.
     """
 
     method: str = "soft"
+    select: str = "auto"  # which checkpoint the run ends with: SELECTS, tune/select.py
+    average_last: int = 3  # select average: the last N evaluated checkpoints
+    cv_folds: int = 4  # select cv: folds of the training examples
     init: str = "auto"  # found where the template found something, else vocab (seed.py)
     init_text: str | None = None
-    lr: float | None = None  # None: DEFAULT_LR[method]
-    steps: int | None = None  # None: from epochs, else 200
+    lr: float | None = None  # None: FEW_SHOT's with shots, else DEFAULT_LR[method]
+    steps: int | None = None  # None: from epochs, else FEW_SHOT's with shots, else 200
     epochs: float | None = None
     batch_size: int = 16
     eval_batch_size: int = 64
@@ -85,15 +107,23 @@ class TuneConfig:
     grad_checkpointing: bool = False
 
     def __post_init__(self) -> None:
-        for name, allowed in (("method", METHODS), ("init", INITS), ("encoder", ENCODERS)):
+        choices = (("method", METHODS), ("select", SELECTS), ("init", INITS), ("encoder", ENCODERS))
+        for name, allowed in choices:
             if getattr(self, name) not in allowed:
                 raise AutopromptError(
                     f"--{name} {getattr(self, name)!r}: use one of {', '.join(allowed)}"
                 )
         if self.lr is not None and not (0 < self.lr <= 1):
             raise AutopromptError(f"--lr {self.lr}: must be a learning rate > 0 and ≤ 1, e.g. 1e-4")
-        for name in ("batch_size", "eval_batch_size", "eval_every", "encoder_hidden", "lora_r"):
+        for name in ("batch_size", "eval_batch_size", "eval_every", "encoder_hidden", "lora_r",
+                     "average_last"):  # fmt: skip
             _whole(name.replace("_", "-"), getattr(self, name), 1)
+        _whole("cv-folds", self.cv_folds, 2)
+        if self.select == "cv" and self.time_budget is not None:
+            raise AutopromptError(
+                "--select cv trains once per fold to choose its number of steps, so it needs "
+                "--steps (or --epochs), not --time-budget; use another --select with a budget"
+            )
         _whole("steps", self.steps, 1)
         _whole("shots", self.shots, 1)
         _whole("dev-shots", self.dev_shots, 1)
@@ -129,7 +159,11 @@ class TuneConfig:
 
     @property
     def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR[self.method]
+        if self.lr is not None:
+            return self.lr
+        if self.shots is not None and self.method in FEW_SHOT:
+            return FEW_SHOT[self.method][0]
+        return DEFAULT_LR[self.method]
 
     def total_steps(self, n_train: int) -> int:
         """Optimizer steps of the run: ``steps``, or ``epochs`` passes of ``n_train`` rows."""
@@ -138,7 +172,9 @@ class TuneConfig:
         if self.epochs is not None:
             per_epoch = -(-n_train // self.step_batch)
             return max(1, round(self.epochs * per_epoch))
-        return 200
+        if self.shots is not None and self.method in FEW_SHOT:
+            return FEW_SHOT[self.method][1]
+        return DEFAULT_STEPS
 
     def check_task(self, num_triggers: int, open_triggers: int, relational: bool) -> None:
         """Checks that need the template: before any model loads."""
@@ -172,7 +208,8 @@ class TuneConfig:
         keys = ["method", "init", "init_text", "lr", "batch_size", "warmup", "weight_decay"]
         keys += ["max_grad_norm", "seed", "shots", "dev_shots", "data_seed", "dtype", "dropout"]
         keys += ["num_virtual_tokens", "encoder", "encoder_hidden", "lora_r", "lora_alpha"]
-        keys += ["lora_dropout", "eval_every", "steps", "epochs"]
+        keys += ["lora_dropout", "eval_every", "steps", "epochs", "select", "average_last"]
+        keys += ["cv_folds"]
         # the rows of a step decide the run, not how they are split (processes, micro-batches)
         return {k: getattr(self, k) for k in keys} | {"batch_size": self.step_batch}
 

@@ -1,8 +1,9 @@
 """The training loop: AdamW with warmup and linear decay, gradient clipping, dev every
-``eval_every`` steps with the best kept, a time budget, a tqdm bar, Ctrl-C / SIGTERM keep the
-best so far, and a checkpoint (plain JSON beside the tensors) that a resumed run continues
-exactly: the batches are a function of (seed, step), and the optimizer, schedule and torch
-random state (dropout) are saved with the weights.
+``eval_every`` steps, the weights the selection rule keeps (the best on dev, the last, or the
+mean of the last few evaluated checkpoints: ``select.py``), a time budget, a tqdm bar,
+Ctrl-C / SIGTERM keep what the rule kept so far, and a checkpoint (plain JSON beside the
+tensors) that a resumed run continues exactly: the batches are a function of (seed, step),
+and the optimizer, schedule and torch random state (dropout) are saved with the weights.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,8 +40,9 @@ class TrainState:
     step: int = 0
     seconds: float = 0.0
     curve: list[dict] = field(default_factory=list)  # {step, seconds, train_loss, dev, dev_loss}
-    best_step: int = 0
-    best_dev: float | None = None
+    best_step: int = 0  # the kept checkpoint's step (average: the last of those averaged)
+    best_dev: float | None = None  # best-dev: the best dev metric so far
+    kept_steps: list[int] = field(default_factory=list)  # last, average: the steps kept
     start_dev: float | None = None
     loss_sum: float = 0.0
     loss_count: int = 0
@@ -103,9 +106,27 @@ def make_optimizer(part: TrainablePart, config: TuneConfig, total: int):
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+def average_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The element-wise mean of trainable state dicts (summed in float64, cast back)."""
+    if not states or not states[0]:
+        return {}  # under torchrun the ranks but 0 hold no copies
+    out = {}
+    for k, v in states[0].items():
+        if v.is_floating_point():
+            total = sum(s[k].to(torch.float64) for s in states)
+            out[k] = (total / len(states)).to(v.dtype)
+        else:
+            out[k] = states[-1][k].clone()
+    return out
+
+
 class Trainer:
-    """One run: ``run()`` trains from the start or a checkpoint; ``best`` holds the best
-    trainable tensors (on dev), loaded into the part when it ends."""
+    """One run: ``run()`` trains from the start or a checkpoint. ``rule`` decides the weights
+    it ends with: ``best-dev`` keeps the best trainable tensors on dev in ``best``; ``last``
+    and ``average`` keep the last ``keep`` evaluated checkpoints in ``kept`` (their mean is
+    loaded: for ``last``, the one checkpoint). ``watch(step, part)`` is called after each
+    evaluation (scripts score other splits there); ``parallel`` is shared between runs on one
+    part (``select.py``'s folds)."""
 
     def __init__(
         self,
@@ -118,16 +139,27 @@ class Trainer:
         identity: dict,
         checkpoint: Path | None = None,
         reduction: str | None = None,  # parallel.MODES; None: by the launch and config.shard
+        rule: str = "best-dev",
+        keep: int = 1,
+        watch: Callable | None = None,
+        parallel: Parallel | None = None,
     ) -> None:
         self.part, self.objective, self.train, self.dev = part, objective, train, dev
         self.config, self.device = config, device
         self.total = config.total_steps(len(train))
         self.identity = identity
         self.checkpoint = checkpoint
-        self.parallel = Parallel(part, config, device, reduction)  # before the optimizer (FSDP)
+        self.rule, self.keep, self.watch = rule, keep if rule == "average" else 1, watch
+        # before the optimizer (FSDP)
+        self.parallel = parallel or Parallel(part, config, device, reduction)
         self.optimizer, self.schedule = make_optimizer(part, config, self.total)
+        # no gradient left by an earlier run on the part (select.py's folds): the checkpoint
+        # writer initializes the optimizer's state only where no parameter holds one, so a
+        # run goes as it would in a fresh process (and as its resume does)
+        self.optimizer.zero_grad(set_to_none=True)
         self.state = TrainState()
         self.best: dict[str, torch.Tensor] | None = None
+        self.kept: list[dict[str, torch.Tensor]] = []
         self.interrupted = False
         self.interruption: KeyboardInterrupt | None = None
 
@@ -144,6 +176,7 @@ class Trainer:
             "step": self.state.step,
             "current": self.parallel.state(),  # every rank takes part: rank 0 gets them
             "best": self.best,
+            "kept": self.kept,
             "optimizer": self.parallel.optimizer_state(self.optimizer),
             "schedule": self.schedule.state_dict(),
             "rng": gather_objects((torch.get_rng_state(), cuda)),  # per rank
@@ -173,6 +206,7 @@ class Trainer:
         self.state = TrainState(**record["state"])
         self.parallel.load_state(held.get("current", {}))
         self.best = held.get("best", {}) if self.state.best_dev is not None else None
+        self.kept = list(held.get("kept") or [{} for _ in self.state.kept_steps])
         self.parallel.load_optimizer_state(self.optimizer, held.get("optimizer", {}))
         self.schedule.load_state_dict(small["schedule"])
         rng, cuda = small["rng"][distributed.rank() if len(small["rng"]) > 1 else 0]
@@ -227,11 +261,20 @@ class Trainer:
         s.loss_sum, s.loss_count = 0.0, 0
         if s.start_dev is None:
             s.start_dev = dev
-        # a tie keeps the later checkpoint: training is what was asked for, and the start
-        # stays only when it is strictly better on dev
-        if s.best_dev is None or dev >= s.best_dev:
-            s.best_dev, s.best_step = dev, s.step
-            self.best = self.parallel.state()  # rank 0's copy ({} on the others)
+        if self.rule == "best-dev":
+            # a tie keeps the later checkpoint: training is what was asked for, and the start
+            # stays only when it is strictly better on dev
+            if s.best_dev is None or dev >= s.best_dev:
+                s.best_dev, s.best_step = dev, s.step
+                self.best = self.parallel.state()  # rank 0's copy ({} on the others)
+        else:  # last, average: the last ``keep`` checkpoints, whatever dev says; the start
+            # only until a trained one comes
+            pairs = [(k, w) for k, w in zip(s.kept_steps, self.kept) if k > 0 or s.step == 0]
+            pairs = [*pairs, (s.step, self.parallel.state())][-self.keep :]
+            s.kept_steps, self.kept = [k for k, _ in pairs], [w for _, w in pairs]
+            s.best_step = s.step
+        if self.watch is not None:
+            self.watch(s.step, self.part)
 
     def run(self, resume: bool = False, progress: bool = True) -> TrainState:
         torch.manual_seed(self.config.seed)
@@ -274,7 +317,7 @@ class Trainer:
             self.interrupted, self.interruption = True, e
             # under torchrun the ranks stop at different places: no exchange is safe any
             # more; the last checkpoint is what a --resume continues
-            if self.best is None or distributed.active():
+            if (self.best is None and not self.kept) or distributed.active():
                 raise
         finally:
             bar.close()
@@ -284,8 +327,10 @@ class Trainer:
         s.finished = not self.interrupted
         if not self.interrupted:  # an interrupt may fall mid-step: keep the last whole one
             self.save()
-        if self.best is not None:
+        if self.rule == "best-dev" and self.best is not None:
             self.parallel.load_state(self.best)
+        elif self.rule != "best-dev" and self.kept:
+            self.parallel.load_state(average_states(self.kept))
         return s
 
     def step(self) -> float:

@@ -4,7 +4,8 @@ from it (``tune.run.tune``, started from the found trigger).
 
 The search reads the same training and dev examples as the training run, so the training
 curve's step 0 (``soft``: the found trigger's own embeddings) is the search result's dev
-metric, and the kept checkpoint is never below it on dev.
+metric, and (``--select auto`` keeps the best on dev for vectors started from a found
+prompt: ``select.py``) the kept checkpoint is never below it on dev.
 """
 
 from __future__ import annotations

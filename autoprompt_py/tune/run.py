@@ -1,5 +1,6 @@
-"""A whole ``tune`` run: build the part, train, score dev/test, project soft vectors back to
-tokens, write the folder (also on Ctrl-C: the best so far)."""
+"""A whole ``tune`` run: build the part, train (``select.py``'s rule decides the weights it
+ends with), score dev/test, project soft vectors back to tokens, write the folder (also on
+Ctrl-C: what the rule keeps so far)."""
 
 from __future__ import annotations
 
@@ -13,21 +14,19 @@ import torch
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.language_model import LanguageModel
 from autoprompt_py.prompt import model_record
-from autoprompt_py.results import provenance
+from autoprompt_py.results import from_main, provenance
 from autoprompt_py.template import chat_settings
-from autoprompt_py.tune.config import TuneConfig
+from autoprompt_py.tune.config import SMALL_DEV, TuneConfig
 from autoprompt_py.tune.folder import (
     TUNE_KIND,
     check_output_folder,
     checkpoint_path,
     write_folder,
 )
-from autoprompt_py.tune.loop import Trainer, evaluate
+from autoprompt_py.tune.loop import Trainer, evaluate, evaluate_with_loss
 from autoprompt_py.tune.methods import build_part, count_parameters
 from autoprompt_py.tune.objective import Objective
 from autoprompt_py.tune.task import TuneTask
-
-SMALL_DEV = 100  # fewer dev rows than this: the output says the metric moves in coarse steps
 
 
 def best_point(state) -> dict:
@@ -77,21 +76,25 @@ def tune(
     progress: bool = True,
     record: dict | None = None,
     stages: dict | None = None,
+    watch=None,
 ) -> TuneOutcome:
-    """Train ``config.method`` on ``task``; the best on dev is kept, scored on test, written.
+    """Train ``config.method`` on ``task``; the weights ``config.select`` keeps (``select.py``)
+    are scored on dev and test, and written.
 
     The model is trained in place (``full``, ``head`` aside; PEFT methods add their adapter
     to ``lm.model``): load a fresh one for another run.
     ``output`` is a folder (``folder.py``); its checkpoint is ``<output>.ckpt``, which
     ``resume`` continues. Ctrl-C (KeyboardInterrupt) stops the run with the best so far.
     ``stages``: the search that found the template (``pipeline.py``), recorded beside.
+    ``watch(step, part)``: called after each dev evaluation of the (final) training run.
     """
     started = time.perf_counter()
     config = config or TuneConfig()
     config.check_task(task.template.num_triggers, task.open_triggers, task.template.is_relational)
     from autoprompt_py import distributed
-    from autoprompt_py.tune.parallel import layout
+    from autoprompt_py.tune.parallel import Parallel, layout
     from autoprompt_py.tune.seed import check_init, check_seed_model, resolve_init
+    from autoprompt_py.tune.select import cross_validate, resolve_rule
 
     check_init(config, task)
     check_seed_model(task.seed, lm)
@@ -111,14 +114,32 @@ def tune(
     dev = objective.encode(task.dev, part.template)
     identity = {**task.identity, "model": lm.name, "config": config.identity()}
     checkpoint = checkpoint_path(target) if target is not None else None
-    trainer = Trainer(part, objective, train, dev, config, lm.device, identity, checkpoint)
+    rule, why = resolve_rule(config, len(dev), resolve_init(config, task))
     try:
-        state = trainer.run(resume=resume, progress=progress)
+        parallel = Parallel(part, config, lm.device)  # before any optimizer (FSDP)
+        final, cv = config, None
+        if rule == "cv":
+            cv = cross_validate(part, objective, task, config, lm.device, identity, checkpoint,
+                                resume, progress, parallel)  # fmt: skip
+            final = dataclasses.replace(config, steps=cv["chosen"], epochs=None)
+        again = resume and (cv is None or from_main(lambda: (checkpoint / "state.json").is_file()))
+        trainer = Trainer(part, objective, train, dev, final, lm.device, identity, checkpoint,
+                          rule="last" if rule == "cv" else rule, keep=config.average_last,
+                          watch=watch, parallel=parallel)  # fmt: skip
+        state = trainer.run(resume=again, progress=progress)
     except Exception:  # a full disk at the first checkpoint: no empty folder left behind
         if checkpoint is not None and checkpoint.is_dir() and not any(checkpoint.iterdir()):
             checkpoint.rmdir()
         raise
     metric = objective.metric
+    kept = {metric: state.best_dev, "dev_loss": best_point(state).get("dev_loss")}
+    if rule != "best-dev":  # the kept weights' own dev figures (average: scored here)
+        at = best_point(state)
+        kept = {metric: at["dev"], "dev_loss": at.get("dev_loss")}
+        if rule == "average" and len(state.kept_steps) > 1:
+            value, _, loss = evaluate_with_loss(part, objective, dev, config.eval_batch_size,
+                                                lm.device)  # fmt: skip
+            kept = {metric: value, "dev_loss": loss}
     test = None
     if task.test is not None and not trainer.interrupted:
         test_data = objective.encode(task.test, part.template)
@@ -163,13 +184,20 @@ def tune(
         "steps": state.step,
         "total_steps": trainer.total,
         "best_step": state.best_step,
+        "select": {
+            "rule": rule,
+            "asked": config.select,
+            "why": why,
+            "kept_steps": state.kept_steps if rule != "best-dev" else [state.best_step],
+            "cv": cv,
+        },  # fmt: skip
         "init": resolve_init(config, task),
         "seed": task.seed.record() if task.seed is not None else None,
         "start": {metric: state.start_dev, "dev_loss": state.curve[0].get("dev_loss")},
         "dev": {
-            metric: state.best_dev,
+            metric: kept[metric],
             "n": len(dev),
-            "dev_loss": best_point(state).get("dev_loss"),
+            "dev_loss": kept["dev_loss"],
             # the metric moves in steps of 1/n: on a small dev set a checkpoint is chosen
             # among few distinct values, and ties are common
             "step_size": 1 / len(dev),
