@@ -167,11 +167,12 @@ def build_model(family: str, tokenizer) -> torch.nn.Module:
     raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
 
 
-def build_tiny_decoder(family: str, folder: Path | str) -> Path:
-    """Build, save (``save_pretrained``) and return the folder of the tiny ``family`` decoder."""
+def build_tiny_decoder(family: str, folder: Path | str, tokenizer=None) -> Path:
+    """Build, save (``save_pretrained``) and return the folder of the tiny ``family`` decoder
+    (with ``tokenizer`` if given: the family's, changed)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(family)
+    tokenizer = tokenizer if tokenizer is not None else build_tokenizer(family)
     torch.manual_seed(SEED)
     model = build_model(family, tokenizer).to(torch.float32).eval()
     # random weights give near-uniform next tokens; a larger scale makes label scores differ
@@ -209,15 +210,7 @@ def build_chat_decoder(family: str, style: str, folder: Path | str) -> Path:
     """``build_tiny_decoder`` with a chat template (``chatml`` or ``llama3``): its header
     tokens added to the tokenizer as special tokens, the model's embeddings sized for them."""
     template, specials = CHAT_STYLES[style]
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(family)
     tokenizer.add_special_tokens({"additional_special_tokens": specials})
     tokenizer.chat_template = template
-    torch.manual_seed(SEED)
-    model = build_model(family, tokenizer).to(torch.float32).eval()
-    with torch.no_grad():
-        model.get_output_embeddings().weight.mul_(20.0)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return build_tiny_decoder(family, folder, tokenizer)
