@@ -43,11 +43,11 @@ def train_planted(folder: Path, which: str, steps: int = 150, seed: int = 0) -> 
     vocab = tok.get_vocab()
     key, shared = vocab[KEYS[which]], vocab[SHARED]
     label_ids = [vocab[w] for w in LABELS]
-    others = [
+    others = sorted(  # by id: get_vocab()'s order changes from one process to the next
         i
         for t, i in vocab.items()
         if t.isalpha() and t.islower() and len(t) > 1 and t not in (*LABELS, KEYS[which], SHARED)
-    ]
+    )
     config = BertConfig(
         hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
         max_position_embeddings=64, vocab_size=len(tok), pad_token_id=tok.pad_token_id,

@@ -101,11 +101,11 @@ def probe(
         templates_by_relation,
     )
     from autoprompt_py.prompt import model_record
-    from autoprompt_py.resources import check_trigger_ids, load_templates, with_chat
+    from autoprompt_py.resources import load_templates, with_chat
     from autoprompt_py.results import provenance, write_json
     from autoprompt_py.several import models_record
     from autoprompt_py.template import chat_settings
-    from autoprompt_py.tune.folder import attach_tuned, load_templates_or_tuned, read_tuned
+    from autoprompt_py.tune.folder import load_templates_or_tuned, prompted_model
     from autoprompt_py.vocab import read_vocab
 
     claim_output(output, force=force)  # before any work; locked until the command ends
@@ -134,18 +134,7 @@ def probe(
     quiet_transformers()
     runs, lms = [], load_models(model_names, device, dtype)
     for model_name, base in zip(model_names, lms):
-        check_trigger_ids(
-            [
-                t
-                for spec in specs
-                if read_tuned(spec) is None
-                for t in load_templates(spec, kept=True)
-            ],
-            base.vocab_size,
-            model_name,
-            kind=base.kind,
-        )
-        lm = attach_tuned(base, specs)
+        lm = prompted_model(base, specs, model_name)
         probes = probe_templates(
             lm,
             named,

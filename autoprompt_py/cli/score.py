@@ -111,13 +111,11 @@ def score(
     from autoprompt_py.ensemble import parse_weights
     from autoprompt_py.evaluation import check_verbalizers, score_prompts
     from autoprompt_py.resources import (
-        check_trigger_ids,
-        load_templates,
         load_verbalizer,
         with_chat,
     )
     from autoprompt_py.template import chat_settings
-    from autoprompt_py.tune.folder import attach_tuned, load_templates_or_tuned, read_tuned
+    from autoprompt_py.tune.folder import load_templates_or_tuned, prompted_model
 
     claim_output(output, force=force)  # before any work; locked until the command ends
     named = with_chat(
@@ -143,18 +141,7 @@ def score(
     quiet_transformers()
     reports, lms = [], load_models(model_names, device, dtype)
     for model_name, base in zip(model_names, lms):
-        check_trigger_ids(
-            [
-                t
-                for spec in templates
-                if read_tuned(spec) is None
-                for t in load_templates(spec, kept=True)
-            ],
-            base.vocab_size,
-            model_name,
-            kind=base.kind,
-        )  # a tuned soft prompt's slots are ids past the vocabulary, on purpose
-        lm = attach_tuned(base, templates)
+        lm = prompted_model(base, templates, model_name)
         report = score_prompts(
             lm,
             named,

@@ -166,3 +166,14 @@ def attach_tuned(lm, specs):
         return lm
     spec, result, module = on_base[0]
     return module.attach(lm, spec, result)
+
+
+def prompted_model(lm, specs, model_name: str):
+    """``attach_tuned`` after checking that the trigger ids of every ``--template`` that is
+    not a tuned folder fit this model's vocabulary (a tuned soft prompt's slots are ids past
+    it, on purpose): what ``score`` and ``probe`` run each model with."""
+    from autoprompt_py.resources import check_trigger_ids, load_templates
+
+    written = [t for s in specs if read_tuned(s) is None for t in load_templates(s, kept=True)]
+    check_trigger_ids(written, lm.vocab_size, model_name, kind=lm.kind)
+    return attach_tuned(lm, specs)
