@@ -45,12 +45,14 @@ def check_content_free(texts: Sequence[str] | None) -> tuple[str, ...]:
 def content_free_examples(
     template: Template, texts: Sequence[str], mask_token: str | None
 ) -> list[Example]:
-    """One example per content-free text, with every field of the template set to it."""
+    """One example per content-free text, with every field of the template set to it;
+    ``mask_token``: what ``[MASK]`` writes, the model's ``LanguageModel.mask_token`` (a
+    decoder fills none: no row for it)."""
     out = []
     for t in texts:
-        if t == MASK_TEXT and mask_token is None:
-            continue  # a decoder has no mask token to write
         text = mask_token if t == MASK_TEXT else t
+        if text is None:
+            continue
         out.append(Example({f: text for f in template.fields}, None, f"content-free {t!r}"))
     return out
 
@@ -74,5 +76,5 @@ def label_p_cf(
     batch_size: int = 32,
 ) -> np.ndarray:
     """p_cf [labels] of one classification member (template × verbalizer)."""
-    examples = content_free_examples(template, texts, lm.tokenizer.mask_token)
+    examples = content_free_examples(template, texts, lm.mask_token)
     return mean_distribution(classify(lm, template, examples, verbalizer, batch_size).scores)

@@ -64,6 +64,27 @@ class CausalLM(LanguageModel):
             return ids[0]
         return self.tokenizer.eos_token_id or 0
 
+    # A decoder fills no mask token, whatever its tokenizer names (Gemma's names one it was
+    # never trained to fill): the slot is the next token, and no [MASK] row is written.
+    @property
+    def mask_token(self) -> str | None:
+        return None
+
+    @property
+    def mask_token_id(self) -> int | None:
+        return None
+
+    @property
+    def special_ids(self) -> frozenset[int]:
+        """The tokenizer's special ids as if it named no mask token (one that another special
+        name holds too stays): a decoder's mask token is none of its tokens."""
+        tok = self.tokenizer
+        named = [v for k, v in tok.special_tokens_map.items() if k != "mask_token"]
+        others = {*named, *map(str, getattr(tok, "extra_special_tokens", None) or ())}
+        mask = tok.mask_token
+        kept = [t for t in tok.all_special_tokens if t != mask or t in others]
+        return frozenset(tok.convert_tokens_to_ids(kept))
+
     @property
     def max_length(self) -> int:
         """The longest input that both tokenizer and model accept."""
@@ -209,10 +230,6 @@ def load_causal(
             f"--model {name}: the weights lack the decoder's LM head ({missing[0]}); save the "
             "model with its head (an ...ForCausalLM class)"
         )
-    if tokenizer.mask_token is not None:
-        # Some decoders' tokenizers (Gemma) name a mask token they were never trained to fill;
-        # the encoder reads "no mask token" as "predict the next token". In memory only.
-        tokenizer.mask_token = None
     trusted = bool(kwargs.get("trust_remote_code", False))
     return CausalLM(model.to(device), tokenizer, name, autocast_dtype, trusted)
 

@@ -31,11 +31,6 @@ PLACEHOLDER = "AUTOPROMPT_USER_MESSAGE_7f3a9c"
 def render(tokenizer: PreTrainedTokenizerBase, chat: Chat, user: str) -> str:
     """The chat template's text for ``user``'s message, with the generation prompt."""
     name = tokenizer.name_or_path or "this model"
-    if tokenizer.mask_token_id is not None:  # causal_model.py clears a decoder's mask token
-        raise AutopromptError(
-            f"--chat: --model {name} is a masked LM, and chat templates are a decoder's; drop "
-            "--chat, or give a chat decoder as --model"
-        )
     if not getattr(tokenizer, "chat_template", None):
         raise AutopromptError(
             f"--chat: the tokenizer of --model {name} has no chat template "
@@ -68,10 +63,15 @@ class ChatFrame:
 
 @functools.lru_cache(maxsize=32)
 def chat_frame(
-    tokenizer: PreTrainedTokenizerBase, chat: Chat, prefix: tuple[int, ...]
+    tokenizer: PreTrainedTokenizerBase, chat: Chat, prefix: tuple[int, ...], next_token: bool
 ) -> ChatFrame:
     """The frame of ``chat`` for this tokenizer; ``prefix``: the ids the tokenizer puts before
-    any text (``encoding._SpecialLayout``)."""
+    any text (``encoding._SpecialLayout``); ``next_token``: the model is a decoder."""
+    if not next_token:
+        raise AutopromptError(
+            f"--chat: --model {tokenizer.name_or_path or 'this model'} is a masked LM, and chat "
+            "templates are a decoder's; drop --chat, or give a chat decoder as --model"
+        )
     text = render(tokenizer, chat, PLACEHOLDER)
     if text.count(PLACEHOLDER) != 1:
         raise AutopromptError(

@@ -20,7 +20,6 @@ from tqdm.auto import tqdm
 from autoprompt_py import distributed
 from autoprompt_py.chat import render, tokenize_rendered
 from autoprompt_py.data import Example
-from autoprompt_py.encoding import TemplateEncoder
 from autoprompt_py.errors import AutopromptError, warn
 from autoprompt_py.language_model import LanguageModel
 from autoprompt_py.template import Field, Literal, Part, Predict, Template, Trigger
@@ -109,7 +108,7 @@ def report_boundary_merges(
     vocab = len(lm.tokenizer)  # a soft prompt's slots are ids past it: they have no text
     if not lm.reads_next_token or any(t is None or t >= vocab for t in template.trigger_ids):
         return
-    encoder = TemplateEncoder(template, lm.tokenizer, lm.max_length, n_masks=1)
+    encoder = lm.encoder(template)
     enc = encoder.encode(example)
     p = enc.mask_positions[0]
     end = len(enc.input_ids) - len(encoder.layout.suffix)
@@ -175,7 +174,7 @@ def continuation_log_probs(
     the one-process result.
     """
     longest = max(len(c) for c in candidates)
-    encoder = TemplateEncoder(template, lm.tokenizer, lm.max_length, n_masks=longest)
+    encoder = lm.encoder(template, n_masks=longest)
     dataset = encoder.encode_all(examples)
     n_special = len(encoder.layout.suffix)  # an eos the tokenizer appends is not scored
     lengths = np.array([len(e.input_ids) for e in dataset.examples])

@@ -105,12 +105,6 @@ class _SpecialLayout:
         return len(self.prefix) + len(self.middle) + len(self.suffix)
 
 
-def predicts_next_token(tokenizer: PreTrainedTokenizerBase) -> bool:
-    """A tokenizer without a mask token is a decoder's (``causal_model.py``, which clears a
-    mask token a decoder's tokenizer names): its slot is read as the next token."""
-    return tokenizer.mask_token_id is None
-
-
 def _bos_before_slot(
     tokenizer: PreTrainedTokenizerBase, template: Template
 ) -> tuple[list[int], list[int]]:
@@ -135,10 +129,14 @@ class EncodedExample:
 
 
 class TemplateEncoder:
-    """Encodes examples for one template and tokenizer.
+    """Encodes examples for one template and tokenizer (``LanguageModel.encoder`` makes the
+    encoder of a model).
 
     ``n_masks`` masks fill the prediction slot (one per piece of a multi-token label word).
     Open trigger slots get ``trigger_fill_id`` (the mask token by default, as AutoPrompt starts).
+    ``next_token``: the model is a decoder (``LanguageModel.reads_next_token``): the slot holds
+    no token, and its "mask position" is the last token before it, whose logits predict it.
+    Told, never guessed from the tokenizer: a decoder's tokenizer may name a mask token too.
     """
 
     def __init__(
@@ -149,17 +147,18 @@ class TemplateEncoder:
         n_masks: int = 1,
         trigger_fill_id: int | None = None,
         answer_ids: Sequence[int] | None = None,
+        *,
+        next_token: bool,
     ) -> None:
         self.template = template
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.n_masks = n_masks
         self.layout = _SpecialLayout.of(tokenizer, pair=len(template.segments) == 2)
-        # read once: a tokenizer attribute costs microseconds, which 67k rows make seconds
-        self._mask_id = tokenizer.mask_token_id
-        # A tokenizer without a mask token is a decoder's (causal_model.py): the slot holds no
-        # token; its "mask position" is the last token before it, whose logits predict it.
-        self.next_token = predicts_next_token(tokenizer)
+        self.next_token = next_token
+        # read once: a tokenizer attribute costs microseconds, which 67k rows make seconds; a
+        # decoder's slot holds no token, so a mask token its tokenizer names is never written
+        self._mask_id = None if next_token else tokenizer.mask_token_id
         if trigger_fill_id is None and self.next_token:
             trigger_fill_id = tokenizer.eos_token_id or 0  # replaced by search before any use
         fill = self._mask_id if trigger_fill_id is None else trigger_fill_id
@@ -179,7 +178,7 @@ class TemplateEncoder:
         self._footer: list[int] = []
         self._spaced_first: object = None
         if template.chat is not None:
-            frame = chat_frame(tokenizer, template.chat, tuple(self._prefix[0]))
+            frame = chat_frame(tokenizer, template.chat, tuple(self._prefix[0]), next_token)
             self._prefix = (list(frame.header), [layout.types[0]] * len(frame.header))
             self._footer = list(frame.footer)
             if frame.user_space:
@@ -201,7 +200,7 @@ class TemplateEncoder:
 
     def _after_slot(self) -> list[int]:
         if not self.next_token:
-            raise ValueError("answer_ids: only a decoder's tokenizer has no mask token")
+            raise ValueError("answer_ids: only a decoder reads an answer written into the slot")
         parts = self.template.parts
         after = parts[parts.index(self.template.predict) + 1 :]
         in_last_segment = self.template.predict in self.template.segments[-1]

@@ -28,7 +28,7 @@ from torch import nn
 from autoprompt_py import distributed
 from autoprompt_py.continuation import require_next_token
 from autoprompt_py.data import Example, check_fields, labels_of
-from autoprompt_py.encoding import TemplateEncoder, spaces_are_tokens
+from autoprompt_py.encoding import spaces_are_tokens
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.language_model import LanguageModel
 from autoprompt_py.scoring import iter_mask_logits
@@ -90,7 +90,7 @@ def mask_features(
     require_next_token(
         lm, template, [1], "labels"
     )  # a decoder reads the slot after all its context
-    dataset = TemplateEncoder(template, lm.tokenizer, lm.max_length, n_masks=1).encode_all(examples)
+    dataset = lm.encoder(template).encode_all(examples)
     with head_transform_output(lm) as (captured, weight):
         # zeros: under torch.distributed each rank fills its batches, then the sum over ranks
         features = torch.zeros(len(examples), weight.shape[1], device=lm.device)

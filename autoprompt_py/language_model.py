@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
+
+from autoprompt_py.encoding import TemplateEncoder
+from autoprompt_py.template import Template
 
 
 class LanguageModel(ABC):
@@ -80,12 +83,51 @@ class LanguageModel(ABC):
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
+    def encoder(
+        self,
+        template: Template,
+        *,
+        n_masks: int = 1,
+        trigger_fill_id: int | None = None,
+        answer_ids: Sequence[int] | None = None,
+        max_length: int | None = None,
+    ) -> TemplateEncoder:
+        """The encoder of ``template`` for this model: its tokenizer, its length (or a shorter
+        ``max_length``, to leave room for virtual tokens) and how it reads the slot. A wrapper
+        that reads inputs longer than they are (``PrependLM``) passes its own ``max_length``."""
+        return TemplateEncoder(
+            template,
+            self.tokenizer,
+            self.max_length if max_length is None else max_length,
+            n_masks=n_masks,
+            trigger_fill_id=trigger_fill_id,
+            answer_ids=answer_ids,
+            next_token=self.reads_next_token,
+        )
+
     # -- what each kind answers ----------------------------------------------------------------
 
     @property
     @abstractmethod
     def trigger_fill_id(self) -> int:
         """What open trigger slots hold when a search starts (``--initial mask``)."""
+
+    @property
+    @abstractmethod
+    def mask_token(self) -> str | None:
+        """The mask token's text the model fills (a content-free ``[MASK]`` row writes it);
+        None for a decoder, whose tokenizer may still name one (Gemma's) it never fills."""
+
+    @property
+    @abstractmethod
+    def mask_token_id(self) -> int | None:
+        """``mask_token``'s id; None for a decoder."""
+
+    @property
+    @abstractmethod
+    def special_ids(self) -> frozenset[int]:
+        """The ids of the tokenizer's special tokens (no random start of a tuned prompt is one);
+        a decoder's leave out a mask token its tokenizer names, which it never reads."""
 
     @property
     @abstractmethod

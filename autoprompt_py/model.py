@@ -101,6 +101,18 @@ class MaskedLM(LanguageModel):
         return self.tokenizer.mask_token_id
 
     @property
+    def mask_token(self) -> str | None:
+        return self.tokenizer.mask_token  # load_model refuses a tokenizer without one
+
+    @property
+    def mask_token_id(self) -> int | None:
+        return self.tokenizer.mask_token_id
+
+    @property
+    def special_ids(self) -> frozenset[int]:
+        return frozenset(self.tokenizer.all_special_ids)
+
+    @property
     def max_length(self) -> int:
         """The longest input, special tokens included, that both tokenizer and model accept."""
         limit = self.tokenizer.model_max_length

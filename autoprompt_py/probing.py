@@ -20,7 +20,6 @@ from autoprompt_py import distributed
 from autoprompt_py.calibration import calibrate, content_free_examples, mean_distribution
 from autoprompt_py.continuation import continuation_log_probs, needs_continuation, require_slot_last
 from autoprompt_py.data import Example, split_dev
-from autoprompt_py.encoding import TemplateEncoder
 from autoprompt_py.ensemble import EnsembleAccumulator, log_normalise
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.evaluation import require_closed
@@ -51,7 +50,7 @@ def candidate_log_probs(
             lm, template, facts, [(c,) for c in candidates], batch_size, desc
         )
         return lp.log_softmax(-1).numpy(), truncated
-    encoder = TemplateEncoder(template, lm.tokenizer, lm.max_length, n_masks=1)
+    encoder = lm.encoder(template)
     dataset = encoder.encode_all(facts)
     width = lm.vocab_size if candidates is None else len(candidates)
     # zeros where another rank scored the batch, summed over ranks (a no-op in one process)
@@ -307,7 +306,7 @@ def _probe_relation(
         if raw_acc is not None:
             raw_acc.add(lp)
         if cf_texts is not None:
-            cf = content_free_examples(template, cf_texts, tok.mask_token)
+            cf = content_free_examples(template, cf_texts, lm.mask_token)
             p_cf = mean_distribution(candidate_log_probs(lm, template, cf, cand, batch_size)[0])
             cal = calibrate(lp, p_cf).astype(np.float32)
             member.cal_ranks = ranks_of(cal, gold)

@@ -18,7 +18,7 @@ from autoprompt_py.continuation import (
     require_slot_last,
 )
 from autoprompt_py.data import Example, check_fields
-from autoprompt_py.encoding import Batch, EncodedDataset, TemplateEncoder
+from autoprompt_py.encoding import Batch, EncodedDataset
 from autoprompt_py.language_model import LanguageModel
 from autoprompt_py.template import Template
 from autoprompt_py.verbalizer import ResolvedVerbalizer
@@ -92,7 +92,7 @@ def classify(
     word_scores = torch.zeros(len(examples), len(verbalizer.words))
     truncated = 0
     for k in verbalizer.piece_counts:
-        encoder = TemplateEncoder(template, lm.tokenizer, lm.max_length, n_masks=k)
+        encoder = lm.encoder(template, n_masks=k)
         dataset = encoder.encode_all(examples)
         truncated = max(truncated, dataset.num_truncated)
         for batch, logits in iter_mask_logits(lm, dataset, batch_size, desc):
@@ -146,7 +146,7 @@ def probe_facts(
     positions = np.flatnonzero(scored)
     if not keep:
         return Probe(ranks, tops, scored, 0)
-    encoder = TemplateEncoder(template, lm.tokenizer, lm.max_length, n_masks=1)
+    encoder = lm.encoder(template)
     dataset = encoder.encode_all(keep)
     candidates = (
         torch.tensor(sorted(vocab_ids), device=lm.device) if vocab_ids is not None else None

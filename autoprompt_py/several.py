@@ -64,13 +64,20 @@ def check_shared_vocabulary(lms: Sequence[LanguageModel]) -> None:
                 "there; models used together must share one tokenizer's vocabulary"
             )
         for special in _SPECIALS:
-            mine = getattr(lm.tokenizer, f"{special}_token_id", None)
-            theirs = getattr(first.tokenizer, f"{special}_token_id", None)
+            mine, theirs = _special_id(lm, special), _special_id(first, special)
             if mine != theirs:
                 raise AutopromptError(
                     f"{where}its {special} token is {_id(mine)}, --model {first.name}'s "
                     f"{_id(theirs)}; models used together must share one tokenizer's vocabulary"
                 )
+
+
+def _special_id(lm: LanguageModel, special: str) -> int | None:
+    """The id of a named special token; the mask token as the model fills one (a decoder's
+    tokenizer may name one it never fills, which no search or score reads)."""
+    if special == "mask":
+        return lm.mask_token_id
+    return getattr(lm.tokenizer, f"{special}_token_id", None)
 
 
 def _id(token_id: int | None) -> str:

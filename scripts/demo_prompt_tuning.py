@@ -37,7 +37,7 @@ from transformers import AutoModelForMaskedLM
 
 from autoprompt_py.cli.common import quiet_transformers
 from autoprompt_py.data import read_examples
-from autoprompt_py.encoding import EncodedDataset, TemplateEncoder
+from autoprompt_py.encoding import EncodedDataset
 from autoprompt_py.export import load_peft_seed, to_peft
 from autoprompt_py.model import load_model
 from autoprompt_py.prompt import FoundPrompt
@@ -191,7 +191,7 @@ def main() -> None:
     prompt.check_model(lm)
     n, dim = len(prompt), lm.embeddings.shape[1]
     template = parse_template(args.template)
-    encoder = TemplateEncoder(template, tok, lm.max_length - n)
+    encoder = lm.encoder(template, max_length=lm.max_length - n)
     train_data, dev_data = encoder.encode_all(train_set), encoder.encode_all(dev_set)
     train_gold = torch.tensor([labels.index(e.label) for e in train_set])
     dev_gold = torch.tensor([labels.index(e.label) for e in dev_set])

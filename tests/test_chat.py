@@ -165,7 +165,7 @@ def test_one_bos_where_the_template_writes_it_and_the_tokenizer_adds_it(tiny_cha
     template = parse_template(SLOT_LAST).in_chat(Chat())
     for name in ("opt-llama3", "llama-llama3", "gpt2-llama3"):
         tok = AutoTokenizer.from_pretrained(tiny_chat_dirs[name])
-        ids = TemplateEncoder(template, tok, 128).encode(example).input_ids
+        ids = TemplateEncoder(template, tok, 128, next_token=True).encode(example).input_ids
         assert ids[0] == tok.bos_token_id and ids[1] != tok.bos_token_id, name
         assert tok.convert_ids_to_tokens(ids[1]) == "<|start_header_id|>", name
 
@@ -189,7 +189,8 @@ def test_a_header_ending_in_a_space_gives_it_to_the_first_word(name, tiny_chat_d
     for template in ("{sentence} It was [P] .", "Review: {sentence} It was [P] ."):
         parsed = parse_template(template).in_chat(Chat())
         user = template.split(" [P]")[0].replace("{sentence}", "a fine film")
-        got = TemplateEncoder(parsed, ref.tok, 128).encode(Example({"sentence": "a fine film"}))
+        encoder = TemplateEncoder(parsed, ref.tok, 128, next_token=True)
+        got = encoder.encode(Example({"sentence": "a fine film"}))
         whole = ref.ids(ref.rendered(user) + " .")  # the answer slot holds no token
         assert got.input_ids == whole, ref.tok.convert_ids_to_tokens(got.input_ids)
 
@@ -291,16 +292,15 @@ def test_the_prefix_cache_holds_the_chat_header(tiny_chat_dirs):
     example (``shared_prefix_logits``): the same logits as whole rows."""
     from autoprompt_py.chat import chat_frame
     from autoprompt_py.data import Example
-    from autoprompt_py.encoding import TemplateEncoder
     from autoprompt_py.model import load_model
     from autoprompt_py.template import Chat, parse_template
 
     lm = load_model(tiny_chat_dirs["opt-llama3"], device="cpu")
     template = parse_template("{sentence} [T] [T] It was [P]").in_chat(Chat("Be brief."))
     examples = [Example({"sentence": s}, lab, f"row{i}") for i, (s, lab) in enumerate(SENTENCES)]
-    encoded = TemplateEncoder(template, lm.tokenizer, lm.max_length).encode_all(examples[:2])
-    prefix = [i for i, _ in TemplateEncoder(template, lm.tokenizer, 128).layout.prefix]
-    header = chat_frame(lm.tokenizer, template.chat, tuple(prefix)).header
+    encoded = lm.encoder(template).encode_all(examples[:2])
+    prefix = [i for i, _ in lm.encoder(template, max_length=128).layout.prefix]
+    header = chat_frame(lm.tokenizer, template.chat, tuple(prefix), True).header
     assert len(header) > 10 and encoded.examples[0].input_ids[: len(header)] == list(header)
     assert encoded.examples[0].trigger_positions[0] > len(header)  # cached with the text
     group = 3

@@ -29,6 +29,11 @@ EXACT = tuple(f for f in FAMILIES if f not in SENTENCEPIECE)
 MAX = 64
 
 
+def masked_encoder(*args, **kw) -> TemplateEncoder:
+    """An encoder for these masked LMs' tokenizers: the slot is a mask."""
+    return TemplateEncoder(*args, next_token=False, **kw)
+
+
 @pytest.fixture(scope="module")
 def tokenizers(tiny_model_dirs):
     return {f: AutoTokenizer.from_pretrained(d) for f, d in tiny_model_dirs.items()}
@@ -53,7 +58,7 @@ def plain_text(template: str, tokenizer, fields: dict, masks: int = 1, triggers=
 
 
 def encode(template: str, tokenizer, fields: dict, **kw):
-    return TemplateEncoder(parse_template(template), tokenizer, MAX, **kw).encode(Example(fields))
+    return masked_encoder(parse_template(template), tokenizer, MAX, **kw).encode(Example(fields))
 
 
 SENTENCES = [
@@ -109,7 +114,7 @@ def test_trigger_fill_id_and_fixed_triggers(family, tokenizers):
     words = ["atmosphere", "dialogue", "alot"]
     fixed_ids = [tokenize_piece(tok, w, True)[0] for w in words]
     template = parse_template("{sentence} [T] [T] [T] [MASK] .").with_triggers(fixed_ids)
-    enc = TemplateEncoder(template, tok, MAX).encode(Example(fields))
+    enc = masked_encoder(template, tok, MAX).encode(Example(fields))
     assert [enc.input_ids[i] for i in enc.trigger_positions] == fixed_ids
     assert [enc.input_ids[i] for i in enc.mask_positions] == [tok.mask_token_id]
     # a fixed trigger is the same token the plain text tokenizes to
@@ -194,7 +199,7 @@ def test_sentencepiece_glued_parts_differ_only_in_segmentation(family, tokenizer
 def test_encode_all_equals_encode(family, tokenizers):
     tok = tokenizers[family]
     template = parse_template("{sentence} [T] It was [MASK] . {other:fixed}")
-    encoder = TemplateEncoder(template, tok, MAX)
+    encoder = masked_encoder(template, tok, MAX)
     examples = [Example({"sentence": s, "other": s.upper()}) for s in SENTENCES]
     dataset = encoder.encode_all(examples)
     assert [e.input_ids for e in dataset.examples] == [
@@ -272,10 +277,10 @@ TRUNC_TEMPLATE = "{a} [T] {b} It was [MASK] . {c:fixed}"
 @pytest.mark.parametrize("family", FAMILIES)
 def test_truncation_cuts_only_the_longest_shortenable_field(family, tokenizers):
     tok = tokenizers[family]
-    encoder = TemplateEncoder(parse_template(TRUNC_TEMPLATE), tok, MAX)
+    encoder = masked_encoder(parse_template(TRUNC_TEMPLATE), tok, MAX)
     fields = {"a": _words(tok, 60), "b": _words(tok, 3, "good"), "c": _words(tok, 3, "bad")}
     enc = encoder.encode(Example(fields))
-    untruncated = TemplateEncoder(parse_template(TRUNC_TEMPLATE), tok, 10_000).encode(
+    untruncated = masked_encoder(parse_template(TRUNC_TEMPLATE), tok, 10_000).encode(
         Example(fields)
     )
     excess = len(untruncated.input_ids) - MAX
@@ -296,7 +301,7 @@ def test_truncation_cuts_only_the_longest_shortenable_field(family, tokenizers):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_truncation_evens_out_two_long_fields(family, tokenizers):
     tok = tokenizers[family]
-    encoder = TemplateEncoder(parse_template(TRUNC_TEMPLATE), tok, MAX)
+    encoder = masked_encoder(parse_template(TRUNC_TEMPLATE), tok, MAX)
     la, lb = 34, 30
     fields = {"a": _words(tok, la), "b": _words(tok, lb, "good"), "c": _words(tok, 2, "bad")}
     enc = encoder.encode(Example(fields))
@@ -316,7 +321,7 @@ def test_truncation_evens_out_two_long_fields(family, tokenizers):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_truncation_in_a_pair_template(family, tokenizers):
     tok = tokenizers[family]
-    encoder = TemplateEncoder(parse_template("{a} [SEP] [MASK] , {b}"), tok, MAX)
+    encoder = masked_encoder(parse_template("{a} [SEP] [MASK] , {b}"), tok, MAX)
     enc = encoder.encode(Example({"a": _words(tok, 50), "b": _words(tok, 40, "good")}))
     assert len(enc.input_ids) == MAX
     assert len(enc.token_type_ids) == MAX
@@ -327,7 +332,7 @@ def test_truncation_in_a_pair_template(family, tokenizers):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_truncated_rows_are_counted(family, tokenizers):
     tok = tokenizers[family]
-    encoder = TemplateEncoder(parse_template("{sentence} It was [MASK] ."), tok, MAX)
+    encoder = masked_encoder(parse_template("{sentence} It was [MASK] ."), tok, MAX)
     examples = [
         Example({"sentence": _words(tok, 100)}),
         Example({"sentence": "short"}),
@@ -342,13 +347,13 @@ def test_truncated_rows_are_counted(family, tokenizers):
 def test_template_too_long_even_with_empty_fields_raises(family, tokenizers):
     tok = tokenizers[family]
     text = "{sentence} " + " ".join(["[T]"] * 70) + " [MASK] ."
-    encoder = TemplateEncoder(parse_template(text), tok, MAX)
+    encoder = masked_encoder(parse_template(text), tok, MAX)
     with pytest.raises(AutopromptError, match="more than the model's 64") as info:
         encoder.encode(Example({"sentence": "great"}, source="data.tsv:7"))
     assert "data.tsv:7" in str(info.value)
     assert "\n" not in str(info.value)
     # a fixed field is never cut either
-    encoder = TemplateEncoder(parse_template("{s:fixed} It was [MASK] ."), tok, MAX)
+    encoder = masked_encoder(parse_template("{s:fixed} It was [MASK] ."), tok, MAX)
     with pytest.raises(AutopromptError, match="even with its shortenable fields emptied"):
         encoder.encode(Example({"s": _words(tok, 80)}))
 
@@ -360,7 +365,7 @@ def test_template_too_long_even_with_empty_fields_raises(family, tokenizers):
 
 def test_batches_pad_and_keep_the_index(tokenizers):
     tok = tokenizers["roberta"]
-    encoder = TemplateEncoder(parse_template("{sentence} [T] It was [MASK] ."), tok, MAX)
+    encoder = masked_encoder(parse_template("{sentence} [T] It was [MASK] ."), tok, MAX)
     examples = [Example({"sentence": _words(tok, n)}) for n in (9, 1, 5, 3, 7)]
     dataset = encoder.encode_all(examples)
     seen = []

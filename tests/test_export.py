@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from tiny_models import FAMILIES
 from transformers import AutoModelForMaskedLM
 
-from autoprompt_py.encoding import TemplateEncoder, tokenize_piece
+from autoprompt_py.encoding import tokenize_piece
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.export import (
     OPTIPROMPT_MAX_VECTORS,
@@ -179,7 +179,7 @@ def test_hand_written_template_exports_its_literal_words(lms):
     # the same ids the encoder puts between the sentence and the mask
     from autoprompt_py.data import Example
 
-    enc = TemplateEncoder(prompt.template, lm.tokenizer, 64).encode(Example({"sentence": "good"}))
+    enc = lm.encoder(prompt.template, max_length=64).encode(Example({"sentence": "good"}))
     mask = enc.mask_positions[0]
     assert enc.input_ids[mask - 2 : mask] + enc.input_ids[mask + 1 : mask + 2] == list(
         prompt.token_ids

@@ -8,7 +8,6 @@ from tiny_models import FAMILIES, word_token
 
 import autoprompt_py.labels as labels_module
 from autoprompt_py.data import Example
-from autoprompt_py.encoding import TemplateEncoder
 from autoprompt_py.labels import (
     fit_logistic_regression,
     head_transform_output,
@@ -46,7 +45,7 @@ def test_features_times_output_embeddings_are_the_logits(family, lms):
     """What is captured is the vector the head multiplies with the output embeddings: the
     logits minus ``h @ E.T`` are one bias per word, the same for every example."""
     lm = lms[family]
-    dataset = TemplateEncoder(TEMPLATE, lm.tokenizer, lm.max_length).encode_all(EXAMPLES)
+    dataset = lm.encoder(TEMPLATE).encode_all(EXAMPLES)
     batch = dataset.collate(range(len(EXAMPLES)))
     with torch.inference_mode(), head_transform_output(lm) as (captured, weight):
         logits = lm.mask_logits(

@@ -19,9 +19,7 @@ LONG = [Example({"sentence": " ".join(["word"] * n)}, "1") for n in (1, 40, 3, 9
 
 
 def _split(lm, template: str, lazy: bool) -> SplitTensors:
-    return SplitTensors(
-        parse_template(template), lm.tokenizer, 64, LONG, [1] * len(LONG), [1, 2], lm.device, lazy
-    )
+    return SplitTensors(parse_template(template), lm, LONG, [1] * len(LONG), [1, 2], lazy, 64)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -48,8 +46,8 @@ def test_a_fixed_field_is_encoded_at_once(lms):  # noqa: F811
     with pytest.raises(AutopromptError, match="even with its shortenable fields emptied"):
         _split(lm, "{sentence:fixed} [T] [P] .", True)
     short = SplitTensors(
-        parse_template("{sentence:fixed} [T] [P] ."), lm.tokenizer, 64, LONG[:1], [1], [1],
-        lm.device, lazy=True,
+        parse_template("{sentence:fixed} [T] [P] ."), lm, LONG[:1], [1], [1], lazy=True,
+        max_length=64,
     )  # fmt: skip
     assert short.encoded == 1
 

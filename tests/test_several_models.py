@@ -161,7 +161,7 @@ def test_models_that_do_not_share_a_vocabulary_are_refused(tiny_model_dirs, bed,
 
 def _fake(vocab: dict, kind: str = "masked", mask: int = 0, name: str = "m"):
     tok = SimpleNamespace(get_vocab=lambda: dict(vocab), mask_token_id=mask)
-    return SimpleNamespace(tokenizer=tok, kind=kind, name=name)
+    return SimpleNamespace(tokenizer=tok, kind=kind, name=name, mask_token_id=mask)
 
 
 def test_the_vocabulary_check_names_the_first_difference():

@@ -13,7 +13,6 @@ from click.testing import CliRunner
 
 from autoprompt_py.cli import main
 from autoprompt_py.data import Example
-from autoprompt_py.encoding import TemplateEncoder
 from autoprompt_py.model import load_model
 from autoprompt_py.scoring import classify, probe_facts
 from autoprompt_py.template import parse_template
@@ -61,7 +60,7 @@ def test_forwards_equal_a_direct_computation(tiny_model_dirs, family):
     lm = load_model(tiny_model_dirs[family], device="cpu")
     template = fixed_trigger_template(lm)
     direct = AutoModelForMaskedLM.from_pretrained(tiny_model_dirs[family]).eval()
-    enc = TemplateEncoder(template, lm.tokenizer, lm.max_length).encode_all(rows())
+    enc = lm.encoder(template).encode_all(rows())
     b = enc.collate(range(len(enc)))
     kwargs = {"input_ids": b.input_ids, "attention_mask": b.attention_mask}
     if lm.uses_token_type_ids:
@@ -79,7 +78,7 @@ def test_forwards_equal_a_direct_computation(tiny_model_dirs, family):
         data = objective.encode(rows(), part.template)
         part.train_mode(False)
         got = part.logits(data.batch(range(len(data)), lm.device))[0]
-        fields = TemplateEncoder(parse_template("{sentence} [P]"), lm.tokenizer, 64)
+        fields = lm.encoder(parse_template("{sentence} [P]"), max_length=64)
         fb = fields.encode_all(rows()).collate(range(6))  # [P] dropped below: ids up to it
         ids = data.datasets[0].collate(range(6))
         head_kwargs = {"input_ids": ids.input_ids, "attention_mask": ids.attention_mask}

@@ -82,6 +82,8 @@ def test_saved_adapter_scores_as_measured(tiny_model_dirs, tmp_path, method):
     assert (tmp_path / "t" / "adapter_config.json").is_file()
     named = tuned_templates(str(tmp_path / "t"))
     scorer = attach_tuned(load_model(path, device="cpu"), [str(tmp_path / "t")])
+    # virtual tokens take positions: the scorer's encoder cuts inputs to leave them room
+    assert scorer.encoder(named[0].template).max_length == scorer.max_length
     res = classify(scorer, named[0].template, rows(), VERB.resolve(scorer.tokenizer))
     acc = sum(p == e.label for p, e in zip(res.predictions, rows())) / 6
     assert acc == out.result["dev"]["accuracy"]

@@ -22,7 +22,7 @@ from autoprompt_py.continuation import (
     require_slot_last,
 )
 from autoprompt_py.data import Example
-from autoprompt_py.encoding import EncodedDataset, TemplateEncoder
+from autoprompt_py.encoding import EncodedDataset
 from autoprompt_py.evaluation import require_closed
 from autoprompt_py.language_model import LanguageModel
 from autoprompt_py.resources import NamedTemplate, load_templates, with_chat
@@ -157,7 +157,7 @@ class TemplatePrompt:
     def encode(
         self, lm: LanguageModel, examples: Sequence[Example], n_masks: int
     ) -> EncodedDataset:
-        encoder = TemplateEncoder(self.template, lm.tokenizer, lm.max_length, n_masks=n_masks)
+        encoder = lm.encoder(self.template, n_masks=n_masks)
         dataset = encoder.encode_all(examples)
         if n_masks == 1:
             self._truncated += dataset.num_truncated

@@ -138,7 +138,7 @@ class Predictor:
         self.cf_texts = check_content_free(config.content_free) if config.calibrate else None
         if self.cf_texts is not None:
             for m in self.members:
-                cf = content_free_examples(m.prompt, self.cf_texts, lm.tokenizer.mask_token)
+                cf = content_free_examples(m.prompt, self.cf_texts, lm.mask_token)
                 p_cf = mean_distribution(self._member_scores(m, cf))
                 m.p_cf = p_cf if self.relational else p_cf[m.order]
 

@@ -46,16 +46,8 @@ class CalibratedObjective:
 def content_free_split(search, texts: Sequence[str] = DEFAULT_CONTENT_FREE) -> SplitTensors:
     """The content-free rows of a search's template (one per text), encoded once."""
     lm, template = search.lm, search.task.template
-    rows = content_free_examples(template, texts, lm.tokenizer.mask_token)
-    return SplitTensors(
-        template,
-        lm.tokenizer,
-        lm.max_length,
-        rows,
-        [0] * len(rows),
-        search.objective.mask_counts,
-        lm.device,
-    )
+    rows = content_free_examples(template, texts, lm.mask_token)
+    return SplitTensors(template, lm, rows, [0] * len(rows), search.objective.mask_counts)
 
 
 def search_p_cf(search, trigger: Sequence[int], split: SplitTensors | None = None):

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from autoprompt_py.continuation import check_aggregation, needs_continuation, require_next_token
-from autoprompt_py.encoding import TemplateEncoder
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.language_model import LanguageModel
 from autoprompt_py.search.config import SearchConfig
@@ -45,9 +44,8 @@ class EncodedTask:
             objective: Objective = ClassificationObjective(resolved, among)
             if needs_continuation(lm, task.template, resolved.pieces):  # see continued.py
                 check_aggregation(task.aggregation, task.template.source)
-                first = TemplateEncoder(
-                    task.template, lm.tokenizer, lm.max_length, answer_ids=resolved.pieces[0]
-                )  # its check: only words may follow the slot
+                # its check: only words may follow the slot
+                first = lm.encoder(task.template, answer_ids=resolved.pieces[0])
                 objective = ContinuationObjective(resolved, among, first.after_slot_ids)
             index = {lab: i for i, lab in enumerate(resolved.labels)}
             train, dev = task.train, task.dev
@@ -66,16 +64,7 @@ class EncodedTask:
         if task.mode != "classification":
             require_next_token(lm, task.template, objective.mask_counts, "search")
         tensors = [
-            SplitTensors(
-                task.template,
-                lm.tokenizer,
-                lm.max_length,
-                rows,
-                gold,
-                objective.mask_counts,
-                lm.device,
-                lazy,
-            )
+            SplitTensors(task.template, lm, rows, gold, objective.mask_counts, lazy)
             # train rows are encoded as steps sample them; dev is evaluated whole at the start
             for rows, gold, lazy in ((train, train_gold, True), (dev, dev_gold, False))
         ]
@@ -102,15 +91,7 @@ class EncodedTask:
             eval_ids = objective.eval_ids
             allowed = None if eval_ids is None else eval_ids.tolist()
             examples, gold = single_token_facts(self.lm, self.task, examples, "test", allowed, {})
-        return SplitTensors(
-            self.task.template,
-            self.lm.tokenizer,
-            self.lm.max_length,
-            examples,
-            gold,
-            objective.mask_counts,
-            self.lm.device,
-        )
+        return SplitTensors(self.task.template, self.lm, examples, gold, objective.mask_counts)
 
 
 def single_token_facts(

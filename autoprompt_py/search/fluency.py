@@ -31,7 +31,6 @@ from collections.abc import Sequence
 import torch
 
 from autoprompt_py.data import Example, check_fields
-from autoprompt_py.encoding import TemplateEncoder
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.language_model import LanguageModel
 from autoprompt_py.template import Template
@@ -71,7 +70,7 @@ class TriggerFluency:
             example = Example({name: "" for name in template.fields}, source="fluency context")
         else:
             check_fields([example], template.fields, template.source)
-        encoded = TemplateEncoder(template, lm.tokenizer, lm.max_length, n_masks=1).encode(example)
+        encoded = lm.encoder(template).encode(example)
         device = lm.device
         self.lm = lm
         self.max_rows = max_rows
@@ -111,7 +110,7 @@ class TriggerFluency:
         n_cand, n_slots = ids.shape
         n_rows = n_cand * n_slots
         out = torch.empty(n_rows, dtype=torch.float32, device=ids.device)
-        mask_id = self.lm.tokenizer.mask_token_id
+        mask_id = self.lm.mask_token_id
         # row r is candidate r // L with its slot r % L masked
         cand_of_row = torch.arange(n_cand, device=ids.device).repeat_interleave(n_slots)
         slot_of_row = torch.arange(n_slots, device=ids.device).repeat(n_cand)

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers import PreTrainedTokenizerBase
 
 from autoprompt_py.data import Example, check_fields
 from autoprompt_py.encoding import Batch, TemplateEncoder
+from autoprompt_py.language_model import LanguageModel
 from autoprompt_py.template import Field, Template
 
 
@@ -62,35 +62,37 @@ class SplitTensors:
     ``gold`` holds the label index (classification) or the object token id (relation facts).
     With ``lazy``, rows are encoded when first asked for; without, all at once. A template with
     a ``{field:fixed}`` is always encoded at once: only there can one row be too long to fit
-    whatever is cut, and that error belongs at the start, not hours into a search.
+    whatever is cut, and that error belongs at the start, not hours into a search. Rows are
+    encoded by the model's encoder (``LanguageModel.encoder``), cut to ``max_length`` if given,
+    and kept on its device.
     """
 
     def __init__(
         self,
         template: Template,
-        tokenizer: PreTrainedTokenizerBase,
-        max_length: int,
+        lm: LanguageModel,
         examples: Sequence[Example],
         gold: Sequence[int],
         mask_counts: Sequence[int | tuple[int, ...]],
-        device: torch.device,
         lazy: bool = False,
+        max_length: int | None = None,
     ) -> None:
         check_fields(examples, template.fields, template.source)  # every row, before any work
         self.size = len(examples)
-        self.device = device
+        self.device = device = lm.device
         self.examples = examples
         self.gold = torch.tensor(list(gold), dtype=torch.long, device=device)
-        self._pad_id = 0 if tokenizer.pad_token_id is None else tokenizer.pad_token_id
+        pad_id = lm.tokenizer.pad_token_id
+        self._pad_id = 0 if pad_id is None else pad_id
         self._encoded = np.zeros(self.size, dtype=bool)
         n, triggers = self.size, template.num_triggers
         self.views: dict[int, _View] = {}
         for k in mask_counts:  # a number of masks, or a decoder's answer ids (a tuple)
             ids = torch.full((n, 0), self._pad_id, dtype=torch.long, device=device)
             encoder = (
-                TemplateEncoder(template, tokenizer, max_length, n_masks=k)
+                lm.encoder(template, n_masks=k, max_length=max_length)
                 if isinstance(k, int)
-                else TemplateEncoder(template, tokenizer, max_length, len(k), answer_ids=k)
+                else lm.encoder(template, n_masks=len(k), answer_ids=k, max_length=max_length)
             )
             self.views[k] = _View(
                 encoder,

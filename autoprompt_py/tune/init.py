@@ -32,7 +32,7 @@ def start_ids(
             raise AutopromptError(f"--init-text {text!r}: no tokens in it; give some words")
     else:  # vocab
         generator = torch.Generator().manual_seed(seed)
-        special = set(lm.tokenizer.all_special_ids)
+        special = lm.special_ids
         allowed = torch.tensor([i for i in range(len(lm.tokenizer)) if i not in special])
         allowed = allowed[allowed < lm.embeddings.shape[0]]
         ids = allowed[torch.randint(len(allowed), (n,), generator=generator)].tolist()

@@ -19,8 +19,9 @@ import torch.nn.functional as F
 
 from autoprompt_py.continuation import check_aggregation, slot_is_last, word_log_likelihoods
 from autoprompt_py.data import Example
-from autoprompt_py.encoding import Batch, EncodedDataset, TemplateEncoder, predicts_next_token
+from autoprompt_py.encoding import Batch, EncodedDataset
 from autoprompt_py.errors import AutopromptError
+from autoprompt_py.language_model import LanguageModel
 from autoprompt_py.template import Template
 from autoprompt_py.verbalizer import ResolvedVerbalizer
 from autoprompt_py.vocab import single_token_id, vocab_token_ids
@@ -48,21 +49,21 @@ class Encoded:
 
 
 class Objective:
-    """Scores, loss and hits for one task on one tokenizer; ``metric`` names the dev metric."""
+    """Scores, loss and hits for one task on one model; ``metric`` names the dev metric.
+    ``max_length`` is the model's, less what a method prepends (``peft_methods.py``)."""
 
     def __init__(
         self,
         template: Template,
-        tokenizer,
-        max_length: int,
-        vocab_size: int,
+        lm: LanguageModel,
         verbalizer: ResolvedVerbalizer | None = None,
         vocab: list[str] | None = None,
         head: bool = False,
     ) -> None:
         self.template = template
-        self.tokenizer = tokenizer
-        self.max_length = max_length
+        self.lm = lm
+        self.tokenizer = tokenizer = lm.tokenizer
+        self.max_length = lm.max_length
         self.verbalizer = verbalizer
         self.head = head  # the scores are the head's own label logits
         self.relational = verbalizer is None
@@ -73,11 +74,11 @@ class Objective:
             if not ids:
                 raise AutopromptError("--vocab: none of its words is one token of this model")
             self.candidates = torch.tensor(ids)
-        self.vocab_size = vocab_size
+        self.vocab_size = lm.vocab_size
         # a decoder reading text after the slot, or words of several tokens: each word is a
         # view of its own, scored as a continuation, as `score` scores it (continuation.py)
         self.after: list[int] | None = None
-        if predicts_next_token(tokenizer) and not head:
+        if lm.reads_next_token and not head:
             if self.relational and not slot_is_last(template):
                 raise AutopromptError(
                     f"template {template.source!r}: on a decoder, a relation is tuned on the "
@@ -86,9 +87,7 @@ class Objective:
             if not self.relational and (not slot_is_last(template) or verbalizer.multi_piece_words):
                 check_aggregation(verbalizer.aggregation, template.source)
                 first = verbalizer.pieces[0]
-                self.after = TemplateEncoder(
-                    template, tokenizer, max_length, answer_ids=first
-                ).after_slot_ids
+                self.after = lm.encoder(template, answer_ids=first).after_slot_ids
 
     @property
     def piece_counts(self) -> list:
@@ -120,9 +119,9 @@ class Objective:
                 "--vocab); nothing to train or score"
             )
         datasets = {
-            k: TemplateEncoder(
-                template, self.tokenizer, self.max_length, n_masks=k if isinstance(k, int) else
-                len(k), answer_ids=None if isinstance(k, int) else k,
+            k: self.lm.encoder(
+                template, n_masks=k if isinstance(k, int) else len(k),
+                answer_ids=None if isinstance(k, int) else k, max_length=self.max_length,
             ).encode_all(kept)
             for k in self.piece_counts
         }  # fmt: skip

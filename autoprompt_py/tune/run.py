@@ -48,15 +48,7 @@ def make_objective(lm: LanguageModel, task: TuneTask, config: TuneConfig) -> Obj
         if task.verbalizer is not None
         else None
     )
-    return Objective(
-        task.template,
-        lm.tokenizer,
-        lm.max_length,
-        lm.vocab_size,
-        verbalizer,
-        task.vocab,
-        head=config.method == "head",
-    )
+    return Objective(task.template, lm, verbalizer, task.vocab, head=config.method == "head")
 
 
 def nearest_tokens(lm: LanguageModel, vectors: torch.Tensor, k: int = 5) -> list[list[int]]:

@@ -11,15 +11,17 @@ leaves BERT's ``token_type_ids`` one prompt short) and the MLM head at the masks
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from autoprompt_py.encoding import Batch
+from autoprompt_py.encoding import Batch, TemplateEncoder
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.export import PEFT_INSTALL
 from autoprompt_py.language_model import LanguageModel
 from autoprompt_py.model import config_value
+from autoprompt_py.template import Template
 from autoprompt_py.tune.init import init_vectors
 
 
@@ -62,6 +64,9 @@ class PrependLM:
     def max_length(self) -> int:
         return self.lm.max_length - len(self.vectors)
 
+    def encoder(self, template: Template, **options: Any) -> TemplateEncoder:
+        return self.lm.encoder(template, max_length=self.max_length, **options)  # room for them
+
     def mask_logits(self, mask_positions, attention_mask, input_ids=None, inputs_embeds=None,
                     token_type_ids=None) -> torch.Tensor:  # fmt: skip
         if token_type_ids is None:
@@ -90,6 +95,9 @@ class PrefixLM:
     @property
     def max_length(self) -> int:  # the prefix's past keys shift every position
         return self.lm.max_length - self.peft_model.peft_config["default"].num_virtual_tokens
+
+    def encoder(self, template: Template, **options: Any) -> TemplateEncoder:
+        return self.lm.encoder(template, max_length=self.max_length, **options)
 
     def mask_logits(self, mask_positions, attention_mask, input_ids=None, inputs_embeds=None,
                     token_type_ids=None) -> torch.Tensor:  # fmt: skip
