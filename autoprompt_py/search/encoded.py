@@ -11,7 +11,6 @@ from autoprompt_py.encoding import TemplateEncoder
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.language_model import LanguageModel
 from autoprompt_py.search.config import SearchConfig
-from autoprompt_py.search.continued import ContinuationObjective
 from autoprompt_py.search.scorer import ClassificationObjective, Objective, RelationObjective
 from autoprompt_py.search.task import SearchTask
 from autoprompt_py.search.tensors import SplitTensors
@@ -43,12 +42,12 @@ class EncodedTask:
             )
             among = config.objective == "labels"
             objective: Objective = ClassificationObjective(resolved, among)
-            if needs_continuation(lm, task.template, resolved.pieces):  # see continued.py
+            if needs_continuation(lm, task.template, resolved.pieces):  # see continuation.py
                 check_aggregation(task.aggregation, task.template.source)
                 first = TemplateEncoder(
                     task.template, lm.tokenizer, lm.max_length, answer_ids=resolved.pieces[0]
                 )  # its check: only words may follow the slot
-                objective = ContinuationObjective(resolved, among, first.after_slot_ids)
+                objective = ClassificationObjective(resolved, among, first.after_slot_ids)
             index = {lab: i for i, lab in enumerate(resolved.labels)}
             train, dev = task.train, task.dev
             train_gold = [index[e.label] for e in train]
