@@ -18,7 +18,7 @@ from torch import nn
 from autoprompt_py.encoding import Batch
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.export import PEFT_INSTALL
-from autoprompt_py.language_model import LanguageModel
+from autoprompt_py.language_model import LanguageModel, WrappedLM
 from autoprompt_py.model import config_value
 from autoprompt_py.tune.init import init_vectors
 
@@ -48,15 +48,13 @@ def prepend_logits(lm: LanguageModel, prompts: torch.Tensor, b: Batch) -> torch.
     )
 
 
-class PrependLM:
+class PrependLM(WrappedLM):
     """A ``LanguageModel`` that reads fixed virtual-token vectors [n, E] before every input, for
     ``score`` / ``probe`` of a tuned ``prompt`` or ``ptuning`` folder."""
 
     def __init__(self, lm: LanguageModel, vectors: torch.Tensor) -> None:
-        self.lm, self.vectors = lm, vectors
-
-    def __getattr__(self, name: str):
-        return getattr(self.lm, name)
+        super().__init__(lm)
+        self.vectors = vectors
 
     @property
     def max_length(self) -> int:
@@ -78,14 +76,12 @@ def prefix_logits(lm: LanguageModel, peft_model, b: Batch) -> torch.Tensor:
         return peft_model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
 
 
-class PrefixLM:
+class PrefixLM(WrappedLM):
     """A ``LanguageModel`` read through a prefix-tuning PEFT model (``score`` / ``probe``)."""
 
     def __init__(self, lm: LanguageModel, peft_model) -> None:
-        self.lm, self.peft_model = lm, peft_model.eval()
-
-    def __getattr__(self, name: str):
-        return getattr(self.lm, name)
+        super().__init__(lm)
+        self.peft_model = peft_model.eval()
 
     @property
     def max_length(self) -> int:  # the prefix's past keys shift every position
