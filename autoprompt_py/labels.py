@@ -31,9 +31,9 @@ from autoprompt_py.data import Example, check_fields, labels_of
 from autoprompt_py.encoding import spaces_are_tokens
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.language_model import LanguageModel
-from autoprompt_py.scoring import iter_mask_logits
 from autoprompt_py.search.candidates import TokenFilters, VocabStrings, allowed_tokens
 from autoprompt_py.several import check_shared_vocabulary, shared_rows
+from autoprompt_py.slot_scores import iter_mask_logits
 from autoprompt_py.template import Template
 from autoprompt_py.verbalizer import Verbalizer
 

@@ -92,9 +92,9 @@ class LanguageModel(ABC):
         answer_ids: Sequence[int] | None = None,
         max_length: int | None = None,
     ) -> TemplateEncoder:
-        """The encoder of ``template`` for this model: its tokenizer, its length (or a shorter
-        ``max_length``, to leave room for virtual tokens) and how it reads the slot. A wrapper
-        that reads inputs longer than they are (``PrependLM``) passes its own ``max_length``."""
+        """The encoder of ``template`` for this model: its tokenizer, its ``max_length`` (a
+        wrapper that reads virtual tokens before the input answers a shorter one; a caller
+        may ask for less) and how it reads the slot."""
         return TemplateEncoder(
             template,
             self.tokenizer,
@@ -179,3 +179,90 @@ class LanguageModel(ABC):
         """[n, layers × 2 × hidden]: per token, the key and then the value of each layer when
         the model reads ``ids`` alone (positions 0..n-1), laid out as PEFT's prefix-tuning
         embedding (layer l's key at 2l, its value at 2l + 1)."""
+
+
+class WrappedLM(LanguageModel):
+    """A model read through a trained part on top of it (soft vectors, a PEFT prompt or
+    prefix: ``tune/methods``). Every member answers as the base ``lm`` does; a subclass
+    overrides what its part changes (``mask_logits``, ``word_embeddings``, ``max_length``).
+    An explicit interface, not attribute forwarding: a member only one kind has cannot be
+    reached through a wrapper by accident."""
+
+    def __init__(self, lm: LanguageModel) -> None:
+        self.lm = lm
+        self.model = lm.model
+        self.tokenizer = lm.tokenizer
+        self.name = lm.name
+        self.autocast_dtype = lm.autocast_dtype
+        self.trust_remote_code = lm.trust_remote_code
+        self.uses_token_type_ids = lm.uses_token_type_ids
+
+    # the kind's class constants, read from the base per instance
+    @property
+    def kind(self) -> str:
+        return self.lm.kind
+
+    @property
+    def reads_next_token(self) -> bool:
+        return self.lm.reads_next_token
+
+    @property
+    def triggers_round_trip(self) -> bool:
+        return self.lm.triggers_round_trip
+
+    def word_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.lm.word_embeddings(input_ids)
+
+    def head_at(self, positions: torch.Tensor) -> contextlib.AbstractContextManager:
+        return self.lm.head_at(positions)  # the base's hook reads the positions
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return self.lm.autocast()
+
+    @property
+    def trigger_fill_id(self) -> int:
+        return self.lm.trigger_fill_id
+
+    @property
+    def max_length(self) -> int:
+        return self.lm.max_length
+
+    def mask_logits(
+        self,
+        mask_positions: torch.Tensor,
+        attention_mask: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self.lm.mask_logits(
+            mask_positions, attention_mask, input_ids, inputs_embeds, token_type_ids
+        )
+
+    def shared_prefix_logits(
+        self,
+        mask_positions: torch.Tensor,
+        attention_mask: torch.Tensor,
+        input_ids: torch.Tensor,
+        split_at: torch.Tensor,
+        group: int,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        # the part changes what the rows read, so nothing is shared: this wrapper's own rows
+        return self.mask_logits(
+            mask_positions, attention_mask, input_ids=input_ids, token_type_ids=token_type_ids
+        )
+
+    def peft_task_type(self, peft: Any, method: str) -> Any:
+        return self.lm.peft_task_type(peft, method)
+
+    def sequence_head_options(self) -> dict[str, Any]:
+        return self.lm.sequence_head_options()
+
+    def head_input_ids(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_id: int | None
+    ) -> torch.Tensor:
+        return self.lm.head_input_ids(input_ids, attention_mask, pad_id)
+
+    def prefix_key_values(self, ids: list[int], layers: int) -> torch.Tensor:
+        return self.lm.prefix_key_values(ids, layers)

@@ -14,11 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
-from autoprompt_py import distributed
 from autoprompt_py.calibration import calibrate, content_free_examples, mean_distribution
-from autoprompt_py.continuation import continuation_log_probs, needs_continuation, require_slot_last
 from autoprompt_py.data import Example, split_dev
 from autoprompt_py.ensemble import EnsembleAccumulator, log_normalise
 from autoprompt_py.errors import AutopromptError
@@ -26,7 +23,7 @@ from autoprompt_py.evaluation import require_closed
 from autoprompt_py.language_model import LanguageModel
 from autoprompt_py.metrics import rank_metrics
 from autoprompt_py.resources import NamedTemplate
-from autoprompt_py.scoring import iter_mask_logits
+from autoprompt_py.slot_scores import candidate_scores, template_rows
 from autoprompt_py.template import Template
 from autoprompt_py.vocab import single_token_id, vocab_token_ids
 
@@ -43,26 +40,8 @@ def candidate_log_probs(
 ) -> tuple[np.ndarray, int]:
     """Log-softmax over the candidates (default: the whole vocabulary) at the prediction slot,
     [facts, candidates] float32, and the number of truncated inputs."""
-    if candidates is None:
-        require_slot_last(lm, template)
-    elif needs_continuation(lm, template, None):  # a decoder with text after [Y]
-        lp, truncated = continuation_log_probs(
-            lm, template, facts, [(c,) for c in candidates], batch_size, desc
-        )
-        return lp.log_softmax(-1).numpy(), truncated
-    encoder = lm.encoder(template)
-    dataset = encoder.encode_all(facts)
-    width = lm.vocab_size if candidates is None else len(candidates)
-    # zeros where another rank scored the batch, summed over ranks (a no-op in one process)
-    out = torch.zeros(len(facts), width, dtype=torch.float32)
-    cand = None if candidates is None else torch.tensor(list(candidates), device=lm.device)
-    for batch, logits in iter_mask_logits(lm, dataset, batch_size, desc):
-        logits = logits[:, 0].float()
-        if cand is not None:
-            logits = logits[:, cand]
-        out[batch.index.cpu()] = logits.log_softmax(-1).cpu()
-    distributed.all_reduce_(out)
-    return out.numpy(), dataset.num_truncated
+    rows = template_rows(lm, template, facts, batch_size=batch_size, desc=desc)
+    return candidate_scores(rows, candidates), rows.truncated
 
 
 def ranks_of(log_probs: np.ndarray, gold: np.ndarray) -> np.ndarray:

@@ -2,58 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from autoprompt_py import distributed
-from autoprompt_py.continuation import (
-    check_aggregation,
-    continuation_log_probs,
-    needs_continuation,
-    report_boundary_merges,
-    require_slot_last,
-)
+from autoprompt_py.continuation import report_boundary_merges, require_slot_last
 from autoprompt_py.data import Example, check_fields
-from autoprompt_py.encoding import Batch, EncodedDataset
 from autoprompt_py.language_model import LanguageModel
+from autoprompt_py.slot_scores import label_scores, template_rows
 from autoprompt_py.template import Template
 from autoprompt_py.verbalizer import ResolvedVerbalizer
 from autoprompt_py.vocab import single_token_id
-
-
-def iter_mask_logits(
-    lm: LanguageModel,
-    dataset: EncodedDataset,
-    batch_size: int,
-    desc: str | None = None,
-) -> Iterator[tuple[Batch, torch.Tensor]]:
-    """(batch, logits [batch, masks, vocab]) over the dataset in length-sorted batches.
-
-    Under torch.distributed each rank gets every ``world_size``-th batch (the same batches as
-    one process makes, so the same numbers); callers fill zeros elsewhere and sum over ranks.
-    """
-    world, rank = distributed.world_size(), distributed.rank()
-    with (
-        torch.inference_mode(),
-        tqdm(total=len(dataset), desc=desc, unit="ex", disable=desc is None, leave=False) as bar,
-    ):
-        for i, batch in enumerate(dataset.batches(batch_size)):
-            if i % world != rank:
-                bar.update(len(batch.index))  # the others' share, done meanwhile
-                continue
-            b = batch.to(lm.device)
-            logits = lm.mask_logits(
-                b.mask_positions,
-                b.attention_mask,
-                input_ids=b.input_ids,
-                token_type_ids=b.token_type_ids,
-            )
-            yield b, logits
-            bar.update(len(batch.index))
 
 
 @dataclass
@@ -82,25 +44,9 @@ def classify(
     # a decoder's label rows against the text written out (once: not for content-free rows)
     if examples and examples[0].label is not None:
         report_boundary_merges(lm, template, examples[0], verbalizer.words, verbalizer.pieces)
-    if needs_continuation(lm, template, verbalizer.pieces):  # a decoder: see continuation.py
-        check_aggregation(verbalizer.aggregation, template.source)
-        words, truncated = continuation_log_probs(
-            lm, template, examples, verbalizer.pieces, batch_size, desc
-        )
-        scores = verbalizer.aggregate(words)
-        return Classification(scores.numpy(), verbalizer.labels, truncated)
-    word_scores = torch.zeros(len(examples), len(verbalizer.words))
-    truncated = 0
-    for k in verbalizer.piece_counts:
-        encoder = lm.encoder(template, n_masks=k)
-        dataset = encoder.encode_all(examples)
-        truncated = max(truncated, dataset.num_truncated)
-        for batch, logits in iter_mask_logits(lm, dataset, batch_size, desc):
-            idx, values = verbalizer.word_scores(logits)
-            word_scores[batch.index.cpu()[:, None], idx] = values.float().cpu()
-    distributed.all_reduce_(word_scores)  # each rank scored its batches; zeros elsewhere
-    scores = verbalizer.aggregate(word_scores)
-    return Classification(scores.numpy(), verbalizer.labels, truncated)
+    rows = template_rows(lm, template, examples, batch_size=batch_size, desc=desc)
+    scores = label_scores(rows, verbalizer)
+    return Classification(scores.numpy(), verbalizer.labels, rows.truncated)
 
 
 @dataclass
@@ -146,8 +92,7 @@ def probe_facts(
     positions = np.flatnonzero(scored)
     if not keep:
         return Probe(ranks, tops, scored, 0)
-    encoder = lm.encoder(template)
-    dataset = encoder.encode_all(keep)
+    rows = template_rows(lm, template, keep, batch_size=batch_size, desc=desc)
     candidates = (
         torch.tensor(sorted(vocab_ids), device=lm.device) if vocab_ids is not None else None
     )
@@ -156,20 +101,20 @@ def probe_facts(
     # filled per batch, then summed over ranks (each rank has its batches, zeros elsewhere)
     kept_ranks = torch.zeros(len(keep), dtype=torch.long)
     kept_top = torch.zeros(len(keep), k, dtype=torch.long)
-    for batch, logits in iter_mask_logits(lm, dataset, batch_size, desc):
+    for index, logits in rows.mask_logits(1):
         logits = logits[:, 0].float()
-        target = logits.gather(1, gold_kept[batch.index][:, None])
+        target = logits.gather(1, gold_kept[index.to(lm.device)][:, None])
         if candidates is not None:
             logits = logits[:, candidates]
         rank = (logits > target).sum(1) + 1
         top = logits.topk(k, dim=1).indices
         if candidates is not None:
             top = candidates[top]
-        kept_ranks[batch.index.cpu()] = rank.cpu()
-        kept_top[batch.index.cpu()] = top.cpu()
+        kept_ranks[index] = rank.cpu()
+        kept_top[index] = top.cpu()
     distributed.all_reduce_(kept_ranks)
     distributed.all_reduce_(kept_top)
     ranks[positions] = kept_ranks.numpy()
     for r, ids in zip(positions, kept_top.tolist()):
         tops[r] = lm.tokenizer.convert_ids_to_tokens(ids)
-    return Probe(ranks, tops, scored, dataset.num_truncated)
+    return Probe(ranks, tops, scored, rows.truncated)

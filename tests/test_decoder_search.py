@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from optional import requires
 from tiny_decoders import build_tokenizer
 
 from autoprompt_py.cli import main
@@ -236,6 +237,7 @@ def test_label_search_on_the_test_bed_finds_the_planted_words(test_bed, tmp_path
     assert r.exit_code == 2 and "needs the answer slot last" in r.stderr
 
 
+@requires("peft")
 def test_export_peft_on_a_decoder_loads_as_a_causal_adapter(test_bed, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from optional import requires
 
 from autoprompt_py.cli import main
 from autoprompt_py.data import read_examples
@@ -33,6 +34,7 @@ def _tune(model: Path, method: str, out: Path, template: str = "{sentence} It wa
     return json.loads((out / "result.json").read_text())
 
 
+@requires("peft")
 @pytest.mark.parametrize("method", ["prompt", "ptuning", "prefix", "lora"])
 def test_peft_adapters_load_in_peft_and_reproduce_the_dev_metric(
     method, tiny_decoder_dirs, tmp_path
@@ -124,6 +126,7 @@ def _plain_continuation(model, tok, context: str, continuation: str) -> float:
     return float(sum(lp[i - 1, full[i]] for i in range(len(ctx), len(full))))
 
 
+@requires("peft")
 @pytest.mark.parametrize("method", ["prompt", "ptuning", "prefix", "lora"])
 def test_tuning_with_text_after_the_slot_scores_continuations(method, tiny_decoder_dirs, tmp_path):
     """Text after the slot: the tune trains and `score` reads the folder on each label's

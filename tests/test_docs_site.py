@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from optional import requires
 
 from autoprompt_py.cli import COMMANDS
 
@@ -23,9 +24,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     """``mkdocs build --strict`` of this checkout, into a temporary folder."""
-    pytest.importorskip("mkdocs", reason="mkdocs is not installed: pip install -e '.[dev]'")
-    pytest.importorskip("mkdocs_click", reason="mkdocs-click is not installed: '.[dev]'")
-    pytest.importorskip("mkdocstrings", reason="mkdocstrings is not installed: '.[dev]'")
     out = tmp_path_factory.mktemp("site")
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "NO_MKDOCS_2_WARNING": "1"}
     proc = subprocess.run(
@@ -40,6 +38,7 @@ def site(tmp_path_factory) -> Path:
     return out
 
 
+@requires("mkdocs", "mkdocs_click", "mkdocstrings")
 def test_mkdocs_builds_strict(site):
     assert (site / "index.html").is_file()
     assert (site / "benchmarks" / "index.html").is_file()
@@ -51,6 +50,7 @@ def _text(html_text: str) -> str:
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
+@requires("mkdocs", "mkdocs_click", "mkdocstrings")
 def test_the_cli_reference_is_the_help_of_every_command(site, name):
     from click.testing import CliRunner
 
@@ -66,6 +66,7 @@ def test_the_cli_reference_is_the_help_of_every_command(site, name):
     assert re.sub(r"\s+", "", options) in section, f"docs/cli.md's {name} differs from --help"
 
 
+@requires("mkdocs", "mkdocs_click", "mkdocstrings")
 def test_the_api_reference_documents_every_public_name(site):
     import autoprompt_py
 

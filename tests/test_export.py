@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from optional import requires
 from safetensors import safe_open
 from safetensors.torch import load_file
 from tiny_models import FAMILIES
@@ -37,7 +38,9 @@ RELATION_WORDS = ("city", "capital")
 
 @pytest.fixture(scope="module")
 def peft():
-    return pytest.importorskip("peft", reason="peft is an optional extra: pip install .[peft]")
+    import peft  # the tests that take it are marked requires("peft")
+
+    return peft
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +94,7 @@ def leftovers(folder) -> list[str]:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+@requires("peft")
 def test_peft_adapter_loads_with_the_trigger_embeddings(
     family, lms, tiny_model_dirs, tmp_path, peft
 ):
@@ -206,6 +210,7 @@ def test_subject_field_is_optiprompts_x(lms):
     assert prompt.optiprompt_template() == "[X] [V1] [V2] [V3] [Y] [V4]"
 
 
+@requires("peft")
 def test_export_prompt_dispatches_every_format(lms, tmp_path, peft):
     lm = lms("bert")
     prompt = FoundPrompt.from_template("[X] was born in [Y] .", lm.tokenizer)
@@ -213,6 +218,7 @@ def test_export_prompt_dispatches_every_format(lms, tmp_path, peft):
         assert export_prompt(prompt, lm, fmt, tmp_path / name).exists()
 
 
+@requires("peft")
 def test_trainable_seed_starts_from_the_export_and_trains_only_the_prompt(
     lms, tiny_model_dirs, tmp_path, peft
 ):
@@ -286,6 +292,7 @@ def test_not_a_search_result(tmp_path):
         FoundPrompt.from_result(tmp_path / "missing.json")
 
 
+@requires("peft")
 def test_existing_target_needs_force(lms, tmp_path, peft):
     lm = lms("bert")
     prompt = FoundPrompt.from_result(search_result(lm), lm.tokenizer)

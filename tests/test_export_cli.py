@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from optional import requires
 from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM
 
@@ -75,8 +76,8 @@ def rows(model_dir, ids):
 
 
 @pytest.mark.parametrize("family", ["bert", "roberta", "albert"])
+@requires("peft")
 def test_every_format_from_a_result_file(family, results, tiny_model_dirs, tmp_path):
-    pytest.importorskip("peft")
     from peft import PeftModel
 
     result_file = results[family]
@@ -208,9 +209,9 @@ def test_missing_out_folder(results, tmp_path):
 
 
 @pytest.mark.slow
+@requires("peft")
 def test_shared_model_manual_prompt_seed(shared_model, tmp_path):
     """The README's example on the real model: the words of a hand-written prompt as a seed."""
-    pytest.importorskip("peft")
     from peft import PeftModel
 
     r = run(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from optional import requires
 
 from autoprompt_py.cli import main
 
@@ -275,6 +276,9 @@ DUPLICATED = {
 }
 
 
+FORMATS = ["csv", "tsv", "jsonl", pytest.param("parquet", marks=requires("pyarrow"))]
+
+
 def _duplicated(tmp_path: Path, fmt: str) -> Path:
     path = tmp_path / f"dup.{fmt}"
     if fmt == "parquet":
@@ -298,14 +302,14 @@ def test_score_refuses_a_column_named_twice(bert, tmp_path, fmt):
     refused(r, str(data), "'sentence'", "twice")
 
 
-@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "parquet"])
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_predict_refuses_a_column_named_twice(bert, tmp_path, fmt):
     data = _duplicated(tmp_path, fmt)
     refused(predict(bert, data, tmp_path / "out.jsonl"), str(data), "'sentence'", "twice")
     assert sorted(p.name for p in tmp_path.iterdir()) == [data.name]
 
 
-@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "parquet"])
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_the_readers_refuse_a_column_named_twice(tmp_path, fmt):
     from autoprompt_py.data import iter_rows, read_examples
     from autoprompt_py.errors import AutopromptError
@@ -521,7 +525,7 @@ def deadline():
 @pytest.mark.parametrize(
     "kind, fault",
     [
-        (k, f)
+        pytest.param(k, f, marks=requires("pyarrow") if "parquet" in k else ())
         for k, (_, damage) in READ_FILES.items()
         for f in ("damaged", "fifo")
         if damage or f == "fifo"

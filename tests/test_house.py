@@ -3,6 +3,7 @@ one command per CLI module."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,24 @@ def test_only_the_model_modules_ask_the_kind():
         if branch.search(line)
     ]
     assert not found, f"a branch on the model's kind outside the model modules: {found}"
+
+
+def test_the_tests_ask_for_an_extra_one_way():
+    """An optional dependency is asked for with ``optional.requires`` only: no
+    ``importorskip`` of an extra, and a test file that imports one marks its tests."""
+    from optional import EXTRAS
+
+    names = "|".join(EXTRAS)
+    asked = re.compile(rf"importorskip\(\s*[\"']({names})[\"']")
+    imported = re.compile(rf"^\s*(import|from) ({names})\b", re.M)
+    wrong = []
+    for path in sorted((REPO_ROOT / "tests").glob("*.py")):
+        if path.name == "optional.py":
+            continue
+        text = path.read_text(encoding="utf-8")
+        if asked.search(text):
+            wrong.append(f"{path.name}: importorskip")
+        for m in imported.finditer(text):
+            if not re.search(rf"requires\([^)]*[\"']{m.group(2)}[\"']", text):
+                wrong.append(f"{path.name}: imports {m.group(2)} without requires")
+    assert not wrong, wrong

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from optional import requires
 
 from autoprompt_py.cli import COMMANDS, main
 from autoprompt_py.resources import shipped_names
@@ -100,8 +101,8 @@ def test_probe_refuses_an_existing_output_without_force(bert, tmp_path):
     assert json.loads(out.read_text())["command"] == "probe"
 
 
+@requires("matplotlib")
 def test_plot_refuses_an_existing_output_without_force(lm, tmp_path):
-    pytest.importorskip("matplotlib")
     result = result_file(tmp_path / "r.json", lm)
     out = tmp_path / "curve.png"
     out.write_bytes(b"an earlier figure")
@@ -186,8 +187,8 @@ def test_export_embeddings_wants_a_safetensors_name(bert, lm, tmp_path):
     assert not (tmp_path / "e.npy").exists()
 
 
+@requires("peft")
 def test_peft_files_get_the_umask_permissions(bert, lm, tmp_path):
-    pytest.importorskip("peft")
     result = result_file(tmp_path / "r.json", lm)
     out = tmp_path / "peft"
     mask = os.umask(0o022)
@@ -299,8 +300,8 @@ def test_a_hand_edited_result_is_refused_by_every_reader(bert, lm, tmp_path, tri
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), "0.5", True])
+@requires("matplotlib")
 def test_plot_refuses_a_curve_with_bad_numbers(lm, tmp_path, bad):
-    pytest.importorskip("matplotlib")
     result = result_file(tmp_path / "r.json", lm)
     data = json.loads(result.read_text())
     data["curve"][1][2] = bad

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from optional import requires
 
 from autoprompt_py.cli import main
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.plotting import plot_curves, read_curve
 from autoprompt_py.resources import RESULT_KIND
 
-pytest.importorskip("matplotlib")
+pytestmark = requires("matplotlib")
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from optional import requires
 
 from autoprompt_py.cli import main
 from autoprompt_py.data import read_examples
@@ -225,8 +226,8 @@ def test_bad_input_one_line(data, facts, tmp_path, monkeypatch) -> None:
     assert not (tmp_path / "o.parquet").exists()
 
 
+@requires("pyarrow")
 def test_formats_and_passthrough(data, tmp_path) -> None:
-    pytest.importorskip("pyarrow")
     tpl = ("--template", "{sentence} It was [MASK] .", "--verbalizer", "sst2")
     outs = {}
     for suffix in ("jsonl", "csv", "tsv", "parquet"):
@@ -350,8 +351,8 @@ def test_stdin_to_stdout_and_keep_all(data, tmp_path) -> None:
     assert header.startswith("id,sentence,label,prediction,margin,p_0,p_1"), header
 
 
+@requires("pyarrow")
 def test_parquet_resumes_byte_identical_and_every_output_has_its_record(lm, data, tmp_path):
-    pytest.importorskip("pyarrow")
     config = PredictConfig(("{sentence} It was [MASK] .",), ("sst2",), window=8, with_labels=True)
     whole, part = tmp_path / "whole.parquet", tmp_path / "part.parquet"
     full = write_predictions(config, str(data), str(whole), lm, "default", progress=False)

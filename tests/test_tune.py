@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from optional import have, requires
 
 from autoprompt_py.cli import main
 from autoprompt_py.data import Example
@@ -354,14 +355,8 @@ def test_bad_input_is_one_line_before_the_model_loads(tmp_path, monkeypatch, arg
         base = ["tune"]
     else:
         base = BASE
-    if "--method" in args and "lora" in args:
-        pytest.importorskip("autoprompt_py")  # PEFT present: the message differs
-        try:
-            import peft  # noqa: F401
-
-            pytest.skip("PEFT is installed here")
-        except ImportError:
-            pass
+    if "--method" in args and "lora" in args and have("peft"):
+        pytest.skip("PEFT is installed here: the message is for its absence")
     (tmp_path / "EXISTING").mkdir()
     args = [tmp_path / "EXISTING" if a == "EXISTING" else a for a in args]
     if "--output" not in args:
@@ -373,8 +368,8 @@ def test_bad_input_is_one_line_before_the_model_loads(tmp_path, monkeypatch, arg
     assert not (tmp_path / "new").exists()
 
 
+@requires("matplotlib")
 def test_plot_draws_a_tuning_curve(tiny_model_dirs, tmp_path):
-    pytest.importorskip("matplotlib")
     from autoprompt_py.plotting import plot_curves, read_curve
 
     lm = load_model(tiny_model_dirs["bert"], device="cpu")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from optional import requires
 
 from autoprompt_py.model import load_model
 from autoprompt_py.scoring import classify
@@ -13,7 +14,7 @@ from autoprompt_py.tune.folder import attach_tuned, tuned_templates
 from autoprompt_py.tune.methods import build_part
 from autoprompt_py.tune.run import make_objective
 
-peft = pytest.importorskip("peft")
+pytestmark = requires("peft")
 
 from test_tune import VERB, rows  # noqa: E402
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from optional import requires
 from test_tune import SENTENCES, VERB, rows
 
 from autoprompt_py.cli import main
@@ -77,8 +78,8 @@ def test_soft_from_a_search_result_is_the_discrete_prompt(searched):
     assert out.result["select"]["rule"] == "best-dev"  # auto, from a found start: never below it
 
 
+@requires("peft")
 def test_prompt_starts_as_the_found_tokens_and_prefix_as_their_keys_and_values(searched):
-    pytest.importorskip("peft")
     lm, result_file, data, verb = searched
     ids = json.loads(result_file.read_text())["trigger"]["ids"]
     task = load_tune_task(str(result_file), data, data, verbalizer=str(verb))
@@ -262,9 +263,9 @@ def test_bundled_model_search_then_tune_never_below_the_search(tmp_path):
     assert result["dev"][m] >= search["dev"][m]
 
 
+@requires("peft")
 def test_compare_seeds_quick_runs(capsys, tmp_path):
     """scripts/compare_seeds.py end to end on its reduced setting (bundled model and data)."""
-    pytest.importorskip("peft")
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(

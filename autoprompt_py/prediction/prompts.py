@@ -1,7 +1,7 @@
 """Where ``predict``'s prompts come from: a protocol, and one registry of prompt sources.
 
-A *source* turns a ``--template`` argument into prompts; a *prompt* gives mask logits for a
-batch of examples. ``predict`` only sees ``Prompt``: template text, shipped sets and search
+A *source* turns a ``--template`` argument into prompts; a *prompt* reads examples at its
+answer slot (``rows``: a ``slot_scores.SlotRows``). ``predict`` only sees ``Prompt``: template text, shipped sets and search
 results are one source (``TemplateSource``, through ``resources.load_templates``); a tuned
 folder of ``autoprompt tune`` is another (``TunedSource``): one class and one line in
 ``SOURCES``, without a change to ``predict``.
@@ -9,29 +9,26 @@ folder of ``autoprompt tune`` is another (``TunedSource``): one class and one li
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
-from autoprompt_py.continuation import (
-    continuation_log_probs,
-    needs_continuation,
-    require_slot_last,
-)
+from autoprompt_py.continuation import continuation_log_probs
 from autoprompt_py.data import Example
 from autoprompt_py.encoding import EncodedDataset
 from autoprompt_py.evaluation import require_closed
 from autoprompt_py.language_model import LanguageModel
 from autoprompt_py.resources import NamedTemplate, load_templates, with_chat
+from autoprompt_py.slot_scores import SlotRows, continued
 from autoprompt_py.template import Chat, Template
 
 
 @runtime_checkable
 class Prompt(Protocol):
-    """One prompt member: what it reads, and mask logits for examples in length buckets."""
+    """One prompt member: what it reads, and how it reads examples at its answer slot."""
 
     name: str
     text: str  # how results name it (the template with its trigger tokens)
@@ -49,19 +46,19 @@ class Prompt(Protocol):
     def encode(
         self, lm: LanguageModel, examples: Sequence[Example], n_masks: int
     ) -> EncodedDataset:
-        """The examples encoded for ``mask_logits`` (no model work: it may run in a thread)."""
+        """The examples encoded for ``rows`` (no model work: it may run in a thread)."""
         ...
 
-    def mask_logits(
+    def rows(
         self,
         lm: LanguageModel,
         examples: Sequence[Example],
-        n_masks: int,
         plan: BatchPlan,
-        encoded: EncodedDataset | None = None,
-    ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-        """(row indices into ``examples``, logits [batch, n_masks, vocab]) for this process's
-        share of the batches (``plan``); ``encoded``: ``encode``'s result, if already made."""
+        encoded: Mapping[int, EncodedDataset] | None = None,
+    ) -> SlotRows:
+        """The examples read at this prompt's slot (``slot_scores.py``), in ``plan``'s
+        batches, this process's share; ``encoded``: ``encode``'s results by number of masks,
+        where already made."""
         ...
 
     @property
@@ -69,17 +66,6 @@ class Prompt(Protocol):
 
     def check(self, lm: LanguageModel) -> None:
         """Refuse, before any output is opened, a prompt this model cannot read."""
-        ...
-
-    def continuation(
-        self,
-        lm: LanguageModel,
-        examples: Sequence[Example],
-        candidates: Sequence[Sequence[int]] | None,
-        batch_size: int,
-    ) -> torch.Tensor | None:
-        """On a decoder that must score them as continuations (``continuation.py``): the
-        candidates' log-likelihoods [rows, candidates]; None where ``mask_logits`` serves."""
         ...
 
 
@@ -163,43 +149,43 @@ class TemplatePrompt:
             self._truncated += dataset.num_truncated
         return dataset
 
-    def mask_logits(
+    def rows(
         self,
         lm: LanguageModel,
         examples: Sequence[Example],
-        n_masks: int,
         plan: BatchPlan,
-        encoded: EncodedDataset | None = None,
-    ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-        dataset = encoded if encoded is not None else self.encode(lm, examples, n_masks)
-        lengths = np.array([len(e.input_ids) for e in dataset.examples])
-        with torch.inference_mode():
-            for index in plan.mine(lengths):
-                b = dataset.collate(index.tolist()).to(lm.device)
-                yield (
-                    index,
-                    lm.mask_logits(
+        encoded: Mapping[int, EncodedDataset] | None = None,
+    ) -> SlotRows:
+        encoded = encoded or {}
+
+        def mask_logits(k: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            dataset = encoded.get(k)
+            if dataset is None:  # this class's encode: ``lm`` already has a tuned part
+                dataset = TemplatePrompt.encode(self, lm, examples, k)
+            lengths = np.array([len(e.input_ids) for e in dataset.examples])
+            with torch.inference_mode():
+                for index in plan.mine(lengths):
+                    b = dataset.collate(index.tolist()).to(lm.device)
+                    logits = lm.mask_logits(
                         b.mask_positions,
                         b.attention_mask,
                         input_ids=b.input_ids,
                         token_type_ids=b.token_type_ids,
-                    ),
-                )
+                    )
+                    yield torch.from_numpy(index), logits
 
-    def continuation(
-        self,
-        lm: LanguageModel,
-        examples: Sequence[Example],
-        candidates: Sequence[Sequence[int]] | None,
-        batch_size: int,
-    ) -> torch.Tensor | None:
-        if candidates is None:  # the whole vocabulary: only as the next token
-            require_slot_last(lm, self.template)
-            return None
-        if not needs_continuation(lm, self.template, candidates):
-            return None
-        # truncation is counted by ``encode``, which every window runs for this prompt too
-        return continuation_log_probs(lm, self.template, examples, candidates, batch_size)[0]
+        def continuation(candidates: Sequence[Sequence[int]]) -> tuple[torch.Tensor, int]:
+            scores = continuation_log_probs(lm, self.template, examples, candidates, plan.max_rows)
+            return scores[0], 0  # truncation is counted by ``encode``, which every window runs
+
+        return SlotRows(
+            n=len(examples),
+            name=self.name,
+            vocab_size=lm.vocab_size,
+            mask_logits=mask_logits,
+            continued=lambda c: continued(lm, self.template, c),
+            continuation=continuation,
+        )
 
 
 class TemplateSource:
@@ -236,18 +222,14 @@ class TunedPrompt(TemplatePrompt):
     ) -> EncodedDataset:
         return super().encode(self._with_part(lm), examples, n_masks)  # its max_length
 
-    def mask_logits(
+    def rows(
         self,
         lm: LanguageModel,
         examples: Sequence[Example],
-        n_masks: int,
         plan: BatchPlan,
-        encoded: EncodedDataset | None = None,
-    ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-        yield from super().mask_logits(self._with_part(lm), examples, n_masks, plan, encoded)
-
-    def continuation(self, lm, examples, candidates, batch_size) -> torch.Tensor | None:
-        return super().continuation(self._with_part(lm), examples, candidates, batch_size)
+        encoded: Mapping[int, EncodedDataset] | None = None,
+    ) -> SlotRows:
+        return super().rows(self._with_part(lm), examples, plan, encoded)
 
 
 class TunedSource:

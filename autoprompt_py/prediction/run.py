@@ -24,7 +24,6 @@ from autoprompt_py.calibration import (
     content_free_examples,
     mean_distribution,
 )
-from autoprompt_py.continuation import check_aggregation
 from autoprompt_py.data import Example
 from autoprompt_py.encoding import EncodedDataset
 from autoprompt_py.ensemble import Combined, EnsembleAccumulator, check_rule, combine, log_normalise
@@ -34,6 +33,7 @@ from autoprompt_py.prediction.prompts import BatchPlan, Prompt, load_prompts
 from autoprompt_py.prediction.reader import InputRow, RowReader
 from autoprompt_py.probing import ranks_of
 from autoprompt_py.resources import load_verbalizer
+from autoprompt_py.slot_scores import candidate_scores, label_scores
 from autoprompt_py.template import Chat
 from autoprompt_py.verbalizer import AGGREGATIONS
 from autoprompt_py.vocab import read_vocab, single_token_id, vocab_token_ids
@@ -217,39 +217,11 @@ class Predictor:
         """Relations: log-probabilities [rows, candidates], as ``probe``; classification: the
         aggregated label scores [rows, verbalizer labels], as ``classify``. ``encoded``: the
         member's rows by number of masks, from ``prepare``."""
-        lm = self.lm
-        encoded = encoded or {}
+        rows = m.prompt.rows(self.lm, examples, self.plan, encoded)
         if self.relational:
-            cands = None if self.cand is None else [(c,) for c in self.cand]
-            scores = m.prompt.continuation(lm, examples, cands, self.plan.max_rows)
-            if scores is not None:  # a decoder with text after [Y]
-                return scores.log_softmax(-1).numpy()
-            width = len(self.cand_ids)
-            out = torch.zeros(len(examples), width, dtype=torch.float32)
-            cand = None if self.cand is None else torch.tensor(self.cand, device=lm.device)
-            rows = m.prompt.mask_logits(lm, examples, 1, self.plan, encoded.get(1))
-            for index, logits in rows:
-                logits = logits[:, 0].float()
-                if cand is not None:
-                    logits = logits[:, cand]
-                out[torch.from_numpy(index)] = logits.log_softmax(-1).cpu()
-            distributed.all_reduce_(out)  # zeros where another process scored the batch
-            return out.numpy()
-        verb = m.verbalizer
-        scores = m.prompt.continuation(lm, examples, verb.pieces, self.plan.max_rows)
-        if scores is not None:  # a decoder with text after the slot or multi-token words
-            check_aggregation(verb.aggregation, m.prompt.name)
-            return verb.aggregate(scores).numpy()
-        word_scores = torch.zeros(len(examples), len(verb.words))
-        # the window's label scores are normalised over the labels (``window``), where the
-        # vocabulary's normalizer, one per row and mask, cancels when every word has k pieces
-        normalize = len(verb.piece_counts) > 1
-        for k in verb.piece_counts:
-            for index, logits in m.prompt.mask_logits(lm, examples, k, self.plan, encoded.get(k)):
-                idx, values = verb.word_scores(logits, normalize=normalize)
-                word_scores[torch.from_numpy(index)[:, None], idx] = values.float().cpu()
-        distributed.all_reduce_(word_scores)
-        return verb.aggregate(word_scores).numpy()
+            return candidate_scores(rows, self.cand)
+        # the window's label scores are normalised over the labels (``label_scores``)
+        return label_scores(rows, m.verbalizer, over_labels=True).numpy()
 
     def window(self, rows: Sequence[InputRow], encoded: dict | None = None) -> list[dict]:
         """Output rows for a window of input rows, in their order (``encoded``: ``prepare``'s

@@ -10,7 +10,6 @@ from autoprompt_py.continuation import check_aggregation, needs_continuation, re
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.language_model import LanguageModel
 from autoprompt_py.search.config import SearchConfig
-from autoprompt_py.search.continued import ContinuationObjective
 from autoprompt_py.search.scorer import ClassificationObjective, Objective, RelationObjective
 from autoprompt_py.search.task import SearchTask
 from autoprompt_py.search.tensors import SplitTensors
@@ -42,11 +41,11 @@ class EncodedTask:
             )
             among = config.objective == "labels"
             objective: Objective = ClassificationObjective(resolved, among)
-            if needs_continuation(lm, task.template, resolved.pieces):  # see continued.py
+            if needs_continuation(lm, task.template, resolved.pieces):  # see continuation.py
                 check_aggregation(task.aggregation, task.template.source)
                 # its check: only words may follow the slot
                 first = lm.encoder(task.template, answer_ids=resolved.pieces[0])
-                objective = ContinuationObjective(resolved, among, first.after_slot_ids)
+                objective = ClassificationObjective(resolved, among, first.after_slot_ids)
             index = {lab: i for i, lab in enumerate(resolved.labels)}
             train, dev = task.train, task.dev
             train_gold = [index[e.label] for e in train]

@@ -3,8 +3,8 @@
 ``Objective`` turns mask logits into a per-row loss and a per-row outcome, for either mode:
 
 * ``ClassificationObjective``: the negative log-likelihood of the gold label, the label's words
-  aggregated as the verbalizer says (AutoPrompt: log of the summed word probabilities); the
-  outcome is the predicted label.
+  aggregated as the verbalizer says (AutoPrompt: log of the summed word probabilities), read
+  as ``score`` reads them (``slot_scores.py``); the outcome is the predicted label.
 * ``RelationObjective``: the negative log-probability of the object token over the whole
   vocabulary (as AutoPrompt trains); the outcome is the gold token's rank among the evaluation
   vocabulary (LAMA's common vocabulary, or all tokens).
@@ -37,6 +37,7 @@ from autoprompt_py.language_model import LanguageModel
 from autoprompt_py.metrics import classification_metrics, rank_metrics
 from autoprompt_py.model import DTYPES
 from autoprompt_py.search.tensors import SplitTensors, length_chunks
+from autoprompt_py.slot_scores import batch_label_scores, label_views
 from autoprompt_py.verbalizer import ResolvedVerbalizer, consume_logsumexp
 
 Logits = dict[int, torch.Tensor]  # number of masks k → logits [rows, k, vocab]
@@ -89,17 +90,23 @@ def _consumable(logits: torch.Tensor) -> torch.Tensor | None:
 class ClassificationObjective(Objective):
     metric = "accuracy"
 
-    def __init__(self, verbalizer: ResolvedVerbalizer, among_labels: bool = False) -> None:
+    def __init__(
+        self,
+        verbalizer: ResolvedVerbalizer,
+        among_labels: bool = False,
+        after: Sequence[int] | None = None,
+    ) -> None:
         self.verbalizer = verbalizer
         # True: cross-entropy over the labels' scores (how accuracy reads them); False:
         # AutoPrompt's loss, the gold label's log-probability over the whole vocabulary
         self.among_labels = among_labels
-        self.mask_counts = tuple(verbalizer.piece_counts)
+        self.after = None if after is None else list(after)  # a decoder's continuations
+        self.mask_counts = tuple(label_views(verbalizer, self.after))
 
     def label_scores(self, logits: Logits) -> torch.Tensor:
-        """The verbalizer's label scores; the logits are consumed (normalized in place) where
-        no gradient flows through them."""
-        return self.verbalizer.label_scores(logits, consume=True)
+        """The label scores ``score`` gives (``slot_scores.py``); the logits are consumed
+        (normalized in place) where no gradient flows through them."""
+        return batch_label_scores(logits, self.verbalizer, after=self.after, consume=True)
 
     def _nll(self, scores: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
         if self.among_labels:
@@ -127,10 +134,9 @@ class ClassificationObjective(Objective):
         return -log_probs.gather(1, gold[:, None]).squeeze(1), log_probs.argmax(1)
 
     def metrics(self, outcome: np.ndarray, gold: np.ndarray, loss: np.ndarray) -> dict:
-        labels = self.verbalizer.labels
-        out = classification_metrics(
-            [labels[i] for i in gold], [labels[i] for i in outcome], labels
-        )
+        names = self.verbalizer.labels
+        gold_names, predicted = [names[i] for i in gold], [names[i] for i in outcome]
+        out = classification_metrics(gold_names, predicted, names)
         return {**out, "loss": float(loss.mean()) if len(loss) else 0.0}
 
 

@@ -17,11 +17,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from autoprompt_py.continuation import check_aggregation, slot_is_last, word_log_likelihoods
+from autoprompt_py.continuation import check_aggregation, slot_is_last
 from autoprompt_py.data import Example
 from autoprompt_py.encoding import Batch, EncodedDataset
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.language_model import LanguageModel
+from autoprompt_py.slot_scores import batch_label_scores, label_views
 from autoprompt_py.template import Template
 from autoprompt_py.verbalizer import ResolvedVerbalizer
 from autoprompt_py.vocab import single_token_id, vocab_token_ids
@@ -93,9 +94,9 @@ class Objective:
     def piece_counts(self) -> list:
         if self.head:
             return [0]
-        if self.after is not None:  # views keyed by each word's tokens
-            return [tuple(p) for p in self.verbalizer.pieces]
-        return self.verbalizer.piece_counts if self.verbalizer is not None else [1]
+        if self.verbalizer is None:
+            return [1]
+        return label_views(self.verbalizer, self.after)
 
     def encode(self, examples: Sequence[Example], template: Template | None = None) -> Encoded:
         template = template or self.template
@@ -134,10 +135,7 @@ class Objective:
         if self.relational:
             out = logits[1][:, 0].float()
             return out[:, self.candidates.to(out.device)] if self.candidates is not None else out
-        if self.after is not None:
-            words = word_log_likelihoods(logits, self.verbalizer.pieces, self.after)
-            return self.verbalizer.aggregate(words)
-        return self.verbalizer.label_scores(logits)
+        return batch_label_scores(logits, self.verbalizer, after=self.after)
 
     def loss(self, scores: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over the batch: over the labels' scores (as search's ``labels``

@@ -11,17 +11,15 @@ leaves BERT's ``token_type_ids`` one prompt short) and the MLM head at the masks
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from autoprompt_py.encoding import Batch, TemplateEncoder
+from autoprompt_py.encoding import Batch
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.export import PEFT_INSTALL
-from autoprompt_py.language_model import LanguageModel
+from autoprompt_py.language_model import LanguageModel, WrappedLM
 from autoprompt_py.model import config_value
-from autoprompt_py.template import Template
 from autoprompt_py.tune.init import init_vectors
 
 
@@ -50,22 +48,17 @@ def prepend_logits(lm: LanguageModel, prompts: torch.Tensor, b: Batch) -> torch.
     )
 
 
-class PrependLM:
+class PrependLM(WrappedLM):
     """A ``LanguageModel`` that reads fixed virtual-token vectors [n, E] before every input, for
     ``score`` / ``probe`` of a tuned ``prompt`` or ``ptuning`` folder."""
 
     def __init__(self, lm: LanguageModel, vectors: torch.Tensor) -> None:
-        self.lm, self.vectors = lm, vectors
-
-    def __getattr__(self, name: str):
-        return getattr(self.lm, name)
+        super().__init__(lm)
+        self.vectors = vectors
 
     @property
     def max_length(self) -> int:
         return self.lm.max_length - len(self.vectors)
-
-    def encoder(self, template: Template, **options: Any) -> TemplateEncoder:
-        return self.lm.encoder(template, max_length=self.max_length, **options)  # room for them
 
     def mask_logits(self, mask_positions, attention_mask, input_ids=None, inputs_embeds=None,
                     token_type_ids=None) -> torch.Tensor:  # fmt: skip
@@ -83,21 +76,16 @@ def prefix_logits(lm: LanguageModel, peft_model, b: Batch) -> torch.Tensor:
         return peft_model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
 
 
-class PrefixLM:
+class PrefixLM(WrappedLM):
     """A ``LanguageModel`` read through a prefix-tuning PEFT model (``score`` / ``probe``)."""
 
     def __init__(self, lm: LanguageModel, peft_model) -> None:
-        self.lm, self.peft_model = lm, peft_model.eval()
-
-    def __getattr__(self, name: str):
-        return getattr(self.lm, name)
+        super().__init__(lm)
+        self.peft_model = peft_model.eval()
 
     @property
     def max_length(self) -> int:  # the prefix's past keys shift every position
         return self.lm.max_length - self.peft_model.peft_config["default"].num_virtual_tokens
-
-    def encoder(self, template: Template, **options: Any) -> TemplateEncoder:
-        return self.lm.encoder(template, max_length=self.max_length, **options)
 
     def mask_logits(self, mask_positions, attention_mask, input_ids=None, inputs_embeds=None,
                     token_type_ids=None) -> torch.Tensor:  # fmt: skip

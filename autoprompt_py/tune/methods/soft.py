@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from autoprompt_py.encoding import Batch
-from autoprompt_py.language_model import LanguageModel
+from autoprompt_py.language_model import LanguageModel, WrappedLM
 from autoprompt_py.template import Template
 from autoprompt_py.tune.init import init_vectors
 
@@ -28,18 +28,15 @@ def vector_template(template: Template, first_id: int, n: int | None = None) -> 
     )
 
 
-class SoftPromptLM:
+class SoftPromptLM(WrappedLM):
     """A ``LanguageModel`` whose ids ≥ ``first_id`` are the rows of ``vectors`` [n, E]."""
 
     def __init__(
         self, lm: LanguageModel, vectors: torch.Tensor, first_id: int | None = None
     ) -> None:
-        self.lm = lm
+        super().__init__(lm)
         self.vectors = vectors
         self.first_id = lm.vocab_size if first_id is None else first_id
-
-    def __getattr__(self, name: str):
-        return getattr(self.lm, name)
 
     def word_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
         soft = input_ids >= self.first_id
