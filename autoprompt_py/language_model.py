@@ -224,6 +224,18 @@ class WrappedLM(LanguageModel):
         return self.lm.trigger_fill_id
 
     @property
+    def mask_token(self) -> str | None:
+        return self.lm.mask_token
+
+    @property
+    def mask_token_id(self) -> int | None:
+        return self.lm.mask_token_id
+
+    @property
+    def special_ids(self) -> frozenset[int]:
+        return self.lm.special_ids
+
+    @property
     def max_length(self) -> int:
         return self.lm.max_length
 

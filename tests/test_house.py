@@ -111,3 +111,15 @@ def test_the_tests_ask_for_an_extra_one_way():
             if not re.search(rf"requires\([^)]*[\"']{m.group(2)}[\"']", text):
                 wrong.append(f"{path.name}: imports {m.group(2)} without requires")
     assert not wrong, wrong
+
+
+def test_a_wrapped_model_answers_every_member_of_the_interface():
+    """``WrappedLM`` (a model read through a tuned part) is a whole ``LanguageModel``: a
+    member added to the interface and not to the wrapper fails here, not in a tuned run."""
+    from autoprompt_py.language_model import LanguageModel, WrappedLM
+
+    assert not WrappedLM.__abstractmethods__
+    interface = {n for n in vars(LanguageModel) if not n.startswith("__")}
+    inherited = {n for n in interface if n not in vars(WrappedLM)}
+    shared = {"device", "dtype", "embeddings", "vocab_size", "encoder", "_gather_at"}
+    assert inherited <= shared, f"WrappedLM takes these from the base class: {inherited - shared}"
