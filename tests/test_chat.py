@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from optional import requires
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from autoprompt_py.cli import main
@@ -315,7 +316,7 @@ def test_the_prefix_cache_holds_the_chat_header(tiny_chat_dirs):
     torch.testing.assert_close(cached, whole, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("method", ["soft", "lora"])
+@pytest.mark.parametrize("method", ["soft", pytest.param("lora", marks=requires("peft"))])
 def test_tune_on_a_chat_scores_again_to_its_metric(method, tiny_chat_dirs, data, tmp_path):
     model, out = tiny_chat_dirs["gpt2-llama3"], tmp_path / method
     template = "{sentence} [T] [T] It was [P]" if method == "soft" else SLOT_LAST

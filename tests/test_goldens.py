@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from optional import requires
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "tests" / "data" / "golden"
@@ -379,7 +380,17 @@ def runs(tmp_path_factory) -> Runs:
     return Runs(tmp_path_factory.mktemp("goldens"))
 
 
-@pytest.mark.parametrize("name", list(CASES))
+def needs_peft(name: str) -> bool:
+    """A case that runs PEFT (its methods, its export format), or reads one that does."""
+    args = " ".join(map(str, CASES[name]))
+    if re.search(r"--method (prompt|ptuning|prefix|lora)\b|--format peft\b", args):
+        return True
+    return any(needs_peft(dep) for dep in re.findall(r"<(\w+)>", args) if dep in CASES)
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=requires("peft") if needs_peft(n) else ()) for n in CASES]
+)
 def test_same_files_as_the_golden_ones(name, runs, monkeypatch):
     monkeypatch.chdir(REPO)  # the data paths are relative to the repository
     golden = json.loads((GOLDEN / f"{name}.json").read_text(encoding="utf-8"))

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+from optional import have
 
 from autoprompt_py.cli import COMMANDS
 
@@ -336,10 +337,16 @@ def run_line(name: str, argv: list[str], folder: Path) -> None:
         stdout_to.write_text(proc.stdout, encoding="utf-8")
 
 
+# a block that runs PEFT (its methods, its export format) needs the optional extra
+PEFT_RUNS = re.compile(r"--method[ =](prompt|ptuning|prefix|lora)\b|--format[ =]peft\b")
+
+
 @pytest.mark.parametrize("block", BLOCKS, ids=lambda b: b.name)
 def test_block_runs_as_written_in_a_fresh_clone(block, clones, monkeypatch):
     if block.reason is not None:
         pytest.skip(block.reason)
+    if PEFT_RUNS.search(block.code) and not have("peft"):
+        pytest.skip("needs peft: pip install -e '.[peft]' (or .[dev])")
     folder = clones(block.page)
     monkeypatch.chdir(folder)
     for key, value in OFFLINE.items():

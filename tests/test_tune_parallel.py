@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from optional import requires
 from safetensors.torch import load_file
 from test_distributed import invoke, ranks
 
@@ -180,7 +181,9 @@ def test_grad_checkpointing_changes_memory_not_the_run(tiny_model_dirs, tmp_path
     [
         ("soft", 2, ["--batch-size", "2"]),  # DDP on the vectors alone, 2 processes × 2 micro
         ("full", 2, ["--batch-size", "4", "--shard"]),  # FSDP, 2 × 1
-        ("lora", 2, ["--batch-size", "2", "--shard"]),  # FSDP over a frozen base, 2 × 2
+        pytest.param(  # FSDP over a frozen base, 2 × 2
+            "lora", 2, ["--batch-size", "2", "--shard"], marks=requires("peft")
+        ),
     ],
 )
 def test_ddp_and_fsdp_equal_one_process_for_the_same_global_batch(

@@ -153,6 +153,7 @@ def test_shots_without_dev_draws_dev_apart_from_training():
     assert task.identity["dev_shots"] == 4 and "apart from training" in task.sources["dev"]
 
 
+@requires("peft")
 def test_exported_prompt_and_tuned_folder_seed_the_start(searched, tmp_path):
     lm, result_file, data, verb = searched
     from autoprompt_py.export import export_prompt
@@ -218,9 +219,10 @@ def test_search_then_tune_in_one_run(tiny_model_dirs, tmp_path):
 @pytest.mark.parametrize(
     "args, says",
     [
-        (
+        pytest.param(
             ["--template", "{sentence} It was [P] .", "--init", "found", "--method", "prompt"],
             "pass a search result",
+            marks=requires("peft"),
         ),  # fmt: skip
         (["--template", "{sentence} It was [P] .", "--search-budget", "5"], "no trigger slot"),
         (["--template", TEMPLATE, "--search-budget", "5", "--search-option", "x=1"], "KEY=VALUE"),
