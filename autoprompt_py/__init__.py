@@ -37,7 +37,7 @@ _EXPORTS = {
     "MaskedLM": "autoprompt_py.model",
     "CausalLM": "autoprompt_py.causal_model",
     "load_model": "autoprompt_py.model",
-    "PredictConfig": "autoprompt_py.prediction.run",
+    "PredictConfig": "autoprompt_py.prediction.config",
     "predict": "autoprompt_py.prediction.models",
     "write_predictions": "autoprompt_py.prediction.output",
     "probe_templates": "autoprompt_py.probing",

@@ -147,6 +147,7 @@ def search_labels(
     lm: LanguageModel | Sequence[LanguageModel],
     template: Template,
     examples: Sequence[Example],
+    *,
     per_class: int = 3,
     filters: TokenFilters | None = None,
     batch_size: int = 32,

@@ -190,6 +190,7 @@ def probe_templates(
     lm: LanguageModel,
     templates: Sequence[NamedTemplate],
     facts: Mapping[str, Sequence[Example]],
+    *,
     vocab: Sequence[str] | None = None,
     batch_size: int = 64,
     per_relation: int | None = None,
@@ -382,7 +383,9 @@ def probe_relations(
     A template applies to the relation it names; a template without one applies to every
     relation that has no template of its own.
     """
-    probes = probe_templates(lm, templates, facts, vocab, batch_size, 1, progress=progress)
+    probes = probe_templates(
+        lm, templates, facts, vocab=vocab, batch_size=batch_size, per_relation=1, progress=progress
+    )
     scored = []
     for p in probes:
         main = p.members[0]

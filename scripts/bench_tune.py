@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         return scaling_worker(args)
     if args.scaling:
         return scaling(args)
-    from autoprompt_py.cli.common import quiet_transformers
+    from autoprompt_py.cli.models import quiet_transformers
     from autoprompt_py.model import load_model
     from autoprompt_py.tune import TuneConfig, load_tune_task
     from autoprompt_py.tune.loop import Trainer, batch_indices, evaluate
@@ -204,7 +204,7 @@ def run_ranks(args, method: str, world: int, mode: str) -> list[dict]:
 def scaling_worker(args) -> None:
     """One rank: build the run as ``tune`` does, time its steps, report one JSON line."""
     from autoprompt_py import distributed
-    from autoprompt_py.cli.common import quiet_transformers
+    from autoprompt_py.cli.models import quiet_transformers
     from autoprompt_py.model import load_model
     from autoprompt_py.tune import TuneConfig, load_tune_task
     from autoprompt_py.tune.loop import Trainer

@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from autoprompt_py.cli.common import quiet_transformers
+    from autoprompt_py.cli.models import quiet_transformers
     from autoprompt_py.model import load_model
 
     torch.set_num_threads(args.threads)

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from peft import PromptTuningConfig, TaskType, get_peft_model
 from transformers import AutoModelForMaskedLM
 
-from autoprompt_py.cli.common import quiet_transformers
+from autoprompt_py.cli.models import quiet_transformers
 from autoprompt_py.data import read_examples
 from autoprompt_py.encoding import EncodedDataset
 from autoprompt_py.export import load_peft_seed, to_peft

@@ -547,7 +547,7 @@ def test_search_relation_dev_metric_is_calibrated_over_the_vocabulary(tmp_path, 
 
     (p,) = probe_templates(
         lm, [NamedTemplate("t", task.template.with_triggers(trigger), "P19")],
-        {"P19": list(task.dev)}, read_vocab_list(vocab), progress=False,
+        {"P19": list(task.dev)}, vocab=read_vocab_list(vocab), progress=False,
         calibrate_with=DEFAULT_CONTENT_FREE,
     )  # fmt: skip
     expected = p.metrics(p.members[0].cal_ranks)

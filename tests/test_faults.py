@@ -243,7 +243,7 @@ with output_lock(sys.argv[1]):
     "command", ["score", "probe", "labels", "predict", "tune", "search", "export"]
 )
 def test_a_second_run_on_the_same_output_is_refused(bert, tmp_path, monkeypatch, command):
-    """Every command locks its output for the whole run (cli.common.claim_output)."""
+    """Every command locks its output for the whole run (cli.outputs.claim_and_lock)."""
     import os
     import subprocess
     import sys

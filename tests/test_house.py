@@ -1,5 +1,6 @@
 """The house rules that a reviewer would otherwise check by hand: no module over 450 lines,
-one command per CLI module."""
+one command per CLI module, the module map in the docs, and each CLI default written once (on
+the config dataclass the option reads it from)."""
 
 from __future__ import annotations
 
@@ -123,3 +124,66 @@ def test_a_wrapped_model_answers_every_member_of_the_interface():
     inherited = {n for n in interface if n not in vars(WrappedLM)}
     shared = {"device", "dtype", "embeddings", "vocab_size", "encoder", "_gather_at"}
     assert inherited <= shared, f"WrappedLM takes these from the base class: {inherited - shared}"
+
+
+# every command with the config dataclasses its option defaults come from, and how: None
+# matches each option to the field of its name; a dict names the (option: field) pairs, for a
+# config whose other fields share names with the command's own options (tune's --method is
+# TuneConfig's, --search-method SearchConfig's); the last item lists the options whose value
+# the command converts before the config has it, so that their defaults differ in form only
+CONFIG_DEFAULTS = [
+    ("score", [], ()),
+    ("probe", [], ()),
+    ("labels", [], ()),
+    ("export", [], ()),
+    ("plot", [], ()),
+    ("info", [], ()),
+    ("search", [("autoprompt_py.search.config:SearchConfig", None)], ()),
+    (
+        "tune",
+        [
+            ("autoprompt_py.tune.config:TuneConfig", None),
+            ("autoprompt_py.search.config:SearchConfig", {"search_method": "method"}),
+        ],
+        (),
+    ),
+    (
+        "predict",
+        [("autoprompt_py.prediction.config:PredictConfig", None)],
+        # (): None, and None: () (a tuple of names, or "all")
+        ("content_free", "keep_columns"),
+    ),
+]
+
+
+def test_every_command_is_in_the_config_defaults_table():
+    from autoprompt_py.cli import COMMANDS
+
+    assert sorted(row[0] for row in CONFIG_DEFAULTS) == sorted(COMMANDS)
+
+
+@pytest.mark.parametrize("name, configs, converted", CONFIG_DEFAULTS, ids=lambda v: str(v))
+def test_each_option_named_after_a_config_field_has_its_default(name, configs, converted):
+    """A default is written once, on the config dataclass; the click option reads it there."""
+    import dataclasses
+    import importlib
+
+    import click
+
+    from autoprompt_py.cli import main
+
+    command = main.get_command(click.Context(main), name)
+    options = {p.name for p in command.params if isinstance(p, click.Option)}
+    # what the command receives when no option is given (after click's types and callbacks)
+    received = command.make_context(name, [], resilient_parsing=True).params
+    checked = []
+    for spec, pairs in configs:
+        module, cls = spec.split(":")
+        config = getattr(importlib.import_module(module), cls)
+        fields = {f.name: f for f in dataclasses.fields(config)}
+        for option, field in (pairs or {n: n for n in options if n in fields}).items():
+            if option in converted or fields[field].default is dataclasses.MISSING:
+                continue
+            assert received[option] == fields[field].default, f"{name} --{option}: {cls}.{field}"
+            checked.append(option)
+    assert bool(checked) == bool(configs), (name, checked)

@@ -261,11 +261,12 @@ def test_the_static_command_list_matches_the_commands():
 
 def test_the_cli_copies_of_the_choices_match_their_modules():
     from autoprompt_py import ensemble, export, prompt, verbalizer
-    from autoprompt_py.cli import evaluation_options as cli_score
+    from autoprompt_py.cli import evaluation_options as cli_evaluation
     from autoprompt_py.cli import export as cli_export
+    from autoprompt_py.cli import options as cli_options
 
-    assert cli_score.AGGREGATIONS == verbalizer.AGGREGATIONS
-    assert cli_score.RULES == ensemble.RULES
+    assert cli_options.AGGREGATIONS == verbalizer.AGGREGATIONS
+    assert cli_evaluation.RULES == ensemble.RULES
     assert cli_export.FORMATS == export.FORMATS
     assert cli_export.TOKEN_CHOICES == prompt.TOKEN_CHOICES
 

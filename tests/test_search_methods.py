@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from test_search import FACTS, SST, TEMPLATE
 
 from autoprompt_py.cli import main
-from autoprompt_py.cli.search import search as search_command
+from autoprompt_py.cli.search import search_command
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.model import load_model
 from autoprompt_py.search import (

@@ -3,7 +3,9 @@
 The commands are listed here by name, module and one-line help, and a module is imported only
 when its command runs or shows its help: ``autoprompt --help``, ``--version`` and a mistyped
 command answer without importing torch. A new command is one line of ``COMMANDS``; its module
-holds a click command of that name (``COMMANDS`` of the module, or an attribute of that name).
+holds a click command of that name (``COMMANDS`` of the module, or an attribute of that name;
+the function is ``<name>_command``, so that it hides no API name). Options several commands
+share are declared once, in groups (``cli/options.py``).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import click
 
 from autoprompt_py._version import __version__
-from autoprompt_py.cli.common import AutopromptGroup
+from autoprompt_py.cli.group import AutopromptGroup
 from autoprompt_py.cli.info import version_message
 
 # name: (module, one-line help shown by `autoprompt --help`; tests/test_newcomer.py checks it

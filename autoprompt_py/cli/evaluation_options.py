@@ -1,16 +1,16 @@
-"""Options that score, probe and predict share: the ensemble and calibration options, checked
-together before the model loads."""
+"""The evaluation group that score, probe and predict share: the bootstrap interval and its
+seed, the ensemble and calibration options, checked together before the model loads."""
 
 from __future__ import annotations
 
 import click
 
+from autoprompt_py.cli.options import Decorator, config_option, options, seed_option
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.resources import shipped_names
 
-# the model, data and scoring modules (torch, numpy) are imported inside the commands, so that
-# --help and a mistyped option answer at once; tests/test_newcomer.py checks these copies
-AGGREGATIONS = ("sum", "mean-logit", "mean-logprob")  # verbalizer.AGGREGATIONS
+# ensemble.py imports numpy: it is imported inside the commands, so that --help and a mistyped
+# option answer at once; tests/test_newcomer.py checks this copy
 RULES = ("mean-logprob", "mean-prob", "vote")  # ensemble.RULES
 
 
@@ -19,30 +19,47 @@ def shipped(kind: str) -> str:
     return ", ".join(shipped_names(kind)) or "none"
 
 
-def ensemble_options(weights: bool = True):
-    """--ensemble, --ensemble-rule, --weights (score only), --calibrate, --content-free."""
-    options = [
+def evaluation_options(
+    *, config: type | None = None, bootstrap: bool = True, weights: bool = True
+) -> Decorator:
+    """With ``bootstrap``: --bootstrap and --seed (which seeds it); then --ensemble,
+    --ensemble-rule, --weights (with ``weights``), --calibrate, --content-free. Defaults from
+    ``config`` where it has the field."""
+    chosen = []
+    if bootstrap:
+        chosen += [
+            config_option(
+                config,
+                "bootstrap",
+                click.IntRange(min=0),
+                "Bootstrap resamples for the accuracy interval.",
+                fallback=1000,
+            ),
+            seed_option(config),
+        ]
+    chosen += [
         click.option(
             "--ensemble",
             is_flag=True,
             help="Also report the ensemble of all members (score: every template × every "
             "verbalizer; probe: the templates of each relation).",
         ),
-        click.option(
-            "--ensemble-rule",
-            default="mean-logprob",
-            show_default=True,
-            help=f"How members combine: {', '.join(RULES)}.",
+        config_option(
+            config,
+            "ensemble_rule",
+            None,
+            f"How members combine: {', '.join(RULES)}.",
+            fallback=RULES[0],
         ),
     ]
     if weights:
-        options.append(
+        chosen.append(
             click.option(
                 "--weights",
                 help="One weight per member, comma-separated, in the order template × verbalizer.",
             )
         )
-    options += [
+    chosen += [
         click.option(
             "--calibrate",
             is_flag=True,
@@ -55,13 +72,7 @@ def ensemble_options(weights: bool = True):
             "'[MASK]', the model's mask token).",
         ),
     ]
-
-    def apply(f):
-        for opt in reversed(options):
-            f = opt(f)
-        return f
-
-    return apply
+    return options(*chosen)
 
 
 def check_ensemble_options(

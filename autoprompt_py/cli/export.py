@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import click
 
-from autoprompt_py.cli.common import lock_output, one_model, quiet_transformers, trust_option
+from autoprompt_py.cli.models import one_model
+from autoprompt_py.cli.options import force_option, trust_option
+from autoprompt_py.cli.outputs import lock_output
 from autoprompt_py.cli.paths import InputFile
 from autoprompt_py.default_model import DEFAULT_MODEL
 from autoprompt_py.errors import AutopromptError
@@ -15,7 +17,7 @@ FORMATS = ("peft", "optiprompt", "embeddings")  # export.FORMATS
 TOKEN_CHOICES = ("auto", "triggers", "all")  # prompt.TOKEN_CHOICES
 
 
-@click.command()
+@click.command("export")
 @click.argument("result", required=False, type=InputFile("search result file", as_path=True))
 @click.option(
     "--template",
@@ -54,11 +56,11 @@ TOKEN_CHOICES = ("auto", "triggers", "all")  # prompt.TOKEN_CHOICES
     help="Which tokens seed the vectors: triggers; all (every literal and trigger "
     "token in order, no fields or mask); auto (triggers if any, else all).",
 )
-@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@force_option("Replace --out if it exists.")
 @trust_option
-def export(result, template_spec, model_name, fmt, out, tokens, force) -> None:
+def export_command(result, template_spec, model_name, fmt, out, tokens, force) -> None:
     """Export a search RESULT (or --template) as a soft-prompt initialization."""
-    from autoprompt_py.cli.common import load_model
+    from autoprompt_py.cli.models import model_from_option, quiet_transformers
     from autoprompt_py.export import check_target, export_prompt, require_peft
     from autoprompt_py.prompt import FoundPrompt, read_result
 
@@ -84,7 +86,7 @@ def export(result, template_spec, model_name, fmt, out, tokens, force) -> None:
             if not model_name:
                 raise AutopromptError(f"{result}: the result names no model; pass --model")
     quiet_transformers()
-    lm = load_model(model_name, device="cpu")
+    lm = model_from_option(model_name, device="cpu")
     if data is not None:
         prompt = FoundPrompt.from_result(data, lm.tokenizer, tokens, source=str(result))
     else:
@@ -122,4 +124,4 @@ def _one_template(spec: str):
     return named[0].template
 
 
-COMMANDS = [export]
+COMMANDS = [export_command]

@@ -43,8 +43,8 @@ def info_lines() -> list[str]:
     ]
 
 
-@click.command()
-def info() -> None:
+@click.command("info")
+def info_command() -> None:
     """Show the version, the default model and where it lives, libraries and devices."""
     click.echo("\n".join(info_lines()))
 
@@ -56,4 +56,4 @@ def version_message() -> str:
     )
 
 
-COMMANDS = [info]
+COMMANDS = [info_command]

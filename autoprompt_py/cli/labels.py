@@ -3,18 +3,24 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
-from autoprompt_py.cli.common import (
-    chat_options,
-    claim_output,
+from autoprompt_py.cli.options import (
+    data_options,
     model_options,
-    parse_columns,
-    quiet_transformers,
+    output_options,
+    seed_option,
+    template_options,
 )
-from autoprompt_py.cli.paths import DATA_FIX, InputFile
-from autoprompt_py.cli.search_options import filter_options, require_rows, token_filters
+from autoprompt_py.cli.outputs import claim_and_lock
+from autoprompt_py.cli.search_options import filter_options
 from autoprompt_py.results import provenance, run_record_path, write_json
+
+if TYPE_CHECKING:
+    from autoprompt_py.search.candidates import TokenFilters
+    from autoprompt_py.template import Chat
 
 
 @click.command("labels")
@@ -22,28 +28,13 @@ from autoprompt_py.results import provenance, run_record_path, write_json
     several="one verbalizer for all of them (each model's classifier; a word's log-odds are "
     "the mean over the models)."
 )
-@click.option(
-    "--train",
-    required=True,
-    type=InputFile("data file", fix=DATA_FIX),
-    help="Labeled examples (.tsv/.csv/.jsonl).",
-)
-@click.option(
-    "--template",
-    required=True,
-    help="Template text with [P] (and [T] slots), a template file, or a search result.",
+@data_options("train")
+@template_options(
+    "Template text with [P] (and [T] slots), a template file, or a search result.",
+    aggregation=False,
 )
 @click.option(
     "--trigger", default=None, help="Words for the [T] slots, one each (default: the mask token)."
-)
-@click.option("--label-field", default="label", show_default=True)
-@click.option(
-    "--columns",
-    default=None,
-    help="Comma-separated column names for a delimited file without a header.",
-)
-@click.option(
-    "--train-limit", type=click.IntRange(min=1), default=None, help="Use only the first N examples."
 )
 @click.option(
     "--per-class",
@@ -59,12 +50,10 @@ from autoprompt_py.results import provenance, run_record_path, write_json
     show_default=True,
     help="L2 penalty of the logistic regression (stronger: steadier words).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
-@filter_options
-@chat_options
-@click.option("--output", required=True, help="Verbalizer JSON file to write.")
-@click.option("--force", is_flag=True, help="Replace an existing --output file.")
-def labels(
+@seed_option()
+@filter_options()
+@output_options("Verbalizer JSON file to write.", force="Replace an existing --output file.")
+def labels_command(
     model_names: tuple[str, ...],
     device: str,
     dtype: str,
@@ -73,22 +62,20 @@ def labels(
     template: str,
     trigger: str | None,
     label_field: str,
-    columns: str | None,
+    columns: list[str] | None,
     train_limit: int | None,
     per_class: int,
     l2: float,
     seed: int,
-    filter_subwords: bool,
-    filter_non_alpha: bool,
-    filter_capitalized: bool,
-    stop_list: str | None,
-    chat,
+    filters: TokenFilters,
+    chat: Chat | None,
     output: str,
     force: bool,
 ) -> None:
     """Find label words for each class (AutoPrompt's label search); write a verbalizer."""
-    from autoprompt_py.cli.common import load_models
+    from autoprompt_py.cli.models import models_from_option, quiet_transformers
     from autoprompt_py.data import check_fields, read_examples
+    from autoprompt_py.distributed import require_rows
     from autoprompt_py.errors import AutopromptError
     from autoprompt_py.labels import search_labels
     from autoprompt_py.prompt import model_record
@@ -98,20 +85,28 @@ def labels(
     from autoprompt_py.template import chat_settings
 
     quiet_transformers()
-    claim_output(output, force=force)  # before any work; locked until the command ends
+    claim_and_lock(output, force=force)  # before any work; locked until the command ends
     named = with_chat(load_templates(template), chat)
     if len(named) != 1:
         raise AutopromptError(f"--template {template}: holds {len(named)} templates; give one")
     tpl = named[0].template
-    examples = read_examples(train, label_field, parse_columns(columns), train_limit)
+    examples = read_examples(train, label_field, columns, train_limit)
     check_fields(examples, tpl.fields, tpl.source)
-    require_rows(examples, train)
-    filters = token_filters(False, filter_subwords, filter_non_alpha, filter_capitalized, stop_list)
-    lms = load_models(model_names, device, dtype)
+    require_rows(len(examples), train)  # under torchrun: a row for every process
+    lms = models_from_option(model_names, device, dtype)
     lm = lms[0]
     if trigger is not None:
         tpl = tpl.with_triggers(trigger_ids_from_words(lm.tokenizer, tpl, trigger, "--trigger"))
-    found = search_labels(lms, tpl, examples, per_class, filters, batch_size, l2, seed)
+    found = search_labels(
+        lms,
+        tpl,
+        examples,
+        per_class=per_class,
+        filters=filters,
+        batch_size=batch_size,
+        l2=l2,
+        seed=seed,
+    )
     write_json(output, found.verbalizer)
     # the verbalizer holds words only (other commands read it); its provenance goes beside it
     config = {
@@ -140,4 +135,4 @@ def labels(
     )
 
 
-COMMANDS = [labels]
+COMMANDS = [labels_command]

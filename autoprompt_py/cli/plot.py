@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from autoprompt_py.cli.common import lock_output
+from autoprompt_py.cli.options import output_options
+from autoprompt_py.cli.outputs import lock_output
 from autoprompt_py.cli.paths import InputFile
 from autoprompt_py.plotting import X_AXES, check_plot_output, plot_curves, read_curve
 
@@ -15,12 +16,10 @@ from autoprompt_py.plotting import X_AXES, check_plot_output, plot_curves, read_
 @click.argument(
     "results", nargs=-1, required=True, type=InputFile("search result file", as_path=True)
 )
-@click.option(
-    "--output",
+@output_options(
+    "The image to write; its suffix picks the format (.png, .pdf, .svg, ...).",
     "-o",
-    required=True,
     type=click.Path(path_type=Path),
-    help="The image to write; its suffix picks the format (.png, .pdf, .svg, ...).",
 )
 @click.option(
     "--x",
@@ -31,8 +30,7 @@ from autoprompt_py.plotting import X_AXES, check_plot_output, plot_curves, read_
     help="Against wall-clock seconds or model forward passes.",
 )
 @click.option("--title", default=None, help="Figure title [default: metric, model, relation].")
-@click.option("--force", is_flag=True, help="Replace --output if it exists.")
-def plot(
+def plot_command(
     results: tuple[Path, ...], output: Path, x_axis: str, title: str | None, force: bool
 ) -> None:
     """Draw the best dev metric so far of search RESULTS (.json) against cost, one line a run.
@@ -50,4 +48,4 @@ def plot(
     )
 
 
-COMMANDS = [plot]
+COMMANDS = [plot_command]

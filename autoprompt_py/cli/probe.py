@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
-from autoprompt_py.cli.common import (
-    chat_options,
-    claim_output,
-    model_options,
-    quiet_transformers,
-)
-from autoprompt_py.cli.evaluation_options import check_ensemble_options, ensemble_options
+from autoprompt_py.cli.evaluation_options import check_ensemble_options, evaluation_options
+from autoprompt_py.cli.options import model_options, output_options, seed_option, template_options
+from autoprompt_py.cli.outputs import claim_and_lock
 from autoprompt_py.cli.paths import InputFile
 from autoprompt_py.cli.tables import probe_table
 from autoprompt_py.errors import AutopromptError
 
+if TYPE_CHECKING:
+    from autoprompt_py.template import Chat
 
-@click.command()
+
+@click.command("probe")
 @click.option(
     "--facts",
     required=True,
@@ -31,11 +32,11 @@ from autoprompt_py.errors import AutopromptError
     "shipped lama_trex set), or a search result; repeatable. A relation may have several "
     'templates (several lines, or a list under "template").',
 )
-@click.option("--template", help="One template for every relation, e.g. '[X] is in [Y] .'.")
-@click.option(
-    "--vocab",
-    type=InputFile("vocabulary file"),
-    help="Restrict predictions to these words (one per line), as LAMA does.",
+@template_options(
+    "One template for every relation, e.g. '[X] is in [Y] .'.",
+    required=False,
+    aggregation=False,
+    vocab="Restrict predictions to these words (one per line), as LAMA does.",
 )
 @click.option(
     "--templates-per-relation",
@@ -58,41 +59,27 @@ from autoprompt_py.errors import AutopromptError
     show_default=True,
     help="Share of each relation's facts in the dev split.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the dev split.")
-@click.option("--output", help="Write the results as JSON.")
-@click.option("--force", is_flag=True, help="Replace --output if it exists.")
-@click.option("--predictions", is_flag=True, help="Put per-fact ranks and top-10 in the JSON.")
-@ensemble_options(weights=False)
-@chat_options
+@seed_option(help="Seeds the dev split.")
+@output_options(
+    "Write the results as JSON.",
+    required=False,
+    predictions="Put per-fact ranks and top-10 in the JSON.",
+)
+@evaluation_options(bootstrap=False, weights=False)
 @model_options(
     several="a transfer table, one column per model (P@1 with its interval), ranked by the "
     "mean over the models."
 )
-def probe(
-    facts,
-    relation_templates,
-    template,
-    vocab,
-    templates_per_relation,
-    select_on,
-    dev_fraction,
-    seed,
-    output,
-    force,
-    predictions,
-    ensemble,
-    ensemble_rule,
-    calibrate,
-    content_free,
-    chat,
-    model_names,
-    device,
-    dtype,
-    batch_size,
-) -> None:
+def probe_command(
+    facts: str, relation_templates: tuple[str, ...], template: str | None, vocab: str | None,
+    templates_per_relation: str, select_on: str, dev_fraction: float, seed: int,
+    output: str | None, force: bool, predictions: bool, ensemble: bool, ensemble_rule: str,
+    calibrate: bool, content_free: tuple[str, ...], model_names: tuple[str, ...],
+    device: str, dtype: str, batch_size: int, chat: Chat | None,
+) -> None:  # fmt: skip
     """Probe relational knowledge: P@1, P@10 and MRR per relation and template."""
-    from autoprompt_py.cli.common import load_models
-    from autoprompt_py.cli.transfer import probe_transfer, refuse_tuned
+    from autoprompt_py.cli.models import prompted_models
+    from autoprompt_py.cli.transfer import probe_transfer
     from autoprompt_py.data import read_facts
     from autoprompt_py.distributed import require_rows
     from autoprompt_py.probing import (
@@ -105,10 +92,10 @@ def probe(
     from autoprompt_py.results import provenance, write_json
     from autoprompt_py.several import models_record
     from autoprompt_py.template import chat_settings
-    from autoprompt_py.tune.folder import load_templates_or_tuned, prompted_model
+    from autoprompt_py.tune.folder import load_templates_or_tuned
     from autoprompt_py.vocab import read_vocab
 
-    claim_output(output, force=force)  # before any work; locked until the command ends
+    claim_and_lock(output, force=force)  # before any work; locked until the command ends
     per_relation = _per_relation(templates_per_relation)
     rule, cf_texts = check_ensemble_options(ensemble, ensemble_rule, None, calibrate, content_free)
     named = [t for spec in relation_templates for t in load_templates_or_tuned(spec, "--relations")]
@@ -130,22 +117,20 @@ def probe(
             err=True,
         )
     specs = [*relation_templates, *([template] if template else [])]
-    refuse_tuned(specs, model_names)
-    quiet_transformers()
-    runs, lms = [], load_models(model_names, device, dtype)
-    for model_name, base in zip(model_names, lms):
-        lm = prompted_model(base, specs, model_name)
+    runs = []
+    lms, prompted = prompted_models(specs, model_names, device, dtype)
+    for lm in prompted:
         probes = probe_templates(
             lm,
             named,
             fact_sets,
-            words,
-            batch_size,
-            per_relation,
-            dev_fraction if select_on == "dev" else None,
-            seed,
-            rule if ensemble else None,
-            cf_texts,
+            vocab=words,
+            batch_size=batch_size,
+            per_relation=per_relation,
+            dev_fraction=dev_fraction if select_on == "dev" else None,
+            seed=seed,
+            ensemble_rule=rule if ensemble else None,
+            calibrate_with=cf_texts,
         )
         runs.append(probes)
     probes = runs[0]
@@ -255,4 +240,4 @@ def _per_relation(value: str) -> int | None:
     return n
 
 
-COMMANDS = [probe]
+COMMANDS = [probe_command]

@@ -2,58 +2,38 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
-from autoprompt_py.cli.common import (
-    chat_options,
-    claim_output,
-    model_options,
-    parse_columns,
-    quiet_transformers,
-)
 from autoprompt_py.cli.evaluation_options import (
-    AGGREGATIONS,
     check_ensemble_options,
-    ensemble_options,
+    evaluation_options,
     shipped,
 )
-from autoprompt_py.cli.paths import DATA_FIX, InputFile
+from autoprompt_py.cli.options import (
+    data_options,
+    model_options,
+    output_options,
+    template_options,
+)
+from autoprompt_py.cli.outputs import claim_and_lock
 from autoprompt_py.cli.tables import notes, score_row, table
 
+if TYPE_CHECKING:
+    from autoprompt_py.template import Chat
 
-@click.command()
-@click.option(
-    "--data",
-    required=True,
-    type=InputFile("data file", fix=DATA_FIX),
-    help="Labeled examples: .tsv/.csv (header row, or --columns) or .jsonl.",
+
+@click.command("score")
+@data_options("data")
+@template_options(
+    f"Template text, a shipped set ({shipped('templates')}), a .jsonl/.txt file or a search "
+    "result; repeat to score several in one run.",
+    several=True,
+    verbalizer=f"Label → words JSON file, a shipped name ({shipped('verbalizers')}) or inline "
+    "JSON; repeat to score every template with each.",
+    verbalizer_required=True,
 )
-@click.option(
-    "--template",
-    "templates",
-    multiple=True,
-    required=True,
-    help=f"Template text, a shipped set ({shipped('templates')}), a .jsonl/.txt file or a "
-    "search result; repeat to score several in one run.",
-)
-@click.option(
-    "--verbalizer",
-    "verbalizers",
-    multiple=True,
-    required=True,
-    help=f"Label → words JSON file, a shipped name ({shipped('verbalizers')}) or inline JSON; "
-    "repeat to score every template with each.",
-)
-@click.option(
-    "--aggregation",
-    type=click.Choice(AGGREGATIONS),
-    default="sum",
-    show_default=True,
-    help="How several words of a label combine.",
-)
-@click.option("--label-field", default="label", show_default=True)
-@click.option("--columns", help="Column names of a header-less .tsv/.csv, e.g. text,label.")
-@click.option("--limit", type=click.IntRange(min=1), help="Score only the first N examples.")
 @click.option(
     "--metric",
     type=click.Choice(["accuracy", "macro_f1"]),
@@ -61,51 +41,27 @@ from autoprompt_py.cli.tables import notes, score_row, table
     show_default=True,
     help="What the table is ranked by.",
 )
-@click.option(
-    "--bootstrap",
-    type=click.IntRange(min=0),
-    default=1000,
-    show_default=True,
-    help="Bootstrap resamples for the accuracy interval.",
+@evaluation_options()
+@output_options(
+    "Write the results as JSON.",
+    required=False,
+    predictions="Put per-example predictions in the JSON.",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--output", help="Write the results as JSON.")
-@click.option("--force", is_flag=True, help="Replace --output if it exists.")
-@click.option("--predictions", is_flag=True, help="Put per-example predictions in the JSON.")
-@ensemble_options()
-@chat_options
 @model_options(
     several="a transfer table, one column per model (each metric with its interval), ranked "
     "by the mean over the models."
 )
-def score(
-    data,
-    templates,
-    verbalizers,
-    aggregation,
-    label_field,
-    columns,
-    limit,
-    metric,
-    bootstrap,
-    seed,
-    output,
-    force,
-    predictions,
-    ensemble,
-    ensemble_rule,
-    weights,
-    calibrate,
-    content_free,
-    chat,
-    model_names,
-    device,
-    dtype,
-    batch_size,
-) -> None:
+def score_command(
+    data: str, label_field: str, columns: list[str] | None, limit: int | None,
+    templates: tuple[str, ...], verbalizers: tuple[str, ...], aggregation: str, metric: str,
+    bootstrap: int, seed: int, ensemble: bool, ensemble_rule: str, weights: str | None,
+    calibrate: bool, content_free: tuple[str, ...], output: str | None, force: bool,
+    predictions: bool, model_names: tuple[str, ...], device: str, dtype: str, batch_size: int,
+    chat: Chat | None,
+) -> None:  # fmt: skip
     """Score templates with a verbalizer on a labeled dataset; ensembles and calibration."""
-    from autoprompt_py.cli.common import load_models
-    from autoprompt_py.cli.transfer import refuse_tuned, score_transfer
+    from autoprompt_py.cli.models import prompted_models
+    from autoprompt_py.cli.transfer import score_transfer
     from autoprompt_py.data import check_fields, read_examples
     from autoprompt_py.distributed import require_rows
     from autoprompt_py.ensemble import parse_weights
@@ -115,9 +71,9 @@ def score(
         with_chat,
     )
     from autoprompt_py.template import chat_settings
-    from autoprompt_py.tune.folder import load_templates_or_tuned, prompted_model
+    from autoprompt_py.tune.folder import load_templates_or_tuned
 
-    claim_output(output, force=force)  # before any work; locked until the command ends
+    claim_and_lock(output, force=force)  # before any work; locked until the command ends
     named = with_chat(
         [t for spec in templates for t in load_templates_or_tuned(spec, kept=True)], chat
     )
@@ -127,7 +83,7 @@ def score(
         ensemble, ensemble_rule, weights, calibrate, content_free
     )
     member_weights = parse_weights(weights, n_members)
-    examples = read_examples(data, label_field, parse_columns(columns), limit)
+    examples = read_examples(data, label_field, columns, limit)
     require_rows(len(examples), f"--data {data}")
     for t in named:  # before the model loads: a template with no field, or a missing field
         check_fields(examples, t.template.fields, t.template.source)
@@ -137,20 +93,18 @@ def score(
             f"warning: --ensemble with one member ({named[0].name}); reporting that member",
             err=True,
         )
-    refuse_tuned(templates, model_names)
-    quiet_transformers()
-    reports, lms = [], load_models(model_names, device, dtype)
-    for model_name, base in zip(model_names, lms):
-        lm = prompted_model(base, templates, model_name)
+    reports = []
+    lms, prompted = prompted_models(templates, model_names, device, dtype)
+    for lm in prompted:
         report = score_prompts(
             lm,
             named,
             examples,
             verbs,
-            aggregation,
-            batch_size,
-            bootstrap,
-            seed,
+            aggregation=aggregation,
+            batch_size=batch_size,
+            bootstrap=bootstrap,
+            seed=seed,
             calibrate_with=cf_texts,
             ensemble_rule=rule if ensemble else None,
             weights=member_weights,
@@ -165,7 +119,9 @@ def score(
         click.echo(f"{len(examples)} examples from {data}; {len(reports)} models")
         scored = score_transfer(model_names, reports, metric, shown_examples)
     else:
-        click.echo(f"{len(examples)} examples from {data}; model {model_name}; ranked by {metric}")
+        click.echo(
+            f"{len(examples)} examples from {data}; model {model_names[0]}; ranked by {metric}"
+        )
         scored = _table(report, results, metric, calibrate, shown_examples)
     if output is not None:
         _write(output, scored, {
@@ -220,4 +176,4 @@ def _write(output, scored: dict, config: dict, n: int, verbs, metric: str, lms) 
     click.echo(f"wrote {output}")
 
 
-COMMANDS = [score]
+COMMANDS = [score_command]

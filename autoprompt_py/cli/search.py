@@ -2,96 +2,43 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
-from autoprompt_py.cli.common import (
-    chat_options,
-    claim_output,
-    lock_output,
+from autoprompt_py.cli.options import (
+    VERBALIZER_HELP,
+    data_options,
     model_options,
-    parse_columns,
-    quiet_transformers,
+    output_options,
+    template_options,
 )
-from autoprompt_py.cli.paths import DATA_FIX, InputFile
-from autoprompt_py.cli.search_options import (
-    config_options,
-    filter_options,
-    require_rows,
-    token_filters,
-)
+from autoprompt_py.cli.outputs import claim_and_lock, lock_output
+from autoprompt_py.cli.search_options import config_options, filter_options
 from autoprompt_py.results import check_output_path
+from autoprompt_py.search.config import SearchConfig
+
+if TYPE_CHECKING:
+    from autoprompt_py.search.candidates import TokenFilters
+    from autoprompt_py.template import Chat
 
 
 @click.command("search")
 @model_options(
+    config=SearchConfig,
     several="one trigger for all of them (the loss and the dev metric over the models, "
-    "see --across)."
+    "see --across).",
 )
-@click.option(
-    "--train",
-    required=True,
-    type=InputFile("data file", fix=DATA_FIX),
-    help="Training examples (.tsv/.csv/.jsonl), or LAMA "
-    "facts (.jsonl) for a relation template with [X].",
-)
-@click.option(
-    "--dev",
-    default=None,
-    type=InputFile("data file", fix=DATA_FIX),
-    help="Dev examples; default: --dev-fraction of --train.",
-)
-@click.option(
-    "--dev-fraction",
-    type=float,
-    default=0.2,
-    show_default=True,
-    help="Share of --train held out as dev when --dev is not given (seeded).",
-)
-@click.option(
-    "--template",
-    required=True,
-    help="Template text with [T] trigger slots, a template file, or a search result.",
-)
-@click.option(
-    "--verbalizer",
-    default=None,
-    help="Label words: a JSON file, a shipped name (sst2) or inline JSON.",
-)
-@click.option(
-    "--aggregation",
-    type=click.Choice(["sum", "mean-logit", "mean-logprob"]),
-    default="sum",
-    show_default=True,
-    help="How a label's words are combined.",
-)
-@click.option(
-    "--vocab",
-    default=None,
-    type=InputFile("vocabulary file"),
-    help="Relation mode: vocabulary file restricting the dev P@1 (LAMA's common vocabulary).",
+@data_options("train", "dev", facts=True)
+@template_options(
+    "Template text with [T] trigger slots, a template file, or a search result.",
+    verbalizer=VERBALIZER_HELP,
+    vocab="Relation mode: vocabulary file restricting the dev P@1 (LAMA's common vocabulary).",
 )
 @click.option(
     "--relation",
     default=None,
     help="Relation id to record (default: from the file name, e.g. P19).",
-)
-@click.option("--label-field", default="label", show_default=True)
-@click.option(
-    "--columns",
-    default=None,
-    help="Comma-separated column names for a delimited file without a header.",
-)
-@click.option(
-    "--train-limit",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Use only the first N training examples.",
-)
-@click.option(
-    "--dev-limit",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Use only the first N dev examples.",
 )
 @config_options
 @click.option(
@@ -99,22 +46,13 @@ from autoprompt_py.results import check_output_path
     default=None,
     help="Starting trigger words, one per [T] (restart 0; default: see --initial).",
 )
-@click.option(
-    "--filter-labels/--no-filter-labels",
-    default=True,
-    show_default=True,
-    help="Exclude the label words (relation mode: the training objects).",
-)
-@filter_options
-@chat_options
-@click.option("--output", required=True, help="Result JSON file.")
+@filter_options(label_words=True)
+@output_options("Result JSON file.", force="Replace an existing result and checkpoint.",
+                resume="Continue the run saved in the checkpoint.", quiet=True)  # fmt: skip
 @click.option(
     "--checkpoint", default=None, help="State file, saved every iteration [default: <output>.ckpt]."
 )
-@click.option("--resume", is_flag=True, help="Continue the run saved in the checkpoint.")
-@click.option("--force", is_flag=True, help="Replace an existing result and checkpoint.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def search(
+def search_command(
     model_names: tuple[str, ...],
     device: str,
     dtype: str,
@@ -128,16 +66,12 @@ def search(
     vocab: str | None,
     relation: str | None,
     label_field: str,
-    columns: str | None,
+    columns: list[str] | None,
     train_limit: int | None,
     dev_limit: int | None,
     initial_trigger: str | None,
-    filter_labels: bool,
-    filter_subwords: bool,
-    filter_non_alpha: bool,
-    filter_capitalized: bool,
-    stop_list: str | None,
-    chat,
+    filters: TokenFilters,
+    chat: Chat | None,
     output: str,
     checkpoint: str | None,
     resume: bool,
@@ -146,9 +80,10 @@ def search(
     **settings,
 ) -> None:
     """Search trigger tokens for the [T] slots of a template (GCG or AutoPrompt)."""
-    from autoprompt_py.cli.common import load_models
+    from autoprompt_py.cli.models import models_from_option, quiet_transformers
+    from autoprompt_py.distributed import require_rows
     from autoprompt_py.errors import AutopromptError
-    from autoprompt_py.search import SearchConfig, load_task, run_search
+    from autoprompt_py.search import load_task, run_search
     from autoprompt_py.search.run import default_checkpoint
     from autoprompt_py.template import chat_settings
 
@@ -159,12 +94,11 @@ def search(
     target = check_output_path(output)
     if check_output_path(ckpt, "--checkpoint") == target:
         raise AutopromptError(f"--checkpoint {ckpt} is the --output file; give another name")
-    claim_output(output, force=force, resume=resume, partials=[ckpt], partial_option="--checkpoint")
-    lock_output(output, ckpt)  # before the model loads (run_search takes them re-entrantly)
-    filters = token_filters(
-        filter_labels, filter_subwords, filter_non_alpha, filter_capitalized, stop_list
+    claim_and_lock(
+        output, force=force, resume=resume, partials=[ckpt], partial_option="--checkpoint"
     )
-    # the search settings: every option of _config_options, checked before the model loads;
+    lock_output(output, ckpt)  # before the model loads (run_search takes them re-entrantly)
+    # the search settings: every option of config_options, checked before the model loads;
     # --max-batch-tokens auto is sized by run_search once the model is on its device
     config = SearchConfig(**settings, batch_size=batch_size, dtype=dtype)
     task = load_task(
@@ -172,22 +106,22 @@ def search(
         train,
         dev,
         verbalizer,
-        aggregation,
-        vocab,
-        relation,
-        label_field,
-        parse_columns(columns),
-        train_limit,
-        dev_limit,
-        dev_fraction,
-        config.seed,
-        chat,
+        aggregation=aggregation,
+        vocab=vocab,
+        relation=relation,
+        label_field=label_field,
+        columns=columns,
+        train_limit=train_limit,
+        dev_limit=dev_limit,
+        dev_fraction=dev_fraction,
+        seed=config.seed,
+        chat=chat,
     )
-    require_rows(task.train, train)
-    require_rows(task.dev, dev or f"{train} (dev share)")
+    require_rows(len(task.train), train)  # under torchrun: a row for every process
+    require_rows(len(task.dev), dev or f"{train} (dev share)")
     config.check_slots(task.template.num_triggers)
     # float32 weights; --dtype runs the passes under autocast
-    lms = load_models(model_names, device, "float32")
+    lms = models_from_option(model_names, device, "float32")
     record = {
         "model": model_names[0],
         **({"models": list(model_names)} if len(model_names) > 1 else {}),
@@ -200,7 +134,7 @@ def search(
         "aggregation": aggregation,
         "vocab": vocab,
         "label_field": label_field,
-        "columns": parse_columns(columns),
+        "columns": columns,
         "train_limit": train_limit,
         "dev_limit": dev_limit,
         "initial_trigger": initial_trigger,
@@ -212,11 +146,11 @@ def search(
         lms if len(lms) > 1 else lms[0],
         task,
         config,
-        filters,
-        output,
-        checkpoint,
-        resume,
-        initial_trigger,
+        filters=filters,
+        output=output,
+        checkpoint=checkpoint,
+        resume=resume,
+        initial_trigger=initial_trigger,
         progress=not quiet,
         record=record,
     )
@@ -235,7 +169,7 @@ def search(
         click.echo(f"  {m['model']}: dev {metric} {m[metric]:.4f}")
     if outcome.interrupted:
         click.echo("stopped: wrote the best trigger so far; continue with --resume", err=True)
-        raise outcome.stop  # exit 130 for Ctrl-C, 143 for SIGTERM (cli/common.py)
+        raise outcome.stop  # exit 130 for Ctrl-C, 143 for SIGTERM (cli/group.py)
 
 
-COMMANDS = [search]
+COMMANDS = [search_command]

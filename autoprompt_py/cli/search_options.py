@@ -1,17 +1,38 @@
-"""The options of ``autoprompt search`` that become its SearchConfig, and the token filter
-options it shares with ``autoprompt labels`` (and any command that runs a search first)."""
+"""The options of ``autoprompt search`` that become its SearchConfig (each default read from
+the dataclass), and the token filter group it shares with ``autoprompt labels``."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from typing import Any
 
 import click
 
+from autoprompt_py.cli.options import (
+    Decorator,
+    config_option,
+    max_batch_tokens_option,
+    options,
+    seed_option,
+)
 from autoprompt_py.cli.paths import InputFile
+from autoprompt_py.search.config import INITIAL, OBJECTIVES, POSITIONS, SELECT, SearchConfig
+from autoprompt_py.several import ACROSS
 
 
-def filter_options(f: Callable) -> Callable:
-    options = [
+def filter_options(*, label_words: bool = False) -> Decorator:
+    """The token filters, passed on as ``filters`` (``search.TokenFilters``): with
+    ``label_words``, --filter-labels first; then --filter-subwords, --filter-non-alpha,
+    --filter-capitalized and --stop-list."""
+    labels = click.option(
+        "--filter-labels/--no-filter-labels",
+        default=True,
+        show_default=True,
+        help="Exclude the label words (relation mode: the training objects).",
+    )
+    return options(
+        *([labels] if label_words else []),
         click.option(
             "--filter-subwords/--no-filter-subwords",
             default=True,
@@ -34,51 +55,31 @@ def filter_options(f: Callable) -> Callable:
         click.option(
             "--stop-list",
             type=InputFile("stop-list file"),
-            default=None,
             help="File of words (one a line) never to use.",
         ),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
-
-
-def token_filters(
-    label_words: bool, subwords: bool, non_alpha: bool, capitalized: bool, stop_list: str | None
-):
-    from autoprompt_py.search import TokenFilters, read_stop_list
-
-    return TokenFilters(
-        label_words,
-        subwords,
-        non_alpha,
-        capitalized,
-        read_stop_list(stop_list) if stop_list else frozenset(),
+        _pass_filters,
     )
 
 
-class BatchTokens(click.ParamType):
-    """A positive number of tokens, or ``auto``."""
+def _pass_filters(f: Callable) -> Callable:
+    """The filter options passed on as one ``filters`` (the stop list read before any model;
+    without --filter-labels, label words are allowed)."""
 
-    name = "tokens|auto"
+    @functools.wraps(f)
+    def wrapper(*args: Any, filter_subwords: bool, filter_non_alpha: bool,
+                filter_capitalized: bool, stop_list: str | None, **kwargs: Any) -> Any:  # fmt: skip
+        from autoprompt_py.search import TokenFilters, read_stop_list
 
-    def convert(self, value, param, ctx):
-        if isinstance(value, int) or value == "auto":
-            return value
-        try:
-            tokens = int(value)
-        except ValueError:
-            tokens = 0
-        if tokens < 1:
-            self.fail(f"{value!r}: give a positive number of tokens, or auto", param, ctx)
-        return tokens
+        filters = TokenFilters(
+            label_words=kwargs.pop("filter_labels", False),
+            subwords=filter_subwords,
+            non_alphabetic=filter_non_alpha,
+            capitalized=filter_capitalized,
+            stop_words=read_stop_list(stop_list) if stop_list else frozenset(),
+        )
+        return f(*args, filters=filters, **kwargs)
 
-
-def require_rows(rows: list, source: str) -> None:
-    """Under torchrun: at least one row per process."""
-    from autoprompt_py import distributed
-
-    distributed.require_rows(len(rows), source)
+    return wrapper
 
 
 class MethodChoice(click.Choice):
@@ -109,177 +110,58 @@ class _MethodOption(click.Option):
         return super().get_help_record(ctx)
 
 
-def _default(name: str):
-    """A SearchConfig field's default: written once, in the dataclass."""
-    from autoprompt_py.search.config import SearchConfig
-
-    return SearchConfig.__dataclass_fields__[name].default
+_setting = functools.partial(config_option, SearchConfig)  # an option of a SearchConfig field
 
 
-def _across() -> list[str]:
-    from autoprompt_py.several import ACROSS
-
-    return list(ACROSS)
+# every option that becomes a SearchConfig field (the command collects them as ``**settings``);
+# each default is the field's own
+CONFIG_OPTIONS = (
+    _setting("method", MethodChoice(), cls=_MethodOption),
+    _setting("iters", click.IntRange(min=0), "Iterations per restart (a budget may stop it sooner)."),
+    _setting("time_budget", float,
+             "Seconds of search; checked after every model chunk (see budget_overshoot)."),
+    _setting("max_forward_passes", int,
+             "Budget in sequences run through the model (load-independent)."),
+    _setting("restarts", int, "Independent searches sharing the budget; the best on dev is kept."),
+    _setting("search_width", int, "gcg: candidate triggers scored per step."),
+    _setting("n_replace", int, "gcg: slots each candidate changes."),
+    _setting("topk", int, "gcg: gradient top-k tokens per slot to draw from."),
+    _setting("buffer_size", int,
+             "gcg: keep the B best triggers seen and step from the best (0: off)."),
+    _setting("num_cand", int, "autoprompt: HotFlip candidates per trigger slot and iteration."),
+    _setting("accumulation_steps", int,
+             "Batches for the gradient, and as many fresh ones for scoring the candidates "
+             "[default: gcg 6, or 2 on relations; autoprompt 10, as the original]."),
+    _setting("position", click.Choice(POSITIONS),
+             "autoprompt: which slot to flip: a random one (AutoPrompt), each in turn, or the "
+             "best flip over all slots."),
+    _setting("select", click.Choice(SELECT),
+             "Rank candidates by loss, or by correct answers (ties to the loss; the original's "
+             "rule for classification)."),
+    _setting("objective", click.Choice(OBJECTIVES),
+             "Classification loss: the gold label word's log-probability over the vocabulary "
+             "(AutoPrompt), or the cross-entropy over the labels only."),
+    _setting("initial", click.Choice(INITIAL),
+             "Start without --initial-trigger: random allowed tokens, or the mask token (the "
+             "original AutoPrompt)."),
+    _setting("calibrate", None,
+             "Choose the best trigger on calibrated dev probabilities (contextual calibration "
+             "with 'N/A', '' and the mask token).", is_flag=True, show_default=False),
+    _setting("fluency", float,
+             "Weight W of the trigger's pseudo-log-likelihood in the selection score."),
+    _setting("patience", int, "End a restart after N iterations without a better dev metric."),
+    seed_option(SearchConfig),
+    max_batch_tokens_option(SearchConfig),
+    _setting("keep", click.IntRange(min=1),
+             "The result lists the N best distinct triggers on dev, each with its dev metrics "
+             "(score --template RESULT scores them all)."),
+    _setting("across", click.Choice(list(ACROSS)),
+             "Several --model: the dev metric the search keeps is the mean over the models, or "
+             "the worst model's (min)."),
+    _setting("train_eval_limit", int, "Train metrics of the result use at most N examples."),
+)  # fmt: skip
 
 
 def config_options(f: Callable) -> Callable:
     """The options that become the SearchConfig (collected as ``**settings``)."""
-    options = [
-        click.option(
-            "--method", cls=_MethodOption, type=MethodChoice(), default="gcg", show_default=True
-        ),
-        click.option(
-            "--iters",
-            type=click.IntRange(min=0),
-            default=100,
-            show_default=True,
-            help="Iterations per restart (a budget may stop it sooner).",
-        ),
-        click.option(
-            "--time-budget",
-            type=float,
-            default=None,
-            help="Seconds of search; checked after every model chunk (see budget_overshoot).",
-        ),
-        click.option(
-            "--max-forward-passes",
-            type=int,
-            default=None,
-            help="Budget in sequences run through the model (load-independent).",
-        ),
-        click.option(
-            "--restarts",
-            type=int,
-            default=1,
-            show_default=True,
-            help="Independent searches sharing the budget; the best on dev is kept.",
-        ),
-        click.option(
-            "--search-width",
-            type=int,
-            default=32,
-            show_default=True,
-            help="gcg: candidate triggers scored per step.",
-        ),
-        click.option(
-            "--n-replace",
-            type=int,
-            default=1,
-            show_default=True,
-            help="gcg: slots each candidate changes.",
-        ),
-        click.option(
-            "--topk",
-            type=int,
-            default=32,
-            show_default=True,
-            help="gcg: gradient top-k tokens per slot to draw from.",
-        ),
-        click.option(
-            "--buffer-size",
-            type=int,
-            default=0,
-            show_default=True,
-            help="gcg: keep the B best triggers seen and step from the best (0: off).",
-        ),
-        click.option(
-            "--num-cand",
-            type=int,
-            default=10,
-            show_default=True,
-            help="autoprompt: HotFlip candidates per trigger slot and iteration.",
-        ),
-        click.option(
-            "--accumulation-steps",
-            type=int,
-            default=None,
-            help="Batches for the gradient, and as many fresh ones for scoring the "
-            "candidates [default: gcg 6, or 2 on relations; autoprompt 10, as the original].",
-        ),
-        click.option(
-            "--position",
-            type=click.Choice(["random", "sweep", "all"]),
-            default="random",
-            show_default=True,
-            help="autoprompt: which slot to flip: a random one (AutoPrompt), each in "
-            "turn, or the best flip over all slots.",
-        ),
-        click.option(
-            "--select",
-            type=click.Choice(["loss", "metric"]),
-            default="loss",
-            show_default=True,
-            help="Rank candidates by loss, or by correct answers (ties to the loss; the "
-            "original's rule for classification).",
-        ),
-        click.option(
-            "--objective",
-            type=click.Choice(["labels", "vocab"]),
-            default="labels",
-            show_default=True,
-            help="Classification loss: the gold label word's log-probability over the "
-            "vocabulary (AutoPrompt), or the cross-entropy over the labels only.",
-        ),
-        click.option(
-            "--initial",
-            type=click.Choice(["random", "mask"]),
-            default="random",
-            show_default=True,
-            help="Start without --initial-trigger: random allowed tokens, or the mask token "
-            "(the original AutoPrompt).",
-        ),
-        click.option(
-            "--calibrate",
-            is_flag=True,
-            default=False,
-            help="Choose the best trigger on calibrated dev probabilities (contextual "
-            "calibration with 'N/A', '' and the mask token).",
-        ),
-        click.option(
-            "--fluency",
-            type=float,
-            default=0.0,
-            show_default=True,
-            help="Weight W of the trigger's pseudo-log-likelihood in the selection score.",
-        ),
-        click.option(
-            "--patience",
-            type=int,
-            default=None,
-            help="End a restart after N iterations without a better dev metric.",
-        ),
-        click.option("--seed", type=int, default=0, show_default=True),
-        click.option(
-            "--max-batch-tokens",
-            type=BatchTokens(),
-            default=65536,
-            show_default=True,
-            help="Padded tokens per forward pass (memory budget); auto: from the free GPU memory.",
-        ),
-        click.option(
-            "--keep",
-            type=click.IntRange(min=1),
-            default=_default("keep"),
-            show_default=True,
-            help="The result lists the N best distinct triggers on dev, each with its dev "
-            "metrics (score --template RESULT scores them all).",
-        ),
-        click.option(
-            "--across",
-            type=click.Choice(_across()),
-            default=_default("across"),
-            show_default=True,
-            help="Several --model: the dev metric the search keeps is the mean over the "
-            "models, or the worst model's (min).",
-        ),
-        click.option(
-            "--train-eval-limit",
-            type=int,
-            default=2000,
-            show_default=True,
-            help="Train metrics of the result use at most N examples.",
-        ),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+    return options(*CONFIG_OPTIONS)(f)

@@ -10,20 +10,6 @@ import click
 import numpy as np
 
 from autoprompt_py.cli.tables import table
-from autoprompt_py.errors import AutopromptError
-
-
-def refuse_tuned(specs: Sequence[str], names: Sequence[str]) -> None:
-    """A tuned folder's prompt belongs to its model: scored on one model at a time."""
-    from autoprompt_py.tune.folder import read_tuned
-
-    if len(names) > 1:
-        for spec in specs:
-            if read_tuned(spec) is not None:
-                raise AutopromptError(
-                    f"--template {spec}: a tuned prompt belongs to the model it was trained "
-                    "on; score it with one --model"
-                )
 
 
 def _cell(value: float, interval: Sequence[float] | None) -> str:

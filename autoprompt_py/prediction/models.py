@@ -19,8 +19,9 @@ import numpy as np
 from autoprompt_py.ensemble import Combined
 from autoprompt_py.errors import AutopromptError
 from autoprompt_py.language_model import LanguageModel
+from autoprompt_py.prediction.config import PredictConfig
 from autoprompt_py.prediction.reader import InputRow
-from autoprompt_py.prediction.run import PredictConfig, Predictor, open_reader
+from autoprompt_py.prediction.run import Predictor, open_reader
 
 RULE = "mean-probability"  # how the models are combined, as the run record names it
 

@@ -23,6 +23,7 @@ from autoprompt_py.data import cell_text, iter_rows
 from autoprompt_py.errors import AutopromptError, raise_pending_stop
 from autoprompt_py.language_model import LanguageModel
 from autoprompt_py.metrics import classification_metrics, rank_metrics
+from autoprompt_py.prediction.config import PredictConfig
 from autoprompt_py.prediction.models import RULE, make_predictor
 from autoprompt_py.prediction.prefetch import prefetch
 from autoprompt_py.prediction.reader import RowReader
@@ -34,7 +35,6 @@ from autoprompt_py.prediction.resume import (
     sidecar_path,
 )
 from autoprompt_py.prediction.run import (
-    PredictConfig,
     Predictor,
     gold_field,
     needed_fields,
@@ -67,6 +67,7 @@ def preflight(
     config: PredictConfig,
     data: str,
     output: str,
+    *,
     output_format_: str | None = None,
     force: bool = False,
     resume: bool = False,
@@ -154,6 +155,7 @@ def write_predictions(
     output: str,
     lm: LanguageModel | Sequence[LanguageModel],
     model: str | Sequence[str],
+    *,
     dtype: str = "float32",
     output_format_: str | None = None,
     force: bool = False,

@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from autoprompt_py.errors import AutopromptError, shown
-from autoprompt_py.prediction.run import PredictConfig
+from autoprompt_py.prediction.config import PredictConfig
 from autoprompt_py.textfile import open_binary, read_text, regular_file
 
 

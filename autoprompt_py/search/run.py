@@ -109,6 +109,7 @@ def run_search(
     lm: LanguageModel | Sequence[LanguageModel],
     task: SearchTask,
     config: SearchConfig | None = None,
+    *,
     filters: TokenFilters | None = None,
     output: str | Path | None = None,
     checkpoint: str | Path | None = None,

@@ -84,6 +84,7 @@ def load_task(
     train: str | Path,
     dev: str | Path | None = None,
     verbalizer: str | Verbalizer | None = None,
+    *,
     aggregation: str = "sum",
     vocab: str | Path | None = None,
     relation: str | None = None,

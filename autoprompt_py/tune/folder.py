@@ -20,7 +20,7 @@ RESULT_FILE = "result.json"
 
 
 def check_output_folder(
-    output: str | Path, force: bool = False, resume: bool = False, searching: bool = False
+    output: str | Path, *, force: bool = False, resume: bool = False, searching: bool = False
 ) -> Path:
     """Fail before any work when the folder cannot be written, or exists (or an interrupted
     run left its checkpoint ``<output>.ckpt``) without ``force`` or ``resume``; ``resume``

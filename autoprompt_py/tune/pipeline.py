@@ -103,6 +103,7 @@ def search_then_tune(
     config: TuneConfig,
     search_config,
     output: str | Path | None = None,
+    *,
     force: bool = False,
     resume: bool = False,
     progress: bool = True,
@@ -128,7 +129,7 @@ def search_then_tune(
     search_config.check_slots(task.template.num_triggers)
     target = None
     if output is not None:  # checked before any work; rank 0 decides under torchrun
-        check_output_folder(output, force, resume, searching=True)
+        check_output_folder(output, force=force, resume=resume, searching=True)
         target = search_result_path(output)
         refuse_overwrite(target, "--output", force or resume, resumable=True)
     started = time.perf_counter()
@@ -145,7 +146,7 @@ def search_then_tune(
         )  # fmt: skip
         checkpoint = search_checkpoint_path(output) if target is not None else None
         outcome = run_search(
-            lm, stask, search_config, filters, output=target, checkpoint=checkpoint,
+            lm, stask, search_config, filters=filters, output=target, checkpoint=checkpoint,
             resume=resume and checkpoint is not None and checkpoint.exists(),
             progress=progress, record={"stage": "search", **(record or {})},
         )  # fmt: skip
@@ -173,4 +174,7 @@ def search_then_tune(
     }
     # training resumes only from its own checkpoint; a stop during the search left none
     resume = resume and output is not None and checkpoint_path(output).exists()
-    return tune(lm, found, config, output, force, resume, progress, record, stages=stages)
+    return tune(
+        lm, found, config, output, force=force, resume=resume, progress=progress, record=record,
+        stages=stages,
+    )  # fmt: skip

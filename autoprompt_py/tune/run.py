@@ -63,6 +63,7 @@ def tune(
     task: TuneTask,
     config: TuneConfig | None = None,
     output: str | Path | None = None,
+    *,
     force: bool = False,
     resume: bool = False,
     progress: bool = True,
@@ -99,7 +100,7 @@ def tune(
     layout(config, distributed.world_size())  # the global batch splits over the processes
     target = None
     if output is not None:  # rank 0 alone looks at the files, and tells the others
-        target = check_output_folder(output, force, resume)
+        target = check_output_folder(output, force=force, resume=resume)
     objective = make_objective(lm, task, config)
     part = build_part(lm, task, config, objective)
     train = objective.encode(task.train, part.template)

@@ -93,6 +93,7 @@ def load_tune_task(
     train: str | Path | list[Example],
     dev: str | Path | list[Example] | None = None,
     test: str | Path | list[Example] | None = None,
+    *,
     verbalizer: str | Verbalizer | None = None,
     aggregation: str = "sum",
     vocab: str | Path | None = None,
