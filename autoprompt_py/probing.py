@@ -355,6 +355,28 @@ def averages(probes: Sequence[RelationProbe], kind: str, calibrated: bool = Fals
     return {"micro": micro, "macro": macro}
 
 
+def probe_record(
+    probes: Sequence[RelationProbe], *, calibrated: bool = False, predictions: bool = False
+) -> dict:
+    """What ``autoprompt probe`` writes of ``probe_templates``' result: the reported kind,
+    each relation's record, its figures and the ``averages`` of every kind (``calibrated``:
+    of the calibrated ranks too); ``predictions``: each fact's rank and top tokens."""
+    primary = reported_kind(probes)
+    summary = summary_of(probes, calibrated=calibrated)
+    relations = [p.to_json(primary, predictions) for p in probes]
+    return {"reported": primary, "relations": relations, **summary[primary], "averages": summary}
+
+
+def summary_of(probes: Sequence[RelationProbe], *, calibrated: bool = False) -> dict:
+    """The micro and macro averages of each kind of member (best-dev with a dev split)."""
+    split = any(len(p.dev) for p in probes)
+    kinds = [k for k in KINDS if k != "best-dev" or split]
+    out = {k: a for k in kinds if (a := averages(probes, k)) is not None}
+    if calibrated:
+        out.update({f"{k}:calibrated": a for k in kinds if (a := averages(probes, k, True))})
+    return out
+
+
 @dataclass
 class RelationScore:
     """One relation probed with one template (``probe_relations``)."""

@@ -349,6 +349,21 @@ def test_probe_shipped_relations(files, tmp_path):
     assert result["macro"]["relations"] == 2
     assert result["macro"]["mrr"] == pytest.approx((rels["P19"]["mrr"] + rels["P36"]["mrr"]) / 2)
     assert "micro" in r.stdout and "macro" in r.stdout
+    # the API gives a notebook the record the command wrote, from the same calls
+    from autoprompt_py import load_model, load_templates, probe_record, probe_templates
+    from autoprompt_py.data import read_facts
+    from autoprompt_py.vocab import read_vocab
+
+    probes = probe_templates(
+        load_model(str(files["bert"]), device="cpu"),
+        load_templates("lama_trex"),
+        read_facts(str(files["root"] / "facts")),
+        vocab=read_vocab(str(files["vocab.txt"])),
+        batch_size=32,
+        progress=False,
+    )
+    record = probe_record(probes, predictions=True)
+    assert record == {k: result[k] for k in record}
 
 
 def test_probe_one_template_for_every_relation(files):

@@ -83,8 +83,10 @@ def probe_command(
     from autoprompt_py.data import read_facts
     from autoprompt_py.distributed import require_rows
     from autoprompt_py.probing import (
+        probe_record,
         probe_templates,
         reported_kind,
+        summary_of,
         templates_by_relation,
     )
     from autoprompt_py.prompt import model_record
@@ -161,13 +163,12 @@ def probe_command(
         )
     if len(runs) > 1:
         relations = probe_transfer(model_names, runs, seed)
-        summaries = [_summary(run, split, calibrate) for run in runs]
-        reported = {"averages": dict(zip(model_names, summaries))}
+        summaries = [summary_of(run, calibrated=calibrate) for run in runs]
+        reported = {"reported": primary, "relations": relations}
+        reported["averages"] = dict(zip(model_names, summaries))
     else:
         probe_table(probes, calibrate)
-        summary = _summary(probes, split, calibrate)
-        relations = [p.to_json(primary, predictions) for p in probes]
-        reported = {**summary[primary], "averages": summary}
+        reported = probe_record(probes, calibrated=calibrate, predictions=predictions)
     if output is not None:
         write_json(
             output,
@@ -197,33 +198,12 @@ def probe_command(
                     },
                 ),
                 "model": model_record(lms[0]),
-                "reported": primary,
+                "reported": primary,  # (its place in the file; the value is the record's)
                 **models_record(lms),
-                "relations": relations,
                 **reported,
             },
         )
         click.echo(f"wrote {output}")
-
-
-def _summary(probes, split: bool, calibrate: bool) -> dict:
-    """The micro and macro averages of each kind of reported member (and calibrated)."""
-    from autoprompt_py.probing import KINDS, averages
-
-    summary = {
-        kind: averages(probes, kind)
-        for kind in KINDS
-        if (kind != "best-dev" or split) and averages(probes, kind) is not None
-    }
-    if calibrate:
-        summary.update(
-            {
-                f"{kind}:calibrated": averages(probes, kind, True)
-                for kind in KINDS
-                if (kind != "best-dev" or split) and averages(probes, kind, True) is not None
-            }
-        )
-    return summary
 
 
 def _per_relation(value: str) -> int | None:
