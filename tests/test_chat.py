@@ -265,7 +265,7 @@ def test_search_finds_a_chat_prompt_that_scores_again_to_its_metric(tiny_chat_di
     assert again["templates"][0]["chat"] == {"system": system}  # --chat keeps its system
     assert scores_of(again).tolist() == scores_of(scored).tolist()
     # export records the chat, and a prompt seeded from the export reads it back
-    from autoprompt_py.tune.seed import read_seed
+    from autoprompt_py.tune.found import read_found
 
     ok(
         "export",
@@ -277,7 +277,7 @@ def test_search_finds_a_chat_prompt_that_scores_again_to_its_metric(tiny_chat_di
         "--out",
         tmp_path / "e.safetensors",
     )
-    template, _, _ = read_seed(str(tmp_path / "e.safetensors"))
+    template, _, _ = read_found(str(tmp_path / "e.safetensors"))
     assert template.chat is not None and template.chat.system == system
     # and the same scores as the found prompt rendered by hand
     words = " ".join(result["trigger"]["words"])

@@ -57,7 +57,7 @@ def test_soft_from_a_search_result_is_the_discrete_prompt(searched):
     lm, result_file, data, verb = searched
     result = json.loads(result_file.read_text())
     task = load_tune_task(str(result_file), data, data, verbalizer=str(verb))
-    assert task.seed.kind == "search" and list(task.seed.token_ids) == result["trigger"]["ids"]
+    assert task.found.origin == "search" and list(task.found.token_ids) == result["trigger"]["ids"]
     config = TuneConfig(steps=2, eval_every=1, batch_size=3)  # default init: auto
     objective = make_objective(lm, task, config)
     part = build_part(lm, task, config, objective)
@@ -163,18 +163,18 @@ def test_exported_prompt_and_tuned_folder_seed_the_start(searched, tmp_path):
     exported = export_prompt(FoundPrompt.from_result(result_file, lm.tokenizer), lm,
                              "embeddings", tmp_path / "e.safetensors")  # fmt: skip
     task = load_tune_task(str(exported), data, data, verbalizer=str(verb))
-    assert task.seed.kind == "export" and list(task.seed.token_ids) == ids
+    assert task.found.origin == "export" and list(task.found.token_ids) == ids
     assert task.template.trigger_ids == ids
     for fmt in ("peft", "optiprompt"):  # the folders export writes seed the same tokens
         folder = export_prompt(FoundPrompt.from_result(result_file, lm.tokenizer), lm, fmt,
                                tmp_path / fmt)  # fmt: skip
         other = load_tune_task(str(folder), data, data, verbalizer=str(verb))
-        assert other.seed.kind == "export" and other.template.trigger_ids == ids, fmt
+        assert other.found.origin == "export" and other.template.trigger_ids == ids, fmt
     first = tune(lm, task, TuneConfig(steps=2, eval_every=1, batch_size=3, lr=0.1),
                  output=tmp_path / "t", progress=False)  # fmt: skip
     # the tuned soft folder: the next run continues from its trained vectors
     again = load_tune_task(str(tmp_path / "t"), data, data, verbalizer=str(verb))
-    assert again.seed.kind == "tuned" and again.seed.method == "soft"
+    assert again.found.origin == "tuned" and again.found.method == "soft"
     config = TuneConfig(steps=1, eval_every=1, batch_size=3)
     part = build_part(lm, again, config, make_objective(lm, again, config))
     torch.testing.assert_close(part.vectors.detach(), first.part.vectors.detach().cpu())

@@ -148,7 +148,7 @@ def tune_command(
         from_main(lambda: refuse_overwrite(found, "--output", force or resume, True))
         lock_output(output, found)
     else:
-        from autoprompt_py.tune.seed import check_init
+        from autoprompt_py.tune.found import check_init
 
         config.check_task(
             task.template.num_triggers, task.open_triggers, task.template.is_relational

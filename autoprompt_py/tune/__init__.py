@@ -4,7 +4,7 @@
 label scores and loss (``verbalizer.py``'s), ``methods/`` what trains (one module each, one
 registry), ``loop.py`` the training loop and checkpoint, ``select.py`` which weights a run
 ends with (``--select``), ``folder.py`` the output folder,
-``run.py`` the whole run (``tune``), ``seed.py`` what a ``--template`` found (the start of
+``run.py`` the whole run (``tune``), ``found.py`` what a ``--template`` found (the start of
 ``--init auto``), ``pipeline.py`` search then tune (``search_then_tune``).
 """
 

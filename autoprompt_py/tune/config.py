@@ -76,7 +76,7 @@ class TuneConfig:
     select: str = "auto"  # which checkpoint the run ends with: SELECTS, tune/select.py
     average_last: int = 3  # select average: the last N evaluated checkpoints
     cv_folds: int = 4  # select cv: folds of the training examples
-    init: str = "auto"  # found where the template found something, else vocab (seed.py)
+    init: str = "auto"  # found where the template found something, else vocab (found.py)
     init_text: str | None = None
     lr: float | None = None  # None: FEW_SHOT's with shots, else DEFAULT_LR[method]
     steps: int | None = None  # None: from epochs, else FEW_SHOT's with shots, else 200

@@ -122,8 +122,8 @@ def search_then_tune(
     from autoprompt_py.resources import template_from_result
     from autoprompt_py.results import read_json, refuse_overwrite
     from autoprompt_py.search import SearchTask, run_search
+    from autoprompt_py.tune.found import FoundStart
     from autoprompt_py.tune.run import tune
-    from autoprompt_py.tune.seed import Seed
 
     check_searchable(task)
     search_config.check_slots(task.template.num_triggers)
@@ -157,9 +157,9 @@ def search_then_tune(
     source = str(target) if target is not None else "search result"
     template = template_from_result(result, source)
     ids = tuple(int(i) for i in template.trigger_ids)
-    seed = Seed(source, "search", ids, result.get("model"))
+    start = FoundStart(source, "search", ids, result.get("model"))
     identity = {**task.identity, "template": template.render(), "trigger_ids": list(ids)}
-    found = dataclasses.replace(task, template=template, seed=seed, found=source, identity=identity)
+    from_found = dataclasses.replace(task, template=template, found=start, identity=identity)
     metric = result["metric"]
     stages = {
         "search": {
@@ -175,6 +175,6 @@ def search_then_tune(
     # training resumes only from its own checkpoint; a stop during the search left none
     resume = resume and output is not None and checkpoint_path(output).exists()
     return tune(
-        lm, found, config, output, force=force, resume=resume, progress=progress, record=record,
+        lm, from_found, config, output, force=force, resume=resume, progress=progress, record=record,
         stages=stages,
     )  # fmt: skip

@@ -85,12 +85,12 @@ def tune(
     config = config or TuneConfig()
     config.check_task(task.template.num_triggers, task.open_triggers, task.template.is_relational)
     from autoprompt_py import distributed
+    from autoprompt_py.tune.found import check_found_model, check_init, resolve_init
     from autoprompt_py.tune.parallel import Parallel, layout
-    from autoprompt_py.tune.seed import check_init, check_seed_model, resolve_init
     from autoprompt_py.tune.select import cross_validate, resolve_rule
 
     check_init(config, task)
-    check_seed_model(task.seed, lm)
+    check_found_model(task.found, lm)
     if config.method == "head" and task.template.chat is not None:
         raise AutopromptError(
             "--chat: --method head classifies the input fields without the template, so "
@@ -185,7 +185,8 @@ def tune(
             "cv": cv,
         },  # fmt: skip
         "init": resolve_init(config, task),
-        "seed": task.seed.record() if task.seed is not None else None,
+        # "seed": the key result.json has always had for the found start
+        "seed": task.found.record() if task.found is not None else None,
         "start": {metric: state.start_dev, "dev_loss": state.curve[0].get("dev_loss")},
         "dev": {
             metric: kept[metric],

@@ -20,14 +20,15 @@ from autoprompt_py.errors import AutopromptError
 from autoprompt_py.resources import load_templates
 from autoprompt_py.search.task import file_sha256, read_answers, relation_id, split_off_dev
 from autoprompt_py.template import Chat, Template, Trigger
-from autoprompt_py.tune.seed import Seed, read_seed
+from autoprompt_py.tune.found import FoundStart, read_found
 from autoprompt_py.verbalizer import AGGREGATIONS, Verbalizer
 
 
 @dataclass
 class TuneTask:
-    """A checked training problem; ``found`` is the path of what the template was read from
-    when it is a found prompt, ``seed`` what it found (``seed.py``)."""
+    """A checked training problem; ``found``: what the template was read from, when it is a
+    found prompt (a search result, an export, a tuned folder: ``found.py``), the start of the
+    trained vectors."""
 
     template: Template
     train: list[Example]
@@ -37,10 +38,9 @@ class TuneTask:
     aggregation: str = "sum"
     relation: str | None = None
     vocab: list[str] | None = None
-    found: str | None = None
     sources: dict = field(default_factory=dict)
     identity: dict = field(default_factory=dict)
-    seed: Seed | None = None
+    found: FoundStart | None = None
 
     @property
     def mode(self) -> str:
@@ -112,15 +112,13 @@ def load_tune_task(
     (with ``shots``: ``dev_shots``, default K, per class drawn apart from the training sample).
     ``chat``: the template read as a chat turn (None: as given; a found prompt keeps its own).
     """
-    found = None
     relation = None
-    seed = None
-    seeded = read_seed(template) if not isinstance(template, Template) else None
+    found = None
+    read = read_found(template) if not isinstance(template, Template) else None
     if isinstance(template, Template):
         tpl = template
-    elif seeded is not None:
-        tpl, relation, seed = seeded
-        found = seed.source
+    elif read is not None:
+        tpl, relation, found = read
     else:
         named = load_templates(template)
         if len(named) != 1:
@@ -135,7 +133,7 @@ def load_tune_task(
         )
     tpl = tpl.in_chat(chat.over(tpl.chat)) if chat is not None else tpl
     rel = tpl.is_relational
-    sources: dict = {"template": tpl.source, "found": found}
+    sources: dict = {"template": tpl.source, "found": found.source if found else None}
     identity: dict = {"template": tpl.render(), "trigger_ids": tpl.trigger_ids}
     if tpl.chat is not None:  # (absent otherwise: checkpoints from before chats still match)
         identity["chat"] = tpl.chat.record()
@@ -197,10 +195,9 @@ def load_tune_task(
         aggregation,
         relation,
         vocab_words,
-        found,
         sources,
         identity,
-        seed,
+        found,
     )
 
 

@@ -184,7 +184,7 @@ def build(lm: LanguageModel, task, config, objective):
             )
         part = LoraPart(lm, task.template, model, peft)
         return part
-    from autoprompt_py.tune.seed import found_ids, resolve_init
+    from autoprompt_py.tune.found import found_ids, resolve_init
 
     layers = config_value(lm.model.config, "num_hidden_layers", "n_layers")
     heads = config_value(lm.model.config, "num_attention_heads", "n_heads")
@@ -202,11 +202,11 @@ def build(lm: LanguageModel, task, config, objective):
     if config.method == "prefix":
         return build_prefix(lm, task, config, peft, n, init, found, layers, heads)
     vectors, _ = init_vectors(lm, n, init, config.seed, found, config.init_text)
-    seed = task.seed
-    if init == "found" and seed is not None and seed.vectors and seed.method == "prompt":
+    found = task.found
+    if init == "found" and found is not None and found.vectors and found.method == "prompt":
         from autoprompt_py.tune.vectors import read_embeddings  # a tuned prompt folder's
 
-        trained = read_embeddings(seed.vectors).float()
+        trained = read_embeddings(found.vectors).float()
         if len(trained) == n:
             vectors = trained
     common = dict(

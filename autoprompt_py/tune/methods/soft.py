@@ -111,15 +111,15 @@ def build(lm: LanguageModel, task, config, objective) -> SoftPart:
     """The slots start where ``--init`` says (``auto``: what the template found): a search
     result's trigger embeddings make step 0 the discrete prompt itself, a tuned ``soft``
     folder's trained vectors continue its run."""
-    from autoprompt_py.tune.seed import found_ids, resolve_init
+    from autoprompt_py.tune.found import found_ids, resolve_init
 
     n = task.template.num_triggers
     init = resolve_init(config, task)
-    seed = task.seed
-    if init == "found" and seed is not None and seed.vectors and seed.method == "soft":
+    found = task.found
+    if init == "found" and found is not None and found.vectors and found.method == "soft":
         from autoprompt_py.tune.vectors import read_embeddings
 
-        vectors = read_embeddings(seed.vectors).float()
+        vectors = read_embeddings(found.vectors).float()
         if len(vectors) == n:
             return SoftPart(lm, task.template, vectors, found_ids(task) or None)
     vectors, ids = init_vectors(lm, n, init, config.seed, found_ids(task), config.init_text)

@@ -1,10 +1,10 @@
-"""What a ``--template`` found: the seed that trained prompt vectors start from.
+"""What a ``--template`` found: the start that trained prompt vectors take.
 
 A search result (its trigger ids), an exported prompt (``export``'s PEFT or OptiPrompt folder,
 or its embeddings file: the token ids it holds) or a tuned folder (its template, fixed
 triggers, and for ``soft`` and ``prompt`` its trained vectors) is a found prompt; a template
-text is not. ``--init auto`` (the default) starts from the seed where there is one, else from
-random vocabulary tokens; ``--init found`` without a seed is refused. Read without torch: the
+text is not. ``--init auto`` (the default) starts from what was found where there is something, else from
+random vocabulary tokens; ``--init found`` with nothing found is refused. Read without torch: the
 CLI checks it before the model loads.
 """
 
@@ -25,20 +25,21 @@ EXPORT_MANIFESTS = ("autoprompt_export.json", "manifest.json")  # peft, optiprom
 
 
 @dataclass(frozen=True)
-class Seed:
+class FoundStart:
     """A found prompt: ``token_ids`` in order (a search result's triggers, an export's tokens),
     ``model`` the record of the model that found it, ``vectors`` a tuned folder's trained
     vectors file (soft, prompt) and ``method`` the method that trained them."""
 
     source: str  # the path given
-    kind: str  # "search", "export" or "tuned"
+    origin: str  # "search", "export" or "tuned"
     token_ids: tuple[int, ...]
     model: dict | None = None
     vectors: str | None = None
     method: str | None = None
 
     def record(self) -> dict:
-        return {"source": self.source, "kind": self.kind, "token_ids": list(self.token_ids),
+        # "kind": the key result.json has always had for the origin
+        return {"source": self.source, "kind": self.origin, "token_ids": list(self.token_ids),
                 "model": (self.model or {}).get("name"), "method": self.method}  # fmt: skip
 
 
@@ -98,8 +99,8 @@ def _model_record(value) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-def read_seed(spec: str) -> tuple[Template, str | None, Seed] | None:
-    """(template, relation, seed) when ``spec`` names a found prompt, else None."""
+def read_found(spec: str) -> tuple[Template, str | None, FoundStart] | None:
+    """(template, relation, what it found) when ``spec`` names a found prompt, else None."""
     from autoprompt_py.resources import RESULT_KIND, template_from_result
     from autoprompt_py.textfile import parse_json, read_text
     from autoprompt_py.tune.folder import read_tuned
@@ -110,12 +111,12 @@ def read_seed(spec: str) -> tuple[Template, str | None, Seed] | None:
         if isinstance(data, dict) and data.get("kind") == RESULT_KIND:
             template = template_from_result(data, str(path))
             ids = tuple(int(i) for i in template.trigger_ids)
-            seed = Seed(str(path), "search", ids, _model_record(data.get("model")))
-            return template, data.get("relation"), seed
+            found = FoundStart(str(path), "search", ids, _model_record(data.get("model")))
+            return template, data.get("relation"), found
         if isinstance(data, dict) and data.get("kind") == EXPORT_KIND:
             template, ids = _export_template(data, str(path))
-            seed = Seed(str(path), "export", ids, _model_record(data.get("model")))
-            return template, data.get("relation"), seed
+            found = FoundStart(str(path), "export", ids, _model_record(data.get("model")))
+            return template, data.get("relation"), found
         return None
     if names_file(path) and path.suffix == ".safetensors":
         meta = safetensors_metadata(path)
@@ -126,7 +127,7 @@ def read_seed(spec: str) -> tuple[Template, str | None, Seed] | None:
             )
         template, ids = _export_template(meta, str(path))
         model = _model_record(meta.get("model_record")) or _model_record(meta.get("model"))
-        return template, None, Seed(str(path), "export", ids, model)
+        return template, None, FoundStart(str(path), "export", ids, model)
     if not _is_dir(path):
         return None
     result = read_tuned(path)
@@ -140,9 +141,9 @@ def read_seed(spec: str) -> tuple[Template, str | None, Seed] | None:
             ids = []
         vectors = path / "embeddings.safetensors"
         method = result.get("method")
-        seed = Seed(str(path), "tuned", tuple(ids), _model_record(result.get("model")),
+        found = FoundStart(str(path), "tuned", tuple(ids), _model_record(result.get("model")),
                     str(vectors) if vectors.is_file() else None, method)  # fmt: skip
-        return template, result.get("relation"), seed
+        return template, result.get("relation"), found
     for name in EXPORT_MANIFESTS:
         if names_file(path / name):
             data = parse_json(
@@ -150,15 +151,15 @@ def read_seed(spec: str) -> tuple[Template, str | None, Seed] | None:
             )
             if isinstance(data, dict) and data.get("kind") == EXPORT_KIND:
                 template, ids = _export_template(data, str(path))
-                seed = Seed(str(path), "export", ids, _model_record(data.get("model")))
-                return template, data.get("relation"), seed
+                found = FoundStart(str(path), "export", ids, _model_record(data.get("model")))
+                return template, data.get("relation"), found
     return None
 
 
-def has_seed(task) -> bool:
-    """Something found to start from: a seed file, or trigger slots fixed to tokens."""
-    if task.seed is not None:
-        return bool(task.seed.token_ids or task.seed.vectors)
+def has_found(task) -> bool:
+    """Something found to start from: a found prompt's file, or trigger slots fixed to tokens."""
+    if task.found is not None:
+        return bool(task.found.token_ids or task.found.vectors)
     return bool(task.template.num_triggers) and task.open_triggers == 0
 
 
@@ -166,13 +167,13 @@ def resolve_init(config, task) -> str:
     """``--init auto``: ``found`` where the template found something, else ``vocab``."""
     if config.init != "auto":
         return config.init
-    return "found" if has_seed(task) else "vocab"
+    return "found" if has_found(task) else "vocab"
 
 
 def found_ids(task) -> list[int]:
-    """The found prompt's token ids: the seed's, or the template's fixed triggers."""
-    if task.seed is not None and task.seed.token_ids:
-        return list(task.seed.token_ids)
+    """The found prompt's token ids: the file's, or the template's fixed triggers."""
+    if task.found is not None and task.found.token_ids:
+        return list(task.found.token_ids)
     ids = task.template.trigger_ids
     return [int(i) for i in ids] if ids and all(i is not None for i in ids) else []
 
@@ -183,7 +184,7 @@ def check_init(config, task) -> None:
 
     if config.method not in VECTOR_METHODS or resolve_init(config, task) != "found":
         return
-    if not has_seed(task):
+    if not has_found(task):
         raise AutopromptError(
             f"--init found: the template {shown(task.template.source)} found nothing to start "
             "from; pass a search result (or an exported prompt, or a tuned folder) as "
@@ -202,16 +203,16 @@ def _same_name(a: str | None, b: str | None) -> bool:
         return False
 
 
-def check_seed_model(seed: Seed | None, lm) -> None:
+def check_found_model(found: FoundStart | None, lm) -> None:
     """A prompt found with one model is refused on another, naming both."""
-    if seed is None or not seed.model:
+    if found is None or not found.model:
         return
-    want = seed.model
+    want = found.model
     sizes = [(want.get(k), v) for k, v in (("vocab_size", int(lm.embeddings.shape[0])),
              ("embedding_size", int(lm.embeddings.shape[1])))]  # fmt: skip
     if not _same_name(want.get("name"), lm.name) or any(w is not None and w != h for w, h in sizes):
-        verb = {"search": "searched", "export": "exported", "tuned": "tuned"}[seed.kind]
+        verb = {"search": "searched", "export": "exported", "tuned": "tuned"}[found.origin]
         raise AutopromptError(
-            f"--template {seed.source}: {verb} with --model {want.get('name')}, not --model "
+            f"--template {found.source}: {verb} with --model {want.get('name')}, not --model "
             f"{lm.name}; pass --model {want.get('name')}, or search again with {lm.name}"
         )
