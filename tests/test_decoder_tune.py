@@ -195,7 +195,7 @@ def _plain_relation_loss(folder: Path, text: str, obj: str) -> float:
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "opt"])
-@pytest.mark.parametrize("method", ["lora", "full", "soft"])
+@pytest.mark.parametrize("method", [pytest.param("lora", marks=requires("peft")), "full", "soft"])
 def test_relation_tuning_loss_equals_a_plain_computation(
     family, method, tiny_decoder_dirs, tmp_path
 ):

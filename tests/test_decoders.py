@@ -330,10 +330,11 @@ def test_bad_input_on_decoders_is_one_line(tiny_decoder_dirs, tiny_model_dirs, t
         "kind": RESULT_KIND, "template": "{sentence} [T] It was [P] .",
         "trigger": {"ids": [5]}, "model": {"name": "bert", "kind": "masked"},
     }))  # fmt: skip
-    r = run("export", found, "--model", tiny_decoder_dirs["gpt2"], "--format", "peft",
-            "--out", tmp_path / "peft")  # fmt: skip
+    exported = tmp_path / "found.safetensors"
+    r = run("export", found, "--model", tiny_decoder_dirs["gpt2"], "--format", "embeddings",
+            "--out", exported)  # fmt: skip
     _one_line_error(r, "made with a masked model")
-    assert not out.exists() and not (tmp_path / "peft").exists()
+    assert not out.exists() and not exported.exists()
 
 
 def test_a_checkpoint_with_custom_code_is_refused_and_never_run(tmp_path):

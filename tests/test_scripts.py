@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from optional import requires
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -83,6 +84,7 @@ def test_bench_search_runs(shared_model, shared_data):
 
 
 @pytest.mark.slow
+@requires("peft")  # the demo trains a PEFT prompt-tuning adapter
 def test_demo_prompt_tuning_runs(shared_model, shared_data):
     out = _run(
         [
