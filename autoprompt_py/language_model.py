@@ -145,7 +145,6 @@ class LanguageModel(ABC):
     ) -> torch.Tensor:
         """Logits [batch, k, vocab] of the answer at each of ``mask_positions`` ([batch, k])."""
 
-    @abstractmethod
     def shared_prefix_logits(
         self,
         mask_positions: torch.Tensor,
@@ -156,7 +155,12 @@ class LanguageModel(ABC):
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``mask_logits`` of rows in groups of ``group`` that share their first ``split_at``
-        tokens (a decoder runs that prefix once; a masked LM shares nothing)."""
+        tokens. Here nothing is shared: every token of a masked LM sees the triggers, and a
+        wrapper's trained part changes what every row reads; a decoder (``CausalLM``) runs
+        the prefix once."""
+        return self.mask_logits(
+            mask_positions, attention_mask, input_ids=input_ids, token_type_ids=token_type_ids
+        )
 
     @abstractmethod
     def peft_task_type(self, peft: Any, method: str) -> Any:
@@ -249,20 +253,6 @@ class WrappedLM(LanguageModel):
     ) -> torch.Tensor:
         return self.lm.mask_logits(
             mask_positions, attention_mask, input_ids, inputs_embeds, token_type_ids
-        )
-
-    def shared_prefix_logits(
-        self,
-        mask_positions: torch.Tensor,
-        attention_mask: torch.Tensor,
-        input_ids: torch.Tensor,
-        split_at: torch.Tensor,
-        group: int,
-        token_type_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        # the part changes what the rows read, so nothing is shared: this wrapper's own rows
-        return self.mask_logits(
-            mask_positions, attention_mask, input_ids=input_ids, token_type_ids=token_type_ids
         )
 
     def peft_task_type(self, peft: Any, method: str) -> Any:

@@ -158,21 +158,6 @@ class MaskedLM(LanguageModel):
             out = self.model(**kwargs, return_dict=True)
         return out.logits
 
-    def shared_prefix_logits(
-        self,
-        mask_positions: torch.Tensor,
-        attention_mask: torch.Tensor,
-        input_ids: torch.Tensor,
-        split_at: torch.Tensor,
-        group: int,
-        token_type_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """``mask_logits`` of rows in groups sharing a prefix (a decoder caches it:
-        ``CausalLM``); every token of a masked LM sees the triggers, so nothing is shared."""
-        return self.mask_logits(
-            mask_positions, attention_mask, input_ids=input_ids, token_type_ids=token_type_ids
-        )
-
     def peft_task_type(self, peft: Any, method: str) -> Any:
         # a masked LM has no task type of its own: LoRA wraps the model as it is, and prompt
         # learning's feature-extraction forward returns the MLM's own output

@@ -94,7 +94,8 @@ def candidate_scores(rows: SlotRows, candidates: Sequence[int] | None) -> np.nda
     for index, logits in rows.mask_logits(1):
         logits = logits[:, 0].float()
         if cand is not None:
-            logits = logits[:, cand.to(logits.device)]
+            cand = cand.to(logits.device)  # copied once: later batches find it there
+            logits = logits[:, cand]
         out[index] = logits.log_softmax(-1).cpu()
     distributed.all_reduce_(out)  # zeros where another process scored the batch
     return out.numpy()

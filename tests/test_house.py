@@ -122,7 +122,7 @@ def test_a_wrapped_model_answers_every_member_of_the_interface():
     assert not WrappedLM.__abstractmethods__
     interface = {n for n in vars(LanguageModel) if not n.startswith("__")}
     inherited = {n for n in interface if n not in vars(WrappedLM)}
-    shared = {"device", "dtype", "embeddings", "vocab_size", "encoder", "_gather_at"}
+    shared = {"device", "dtype", "embeddings", "vocab_size", "encoder", "shared_prefix_logits"}
     assert inherited <= shared, f"WrappedLM takes these from the base class: {inherited - shared}"
 
 
