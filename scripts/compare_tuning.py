@@ -70,6 +70,24 @@ def hold_out(dev: list, n: int) -> tuple[list, list]:
     return [e for i, e in enumerate(dev) if i not in held], [dev[i] for i in sorted(held)]
 
 
+def settings(spec: str | None) -> dict:
+    """``--set weight_decay=0.01,warmup=0,dropout=false``: TuneConfig fields, each value read as
+    JSON (a number, true, false) or else as a string."""
+    from autoprompt_py.tune import TuneConfig
+
+    names = {f.name for f in dataclasses.fields(TuneConfig)}
+    out = {}
+    for pair in filter(None, (spec or "").split(",")):
+        name, _, value = pair.partition("=")
+        if name not in names:
+            raise SystemExit(f"--set {pair}: {name!r} is not a TuneConfig field")
+        try:
+            out[name] = json.loads(value)
+        except json.JSONDecodeError:
+            out[name] = value
+    return out
+
+
 def load_data(name: str, quick: bool, held: int = 0):
     """(train, dev, test, verbalizer, template, soft template, per_class, held-out) for a
     task."""
@@ -181,7 +199,7 @@ def run_one(lm_factory, data, method: str, shots, seed: int, args, steps=None) -
         encoder=encoder or "mlp", lr=float(lr) if lr else None, steps=steps,
         batch_size=args.batch_size, eval_every=args.eval_every, seed=seed, shots=k,
         dev_shots=dev_k, data_seed=seed, average_last=args.average_last,
-        cv_folds=args.cv_folds,
+        cv_folds=args.cv_folds, **settings(args.set),
     )  # fmt: skip
     rules = args.rules.split(",")
     runs = []
@@ -230,13 +248,22 @@ def run_one(lm_factory, data, method: str, shots, seed: int, args, steps=None) -
     return runs
 
 
+CHANGES = ("batch", "template", "verbalizer", "set", "variant")
+
+
+def label(run: dict) -> str:
+    """The method, with what the run changed from the task's setting (recorded keys)."""
+    changed = [f"{k}={run[k]}" for k in CHANGES if run.get(k) is not None]
+    return f"{run['method']} ({'; '.join(changed)})" if changed else run["method"]
+
+
 def report(runs: list[dict]) -> None:
     """The table: mean ± std over data seeds of each task × K × method × steps × rule."""
     print("| task | K | method | steps | rule | dev | held-out | test | seconds | trainable |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     groups: dict = {}
     for r in runs:
-        key = (r["task"], r["shots"], r["method"], r.get("grid_steps"), r.get("rule"))
+        key = (r["task"], r["shots"], label(r), r.get("grid_steps"), r.get("rule"))
         groups.setdefault(key, []).append(r)
 
     def cell(rs, key):
@@ -260,7 +287,7 @@ def pivot(runs: list[dict], metric: str) -> None:
     cells: dict = {}
     for r in runs:
         if metric in r:
-            key = (r["task"], r["shots"], r["method"], r.get("grid_steps"))
+            key = (r["task"], r["shots"], label(r), r.get("grid_steps"))
             cells.setdefault(key, {}).setdefault(r.get("rule") or "–", []).append(r[metric])
     print(f"| task | K | method | steps | {' | '.join(['untrained', *rules])} ({metric}) |")
     print("|---|---|---|---|" + "---|" * (len(rules) + 1))
@@ -285,6 +312,11 @@ def main(argv: list[str] | None = None) -> None:
         help="with --shots 0, dev examples per class (0: the whole dev split)",
     )  # fmt: skip
     ap.add_argument("--held-out", type=int, default=0, help="rows of the dev pool to score")
+    ap.add_argument("--template", default=None, help="instead of the task's (classification)")
+    ap.add_argument("--verbalizer", default=None, help="instead of the task's: a file or JSON")
+    ap.add_argument(
+        "--set", default=None, help="TuneConfig fields, e.g. weight_decay=0.01,warmup=0"
+    )
     ap.add_argument("--data-seeds", default="0-4")
     ap.add_argument("--steps", default="150", help="comma-separated; default: by method")
     ap.add_argument("--batch-size", type=int, default=8)
@@ -321,8 +353,13 @@ def main(argv: list[str] | None = None) -> None:
     quiet_transformers()
     lm_factory = lambda: load_model(args.model, device="cpu")  # noqa: E731 (fresh weights per run)
     runs = []
+    # what a run changed from the task's setting, recorded with it
+    given = {"template": args.template, "verbalizer": args.verbalizer, "set": args.set}
+    changed = {"batch": args.batch_size} | {k: v for k, v in given.items() if v}
     for task_name in args.tasks.split(","):
         data = load_data(task_name, args.quick, args.held_out)
+        if args.template or args.verbalizer:  # (train, dev, test, verbalizer, template, ...)
+            data = (*data[:3], args.verbalizer or data[3], args.template or data[4], *data[5:])
         for shots in [int(s) for s in args.shots.split(",")]:
             for method in args.methods.split(","):
                 for steps in args.steps.split(",")[: 1 if method == "untrained" else None]:
@@ -330,7 +367,7 @@ def main(argv: list[str] | None = None) -> None:
                     for seed in seeds(args.data_seeds):
                         for r in run_one(lm_factory, data, method, shots, seed, args, n):
                             r.update(task=task_name, method=method, shots=shots, seed=seed,
-                                     grid_steps=steps)  # fmt: skip
+                                     grid_steps=steps, **changed)  # fmt: skip
                             runs.append(r)
                             print(json.dumps(r), file=sys.stderr, flush=True)
     report(runs)

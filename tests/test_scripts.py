@@ -28,7 +28,8 @@ def test_compare_tuning_quick_runs(capsys):
     spec = importlib.util.spec_from_file_location("compare_tuning", SCRIPTS / "compare_tuning.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    module.main(["--quick", "--threads", "1"])
+    template = "{sentence} All in all , it was [MASK] ."
+    module.main(["--quick", "--threads", "1", "--template", template, "--set", "warmup=0"])
     out, err = capsys.readouterr()
     table = [line for line in out.splitlines() if line.startswith("| quick")]
     assert len(table) == 1 + 2 * 4  # untrained; full and soft under each of the four rules
@@ -36,6 +37,14 @@ def test_compare_tuning_quick_runs(capsys):
     assert {r["method"] for r in runs} == {"untrained", "full", "soft:vocab"}
     assert {r["rule"] for r in runs} == {None, "best-dev", "last", "average", "cv"}
     assert all("held" in r and "test" in r for r in runs)  # the held-out split beside test
+    assert all(r["template"] == template and r["set"] == "warmup=0" for r in runs)
+    assert module.settings("weight_decay=0.01,dropout=false,init=text") == {
+        "weight_decay": 0.01,
+        "dropout": False,
+        "init": "text",
+    }
+    with pytest.raises(SystemExit, match="'decay' is not a TuneConfig field"):
+        module.settings("decay=0.01")
     cv = next(r for r in runs if r["rule"] == "cv")
     assert cv["kept_step"] == cv["cv"]["chosen"] == cv["steps"]
 
