@@ -54,6 +54,16 @@ def tune_args(model: Path, output: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_raises():
+    """SIGINT as an interactive shell leaves it. A suite started in the background by a
+    non-interactive shell (``cmd &``, nohup) inherits it ignored, and the CLI keeps an ignored
+    Ctrl-C ignored (``cli/group.py``), so the Ctrl-C tests set it as a terminal would."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def invoke(args: list[str]):
     return CliRunner().invoke(main, args, catch_exceptions=False)
 
