@@ -70,6 +70,11 @@ def hold_out(dev: list, n: int) -> tuple[list, list]:
     return [e for i, e in enumerate(dev) if i not in held], [dev[i] for i in sorted(held)]
 
 
+# the TuneConfig fields a run sets from the method, the seed and this script's own options
+PER_RUN = ("method", "init", "init_text", "encoder", "lr", "steps", "batch_size", "eval_every",
+           "seed", "shots", "dev_shots", "data_seed", "average_last", "cv_folds", "select")  # fmt: skip
+
+
 def settings(spec: str | None) -> dict:
     """``--set weight_decay=0.01,warmup=0,dropout=false``: TuneConfig fields, each value read as
     JSON (a number, true, false) or else as a string."""
@@ -81,6 +86,8 @@ def settings(spec: str | None) -> dict:
         name, _, value = pair.partition("=")
         if name not in names:
             raise SystemExit(f"--set {pair}: {name!r} is not a TuneConfig field")
+        if name in PER_RUN:
+            raise SystemExit(f"--set {pair}: {name} is set per run; use the script's own option")
         try:
             out[name] = json.loads(value)
         except json.JSONDecodeError:
@@ -199,7 +206,7 @@ def run_one(lm_factory, data, method: str, shots, seed: int, args, steps=None) -
         encoder=encoder or "mlp", lr=float(lr) if lr else None, steps=steps,
         batch_size=args.batch_size, eval_every=args.eval_every, seed=seed, shots=k,
         dev_shots=dev_k, data_seed=seed, average_last=args.average_last,
-        cv_folds=args.cv_folds, **settings(args.set),
+        cv_folds=args.cv_folds, **args.settings,
     )  # fmt: skip
     rules = args.rules.split(",")
     runs = []
@@ -312,7 +319,7 @@ def main(argv: list[str] | None = None) -> None:
         help="with --shots 0, dev examples per class (0: the whole dev split)",
     )  # fmt: skip
     ap.add_argument("--held-out", type=int, default=0, help="rows of the dev pool to score")
-    ap.add_argument("--template", default=None, help="instead of the task's (classification)")
+    ap.add_argument("--template", default=None, help="instead of the task's (not soft's)")
     ap.add_argument("--verbalizer", default=None, help="instead of the task's: a file or JSON")
     ap.add_argument(
         "--set", default=None, help="TuneConfig fields, e.g. weight_decay=0.01,warmup=0"
@@ -333,6 +340,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--report", default=None, help="the tables of a run's JSON lines (stderr)")
     ap.add_argument("--pivot", default=None, help="with --report: a column per rule of this")
     args = ap.parse_args(argv)
+    args.settings = settings(args.set)  # refused before any run, not at the first trained one
     if args.report:
         lines = Path(args.report).read_text(encoding="utf-8").splitlines()
         runs = [r for x in lines if x.startswith("{") and "task" in (r := json.loads(x))]

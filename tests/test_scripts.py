@@ -38,13 +38,15 @@ def test_compare_tuning_quick_runs(capsys):
     assert {r["rule"] for r in runs} == {None, "best-dev", "last", "average", "cv"}
     assert all("held" in r and "test" in r for r in runs)  # the held-out split beside test
     assert all(r["template"] == template and r["set"] == "warmup=0" for r in runs)
-    assert module.settings("weight_decay=0.01,dropout=false,init=text") == {
+    assert module.settings("weight_decay=0.01,dropout=false,dtype=bfloat16") == {
         "weight_decay": 0.01,
         "dropout": False,
-        "init": "text",
+        "dtype": "bfloat16",
     }
     with pytest.raises(SystemExit, match="'decay' is not a TuneConfig field"):
         module.settings("decay=0.01")
+    with pytest.raises(SystemExit, match="seed is set per run"):
+        module.settings("seed=3")
     cv = next(r for r in runs if r["rule"] == "cv")
     assert cv["kept_step"] == cv["cv"]["chosen"] == cv["steps"]
 
